@@ -1,0 +1,208 @@
+//! The dead-letter output: every rejected record, with its raw bytes, its position in
+//! the stream and every reason it failed.
+//!
+//! The embedded sink is an NDJSON file under `--home`. A write is appended and synced
+//! before the ingest checkpoint moves. After a crash the records since the checkpoint are
+//! replayed; the sink remembers the positions it holds, so a replayed rejection is not
+//! written twice, and a line torn by the crash is cut off when the file is reopened.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::stream::{SequenceNumber, ShardId};
+use crate::{Error, Result};
+
+/// One rejected record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Shard it was read from (or the input file, for records refused by `produce`).
+    pub shard: ShardId,
+    /// Its sequence number in the shard.
+    pub sequence_number: SequenceNumber,
+    /// The partition key it was put with.
+    pub partition_key: String,
+    /// The record's bytes, as read.
+    pub raw: Vec<u8>,
+    /// Every reason it was rejected, each naming the field and the rule.
+    pub reasons: Vec<String>,
+}
+
+/// The NDJSON form of a dead letter. `raw` holds the bytes when they are UTF-8 text,
+/// `raw_base64` otherwise.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeadLetterLine {
+    /// Shard.
+    pub shard: String,
+    /// Sequence number.
+    pub sequence_number: String,
+    /// Partition key.
+    pub partition_key: String,
+    /// Reasons.
+    pub reasons: Vec<String>,
+    /// The record, when it is text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    /// The record, when it is not text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_base64: Option<String>,
+}
+
+impl From<&DeadLetter> for DeadLetterLine {
+    fn from(d: &DeadLetter) -> Self {
+        let (raw, raw_base64) = match std::str::from_utf8(&d.raw) {
+            Ok(s) => (Some(s.to_owned()), None),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&d.raw))),
+        };
+        DeadLetterLine {
+            shard: d.shard.clone(),
+            sequence_number: d.sequence_number.0.clone(),
+            partition_key: d.partition_key.clone(),
+            reasons: d.reasons.clone(),
+            raw,
+            raw_base64,
+        }
+    }
+}
+
+/// Where rejected records go.
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    /// Durably stores the letters; a letter already stored (same shard and sequence
+    /// number) is not stored again.
+    ///
+    /// # Errors
+    /// When the output cannot be written; nothing is then known to be stored.
+    async fn write(&self, letters: &[DeadLetter]) -> Result<()>;
+}
+
+/// Dead letters in an NDJSON file.
+pub struct FileDeadLetters {
+    path: PathBuf,
+    state: Mutex<(File, HashSet<(ShardId, SequenceNumber)>)>,
+}
+
+impl FileDeadLetters {
+    /// Opens (creating if needed) the file at `path`, cutting off a torn last line.
+    ///
+    /// # Errors
+    /// When the file cannot be opened, read or repaired.
+    pub fn open(path: &Path) -> Result<Self> {
+        let fail = |e: std::io::Error| {
+            Error::Output(format!("dead letters {}: {e}; choose a writable --home", path.display()))
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let mut file =
+            OpenOptions::new().read(true).append(true).create(true).open(path).map_err(fail)?;
+        let mut seen = HashSet::new();
+        let mut good_len = 0u64;
+        let mut reader = BufReader::new(&file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(fail)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            if let Ok(d) = serde_json::from_slice::<DeadLetterLine>(&line) {
+                seen.insert((d.shard, SequenceNumber(d.sequence_number)));
+            }
+            good_len += n as u64;
+        }
+        drop(reader);
+        if file.metadata().map_err(fail)?.len() != good_len {
+            file.set_len(good_len).map_err(fail)?;
+            file.sync_all().map_err(fail)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(fail)?;
+        Ok(FileDeadLetters { path: path.to_owned(), state: Mutex::new((file, seen)) })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads every dead letter of an NDJSON file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds a line that is not a dead letter.
+    pub fn read_all(path: &Path) -> Result<Vec<DeadLetterLine>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Input { path: path.into(), message: e.to_string() })?;
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| Error::Input { path: path.into(), message: e.to_string() })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for FileDeadLetters {
+    async fn write(&self, letters: &[DeadLetter]) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, seen) = &mut *state;
+        let mut buf = Vec::new();
+        let mut added = Vec::new();
+        for d in letters {
+            let key = (d.shard.clone(), d.sequence_number.clone());
+            if seen.contains(&key) || added.contains(&key) {
+                continue;
+            }
+            serde_json::to_writer(&mut buf, &DeadLetterLine::from(d))
+                .map_err(|e| Error::Output(e.to_string()))?;
+            buf.push(b'\n');
+            added.push(key);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let fail = |e: std::io::Error| Error::Output(format!("dead letters {}: {e}", self.path.display()));
+        file.write_all(&buf).map_err(fail)?;
+        file.sync_data().map_err(fail)?;
+        seen.extend(added);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(seq: u64, raw: &[u8]) -> DeadLetter {
+        DeadLetter {
+            shard: "shardId-000000000000".into(),
+            sequence_number: SequenceNumber::from_u64(seq),
+            partition_key: "k".into(),
+            raw: raw.to_vec(),
+            reasons: vec!["record: not JSON".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn replays_are_not_written_twice_and_torn_lines_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead_letters.ndjson");
+        let sink = FileDeadLetters::open(&path).unwrap();
+        sink.write(&[letter(1, b"x"), letter(2, &[0xff, 0xfe])]).await.unwrap();
+        drop(sink);
+        // A crash in the middle of the next append leaves half a line.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"shard\":").unwrap();
+        let sink = FileDeadLetters::open(&path).unwrap();
+        sink.write(&[letter(2, &[0xff, 0xfe]), letter(3, b"y")]).await.unwrap();
+        let lines = FileDeadLetters::read_all(&path).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1].raw_base64.as_deref(), Some("//4="));
+        assert_eq!(lines[2].raw.as_deref(), Some("y"));
+    }
+}

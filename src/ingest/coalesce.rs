@@ -1,0 +1,125 @@
+//! Coalescing: a trip's events within one micro-batch become one [`TripUpdate`].
+//!
+//! Per trip and kind only the newest version in the batch is kept (the first of equal
+//! versions); the others could never be applied, so they are counted as duplicates or
+//! stale without a write. A trip whose start and end share a batch costs one write.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
+
+use super::validate::Validated;
+use crate::store::{EndGroup, StartGroup, TripUpdate};
+
+/// The updates of a batch.
+#[derive(Debug, Default)]
+pub struct Coalesced {
+    /// One update per trip, in order of the trip's first valid event in the batch.
+    pub updates: Vec<TripUpdate>,
+    /// Valid events that a newer or equal event of the same trip and kind superseded.
+    pub superseded: usize,
+}
+
+/// Coalesces the valid rows of `v`.
+pub fn coalesce(v: &Validated) -> Coalesced {
+    let ids = v.trip_ids();
+    let pickup = v.column("pickup_datetime").as_primitive::<TimestampMicrosecondType>();
+    let dropoff = v.column("dropoff_datetime").as_primitive::<TimestampMicrosecondType>();
+    let mut order: Vec<&str> = Vec::new();
+    let mut newest: HashMap<&str, [Option<usize>; 2]> = HashMap::new();
+    let mut superseded = 0;
+
+    for row in (0..v.reasons.len()).filter(|&r| v.is_valid(r)) {
+        let (slot, version) = if v.is_start.value(row) { (0, pickup) } else { (1, dropoff) };
+        let id = ids.value(row);
+        let entry = newest.entry(id).or_insert_with(|| {
+            order.push(id);
+            [None, None]
+        });
+        match entry[slot] {
+            Some(kept) if version.value(kept) >= version.value(row) => superseded += 1,
+            Some(_) => {
+                superseded += 1;
+                entry[slot] = Some(row);
+            }
+            None => entry[slot] = Some(row),
+        }
+    }
+
+    let updates = order
+        .into_iter()
+        .map(|id| {
+            let [start, end] = newest[id];
+            TripUpdate {
+                trip_id: id.to_owned(),
+                start: start.map(|r| start_group(v, r)),
+                end: end.map(|r| end_group(v, r)),
+            }
+        })
+        .collect();
+    Coalesced { updates, superseded }
+}
+
+fn start_group(v: &Validated, row: usize) -> StartGroup {
+    let int = |name| v.integer(name, row).expect("validated required integer");
+    StartGroup {
+        pickup_location_id: int("pickup_location_id"),
+        dropoff_location_id: int("dropoff_location_id"),
+        vendor_id: int("vendor_id"),
+        pickup_datetime: v.timestamp_text("pickup_datetime", row).expect("validated version"),
+        estimated_dropoff_datetime: v.timestamp_text("estimated_dropoff_datetime", row),
+        estimated_fare_amount: v.decimal_text("estimated_fare_amount", row),
+    }
+}
+
+fn end_group(v: &Validated, row: usize) -> EndGroup {
+    let dec = |name| v.decimal_text(name, row);
+    EndGroup {
+        dropoff_datetime: v.timestamp_text("dropoff_datetime", row).expect("validated version"),
+        rate_code: dec("rate_code"),
+        passenger_count: dec("passenger_count"),
+        trip_distance: dec("trip_distance"),
+        fare_amount: dec("fare_amount").expect("validated required fare"),
+        tip_amount: dec("tip_amount"),
+        payment_type: dec("payment_type"),
+        trip_type: dec("trip_type"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{decode::decode, validate::validate};
+    use super::*;
+
+    fn end(id: &str, at: &str, fare: &str) -> String {
+        format!(r#"{{"event_type":"end","trip_id":"{id}","dropoff_datetime":"{at}","fare_amount":{fare}}}"#)
+    }
+
+    fn start(id: &str, at: &str) -> String {
+        format!(
+            r#"{{"event_type":"start","trip_id":"{id}","pickup_location_id":1,"dropoff_location_id":2,"vendor_id":1,"pickup_datetime":"{at}"}}"#
+        )
+    }
+
+    #[test]
+    fn a_trip_in_one_batch_is_one_update_with_its_newest_versions() {
+        let records = [
+            end("a", "2024-05-25 10:00:00", "10"),
+            start("a", "2024-05-25 09:00:00"),
+            end("a", "2024-05-25 11:00:00", "12"),
+            end("a", "2024-05-25 11:00:00", "99"),
+            start("b", "2024-05-25 09:30:00"),
+            "garbage".into(),
+        ];
+        let v = validate(&decode(records.iter().map(|r| r.as_bytes()))).unwrap();
+        let c = coalesce(&v);
+        assert_eq!(c.updates.len(), 2);
+        assert_eq!(c.superseded, 2);
+        let a = &c.updates[0];
+        assert_eq!(a.trip_id, "a");
+        assert_eq!(a.end.as_ref().unwrap().fare_amount, "12", "newest wins, first of equals kept");
+        assert_eq!(a.start.as_ref().unwrap().pickup_datetime, "2024-05-25T09:00:00.000000Z");
+        assert!(c.updates[1].end.is_none());
+    }
+}

@@ -1,0 +1,270 @@
+//! Column-wise validation (DESIGN §2): each rule is a few Arrow kernel calls over a whole
+//! column, and only the rows a rule rejects are visited, to write their reasons.
+//!
+//! Rules apply to the fields of the row's own kind; a start event's stray end fields are
+//! ignored. A rejected row collects every reason it fails, not just the first.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use arrow::compute::kernels::boolean::{and, not, or};
+use arrow::compute::kernels::cmp::neq;
+use arrow::compute::kernels::regexp::regexp_is_match_scalar;
+use arrow::compute::{CastOptions, cast_with_options, is_not_null, is_null};
+use arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMicrosecondType};
+use chrono::DateTime;
+
+use super::decode::{COLUMNS, Decoded, quote};
+use crate::event::{DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, timestamp_type};
+use crate::Result;
+
+/// Longest accepted `trip_id`, in bytes (DynamoDB allows 2048 for a partition key).
+pub const MAX_TRIP_ID_BYTES: usize = 1024;
+
+/// What a datetime must look like before it is parsed: date, `T` or space, time, optional
+/// fraction, optional `Z` or offset.
+const ISO_8601: &str =
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$";
+
+/// A validated batch: typed columns and, per row, the reasons it was rejected.
+#[derive(Debug)]
+pub struct Validated {
+    /// Per row; a row is valid when its list is empty.
+    pub reasons: Vec<Vec<String>>,
+    /// Rows that are start events.
+    pub is_start: BooleanArray,
+    /// Rows that are end events.
+    pub is_end: BooleanArray,
+    /// Columns in [`COLUMNS`] order: `trip_id` as text, then Int64, Timestamp(µs, UTC)
+    /// or Decimal128(38, 18) by rule. Null where absent or invalid.
+    pub columns: Vec<ArrayRef>,
+}
+
+impl Validated {
+    /// True when row `row` passed every rule.
+    pub fn is_valid(&self, row: usize) -> bool {
+        self.reasons[row].is_empty()
+    }
+
+    /// The typed column of a wire field.
+    pub fn column(&self, name: &str) -> &ArrayRef {
+        &self.columns[COLUMNS.iter().position(|c| *c == name).expect("known column")]
+    }
+
+    /// The `trip_id` column.
+    pub fn trip_ids(&self) -> &StringArray {
+        self.columns[0].as_string::<i32>()
+    }
+
+    /// A timestamp field of `row` in the stored fixed-width form.
+    pub fn timestamp_text(&self, name: &str, row: usize) -> Option<String> {
+        let col = self.column(name).as_primitive::<TimestampMicrosecondType>();
+        col.is_valid(row).then(|| format_timestamp(col.value(row)))
+    }
+
+    /// A decimal field of `row` as canonical text.
+    pub fn decimal_text(&self, name: &str, row: usize) -> Option<String> {
+        let col = self.column(name).as_primitive::<Decimal128Type>();
+        col.is_valid(row).then(|| decimal_text(col.value(row)))
+    }
+
+    /// An integer field of `row`.
+    pub fn integer(&self, name: &str, row: usize) -> Option<i64> {
+        let col = self.column(name).as_primitive::<Int64Type>();
+        col.is_valid(row).then(|| col.value(row))
+    }
+}
+
+/// The stored form of an instant: `YYYY-MM-DDTHH:MM:SS.ffffffZ`, always 27 bytes, so
+/// comparing two of them as text compares the instants.
+pub fn format_timestamp(micros: i64) -> String {
+    DateTime::from_timestamp_micros(micros)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// Canonical text of a Decimal128 at [`DECIMAL_SCALE`]: no trailing zeros, no exponent.
+pub fn decimal_text(value: i128) -> String {
+    let scale = 10i128.pow(DECIMAL_SCALE as u32);
+    let sign = if value < 0 { "-" } else { "" };
+    let (int, frac) = ((value / scale).unsigned_abs(), (value % scale).unsigned_abs());
+    if frac == 0 {
+        return format!("{sign}{int}");
+    }
+    let frac = format!("{frac:0width$}", width = DECIMAL_SCALE as usize);
+    format!("{sign}{int}.{}", frac.trim_end_matches('0'))
+}
+
+/// Rows where `mask` is true (nulls count as false).
+fn rows(mask: &BooleanArray) -> impl Iterator<Item = usize> + '_ {
+    let any = mask.true_count() > 0;
+    (0..mask.len()).filter(move |&i| any && mask.is_valid(i) && mask.value(i))
+}
+
+struct Checker<'a> {
+    decoded: &'a Decoded,
+    reasons: Vec<Vec<String>>,
+}
+
+impl Checker<'_> {
+    fn reject(&mut self, mask: &BooleanArray, col: usize, rule: impl Fn(&str) -> String) {
+        let raw = &self.decoded.columns[col];
+        for row in rows(mask) {
+            if self.decoded.wrong_type.contains(&(row, col)) {
+                continue;
+            }
+            let value = if raw.is_null(row) { "" } else { raw.value(row) };
+            self.reasons[row].push(format!("{}: {}", COLUMNS[col], rule(value)));
+        }
+    }
+}
+
+fn safe() -> CastOptions<'static> {
+    CastOptions { safe: true, ..Default::default() }
+}
+
+/// Validates a decoded batch.
+///
+/// # Errors
+/// Only when an Arrow kernel fails, which would be a bug, not bad data.
+pub fn validate(decoded: &Decoded) -> Result<Validated> {
+    let is_start = &decoded.is_start;
+    let is_end = &decoded.is_end;
+    let any_kind = or(is_start, is_end)?;
+    let mut checker = Checker { decoded, reasons: decoded.reasons.clone() };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
+
+    // trip_id: present, not blank, not too long.
+    let ids = &decoded.columns[0];
+    checker.reject(&and(&any_kind, &is_null(ids)?)?, 0, |_| "missing".into());
+    let blank = regexp_is_match_scalar(ids, r"^\s*$", None)?;
+    checker.reject(&and(&any_kind, &blank)?, 0, |_| "empty".into());
+    let long = arrow::compute::kernels::cmp::gt(
+        &arrow::compute::kernels::length::length(ids)?,
+        &arrow::array::Int32Array::new_scalar(MAX_TRIP_ID_BYTES as i32),
+    )?;
+    checker.reject(&and(&any_kind, &long)?, 0, |v| {
+        format!("longer than {MAX_TRIP_ID_BYTES} bytes ({} bytes)", v.len())
+    });
+    columns.push(Arc::new(ids.clone()));
+
+    let specs: Vec<(&FieldSpec, &BooleanArray)> = START_FIELDS
+        .iter()
+        .map(|s| (s, is_start))
+        .chain(END_FIELDS.iter().map(|s| (s, is_end)))
+        .collect();
+    for (i, (spec, of_kind)) in specs.into_iter().enumerate() {
+        let col = i + 1;
+        let raw = &decoded.columns[col];
+        let present = is_not_null(raw)?;
+        if spec.required {
+            checker.reject(&and(of_kind, &is_null(raw)?)?, col, |_| "missing".into());
+        }
+        let checked = and(of_kind, &present)?;
+        let typed = match spec.ty {
+            FieldType::Integer => check_integer(&mut checker, col, raw, &checked)?,
+            FieldType::DateTime => check_datetime(&mut checker, col, raw, &checked)?,
+            FieldType::Decimal => {
+                let dec = cast_with_options(raw, &DECIMAL_TYPE, &safe())?;
+                checker.reject(&and(&checked, &is_null(&dec)?)?, col, |v| {
+                    format!("not a finite decimal within ±10^20: {}", quote(v))
+                });
+                dec
+            }
+        };
+        columns.push(typed);
+    }
+
+    Ok(Validated {
+        reasons: checker.reasons,
+        is_start: is_start.clone(),
+        is_end: is_end.clone(),
+        columns,
+    })
+}
+
+fn check_integer(
+    checker: &mut Checker<'_>,
+    col: usize,
+    raw: &StringArray,
+    checked: &BooleanArray,
+) -> Result<ArrayRef> {
+    let wide = DataType::Decimal128(38, 10);
+    let dec = cast_with_options(raw, &wide, &safe())?;
+    checker.reject(&and(checked, &is_null(&dec)?)?, col, |v| format!("not an integer: {}", quote(v)));
+    // Decimal → Int64 truncates a fraction and nulls an overflow; casting back tells which.
+    let int = cast_with_options(&dec, &DataType::Int64, &safe())?;
+    let overflow = and(&is_not_null(&dec)?, &is_null(&int)?)?;
+    checker.reject(&and(checked, &overflow)?, col, |v| format!("out of the 64-bit range: {}", quote(v)));
+    let back = cast_with_options(&int, &wide, &safe())?;
+    let fraction = neq(&dec, &back)?;
+    checker.reject(&and(checked, &fraction)?, col, |v| format!("not a whole number: {}", quote(v)));
+    Ok(int)
+}
+
+fn check_datetime(
+    checker: &mut Checker<'_>,
+    col: usize,
+    raw: &StringArray,
+    checked: &BooleanArray,
+) -> Result<ArrayRef> {
+    let shaped = regexp_is_match_scalar(raw, ISO_8601, None)?;
+    let ts = cast_with_options(raw, &timestamp_type(), &safe())?;
+    let bad = or(&not(&shaped)?, &is_null(&ts)?)?;
+    checker.reject(&and(checked, &bad)?, col, |v| format!("not ISO 8601: {}", quote(v)));
+    Ok(ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::decode::decode;
+    use super::*;
+
+    fn check(records: &[&str]) -> Validated {
+        validate(&decode(records.iter().map(|r| r.as_bytes()))).unwrap()
+    }
+
+    const START: &str = r#"{"event_type":"trip_start","trip_id":"c66ce556bc","pickup_location_id":93,"dropoff_location_id":"93","vendor_id":1.0,"pickup_datetime":"2024-05-25 13:19:00","estimated_dropoff_datetime":"2024-05-25T14:03:00+02:00","estimated_fare_amount":34.18595283806629}"#;
+
+    #[test]
+    fn a_good_start_is_typed_and_normalised() {
+        let v = check(&[START]);
+        assert!(v.is_valid(0), "{:?}", v.reasons);
+        assert_eq!(v.integer("dropoff_location_id", 0), Some(93));
+        assert_eq!(v.integer("vendor_id", 0), Some(1));
+        assert_eq!(v.timestamp_text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.000000Z");
+        assert_eq!(
+            v.timestamp_text("estimated_dropoff_datetime", 0).unwrap(),
+            "2024-05-25T12:03:00.000000Z"
+        );
+        assert_eq!(v.decimal_text("estimated_fare_amount", 0).unwrap(), "34.18595283806629");
+    }
+
+    #[test]
+    fn every_reason_is_reported() {
+        let v = check(&[
+            r#"{"event_type":"start","trip_id":"t","pickup_location_id":93.5,"vendor_id":"x","pickup_datetime":"25-05-2024 13:19","estimated_fare_amount":"NaN"}"#,
+        ]);
+        let r = &v.reasons[0];
+        assert!(r.contains(&"pickup_location_id: not a whole number: \"93.5\"".to_string()), "{r:?}");
+        assert!(r.contains(&"dropoff_location_id: missing".to_string()), "{r:?}");
+        assert!(r.contains(&"vendor_id: not an integer: \"x\"".to_string()), "{r:?}");
+        assert!(r.contains(&"pickup_datetime: not ISO 8601: \"25-05-2024 13:19\"".to_string()), "{r:?}");
+        assert!(r.iter().any(|m| m.starts_with("estimated_fare_amount: not a finite decimal")), "{r:?}");
+        assert_eq!(r.len(), 5, "{r:?}");
+    }
+
+    #[test]
+    fn stray_fields_of_the_other_kind_are_ignored() {
+        let v = check(&[&START.replace("}", r#","fare_amount":"junk"}"#)]);
+        assert!(v.is_valid(0), "{:?}", v.reasons);
+    }
+
+    #[test]
+    fn decimals_round_trip_as_canonical_text() {
+        assert_eq!(decimal_text(40_096_206_924_631_660_000), "40.09620692463166");
+        assert_eq!(decimal_text(-5 * 10i128.pow(17)), "-0.5");
+        assert_eq!(decimal_text(93 * 10i128.pow(18)), "93");
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000000Z");
+    }
+}

@@ -1,0 +1,210 @@
+//! The nightly KPI job: export the trip table to Arrow, run every `queries/*.sql` with
+//! DataFusion over it as `trips`, and write one `kpi_output/date=YYYY-MM-DD/kpi.json`
+//! per date.
+//!
+//! Output shape (documented in the README):
+//! - the columns of `daily_kpis.sql` (the default query) sit flat at the top level;
+//! - every further query with a `trip_date` column appears under its file stem, as an
+//!   array of its rows for that date (without `trip_date`);
+//! - a query without `trip_date` is written once, to `kpi_output/summary/<stem>.json`.
+//!
+//! Every query is planned before any runs, so one broken file writes nothing.
+
+pub mod output;
+pub mod queries;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use arrow::util::display::ArrayFormatter;
+use chrono::NaiveDate;
+use datafusion::datasource::MemTable;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
+use tracing::info;
+
+pub use self::output::OutputLocation;
+pub use self::queries::{DEFAULT_QUERY, KpiQuery};
+use crate::event::TRIP_SCHEMA;
+use crate::store::TripStore;
+use crate::{Error, Result};
+
+/// Which dates the job reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DateSelection {
+    /// Every date in the table.
+    All,
+    /// Only these dates.
+    Dates(Vec<NaiveDate>),
+}
+
+/// A query's results.
+#[derive(Debug)]
+pub struct QueryResult {
+    /// The query.
+    pub query: KpiQuery,
+    /// Its columns.
+    pub schema: SchemaRef,
+    /// Its rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+/// What the job wrote.
+#[derive(Debug)]
+pub struct KpiReport {
+    /// Dates with a `kpi.json`, in order.
+    pub dates: Vec<NaiveDate>,
+    /// Every file written.
+    pub files: Vec<String>,
+    /// Each query's results, in file order.
+    pub results: Vec<QueryResult>,
+    /// Trips exported to the query engine.
+    pub exported_rows: usize,
+}
+
+impl KpiReport {
+    /// The default query's results, for printing.
+    pub fn default_results(&self) -> Option<&[RecordBatch]> {
+        self.results.iter().find(|r| r.query.stem == DEFAULT_QUERY).map(|r| r.batches.as_slice())
+    }
+}
+
+fn query_error(q: &KpiQuery, e: impl std::fmt::Display) -> Error {
+    Error::Query { file: q.path.display().to_string(), message: e.to_string() }
+}
+
+/// Runs the queries over the exported table and returns their results.
+///
+/// # Errors
+/// When the export fails, or a query does not plan or run (named by its file).
+pub async fn run_queries(
+    store: &dyn TripStore,
+    queries: &[KpiQuery],
+    dates: &DateSelection,
+) -> Result<(Vec<QueryResult>, usize)> {
+    let wanted = match dates {
+        DateSelection::All => None,
+        DateSelection::Dates(d) => Some(d.clone()),
+    };
+    let batches = store.export(wanted).await?;
+    let exported_rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let ctx = SessionContext::new();
+    let table = MemTable::try_new(TRIP_SCHEMA.clone(), vec![batches])
+        .map_err(|e| Error::Store(format!("export: {e}")))?;
+    ctx.register_table("trips", Arc::new(table))
+        .map_err(|e| Error::Store(format!("export: {e}")))?;
+
+    let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let mut planned = Vec::with_capacity(queries.len());
+    for q in queries {
+        let df = ctx.sql_with_options(&q.sql, read_only).await.map_err(|e| query_error(q, e))?;
+        planned.push((q, df));
+    }
+    let mut results = Vec::with_capacity(planned.len());
+    for (q, df) in planned {
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(|e| query_error(q, e))?;
+        results.push(QueryResult { query: q.clone(), schema, batches });
+    }
+    Ok((results, exported_rows))
+}
+
+/// Runs the job: queries, then one `kpi.json` per date and one summary file per
+/// date-less query.
+///
+/// # Errors
+/// When a query fails (nothing is written then) or an output cannot be written.
+pub async fn run(
+    store: &dyn TripStore,
+    queries: &[KpiQuery],
+    dates: &DateSelection,
+    out: &OutputLocation,
+) -> Result<KpiReport> {
+    let (results, exported_rows) = run_queries(store, queries, dates).await?;
+    let (per_date, summaries) = render(&results)?;
+    let mut files = Vec::new();
+    for (date, json) in &per_date {
+        files.push(out.put(&format!("kpi_output/date={date}/kpi.json"), json.clone().into_bytes()).await?);
+    }
+    for (stem, json) in summaries {
+        files.push(out.put(&format!("kpi_output/summary/{stem}.json"), json.into_bytes()).await?);
+    }
+    let dates = per_date
+        .keys()
+        .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .collect::<Vec<_>>();
+    info!(dates = dates.len(), files = files.len(), exported_rows, "KPI job done.");
+    Ok(KpiReport { dates, files, results, exported_rows })
+}
+
+type Rendered = (BTreeMap<String, String>, Vec<(String, String)>);
+
+/// Builds the files' text: per date, and per date-less query.
+fn render(results: &[QueryResult]) -> Result<Rendered> {
+    // date -> (flat fields of the default query, [(stem, rows)])
+    let mut dates: BTreeMap<String, (Vec<String>, Vec<(String, Vec<String>)>)> = BTreeMap::new();
+    let mut summaries = Vec::new();
+    for r in results {
+        let stem = &r.query.stem;
+        let Ok(date_col) = r.schema.index_of("trip_date") else {
+            let mut rows = Vec::new();
+            for b in &r.batches {
+                let f = output::formatters(b)?;
+                rows.extend((0..b.num_rows()).map(|i| output::json_row(b, &f, i, None)));
+            }
+            summaries.push((stem.clone(), json_array(&rows, "") + "\n"));
+            continue;
+        };
+        for b in &r.batches {
+            let f = output::formatters(b)?;
+            let date_array = b.column(date_col);
+            let date_fmt = ArrayFormatter::try_new(date_array.as_ref(), &Default::default())?;
+            for row in 0..b.num_rows() {
+                if date_array.is_null(row) {
+                    continue;
+                }
+                let entry = dates.entry(date_fmt.value(row).to_string()).or_default();
+                if stem == DEFAULT_QUERY {
+                    for (i, field) in b.schema().fields().iter().enumerate() {
+                        entry.0.push(format!(
+                            "{}: {}",
+                            serde_json::to_string(field.name()).unwrap_or_default(),
+                            output::json_value(b.column(i).as_ref(), &f[i], row)
+                        ));
+                    }
+                } else {
+                    let row_json = output::json_row(b, &f, row, Some(date_col));
+                    match entry.1.last_mut() {
+                        Some((s, rows)) if s == stem => rows.push(row_json),
+                        _ => entry.1.push((stem.clone(), vec![row_json])),
+                    }
+                }
+            }
+        }
+    }
+    let per_date = dates
+        .into_iter()
+        .map(|(date, (flat, nested))| {
+            let mut fields = if flat.is_empty() {
+                vec![format!("\"trip_date\": \"{date}\"")]
+            } else {
+                flat
+            };
+            for (stem, rows) in nested {
+                fields.push(format!("{}: {}", serde_json::to_string(&stem).unwrap_or_default(), json_array(&rows, "  ")));
+            }
+            (date, format!("{{\n  {}\n}}\n", fields.join(",\n  ")))
+        })
+        .collect();
+    Ok((per_date, summaries))
+}
+
+fn json_array(rows: &[String], indent: &str) -> String {
+    if rows.is_empty() {
+        return "[]".into();
+    }
+    let inner: Vec<String> = rows.iter().map(|r| format!("{indent}  {r}")).collect();
+    format!("[\n{}\n{indent}]", inner.join(",\n"))
+}

@@ -1,0 +1,166 @@
+//! KPI outputs: JSON rendering of query results and atomic writes through object_store.
+//!
+//! Numbers keep their exact decimal text (a `DECIMAL(20, 2)` total is written `1234.50`,
+//! never through a float), and nothing depends on the clock, so the same table always
+//! gives byte-identical files.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::{Error, Result};
+
+/// Where KPI outputs go: an object store and a prefix inside it.
+#[derive(Clone, Debug)]
+pub struct OutputLocation {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    display: String,
+}
+
+impl OutputLocation {
+    /// Parses `--out`: a local directory (created if missing) or a `file://` URL.
+    ///
+    /// # Errors
+    /// When the URL's scheme is not supported or the directory cannot be created.
+    pub fn parse(out: &str) -> Result<Self> {
+        if out.trim().is_empty() {
+            return Err(Error::Config("--out is empty; give a directory such as ./tripflow-out".into()));
+        }
+        let path = match out.split_once("://") {
+            None => std::path::PathBuf::from(out),
+            Some(("file", rest)) => std::path::PathBuf::from(rest),
+            Some((scheme, _)) => {
+                return Err(Error::Config(format!(
+                    "--out {out}: {scheme}:// outputs are not supported by this build; \
+                     give a local directory or a file:// URL"
+                )));
+            }
+        };
+        std::fs::create_dir_all(&path).map_err(|e| {
+            Error::Output(format!(
+                "cannot create output directory {}: {e}; choose a writable --out",
+                path.display()
+            ))
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| {
+            Error::Output(format!("cannot use output directory {}: {e}", path.display()))
+        })?;
+        Ok(OutputLocation { store: Arc::new(store), prefix: ObjectPath::default(), display: path.display().to_string() })
+    }
+
+    /// Writes `bytes` at `key` under the prefix, replacing what was there atomically.
+    ///
+    /// # Errors
+    /// When the store refuses the write.
+    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<String> {
+        let path = key.split('/').fold(self.prefix.clone(), |p, part| p.clone().join(part));
+        self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| {
+            Error::Output(format!("cannot write {key} under {}: {e}; choose a writable --out", self.display))
+        })?;
+        Ok(format!("{}/{key}", self.display.trim_end_matches('/')))
+    }
+
+    /// The location as given.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+/// Renders one cell as a JSON value: numbers as exact numbers, nulls as `null`,
+/// dates and timestamps as strings.
+pub fn json_value(array: &dyn Array, formatter: &ArrayFormatter<'_>, row: usize) -> String {
+    if array.is_null(row) {
+        return "null".into();
+    }
+    let text = formatter.value(row).to_string();
+    match array.data_type() {
+        t if t.is_integer() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) => text,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+            if text.parse::<f64>().is_ok_and(f64::is_finite) { text } else { "null".into() }
+        }
+        DataType::Boolean => text,
+        _ => serde_json::to_string(&text).unwrap_or_default(),
+    }
+}
+
+/// Formatters for every column of a batch.
+///
+/// # Errors
+/// When a column's type cannot be displayed.
+pub fn formatters(batch: &RecordBatch) -> Result<Vec<ArrayFormatter<'_>>> {
+    static OPTIONS: std::sync::LazyLock<FormatOptions<'static>> =
+        std::sync::LazyLock::new(|| FormatOptions::default().with_display_error(false));
+    batch
+        .columns()
+        .iter()
+        .map(|c| Ok(ArrayFormatter::try_new(c.as_ref(), &OPTIONS)?))
+        .collect()
+}
+
+/// One row as a JSON object `{"col": value, …}` on one line, leaving out `skip`.
+pub fn json_row(batch: &RecordBatch, formatters: &[ArrayFormatter<'_>], row: usize, skip: Option<usize>) -> String {
+    let mut out = String::from("{");
+    for (i, field) in batch.schema().fields().iter().enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push_str(", ");
+        }
+        out.push_str(&serde_json::to_string(field.name()).unwrap_or_default());
+        out.push_str(": ");
+        out.push_str(&json_value(batch.column(i).as_ref(), &formatters[i], row));
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Date32Array, Decimal128Array, Float64Array, Int64Array};
+    use arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn values_keep_exact_decimals_and_quote_dates() {
+        let schema = Schema::new(vec![
+            Field::new("trip_date", DataType::Date32, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("fare", DataType::Decimal128(20, 2), true),
+            Field::new("ratio", DataType::Float64, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Date32Array::from(vec![19868])),
+                Arc::new(Int64Array::from(vec![Some(3)])),
+                Arc::new(Decimal128Array::from(vec![123450]).with_precision_and_scale(20, 2).unwrap()),
+                Arc::new(Float64Array::from(vec![f64::NAN])),
+            ],
+        )
+        .unwrap();
+        let f = formatters(&batch).unwrap();
+        assert_eq!(json_row(&batch, &f, 0, None), r#"{"trip_date": "2024-05-25", "n": 3, "fare": 1234.50, "ratio": null}"#);
+        assert_eq!(json_row(&batch, &f, 0, Some(0)), r#"{"n": 3, "fare": 1234.50, "ratio": null}"#);
+    }
+
+    #[tokio::test]
+    async fn puts_under_a_local_directory_and_refuses_other_schemes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputLocation::parse(dir.path().join("out").to_str().unwrap()).unwrap();
+        out.put("kpi_output/date=2024-05-25/kpi.json", b"{}".to_vec()).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("out/kpi_output/date=2024-05-25/kpi.json")).unwrap(), b"{}");
+        let err = OutputLocation::parse("gs://bucket").unwrap_err().to_string();
+        assert!(err.contains("not supported"), "{err}");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let err = OutputLocation::parse(file.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("cannot create output directory"), "{err}");
+    }
+}

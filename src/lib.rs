@@ -1,0 +1,42 @@
+//! tripflow: ride-hailing trip events into a consistent trip table and nightly KPI reports.
+//!
+//! # Layout
+//!
+//! The modules follow the pipeline, left to right:
+//!
+//! ```text
+//!  CSV files ──produce──▶ stream ──ingest──▶ store ──kpi──▶ kpi_output/date=…/kpi.json
+//! ```
+//!
+//! - [`produce`]: CSV rows (or captured NDJSON records) become JSON events, interleaved by
+//!   event time, and are put on a stream with the trip id as partition key.
+//! - [`stream`]: the [`stream::StreamSink`], [`stream::StreamSource`] and
+//!   [`stream::CheckpointStore`] traits; `stream::embedded` keeps shards in SQLite.
+//! - [`ingest`]: micro-batches records, decodes them into Arrow, validates whole columns,
+//!   coalesces a trip's events, merges them into the store, dead-letters the rest and only
+//!   then moves the checkpoints.
+//! - [`store`]: the [`store::TripStore`] trait and its conditional merge; `store::sqlite`
+//!   is the embedded trip table.
+//! - [`deadletter`]: where rejected records go, with every reason.
+//! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion.
+//! - [`gen`]: deterministic synthetic input shaped like the real exports.
+//! - [`event`]: event kinds, field names and the Arrow schemas shared by all stages.
+//! - [`config`]: checked settings shared by the commands; [`pipeline`] chains the stages
+//!   for `tripflow run`.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod deadletter;
+pub mod error;
+pub mod event;
+pub mod gen;
+pub mod ingest;
+pub mod kpi;
+pub mod pipeline;
+pub mod produce;
+mod sqlite;
+pub mod store;
+pub mod stream;
+
+pub use error::{Error, Result};

@@ -1,0 +1,91 @@
+//! `tripflow run`: produce, ingest until caught up, then the KPI job for every date,
+//! on one set of backends, with one report of the whole run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::Home;
+use crate::ingest::{Ingest, IngestCounts, IngestOptions};
+use crate::kpi::{self, DateSelection, KpiReport, OutputLocation};
+use crate::produce::{self, ProduceReport};
+use crate::{Error, Result};
+
+/// Settings of a whole run.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// `trip_start.csv`.
+    pub start: PathBuf,
+    /// `trip_end.csv`.
+    pub end: PathBuf,
+    /// Embedded backends' folder.
+    pub home: Home,
+    /// Shard count for a new stream.
+    pub shards: Option<u32>,
+    /// Where KPI files go.
+    pub out: OutputLocation,
+    /// The KPI queries folder.
+    pub queries: PathBuf,
+    /// Ingest settings.
+    pub ingest: IngestOptions,
+}
+
+/// The run report (`--report FILE`): `read = applied + duplicate_or_stale + dead_lettered`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Ingest counts, flattened: `read`, `applied`, `duplicate_or_stale`, `dead_lettered`, ….
+    #[serde(flatten)]
+    pub ingest: IngestCounts,
+    /// Records produced.
+    pub produced: u64,
+    /// Rows not sent by produce, with file, line and reason.
+    pub not_sent: Vec<String>,
+    /// Dates with KPI files.
+    pub kpi_dates: Vec<String>,
+    /// Files written by the KPI job.
+    pub kpi_files: Vec<String>,
+    /// Dead-letter file.
+    pub dead_letter_file: String,
+    /// Wall-clock seconds of the run.
+    pub elapsed_s: f64,
+}
+
+/// Runs the pipeline on the embedded backends.
+///
+/// # Errors
+/// When an input, a backend, a query or an output fails; bad records are not errors.
+pub async fn run(settings: &RunSettings) -> Result<(RunReport, KpiReport)> {
+    let began = Instant::now();
+    let queries = kpi::queries::load(&settings.queries)?;
+    let stream = settings.home.stream(settings.shards)?;
+    let store = settings.home.store()?;
+    let dead_letters = settings.home.dead_letters()?;
+
+    let ProduceReport { sent, not_sent } = produce::produce_csv(&stream, &settings.start, &settings.end).await?;
+    let counts = Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead_letters }
+        .run(&settings.ingest)
+        .await?;
+    let kpi = kpi::run(&store, &queries, &DateSelection::All, &settings.out).await?;
+    let report = RunReport {
+        ingest: counts,
+        produced: sent,
+        not_sent,
+        kpi_dates: kpi.dates.iter().map(|d| d.to_string()).collect(),
+        kpi_files: kpi.files.clone(),
+        dead_letter_file: settings.home.dead_letter_path().display().to_string(),
+        elapsed_s: began.elapsed().as_secs_f64(),
+    };
+    Ok((report, kpi))
+}
+
+/// Writes a report as pretty JSON.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_report(path: &std::path::Path, report: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| Error::Output(e.to_string()))?;
+    std::fs::write(path, json + "\n").map_err(|e| {
+        Error::Output(format!("cannot write the report {}: {e}; choose a writable --report path", path.display()))
+    })
+}

@@ -1,0 +1,122 @@
+//! Produce: CSV rows (or captured NDJSON records) → JSON events → the stream.
+//!
+//! Each CSV row becomes one event: a JSON number where the cell is a number, `null` for a
+//! blank, a string otherwise (`trip_id` is always a string). Nothing is validated here;
+//! that is ingest's job, so a producer never loses a record it could send. Events are
+//! interleaved by event time (a start at its pickup, an end at its dropoff) and put with
+//! the trip id as partition key. A row that cannot become a record (wrong field count,
+//! over 1 MiB) is reported with its file and line and not sent; the rest still is.
+
+pub mod csv_events;
+
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::Serialize;
+use tracing::info;
+
+use crate::stream::{PutRecord, StreamSink};
+use crate::{Error, Result};
+
+pub use self::csv_events::{CsvEvent, read_events};
+
+/// Records per call to the sink (Kinesis' PutRecords limit).
+pub const PUT_BATCH: usize = 500;
+
+/// What a produce run did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ProduceReport {
+    /// Records the stream accepted.
+    pub sent: u64,
+    /// One line per row or record not sent: file, line and why.
+    pub not_sent: Vec<String>,
+}
+
+/// Sends the events of a start and an end CSV file, interleaved by event time.
+///
+/// # Errors
+/// When a file cannot be opened or its header is unusable, or the stream fails.
+pub async fn produce_csv(sink: &dyn StreamSink, start: &Path, end: &Path) -> Result<ProduceReport> {
+    let mut report = ProduceReport::default();
+    let mut events = read_events(start, crate::event::EventKind::Start, &mut report.not_sent)?;
+    events.extend(read_events(end, crate::event::EventKind::End, &mut report.not_sent)?);
+    // Stable: at equal times a start stays ahead of an end.
+    events.sort_by_key(|e| e.time);
+    send(sink, events.into_iter().map(|e| (e.origin, e.record)), &mut report).await?;
+    info!(sent = report.sent, not_sent = report.not_sent.len(), "Produced events.");
+    Ok(report)
+}
+
+/// Sends each non-empty line of an NDJSON file as one record, byte for byte, keyed by its
+/// `trip_id` when it has one.
+///
+/// # Errors
+/// When the file cannot be read, or the stream fails.
+pub async fn produce_ndjson(sink: &dyn StreamSink, path: &Path) -> Result<ProduceReport> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::Input { path: path.into(), message: format!("cannot open: {e}") })?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut records = Vec::new();
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::Input { path: path.into(), message: e.to_string() })?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let partition_key = trip_id_of(&line).unwrap_or_else(|| format!("line-{number}"));
+        records.push((
+            format!("{}:{number}", path.display()),
+            PutRecord { partition_key, data: line.clone() },
+        ));
+    }
+    let mut report = ProduceReport::default();
+    send(sink, records.into_iter(), &mut report).await?;
+    Ok(report)
+}
+
+fn trip_id_of(data: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        trip_id: Option<&'a serde_json::value::RawValue>,
+    }
+    let key: Key<'_> = serde_json::from_slice(data).ok()?;
+    let raw = key.trip_id?.get();
+    let id = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned());
+    (!id.is_empty()).then_some(id)
+}
+
+async fn send(
+    sink: &dyn StreamSink,
+    records: impl Iterator<Item = (String, PutRecord)>,
+    report: &mut ProduceReport,
+) -> Result<()> {
+    let mut origins = Vec::with_capacity(PUT_BATCH);
+    let mut batch = Vec::with_capacity(PUT_BATCH);
+    let mut records = records.peekable();
+    while records.peek().is_some() {
+        origins.clear();
+        batch.clear();
+        for (origin, record) in records.by_ref().take(PUT_BATCH) {
+            origins.push(origin);
+            batch.push(record);
+        }
+        let refused = sink.put_records(&batch).await?;
+        for r in &refused {
+            report.not_sent.push(format!("{}: {}; not sent", origins[r.index], r.reason));
+        }
+        report.sent += (batch.len() - refused.len()) as u64;
+    }
+    Ok(())
+}

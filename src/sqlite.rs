@@ -1,0 +1,63 @@
+//! SQLite plumbing shared by the embedded backends (stream, checkpoints, trip table).
+//!
+//! Each backend owns one connection behind a mutex and runs its statements on tokio's
+//! blocking pool, so the async pipeline never waits on disk I/O in a runtime thread.
+//! Databases use WAL with `synchronous=FULL`: a committed transaction survives a crash,
+//! which is what lets a checkpoint follow a merge safely, and a producer and a consumer
+//! in separate processes can share a stream file.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::{Error, Result};
+
+/// A connection shared by an embedded backend.
+#[derive(Clone)]
+pub(crate) struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and applies `schema`.
+    pub(crate) fn open(path: &Path, schema: &str) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Config(format!(
+                    "cannot create directory {}: {e}; choose a writable --home",
+                    dir.display()
+                ))
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| {
+            Error::Config(format!("cannot open {}: {e}; choose a writable --home", path.display()))
+        })?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(schema)?;
+        Ok(Db { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// The connection, for set-up work outside the async runtime.
+    pub(crate) fn blocking(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Store(format!("blocking task failed: {e}")))?
+    }
+}

@@ -1,0 +1,241 @@
+//! The embedded trip table: SQLite at `<home>/trips.sqlite`.
+//!
+//! Each batch is one IMMEDIATE transaction. For every trip it reads the stored versions,
+//! decides which groups are newer, and writes them with one upsert whose SET clauses
+//! repeat the same condition column by column, the way a DynamoDB conditional update
+//! would. `trip_date`, `trip_completed` and `last_updated` are generated columns, so
+//! they can never disagree with the groups; a partial index on `trip_date` serves
+//! date-filtered exports like the sparse index of the DynamoDB backend.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use rusqlite::{OptionalExtension, Row, params_from_iter};
+
+use super::{EndGroup, ExportBuilder, MergeOutcome, StartGroup, TripItem, TripStore, TripUpdate};
+use crate::event::{END_FIELDS, START_FIELDS};
+use crate::sqlite::Db;
+use crate::Result;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS trips (
+    trip_id TEXT PRIMARY KEY,
+    pickup_location_id INTEGER,
+    dropoff_location_id INTEGER,
+    vendor_id INTEGER,
+    pickup_datetime TEXT,
+    estimated_dropoff_datetime TEXT,
+    estimated_fare_amount TEXT,
+    dropoff_datetime TEXT,
+    rate_code TEXT,
+    passenger_count TEXT,
+    trip_distance TEXT,
+    fare_amount TEXT,
+    tip_amount TEXT,
+    payment_type TEXT,
+    trip_type TEXT,
+    trip_date TEXT GENERATED ALWAYS AS (substr(dropoff_datetime, 1, 10)) STORED,
+    trip_completed INTEGER GENERATED ALWAYS AS
+        (pickup_datetime IS NOT NULL AND dropoff_datetime IS NOT NULL) STORED,
+    last_updated TEXT GENERATED ALWAYS AS
+        (max(coalesce(pickup_datetime, ''), coalesce(dropoff_datetime, ''))) STORED
+);
+CREATE INDEX IF NOT EXISTS trips_by_date ON trips (trip_date) WHERE trip_date IS NOT NULL;
+";
+
+/// Rows exported per Arrow batch.
+const EXPORT_BATCH_ROWS: usize = 65_536;
+
+/// The SQLite trip table.
+pub struct SqliteStore {
+    db: Db,
+    writes: Arc<AtomicU64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<home>/trips.sqlite`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or created.
+    pub fn open(home: &Path) -> Result<Self> {
+        Ok(SqliteStore { db: Db::open(&home.join("trips.sqlite"), SCHEMA)?, writes: Arc::default() })
+    }
+}
+
+fn all_columns() -> Vec<&'static str> {
+    std::iter::once("trip_id")
+        .chain(START_FIELDS.iter().chain(END_FIELDS).map(|f| f.name))
+        .collect()
+}
+
+/// The upsert: each group's columns change only where the incoming version is newer.
+/// In an UPDATE every right-hand side sees the old row, so the version column itself
+/// can be assigned in the same statement.
+fn upsert_sql() -> String {
+    let cols = all_columns();
+    let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    let mut sets = Vec::new();
+    for (fields, version) in [(START_FIELDS, "pickup_datetime"), (END_FIELDS, "dropoff_datetime")] {
+        for f in fields {
+            sets.push(format!(
+                "{c} = CASE WHEN excluded.{version} > coalesce(trips.{version}, '') \
+                 THEN excluded.{c} ELSE trips.{c} END",
+                c = f.name
+            ));
+        }
+    }
+    format!(
+        "INSERT INTO trips ({}) VALUES ({}) ON CONFLICT (trip_id) DO UPDATE SET {}",
+        cols.join(", "),
+        placeholders.join(", "),
+        sets.join(", ")
+    )
+}
+
+fn select_sql() -> String {
+    format!("SELECT {} FROM trips", all_columns().join(", "))
+}
+
+fn read_item(row: &Row<'_>) -> rusqlite::Result<TripItem> {
+    let text = |i: usize| row.get::<_, Option<String>>(i);
+    let start = match row.get::<_, Option<String>>(4)? {
+        None => None,
+        Some(pickup_datetime) => Some(StartGroup {
+            pickup_location_id: row.get(1)?,
+            dropoff_location_id: row.get(2)?,
+            vendor_id: row.get(3)?,
+            pickup_datetime,
+            estimated_dropoff_datetime: text(5)?,
+            estimated_fare_amount: text(6)?,
+        }),
+    };
+    let end = match row.get::<_, Option<String>>(7)? {
+        None => None,
+        Some(dropoff_datetime) => Some(EndGroup {
+            dropoff_datetime,
+            rate_code: text(8)?,
+            passenger_count: text(9)?,
+            trip_distance: text(10)?,
+            fare_amount: text(11)?.unwrap_or_default(),
+            tip_amount: text(12)?,
+            payment_type: text(13)?,
+            trip_type: text(14)?,
+        }),
+    };
+    Ok(TripItem { trip_id: row.get(0)?, start, end })
+}
+
+#[async_trait]
+impl TripStore for SqliteStore {
+    async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>> {
+        let writes = self.writes.clone();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut outcomes = Vec::with_capacity(updates.len());
+                let mut written = 0;
+                {
+                    let mut versions = tx.prepare_cached(
+                        "SELECT pickup_datetime, dropoff_datetime FROM trips WHERE trip_id = ?1",
+                    )?;
+                    let mut upsert = tx.prepare_cached(&upsert_sql())?;
+                    for u in &updates {
+                        let (stored_start, stored_end): (Option<String>, Option<String>) = versions
+                            .query_row([&u.trip_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()?
+                            .unwrap_or_default();
+                        let newer = |incoming: Option<&String>, stored: &Option<String>| {
+                            incoming.is_some_and(|v| stored.as_ref().is_none_or(|s| v > s))
+                        };
+                        let outcome = MergeOutcome {
+                            start_applied: newer(u.start.as_ref().map(|s| &s.pickup_datetime), &stored_start),
+                            end_applied: newer(u.end.as_ref().map(|e| &e.dropoff_datetime), &stored_end),
+                        };
+                        if outcome.start_applied || outcome.end_applied {
+                            let start = u.start.as_ref().filter(|_| outcome.start_applied);
+                            let end = u.end.as_ref().filter(|_| outcome.end_applied);
+                            let values = std::iter::once(Some(u.trip_id.clone()))
+                                .chain(start.map(StartGroup::values).unwrap_or_default())
+                                .chain(end.map(EndGroup::values).unwrap_or_default());
+                            upsert.execute(params_from_iter(values))?;
+                            written += 1;
+                        }
+                        outcomes.push(outcome);
+                    }
+                }
+                tx.commit()?;
+                writes.fetch_add(written, Ordering::Relaxed);
+                Ok(outcomes)
+            })
+            .await
+    }
+
+    async fn get(&self, trip_id: &str) -> Result<Option<TripItem>> {
+        let trip_id = trip_id.to_owned();
+        self.db
+            .call(move |conn| {
+                let sql = format!("{} WHERE trip_id = ?1", select_sql());
+                Ok(conn.query_row(&sql, [&trip_id], read_item).optional()?)
+            })
+            .await
+    }
+
+    async fn export(&self, dates: Option<Vec<NaiveDate>>) -> Result<Vec<RecordBatch>> {
+        self.db
+            .call(move |conn| {
+                let mut builder = ExportBuilder::new();
+                let mut batches = Vec::new();
+                let mut scan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<()> {
+                    let mut stmt = conn.prepare(sql)?;
+                    let mut rows = stmt.query(params)?;
+                    while let Some(row) = rows.next()? {
+                        builder.push(&read_item(row)?);
+                        if builder.len() == EXPORT_BATCH_ROWS {
+                            batches.push(builder.finish()?);
+                        }
+                    }
+                    Ok(())
+                };
+                match dates {
+                    None => scan(&format!("{} ORDER BY trip_id", select_sql()), &[])?,
+                    Some(mut dates) => {
+                        dates.sort();
+                        dates.dedup();
+                        let sql = format!("{} WHERE trip_date = ?1 ORDER BY trip_id", select_sql());
+                        for d in dates {
+                            scan(&sql, &[&d.format("%Y-%m-%d").to_string()])?;
+                        }
+                    }
+                }
+                if !builder.is_empty() || batches.is_empty() {
+                    batches.push(builder.finish()?);
+                }
+                Ok(batches)
+            })
+            .await
+    }
+
+    fn write_requests(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsert_guards_every_column_with_its_group_version() {
+        let sql = upsert_sql();
+        assert!(sql.contains(
+            "vendor_id = CASE WHEN excluded.pickup_datetime > coalesce(trips.pickup_datetime, '')"
+        ));
+        assert!(sql.contains(
+            "fare_amount = CASE WHEN excluded.dropoff_datetime > coalesce(trips.dropoff_datetime, '')"
+        ));
+    }
+}

@@ -1,0 +1,281 @@
+//! The embedded stream: Kinesis' model in one SQLite file under `--home`.
+//!
+//! The shard count is fixed when the stream is created. Every record gets the next value
+//! of one AUTOINCREMENT key as its sequence number, so numbers increase within a shard
+//! and are never reused. Checkpoints live in the same file, one row per consumer and
+//! shard, and only move forward. A producer and a consumer may use the file at the same
+//! time from separate processes.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use super::{
+    CheckpointStore, PutRecord, ReadResult, Refused, SequenceNumber, ShardId, ShardIterator,
+    StartPosition, StreamRecord, StreamSink, StreamSource, shard_index, shard_name,
+};
+use crate::event::MAX_RECORD_BYTES;
+use crate::sqlite::Db;
+use crate::{Error, Result};
+
+/// Default number of shards of a new embedded stream.
+pub const DEFAULT_SHARDS: u32 = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stream_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    shard INTEGER NOT NULL,
+    partition_key TEXT NOT NULL,
+    data BLOB NOT NULL,
+    arrival_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_shard ON records (shard, seq);
+CREATE INDEX IF NOT EXISTS records_by_arrival ON records (shard, arrival_ms);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    consumer TEXT NOT NULL,
+    shard TEXT NOT NULL,
+    seq TEXT NOT NULL,
+    PRIMARY KEY (consumer, shard)
+);
+";
+
+/// A durable, sharded stream in `<home>/stream.sqlite`.
+#[derive(Clone)]
+pub struct EmbeddedStream {
+    db: Db,
+    shard_count: u32,
+    path: PathBuf,
+}
+
+impl EmbeddedStream {
+    /// Opens the stream under `home`, creating it with `shards` shards (default
+    /// [`DEFAULT_SHARDS`]) if it does not exist.
+    ///
+    /// # Errors
+    /// When the file cannot be opened, or it exists with a different shard count than
+    /// `shards` asks for.
+    pub fn open(home: &Path, shards: Option<u32>) -> Result<Self> {
+        if shards == Some(0) {
+            return Err(Error::Config("--shards must be at least 1".into()));
+        }
+        let path = home.join("stream.sqlite");
+        let db = Db::open(&path, SCHEMA)?;
+        let want = shards.unwrap_or(DEFAULT_SHARDS);
+        let shard_count = {
+            let conn = db.blocking();
+            conn.execute(
+                "INSERT OR IGNORE INTO stream_meta (key, value) VALUES ('shard_count', ?1)",
+                [want.to_string()],
+            )?;
+            let stored: String = conn.query_row(
+                "SELECT value FROM stream_meta WHERE key = 'shard_count'",
+                [],
+                |row| row.get(0),
+            )?;
+            stored.parse::<u32>().map_err(|_| {
+                Error::Stream(format!("{} holds a bad shard count {stored:?}", path.display()))
+            })?
+        };
+        if let Some(asked) = shards {
+            if asked != shard_count {
+                return Err(Error::Config(format!(
+                    "the stream in {} has {shard_count} shards, but --shards asks for {asked}; \
+                     omit --shards or use a new --home",
+                    home.display()
+                )));
+            }
+        }
+        Ok(EmbeddedStream { db, shard_count, path })
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    /// The stream's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn shard_number(shard: &ShardId, count: u32) -> Result<u32> {
+    shard
+        .strip_prefix("shardId-")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|&n| n < count)
+        .ok_or_else(|| Error::Stream(format!("no shard {shard:?} in the embedded stream")))
+}
+
+fn parse_position(it: &ShardIterator) -> Result<i64> {
+    it.position
+        .parse()
+        .map_err(|_| Error::Stream(format!("bad embedded iterator {:?}", it.position)))
+}
+
+#[async_trait]
+impl StreamSink for EmbeddedStream {
+    async fn put_records(&self, records: &[PutRecord]) -> Result<Vec<Refused>> {
+        let mut refused = Vec::new();
+        let mut rows = Vec::with_capacity(records.len());
+        for (index, r) in records.iter().enumerate() {
+            if r.partition_key.is_empty() {
+                refused.push(Refused { index, reason: "empty partition key".into() });
+            } else if r.data.len() + r.partition_key.len() > MAX_RECORD_BYTES {
+                refused.push(Refused {
+                    index,
+                    reason: format!(
+                        "record of {} bytes is over the 1 MiB limit",
+                        r.data.len() + r.partition_key.len()
+                    ),
+                });
+            } else {
+                let shard = shard_index(&r.partition_key, self.shard_count);
+                rows.push((shard, r.partition_key.clone(), r.data.clone()));
+            }
+        }
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                {
+                    let now = Utc::now().timestamp_millis();
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO records (shard, partition_key, data, arrival_ms) VALUES (?1, ?2, ?3, ?4)",
+                    )?;
+                    for (shard, key, data) in &rows {
+                        insert.execute(params![shard, key, data, now])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Stream(format!("put to {}: {e}", self.path.display())))?;
+        Ok(refused)
+    }
+}
+
+#[async_trait]
+impl StreamSource for EmbeddedStream {
+    async fn shards(&self) -> Result<Vec<ShardId>> {
+        Ok((0..self.shard_count).map(shard_name).collect())
+    }
+
+    async fn iterator(&self, shard: &ShardId, start: &StartPosition) -> Result<ShardIterator> {
+        let n = shard_number(shard, self.shard_count)?;
+        let start = start.clone();
+        let after: i64 = self
+            .db
+            .call(move |conn| {
+                Ok(match start {
+                    StartPosition::TrimHorizon => 0,
+                    StartPosition::AfterSequenceNumber(seq) => seq.as_u64().ok_or_else(|| {
+                        Error::Stream(format!("bad embedded sequence number {seq}"))
+                    })? as i64,
+                    StartPosition::Latest => conn.query_row(
+                        "SELECT coalesce(max(seq), 0) FROM records WHERE shard = ?1",
+                        [n],
+                        |row| row.get(0),
+                    )?,
+                    StartPosition::AtTimestamp(at) => conn.query_row(
+                        "SELECT coalesce(max(seq), 0) FROM records WHERE shard = ?1 AND arrival_ms < ?2",
+                        params![n, at.timestamp_millis()],
+                        |row| row.get(0),
+                    )?,
+                })
+            })
+            .await?;
+        Ok(ShardIterator { shard: shard.clone(), position: after.to_string() })
+    }
+
+    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadResult> {
+        let n = shard_number(&iterator.shard, self.shard_count)?;
+        let after = parse_position(iterator)?;
+        let records = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT seq, partition_key, data, arrival_ms FROM records \
+                     WHERE shard = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(params![n, after, limit as i64], |row| {
+                    let seq: i64 = row.get(0)?;
+                    let arrival_ms: i64 = row.get(3)?;
+                    Ok(StreamRecord {
+                        sequence_number: SequenceNumber::from_u64(seq as u64),
+                        partition_key: row.get(1)?,
+                        data: row.get(2)?,
+                        arrival: Utc.timestamp_millis_opt(arrival_ms).single().unwrap_or_default(),
+                    })
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        let next_after = records
+            .last()
+            .and_then(|r| r.sequence_number.as_u64())
+            .map_or(after, |s| s as i64);
+        Ok(ReadResult {
+            caught_up: records.len() < limit,
+            records,
+            next: ShardIterator { shard: iterator.shard.clone(), position: next_after.to_string() },
+        })
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for EmbeddedStream {
+    async fn get(&self, consumer: &str, shard: &ShardId) -> Result<Option<SequenceNumber>> {
+        let (consumer, shard) = (consumer.to_owned(), shard.clone());
+        self.db
+            .call(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT seq FROM checkpoints WHERE consumer = ?1 AND shard = ?2",
+                        params![consumer, shard],
+                        |row| row.get::<_, String>(0),
+                    )
+                    .optional()?
+                    .map(SequenceNumber))
+            })
+            .await
+    }
+
+    async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()> {
+        let (consumer, shard, seq) = (consumer.to_owned(), shard.clone(), seq.clone());
+        let padded = SequenceNumber::from_u64(
+            seq.as_u64().ok_or_else(|| Error::Stream(format!("bad sequence number {seq}")))?,
+        );
+        self.db
+            .call(move |conn| {
+                // Sequence numbers are zero-padded, so text order is number order and the
+                // condition keeps a checkpoint from ever moving back.
+                conn.execute(
+                    "INSERT INTO checkpoints (consumer, shard, seq) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (consumer, shard) DO UPDATE SET seq = excluded.seq \
+                     WHERE excluded.seq > checkpoints.seq",
+                    params![consumer, shard, padded.0],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shard_count_is_fixed_at_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStream::open(dir.path(), Some(2)).unwrap();
+        assert_eq!(s.shard_count(), 2);
+        assert_eq!(EmbeddedStream::open(dir.path(), None).unwrap().shard_count(), 2);
+        let err = EmbeddedStream::open(dir.path(), Some(3)).err().unwrap().to_string();
+        assert!(err.contains("has 2 shards") && err.contains("--shards"), "{err}");
+    }
+}

@@ -1,0 +1,207 @@
+//! The stream between `produce` and `ingest`: sinks, sources and consumer checkpoints.
+//!
+//! The model is Kinesis': a stream has shards; a record goes to the shard whose hash-key
+//! range holds the MD5 of its partition key, so a trip's events share a shard and keep
+//! their order. Within a shard, sequence numbers increase. A reader opens an iterator at
+//! a [`StartPosition`] and reads forward; a consumer checkpoints the last sequence number
+//! it has fully processed, per shard.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::Result;
+
+/// Identifies a shard, as Kinesis names them (`shardId-000000000000`).
+pub type ShardId = String;
+
+/// A Kinesis-style sequence number: decimal digits, compared as numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SequenceNumber(pub String);
+
+impl SequenceNumber {
+    /// The sequence number of an embedded record, zero-padded so text order is number order.
+    pub fn from_u64(n: u64) -> Self {
+        SequenceNumber(format!("{n:020}"))
+    }
+
+    /// The value as `u64`, when it fits (always, for the embedded stream).
+    pub fn as_u64(&self) -> Option<u64> {
+        self.0.parse().ok()
+    }
+}
+
+impl Ord for SequenceNumber {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let a = self.0.trim_start_matches('0');
+        let b = other.0.trim_start_matches('0');
+        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    }
+}
+
+impl PartialOrd for SequenceNumber {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Display for SequenceNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a reader starts in a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest record kept.
+    TrimHorizon,
+    /// Just after the newest record at the time the iterator is opened.
+    Latest,
+    /// Just after the given record (how a checkpoint resumes).
+    AfterSequenceNumber(SequenceNumber),
+    /// The first record that arrived at or after the instant.
+    AtTimestamp(DateTime<Utc>),
+}
+
+/// One record to put on the stream.
+#[derive(Debug, Clone)]
+pub struct PutRecord {
+    /// Chooses the shard; tripflow uses the trip id.
+    pub partition_key: String,
+    /// The record's bytes, sent and stored as they are.
+    pub data: Vec<u8>,
+}
+
+/// One record read from a shard.
+#[derive(Debug, Clone)]
+pub struct StreamRecord {
+    /// Its position in the shard.
+    pub sequence_number: SequenceNumber,
+    /// The partition key it was put with.
+    pub partition_key: String,
+    /// The bytes as put.
+    pub data: Vec<u8>,
+    /// When the stream accepted it.
+    pub arrival: DateTime<Utc>,
+}
+
+/// A reader's position in one shard, returned by [`StreamSource::iterator`].
+#[derive(Debug, Clone)]
+pub struct ShardIterator {
+    /// The shard read.
+    pub shard: ShardId,
+    /// Backend-specific position.
+    pub position: String,
+}
+
+/// What one read returned.
+#[derive(Debug)]
+pub struct ReadResult {
+    /// The records, in sequence order.
+    pub records: Vec<StreamRecord>,
+    /// Where the next read continues.
+    pub next: ShardIterator,
+    /// True when the read reached the end of what the shard holds now.
+    pub caught_up: bool,
+}
+
+/// Outcome of a put for one record that the stream refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Index of the record in the call's input.
+    pub index: usize,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Puts records on a stream.
+#[async_trait]
+pub trait StreamSink: Send + Sync {
+    /// Puts the records, keeping their order within each partition key. Records the stream
+    /// refuses for good (too large, empty key) are returned; the rest are stored.
+    ///
+    /// # Errors
+    /// When the backend fails; nothing is then known to be stored.
+    async fn put_records(&self, records: &[PutRecord]) -> Result<Vec<Refused>>;
+}
+
+/// Reads the records of a stream, shard by shard.
+#[async_trait]
+pub trait StreamSource: Send + Sync {
+    /// The stream's shards, in a stable order.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn shards(&self) -> Result<Vec<ShardId>>;
+
+    /// Opens a position in a shard.
+    ///
+    /// # Errors
+    /// When the shard does not exist or the backend fails.
+    async fn iterator(&self, shard: &ShardId, start: &StartPosition) -> Result<ShardIterator>;
+
+    /// Reads up to `limit` records after the iterator's position.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadResult>;
+}
+
+/// Keeps, per consumer and shard, the last sequence number fully processed.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// The checkpoint of `consumer` in `shard`, if any.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn get(&self, consumer: &str, shard: &ShardId) -> Result<Option<SequenceNumber>>;
+
+    /// Moves the checkpoint forward to `seq`; a checkpoint never moves back.
+    ///
+    /// # Errors
+    /// When the backend fails; the checkpoint is then unchanged.
+    async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()>;
+}
+
+/// The index of the shard, among `shard_count` shards splitting the 128-bit hash-key space
+/// evenly, that holds `partition_key`, as Kinesis assigns it (MD5 of the key).
+pub fn shard_index(partition_key: &str, shard_count: u32) -> u32 {
+    use md5::{Digest, Md5};
+    let hash = u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into());
+    let width = u128::MAX / u128::from(shard_count) + 1;
+    ((hash / width) as u32).min(shard_count - 1)
+}
+
+/// The Kinesis name of shard `index`.
+pub fn shard_name(index: u32) -> ShardId {
+    format!("shardId-{index:012}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_compare_as_numbers() {
+        let a = SequenceNumber("9".into());
+        let b = SequenceNumber("10".into());
+        assert!(a < b);
+        assert_eq!(SequenceNumber::from_u64(10).cmp(&b), std::cmp::Ordering::Equal);
+        assert!(SequenceNumber::from_u64(11) > b);
+    }
+
+    #[test]
+    fn shards_split_the_hash_space_evenly() {
+        // MD5("") = d41d8cd9…: in the upper of two halves, the fourth of four quarters? no: 0xd4 / 0x40 = 3.
+        assert_eq!(shard_index("", 2), 1);
+        assert_eq!(shard_index("", 4), 3);
+        assert_eq!(shard_index("anything", 1), 0);
+        let mut counts = [0u32; 4];
+        for i in 0..4000 {
+            counts[shard_index(&format!("trip-{i}"), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "uneven split: {counts:?}");
+    }
+}

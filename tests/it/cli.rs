@@ -1,0 +1,124 @@
+//! The `tripflow` binary as a user meets it: the no-flag run, and one clear line with a
+//! non-zero exit for each kind of bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::{data_dir, queries_dir};
+
+fn tripflow(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tripflow")).current_dir(dir).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a failure with one `error:` line that contains every piece of `expect`.
+fn assert_one_line_error(out: &Output, code: i32, expect: &[&str]) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    for piece in expect {
+        assert!(errors[0].contains(piece), "{piece:?} not in {stderr}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn run_with_no_flags_works_from_the_repository_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&data_dir(), &tmp.path().join("data"));
+    copy_dir(&queries_dir(), &tmp.path().join("queries"));
+    let out = tripflow(tmp.path(), &["run", "--report", "report.json"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("| trip_date") && stdout.contains("total_fare"), "{stdout}");
+    assert!(stdout.contains("read 10000 = applied 10000 + duplicate_or_stale 0 + dead_lettered 0"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("report.json")).unwrap()).unwrap();
+    for key in ["read", "applied", "duplicate_or_stale", "dead_lettered", "elapsed_s"] {
+        assert!(report.get(key).is_some(), "report lacks {key}: {report}");
+    }
+    assert!(tmp.path().join("tripflow-out/kpi_output").is_dir());
+    assert!(tmp.path().join("tripflow-data/stream.sqlite").is_file());
+
+    // Running again replays nothing: the stream is read from its checkpoints, and the
+    // second produce's copies are duplicates.
+    let again = tripflow(tmp.path(), &["run"]);
+    assert!(text(&again.stdout).contains("read 10000 = applied 0 + duplicate_or_stale 10000"), "{}", text(&again.stdout));
+}
+
+#[test]
+fn a_missing_input_file_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tripflow(tmp.path(), &["run", "--start", "nope.csv"]);
+    assert_one_line_error(&out, 2, &["nope.csv", "does not exist", "--start"]);
+}
+
+#[test]
+fn an_unreadable_csv_header_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("s.csv"), "id;pickup\n1;2\n").unwrap();
+    std::fs::write(tmp.path().join("e.csv"), "x\n").unwrap();
+    let out = tripflow(tmp.path(), &["produce", "--start", "s.csv", "--end", "e.csv"]);
+    assert_one_line_error(&out, 2, &["s.csv", "unreadable CSV header", "trip_id"]);
+}
+
+#[test]
+fn an_unwritable_output_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("taken"), "a file").unwrap();
+    let out = tripflow(tmp.path(), &["kpi", "--out", "taken", "--queries"]);
+    assert_eq!(out.status.code(), Some(2), "a flag without its value is a usage error");
+    let q = queries_dir();
+    let out = tripflow(tmp.path(), &["kpi", "--out", "taken/sub", "--queries", q.to_str().unwrap()]);
+    assert_one_line_error(&out, 1, &["cannot create output directory", "--out"]);
+}
+
+#[test]
+fn bad_flags_are_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert_one_line_error(&tripflow(tmp.path(), &["run", "--batch-rows", "0"]), 2, &["--batch-rows"]);
+    assert_one_line_error(&tripflow(tmp.path(), &["kpi", "--date", "25-05-2024"]), 2, &["YYYY-MM-DD"]);
+    assert_one_line_error(&tripflow(tmp.path(), &["ingest", "--initial-position", "soon"]), 2, &["trim-horizon"]);
+    assert_one_line_error(&tripflow(tmp.path(), &["frobnicate"]), 2, &["frobnicate"]);
+}
+
+#[test]
+fn produce_reports_bad_rows_and_oversized_records_and_sends_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = format!(r#"{{"trip_id":"big","pad":"{}"}}"#, "x".repeat(1024 * 1024));
+    let good = crate::common::end_event("t1", "2024-05-25 14:05:00", "3.5");
+    std::fs::write(tmp.path().join("in.ndjson"), format!("{good}\n{big}\nnot json\n")).unwrap();
+    let out = tripflow(tmp.path(), &["produce", "--ndjson", "in.ndjson"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("in.ndjson:2: record of") && stderr.contains("over the 1 MiB limit; not sent"), "{stderr}");
+    assert!(text(&out.stdout).contains("sent 2 records; 1 not sent"));
+
+    std::fs::write(
+        tmp.path().join("s.csv"),
+        "trip_id,pickup_location_id,dropoff_location_id,vendor_id,pickup_datetime,estimated_dropoff_datetime,estimated_fare_amount\n\
+         a,1,2,1,2024-05-25 13:00:00,,\nb,1,2\n",
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("e.csv"), "dropoff_datetime,fare_amount,trip_id\n2024-05-25 14:00:00,9.5,a\n").unwrap();
+    let out = tripflow(tmp.path(), &["produce", "--start", "s.csv", "--end", "e.csv"]);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("s.csv:3: expected 7 fields, found 3; not sent"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("sent 4 records"), "2 from the NDJSON file, 2 from the CSV files");
+
+    // The "not json" line went through and is dead-lettered at ingest; the rest merge.
+    let out = tripflow(tmp.path(), &["ingest"]);
+    assert!(text(&out.stdout).contains("read 4 = applied 3 + duplicate_or_stale 0 + dead_lettered 1"), "{}", text(&out.stdout));
+}

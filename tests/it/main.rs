@@ -1,0 +1,13 @@
+//! tripflow's integration tests, in one binary so they link once.
+//!
+//! The conformance suites (`stream_suite`, `store_suite`) hold one body per behaviour,
+//! written against the traits; each backend's tests call them.
+
+mod bad_records;
+mod cli;
+mod common;
+mod crash;
+mod end_to_end;
+mod merge_props;
+mod store_suite;
+mod stream_suite;

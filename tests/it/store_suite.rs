@@ -1,0 +1,129 @@
+//! The `TripStore` conformance suite: one body per behaviour of DESIGN §3, written
+//! against the trait. Every backend runs all of it (see the `embedded` module below).
+
+use chrono::NaiveDate;
+use tripflow::store::{EndGroup, MergeOutcome, StartGroup, TripStore, TripUpdate};
+
+fn start(at: &str, vendor: i64) -> StartGroup {
+    StartGroup {
+        pickup_location_id: 93,
+        dropoff_location_id: 94,
+        vendor_id: vendor,
+        pickup_datetime: format!("2024-05-25T{at}:00.000000Z"),
+        estimated_dropoff_datetime: None,
+        estimated_fare_amount: Some("34.18595283806629".into()),
+    }
+}
+
+fn end(at: &str, fare: &str) -> EndGroup {
+    EndGroup {
+        dropoff_datetime: format!("2024-05-25T{at}:00.000000Z"),
+        rate_code: Some("5".into()),
+        passenger_count: None,
+        trip_distance: Some("0.1".into()),
+        fare_amount: fare.into(),
+        tip_amount: Some("0".into()),
+        payment_type: Some("3".into()),
+        trip_type: None,
+    }
+}
+
+fn update(id: &str, s: Option<StartGroup>, e: Option<EndGroup>) -> TripUpdate {
+    TripUpdate { trip_id: id.into(), start: s, end: e }
+}
+
+const APPLIED_BOTH: MergeOutcome = MergeOutcome { start_applied: true, end_applied: true };
+
+/// Newer versions win, equal ones are duplicates, older ones are stale, per group.
+pub async fn newer_wins_per_group(store: &dyn TripStore) {
+    let o = store.merge(vec![update("t", Some(start("10:00", 1)), None)]).await.unwrap();
+    assert_eq!(o, [MergeOutcome { start_applied: true, end_applied: false }]);
+    let o = store.merge(vec![update("t", Some(start("10:00", 2)), None)]).await.unwrap();
+    assert_eq!(o, [MergeOutcome::default()], "an equal version is a duplicate");
+    let o = store.merge(vec![update("t", Some(start("09:00", 3)), None)]).await.unwrap();
+    assert_eq!(o, [MergeOutcome::default()], "an older version is stale");
+    assert_eq!(store.get("t").await.unwrap().unwrap().start.unwrap().vendor_id, 1);
+    let o = store.merge(vec![update("t", Some(start("11:00", 4)), None)]).await.unwrap();
+    assert!(o[0].start_applied);
+    assert_eq!(store.get("t").await.unwrap().unwrap().start.unwrap().vendor_id, 4);
+}
+
+/// An end that arrives first does not block its start, and completion follows both.
+pub async fn groups_are_independent(store: &dyn TripStore) {
+    store.merge(vec![update("t", None, Some(end("23:50", "12.5")))]).await.unwrap();
+    let item = store.get("t").await.unwrap().unwrap();
+    assert!(!item.trip_completed());
+    assert_eq!(item.trip_date(), Some("2024-05-25"));
+    // A start whose version is older than the stored end's is still stored.
+    let o = store.merge(vec![update("t", Some(start("23:00", 1)), None)]).await.unwrap();
+    assert!(o[0].start_applied);
+    let item = store.get("t").await.unwrap().unwrap();
+    assert!(item.trip_completed());
+    assert_eq!(item.last_updated(), "2024-05-25T23:50:00.000000Z");
+    assert_eq!(item.end.unwrap().fare_amount, "12.5");
+}
+
+/// Both groups in one update are one write; a fully stale update writes nothing.
+pub async fn one_write_per_trip_per_batch(store: &dyn TripStore) {
+    let before = store.write_requests();
+    let o = store
+        .merge(vec![
+            update("a", Some(start("10:00", 1)), Some(end("10:30", "7"))),
+            update("b", Some(start("10:05", 1)), Some(end("10:40", "8"))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(o, [APPLIED_BOTH, APPLIED_BOTH]);
+    assert_eq!(store.write_requests() - before, 2);
+    store.merge(vec![update("a", Some(start("10:00", 1)), Some(end("10:30", "7")))]).await.unwrap();
+    assert_eq!(store.write_requests() - before, 2, "a duplicate costs no write");
+}
+
+/// The export holds the table's Arrow types and honours a date filter.
+pub async fn export_by_date(store: &dyn TripStore) {
+    store
+        .merge(vec![
+            update("a", Some(start("10:00", 1)), Some(end("10:30", "7.25"))),
+            update("b", Some(start("10:00", 1)), None),
+            update("c", None, Some(EndGroup { dropoff_datetime: "2024-05-26T00:10:00.000000Z".into(), ..end("00:00", "3") })),
+        ])
+        .await
+        .unwrap();
+    let all = store.export(None).await.unwrap();
+    assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    assert_eq!(all[0].schema(), *tripflow::event::TRIP_SCHEMA);
+    let day = NaiveDate::from_ymd_opt(2024, 5, 26).unwrap();
+    let one = store.export(Some(vec![day])).await.unwrap();
+    assert_eq!(one.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let ids = arrow::compute::cast(one[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+    assert_eq!(arrow::array::AsArray::as_string::<i32>(&ids).value(0), "c");
+}
+
+mod embedded {
+    use tripflow::store::sqlite::SqliteStore;
+
+    async fn with_store(body: impl AsyncFnOnce(&SqliteStore)) {
+        let tmp = tempfile::tempdir().unwrap();
+        body(&SqliteStore::open(tmp.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn newer_wins_per_group() {
+        with_store(async |s| super::newer_wins_per_group(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn groups_are_independent() {
+        with_store(async |s| super::groups_are_independent(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn one_write_per_trip_per_batch() {
+        with_store(async |s| super::one_write_per_trip_per_batch(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn export_by_date() {
+        with_store(async |s| super::export_by_date(s).await).await;
+    }
+}

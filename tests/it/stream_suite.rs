@@ -1,0 +1,139 @@
+//! The stream conformance suite: sinks, sources and checkpoints, written against the
+//! traits. Every backend runs all of it (see the `embedded` module below).
+
+use tripflow::stream::{
+    CheckpointStore, PutRecord, SequenceNumber, StartPosition, StreamSink, StreamSource, shard_index,
+};
+
+fn records(keys: &[&str], tag: &str) -> Vec<PutRecord> {
+    keys.iter().map(|k| PutRecord { partition_key: (*k).into(), data: format!("{k}:{tag}").into_bytes() }).collect()
+}
+
+async fn read_all(source: &dyn StreamSource, start: &StartPosition) -> Vec<(String, SequenceNumber, String)> {
+    let mut out = Vec::new();
+    for shard in source.shards().await.unwrap() {
+        let mut it = source.iterator(&shard, start).await.unwrap();
+        loop {
+            let r = source.read(&it, 3).await.unwrap();
+            it = r.next;
+            out.extend(r.records.into_iter().map(|rec| {
+                (shard.clone(), rec.sequence_number, String::from_utf8(rec.data).unwrap())
+            }));
+            if r.caught_up {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// A key's records land on one shard, in order, with increasing sequence numbers.
+pub async fn keys_keep_their_shard_and_order(sink: &dyn StreamSink, source: &dyn StreamSource) {
+    let keys = ["a", "b", "c", "d", "e", "f", "g"];
+    for tag in ["1", "2", "3"] {
+        assert!(sink.put_records(&records(&keys, tag)).await.unwrap().is_empty());
+    }
+    let shards = source.shards().await.unwrap();
+    let all = read_all(source, &StartPosition::TrimHorizon).await;
+    assert_eq!(all.len(), keys.len() * 3);
+    for key in keys {
+        let mine: Vec<_> = all.iter().filter(|(_, _, d)| d.starts_with(&format!("{key}:"))).collect();
+        let expected_shard = &shards[shard_index(key, shards.len() as u32) as usize];
+        assert!(mine.iter().all(|(s, _, _)| s == expected_shard), "{key} moved shards");
+        let tags: Vec<&str> = mine.iter().map(|(_, _, d)| &d[d.len() - 1..]).collect();
+        assert_eq!(tags, ["1", "2", "3"]);
+    }
+    for shard in &shards {
+        let seqs: Vec<&SequenceNumber> = all.iter().filter(|(s, _, _)| s == shard).map(|(_, q, _)| q).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence numbers increase in {shard}");
+    }
+}
+
+/// Reads start at the trim horizon, at latest, after a sequence number or at a time.
+pub async fn start_positions(sink: &dyn StreamSink, source: &dyn StreamSource) {
+    sink.put_records(&records(&["k"; 3], "old")).await.unwrap();
+    let all = read_all(source, &StartPosition::TrimHorizon).await;
+    assert_eq!(all.len(), 3);
+    assert!(read_all(source, &StartPosition::Latest).await.is_empty(), "latest skips what exists");
+    let after_first = read_all(source, &StartPosition::AfterSequenceNumber(all[0].1.clone())).await;
+    assert_eq!(after_first.len(), 2);
+    let shard = all[0].0.clone();
+    let latest = source.iterator(&shard, &StartPosition::Latest).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let cut = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    sink.put_records(&records(&["k"], "new")).await.unwrap();
+    let since = read_all(source, &StartPosition::AtTimestamp(cut)).await;
+    assert_eq!(since.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(), ["k:new"]);
+    let r = source.read(&latest, 10).await.unwrap();
+    assert_eq!(r.records.len(), 1, "an iterator opened at latest sees what comes after");
+}
+
+/// Records over 1 MiB and empty keys are refused; the others in the call are stored.
+pub async fn oversized_records_are_refused(sink: &dyn StreamSink, source: &dyn StreamSource) {
+    let mut batch = records(&["a"], "ok");
+    batch.push(PutRecord { partition_key: "b".into(), data: vec![b'x'; 1024 * 1024 + 1] });
+    batch.push(PutRecord { partition_key: String::new(), data: b"x".to_vec() });
+    let refused = sink.put_records(&batch).await.unwrap();
+    assert_eq!(refused.iter().map(|r| r.index).collect::<Vec<_>>(), [1, 2]);
+    assert!(refused[0].reason.contains("1 MiB"), "{}", refused[0].reason);
+    assert_eq!(read_all(source, &StartPosition::TrimHorizon).await.len(), 1);
+}
+
+/// Checkpoints are per consumer and shard and never move back.
+pub async fn checkpoints_only_move_forward(checkpoints: &dyn CheckpointStore, shard: &str) {
+    let shard = shard.to_owned();
+    assert_eq!(checkpoints.get("c1", &shard).await.unwrap(), None);
+    checkpoints.set("c1", &shard, &SequenceNumber::from_u64(10)).await.unwrap();
+    checkpoints.set("c1", &shard, &SequenceNumber::from_u64(7)).await.unwrap();
+    assert_eq!(checkpoints.get("c1", &shard).await.unwrap(), Some(SequenceNumber::from_u64(10)));
+    checkpoints.set("c1", &shard, &SequenceNumber::from_u64(12)).await.unwrap();
+    assert_eq!(checkpoints.get("c1", &shard).await.unwrap(), Some(SequenceNumber::from_u64(12)));
+    assert_eq!(checkpoints.get("c2", &shard).await.unwrap(), None);
+}
+
+mod embedded {
+    use tripflow::stream::embedded::EmbeddedStream;
+
+    fn open(dir: &std::path::Path) -> EmbeddedStream {
+        EmbeddedStream::open(dir, Some(3)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn keys_keep_their_shard_and_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = open(tmp.path());
+        super::keys_keep_their_shard_and_order(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn start_positions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = open(tmp.path());
+        super::start_positions(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn oversized_records_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = open(tmp.path());
+        super::oversized_records_are_refused(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn checkpoints_only_move_forward() {
+        let tmp = tempfile::tempdir().unwrap();
+        super::checkpoints_only_move_forward(&open(tmp.path()), "shardId-000000000001").await;
+    }
+
+    #[tokio::test]
+    async fn a_second_process_sees_what_the_first_put() {
+        // Two handles on one file stand in for a producer and a consumer process.
+        let tmp = tempfile::tempdir().unwrap();
+        let producer = open(tmp.path());
+        let consumer = EmbeddedStream::open(tmp.path(), None).unwrap();
+        use tripflow::stream::StreamSink;
+        producer.put_records(&super::records(&["x", "y"], "1")).await.unwrap();
+        assert_eq!(super::read_all(&consumer, &tripflow::stream::StartPosition::TrimHorizon).await.len(), 2);
+    }
+}
