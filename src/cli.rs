@@ -317,7 +317,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             print_kpis(&report, &out)?;
         }
         Command::Gen(a) => {
-            crate::gen::generate(a.trips, a.seed, &a.out)?;
+            crate::synthetic::generate(a.trips, a.seed, &a.out)?;
             println!(
                 "wrote {} trips to {} and {}",
                 a.trips,

@@ -19,7 +19,7 @@
 //!   is the embedded trip table.
 //! - [`deadletter`]: where rejected records go, with every reason.
 //! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion.
-//! - [`gen`]: deterministic synthetic input shaped like the real exports.
+//! - [`synthetic`]: deterministic synthetic input shaped like the real exports.
 //! - [`event`]: event kinds, field names and the Arrow schemas shared by all stages.
 //! - [`config`]: checked settings shared by the commands; [`pipeline`] chains the stages
 //!   for `tripflow run`.
@@ -30,7 +30,7 @@ pub mod config;
 pub mod deadletter;
 pub mod error;
 pub mod event;
-pub mod gen;
+pub mod synthetic;
 pub mod ingest;
 pub mod kpi;
 pub mod pipeline;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::TimestampMicrosecondType;
 
 use super::validate::Validated;

@@ -330,6 +330,14 @@ mod tests {
     }
 
     #[test]
+    fn a_record_over_1_mib_is_rejected_unread() {
+        let big = format!(r#"{{"trip_id":"{}"}}"#, "x".repeat(MAX_RECORD_BYTES));
+        let d = one(&big);
+        assert_eq!(d.reasons[0], [format!("record: {} bytes, over the 1 MiB limit", big.len())]);
+        assert!(d.column("trip_id").is_null(0));
+    }
+
+    #[test]
     fn undecodable_records_do_not_spoil_their_neighbours() {
         let records: Vec<&[u8]> = vec![
             b"not json",

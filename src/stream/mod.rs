@@ -169,6 +169,9 @@ pub trait CheckpointStore: Send + Sync {
 /// evenly, that holds `partition_key`, as Kinesis assigns it (MD5 of the key).
 pub fn shard_index(partition_key: &str, shard_count: u32) -> u32 {
     use md5::{Digest, Md5};
+    if shard_count <= 1 {
+        return 0;
+    }
     let hash = u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into());
     let width = u128::MAX / u128::from(shard_count) + 1;
     ((hash / width) as u32).min(shard_count - 1)
@@ -194,7 +197,7 @@ mod tests {
 
     #[test]
     fn shards_split_the_hash_space_evenly() {
-        // MD5("") = d41d8cd9…: in the upper of two halves, the fourth of four quarters? no: 0xd4 / 0x40 = 3.
+        // MD5("") = d41d8cd9…: 0xd4 is in the upper half, and in the fourth quarter.
         assert_eq!(shard_index("", 2), 1);
         assert_eq!(shard_index("", 4), 3);
         assert_eq!(shard_index("anything", 1), 0);

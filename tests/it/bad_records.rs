@@ -4,6 +4,7 @@
 use tripflow::config::Home;
 use tripflow::deadletter::FileDeadLetters;
 use tripflow::ingest::IngestOptions;
+use tripflow::store::TripStore;
 
 use crate::common::{end_event, ingest, put_raw, start_event};
 
