@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Home};
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
-use crate::kpi::{self, KpiReport, OutputLocation};
+use crate::kpi::{self, Formats, KpiReport, OutputLocation};
 use crate::pipeline::{self, RunSettings};
 use crate::produce::{self, ProduceReport};
 use crate::stream::StartPosition;
@@ -44,6 +44,10 @@ pub enum Command {
     Kpi(KpiArgs),
     /// Write a synthetic trip_start.csv / trip_end.csv pair.
     Gen(GenArgs),
+    /// Run the KPI job at cron times (UTC) until SIGINT or SIGTERM.
+    Schedule(ScheduleArgs),
+    /// Ask SQL of the Parquet snapshots and KPI outputs; with no query, an interactive prompt.
+    Sql(SqlArgs),
 }
 
 /// Where the embedded backends live.
@@ -91,6 +95,10 @@ pub struct KpiOutArgs {
     /// Folder of KPI queries, one per .sql file.
     #[arg(long, env = "TRIPFLOW_QUERIES", default_value = "./queries")]
     pub queries: PathBuf,
+    /// Also write kpi.parquet beside each kpi.json, and a Parquet snapshot of the trips
+    /// under snapshots/trip_date=YYYY-MM-DD/.
+    #[arg(long, env = "TRIPFLOW_PARQUET")]
+    pub parquet: bool,
 }
 
 /// `tripflow run`.
@@ -143,12 +151,21 @@ pub struct KpiArgs {
     home: HomeArgs,
     #[command(flatten)]
     kpi: KpiOutArgs,
-    /// Only this date (YYYY-MM-DD); repeat for several.
-    #[arg(long, env = "TRIPFLOW_DATE", value_delimiter = ',')]
+    /// Only this date (YYYY-MM-DD); repeat, or separate with commas, for several.
+    #[arg(long, env = "TRIPFLOW_DATE", value_delimiter = ',', conflicts_with_all = ["all", "from", "to"])]
     date: Vec<String>,
-    /// Every date in the table (the default).
-    #[arg(long, conflicts_with = "date")]
+    /// First date of a range (YYYY-MM-DD).
+    #[arg(long, env = "TRIPFLOW_FROM", conflicts_with = "all")]
+    from: Option<String>,
+    /// Last date of a range (YYYY-MM-DD); defaults to today (UTC).
+    #[arg(long, env = "TRIPFLOW_TO", conflicts_with = "all")]
+    to: Option<String>,
+    /// Every date in the table.
+    #[arg(long, env = "TRIPFLOW_ALL")]
     all: bool,
+    /// With no date flag, the job covers today (UTC) and this many days before it.
+    #[arg(long, env = "TRIPFLOW_LOOKBACK", default_value_t = 1)]
+    lookback: u32,
 }
 
 /// `tripflow gen`.
@@ -163,6 +180,34 @@ pub struct GenArgs {
     /// Folder for trip_start.csv and trip_end.csv.
     #[arg(long, env = "TRIPFLOW_GEN_OUT", default_value = "data")]
     out: PathBuf,
+}
+
+/// `tripflow schedule`.
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    home: HomeArgs,
+    #[command(flatten)]
+    kpi: KpiOutArgs,
+    /// When to run: minute hour day-of-month month day-of-week, in UTC.
+    #[arg(long, env = "TRIPFLOW_CRON", default_value = crate::schedule::DEFAULT_CRON)]
+    cron: String,
+    /// Each run covers its day (UTC) and this many days before it.
+    #[arg(long, env = "TRIPFLOW_LOOKBACK", default_value_t = 1)]
+    lookback: u32,
+}
+
+/// `tripflow sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The query; without one, an interactive prompt opens.
+    query: Option<String>,
+    /// The --out location of a 'tripflow kpi --parquet' run.
+    #[arg(long, env = "TRIPFLOW_SNAPSHOTS", default_value = "./tripflow-out")]
+    snapshots: String,
+    /// How results are printed.
+    #[arg(long, env = "TRIPFLOW_FORMAT", value_enum, default_value_t = crate::sql::Format::Table)]
+    format: crate::sql::Format,
 }
 
 fn ingest_options(batch: &BatchArgs) -> IngestOptions {
@@ -256,6 +301,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 out: OutputLocation::parse(&a.kpi.out)?,
                 queries: a.kpi.queries.clone(),
                 ingest: ingest_options(&a.batch),
+                formats: Formats { parquet: a.kpi.parquet },
             };
             let (report, kpi) = pipeline::run(&settings).await?;
             for line in &report.not_sent {
@@ -310,11 +356,43 @@ pub async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Kpi(a) => {
             let home = Home::new(&a.home.home)?;
-            let dates = config::date_selection(&a.date)?;
+            let flags = config::DateFlags {
+                dates: a.date.clone(),
+                from: a.from.clone(),
+                to: a.to.clone(),
+                all: a.all,
+                lookback: a.lookback,
+            };
+            let dates = config::date_selection(&flags, chrono::Utc::now().date_naive())?;
             let queries = kpi::queries::load(&a.kpi.queries)?;
             let out = OutputLocation::parse(&a.kpi.out)?;
-            let report = kpi::run(&home.store()?, &queries, &dates, &out).await?;
+            let report = kpi::run(&home.store()?, &queries, &dates, &out, Formats { parquet: a.kpi.parquet }).await?;
             print_kpis(&report, &out)?;
+        }
+        Command::Schedule(a) => {
+            let schedule = crate::schedule::Schedule::parse(&a.cron)?;
+            let home = Home::new(&a.home.home)?;
+            let out = OutputLocation::parse(&a.kpi.out)?;
+            kpi::queries::load(&a.kpi.queries)?;
+            let stop = stop_on_signal();
+            let formats = Formats { parquet: a.kpi.parquet };
+            let (home, out, queries, lookback) = (&home, &out, &a.kpi.queries, a.lookback);
+            crate::schedule::run(&schedule, &crate::schedule::SystemClock, &stop, |at| async move {
+                // Queries are read at each run, so an edited file takes effect at the next one.
+                let queries = kpi::queries::load(queries)?;
+                let flags = config::DateFlags { lookback, ..Default::default() };
+                let dates = config::date_selection(&flags, at.date_naive())?;
+                let report = kpi::run(&home.store()?, &queries, &dates, out, formats).await?;
+                Ok(format!("{} files for {} dates", report.files.len(), report.dates.len()))
+            })
+            .await?;
+        }
+        Command::Sql(a) => {
+            let session = crate::sql::SqlSession::open(&a.snapshots).await?;
+            match &a.query {
+                Some(q) => print!("{}", crate::sql::render(&session.query(q).await?, a.format)?),
+                None => crate::sql::repl(&session, a.format).await?,
+            }
         }
         Command::Gen(a) => {
             crate::synthetic::generate(a.trips, a.seed, &a.out)?;

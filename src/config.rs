@@ -79,15 +79,43 @@ pub fn parse_date(s: &str) -> Result<NaiveDate> {
         .map_err(|_| Error::Config(format!("--date {s:?} is not a date; write it YYYY-MM-DD, e.g. 2024-05-25")))
 }
 
-/// The dates of a KPI run from `--date` flags; none means all dates (`--all`).
+/// The date flags of a KPI run, as given.
+#[derive(Debug, Clone, Default)]
+pub struct DateFlags {
+    /// `--date D` (repeatable).
+    pub dates: Vec<String>,
+    /// `--from D`.
+    pub from: Option<String>,
+    /// `--to D`.
+    pub to: Option<String>,
+    /// `--all`.
+    pub all: bool,
+    /// `--lookback N`: earlier days the nightly default also covers.
+    pub lookback: u32,
+}
+
+/// The dates of a KPI run. `--all` is every date, `--date` the dates given, `--from` /
+/// `--to` an inclusive range (`--to` defaults to `today`); with none of them, the nightly
+/// default: `today` and the `lookback` days before it, so late events still count.
 ///
 /// # Errors
-/// When a date does not parse.
-pub fn date_selection(dates: &[String]) -> Result<DateSelection> {
-    if dates.is_empty() {
+/// When a date does not parse, or a range is empty or has no start.
+pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelection> {
+    if flags.all {
         return Ok(DateSelection::All);
     }
-    Ok(DateSelection::Dates(dates.iter().map(|d| parse_date(d)).collect::<Result<_>>()?))
+    if !flags.dates.is_empty() {
+        return Ok(DateSelection::Dates(flags.dates.iter().map(|d| parse_date(d)).collect::<Result<_>>()?));
+    }
+    let (from, to) = match (&flags.from, &flags.to) {
+        (Some(from), to) => (parse_date(from)?, to.as_deref().map(parse_date).transpose()?.unwrap_or(today)),
+        (None, Some(_)) => return Err(Error::Config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26".into())),
+        (None, None) => (today - chrono::Days::new(u64::from(flags.lookback)), today),
+    };
+    if from > to {
+        return Err(Error::Config(format!("--from {from} is after --to {to}; swap them")));
+    }
+    Ok(DateSelection::Dates(from.iter_days().take_while(|d| *d <= to).collect()))
 }
 
 /// Checks that an input file exists and is a file, before any work starts.
@@ -109,11 +137,37 @@ pub fn input_file(path: &Path, flag: &str) -> Result<PathBuf> {
 mod tests {
     use super::*;
 
+    fn day(d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2024, 5, d).unwrap()
+    }
+
     #[test]
     fn dates_parse_or_say_how_to_write_them() {
-        assert_eq!(parse_date("2024-05-25").unwrap(), NaiveDate::from_ymd_opt(2024, 5, 25).unwrap());
+        assert_eq!(parse_date("2024-05-25").unwrap(), day(25));
         assert!(parse_date("25-05-2024").unwrap_err().to_string().contains("YYYY-MM-DD"));
-        assert_eq!(date_selection(&[]).unwrap(), DateSelection::All);
+    }
+
+    #[test]
+    fn date_flags_select_dates() {
+        let today = day(26);
+        let sel = |f: DateFlags| date_selection(&f, today);
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(sel(DateFlags { all: true, ..Default::default() }).unwrap(), DateSelection::All);
+        assert_eq!(
+            sel(DateFlags { lookback: 1, ..Default::default() }).unwrap(),
+            DateSelection::Dates(vec![day(25), day(26)]),
+            "nightly: today and yesterday"
+        );
+        assert_eq!(
+            sel(DateFlags { from: s("2024-05-20"), to: s("2024-05-22"), ..Default::default() }).unwrap(),
+            DateSelection::Dates(vec![day(20), day(21), day(22)])
+        );
+        assert_eq!(
+            sel(DateFlags { from: s("2024-05-25"), ..Default::default() }).unwrap(),
+            DateSelection::Dates(vec![day(25), day(26)])
+        );
+        assert!(sel(DateFlags { to: s("2024-05-25"), ..Default::default() }).unwrap_err().to_string().contains("--from"));
+        assert!(sel(DateFlags { from: s("2024-05-27"), to: s("2024-05-25"), ..Default::default() }).is_err());
     }
 
     #[test]

@@ -141,7 +141,8 @@ pub const END_CSV_HEADER: &[&str] = &[
     "trip_id",
 ];
 
-fn arrow_type(ty: FieldType) -> DataType {
+/// The Arrow type a field's rule gives its values.
+pub fn arrow_type(ty: FieldType) -> DataType {
     match ty {
         FieldType::Integer => DataType::Int64,
         FieldType::DateTime => timestamp_type(),

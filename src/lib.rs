@@ -36,6 +36,8 @@ pub mod kpi;
 pub mod pipeline;
 pub mod produce;
 mod sqlite;
+pub mod schedule;
+pub mod sql;
 pub mod store;
 pub mod stream;
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::Home;
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
-use crate::kpi::{self, DateSelection, KpiReport, OutputLocation};
+use crate::kpi::{self, DateSelection, Formats, KpiReport, OutputLocation};
 use crate::produce::{self, ProduceReport};
 use crate::{Error, Result};
 
@@ -29,6 +29,8 @@ pub struct RunSettings {
     pub queries: PathBuf,
     /// Ingest settings.
     pub ingest: IngestOptions,
+    /// Extra KPI output formats.
+    pub formats: Formats,
 }
 
 /// The run report (`--report FILE`): `read = applied + duplicate_or_stale + dead_lettered`.
@@ -66,7 +68,7 @@ pub async fn run(settings: &RunSettings) -> Result<(RunReport, KpiReport)> {
     let counts = Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead_letters }
         .run(&settings.ingest)
         .await?;
-    let kpi = kpi::run(&store, &queries, &DateSelection::All, &settings.out).await?;
+    let kpi = kpi::run(&store, &queries, &DateSelection::All, &settings.out, settings.formats).await?;
     let report = RunReport {
         ingest: counts,
         produced: sent,

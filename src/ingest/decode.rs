@@ -8,9 +8,10 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, BooleanArray, StringArray, StringBuilder};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -34,6 +35,11 @@ pub const COLUMNS: [&str; 15] = [
     "payment_type",
     "trip_type",
 ];
+
+/// The decoded batch's schema: every wire field as nullable text, in [`COLUMNS`] order.
+pub static WIRE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(COLUMNS.map(|c| Field::new(c, DataType::Utf8, true)).to_vec()))
+});
 
 const PICKUP: usize = 4;
 const DROPOFF: usize = 7;
@@ -100,8 +106,9 @@ impl<'a> Wire<'a> {
 /// A decoded micro-batch.
 #[derive(Debug)]
 pub struct Decoded {
-    /// One text column per entry of [`COLUMNS`]; null where the field is absent or blank.
-    pub columns: Vec<StringArray>,
+    /// The records as a batch of [`WIRE_SCHEMA`]: one text column per wire field, null
+    /// where the field is absent or blank.
+    pub batch: RecordBatch,
     /// Rows that are start events.
     pub is_start: BooleanArray,
     /// Rows that are end events.
@@ -125,13 +132,12 @@ impl Decoded {
 
     /// The column of a wire field.
     pub fn column(&self, name: &str) -> &StringArray {
-        let i = COLUMNS.iter().position(|c| *c == name).expect("known column");
-        &self.columns[i]
+        self.batch.column_by_name(name).expect("known column").as_string()
     }
 
-    /// The columns as Arrow arrays.
-    pub fn arrays(&self) -> Vec<ArrayRef> {
-        self.columns.iter().map(|c| Arc::new(c.clone()) as ArrayRef).collect()
+    /// The column at `index` of [`COLUMNS`].
+    pub fn text(&self, index: usize) -> &StringArray {
+        self.batch.column(index).as_string()
     }
 }
 
@@ -217,8 +223,9 @@ pub fn decode<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Decoded {
         reasons.push(why);
     }
 
+    let columns = builders.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
     Decoded {
-        columns: builders.iter_mut().map(StringBuilder::finish).collect(),
+        batch: RecordBatch::try_new(WIRE_SCHEMA.clone(), columns).expect("columns match the schema"),
         is_start: BooleanArray::from(is_start),
         is_end: BooleanArray::from(is_end),
         reasons,

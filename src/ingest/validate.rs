@@ -4,18 +4,18 @@
 //! Rules apply to the fields of the row's own kind; a start event's stray end fields are
 //! ignored. A rejected row collects every reason it fails, not just the first.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
 use arrow::compute::kernels::boolean::{and, not, or};
 use arrow::compute::kernels::cmp::neq;
 use arrow::compute::kernels::regexp::regexp_is_match_scalar;
 use arrow::compute::{CastOptions, cast_with_options, is_not_null, is_null};
-use arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use chrono::DateTime;
 
 use super::decode::{COLUMNS, Decoded, quote};
-use crate::event::{DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, timestamp_type};
+use crate::event::{DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type, timestamp_type};
 use crate::Result;
 
 /// Longest accepted `trip_id`, in bytes (DynamoDB allows 2048 for a partition key).
@@ -26,6 +26,14 @@ pub const MAX_TRIP_ID_BYTES: usize = 1024;
 const ISO_8601: &str =
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$";
 
+/// The validated batch's schema: `trip_id` as text, then every field of both groups
+/// with its rule's type: Int64, Timestamp(µs, UTC) or Decimal128(38, 18).
+pub static VALIDATED_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields = std::iter::once(Field::new("trip_id", DataType::Utf8, true))
+        .chain(START_FIELDS.iter().chain(END_FIELDS).map(|f| Field::new(f.name, arrow_type(f.ty), true)));
+    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+});
+
 /// A validated batch: typed columns and, per row, the reasons it was rejected.
 #[derive(Debug)]
 pub struct Validated {
@@ -35,9 +43,8 @@ pub struct Validated {
     pub is_start: BooleanArray,
     /// Rows that are end events.
     pub is_end: BooleanArray,
-    /// Columns in [`COLUMNS`] order: `trip_id` as text, then Int64, Timestamp(µs, UTC)
-    /// or Decimal128(38, 18) by rule. Null where absent or invalid.
-    pub columns: Vec<ArrayRef>,
+    /// The typed batch, of [`VALIDATED_SCHEMA`]; null where absent or invalid.
+    pub batch: RecordBatch,
 }
 
 impl Validated {
@@ -48,12 +55,12 @@ impl Validated {
 
     /// The typed column of a wire field.
     pub fn column(&self, name: &str) -> &ArrayRef {
-        &self.columns[COLUMNS.iter().position(|c| *c == name).expect("known column")]
+        self.batch.column_by_name(name).expect("known column")
     }
 
     /// The `trip_id` column.
     pub fn trip_ids(&self) -> &StringArray {
-        self.columns[0].as_string::<i32>()
+        self.batch.column(0).as_string::<i32>()
     }
 
     /// A timestamp field of `row` in the stored fixed-width form.
@@ -108,7 +115,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn reject(&mut self, mask: &BooleanArray, col: usize, rule: impl Fn(&str) -> String) {
-        let raw = &self.decoded.columns[col];
+        let raw = self.decoded.text(col);
         for row in rows(mask) {
             if self.decoded.wrong_type.contains(&(row, col)) {
                 continue;
@@ -135,7 +142,7 @@ pub fn validate(decoded: &Decoded) -> Result<Validated> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
 
     // trip_id: present, not blank, not too long.
-    let ids = &decoded.columns[0];
+    let ids = decoded.text(0);
     checker.reject(&and(&any_kind, &is_null(ids)?)?, 0, |_| "missing".into());
     let blank = regexp_is_match_scalar(ids, r"^\s*$", None)?;
     checker.reject(&and(&any_kind, &blank)?, 0, |_| "empty".into());
@@ -155,7 +162,7 @@ pub fn validate(decoded: &Decoded) -> Result<Validated> {
         .collect();
     for (i, (spec, of_kind)) in specs.into_iter().enumerate() {
         let col = i + 1;
-        let raw = &decoded.columns[col];
+        let raw = decoded.text(col);
         let present = is_not_null(raw)?;
         if spec.required {
             checker.reject(&and(of_kind, &is_null(raw)?)?, col, |_| "missing".into());
@@ -179,7 +186,7 @@ pub fn validate(decoded: &Decoded) -> Result<Validated> {
         reasons: checker.reasons,
         is_start: is_start.clone(),
         is_end: is_end.clone(),
-        columns,
+        batch: RecordBatch::try_new(VALIDATED_SCHEMA.clone(), columns)?,
     })
 }
 

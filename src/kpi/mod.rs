@@ -71,11 +71,26 @@ impl KpiReport {
     }
 }
 
-fn query_error(q: &KpiQuery, e: impl std::fmt::Display) -> Error {
-    Error::Query { file: q.path.display().to_string(), message: e.to_string() }
+/// Names the file, and the line where DataFusion can tell it, of a failed query.
+fn query_error(q: &KpiQuery, e: &datafusion::error::DataFusionError) -> Error {
+    let line = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .map(|span| span.start.line)
+        .or_else(|| {
+            // Parser errors carry the position in their text: "at Line: 3, Column: 5".
+            let text = e.to_string();
+            let at = text.find("Line: ")? + "Line: ".len();
+            text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        });
+    let file = match line {
+        Some(line) => format!("{}:{line}", q.path.display()),
+        None => q.path.display().to_string(),
+    };
+    Error::Query { file, message: e.to_string() }
 }
 
-/// Runs the queries over the exported table and returns their results.
+/// Runs the queries over the exported table and returns their results with the export.
 ///
 /// # Errors
 /// When the export fails, or a query does not plan or run (named by its file).
@@ -83,15 +98,14 @@ pub async fn run_queries(
     store: &dyn TripStore,
     queries: &[KpiQuery],
     dates: &DateSelection,
-) -> Result<(Vec<QueryResult>, usize)> {
+) -> Result<(Vec<QueryResult>, Vec<RecordBatch>)> {
     let wanted = match dates {
         DateSelection::All => None,
         DateSelection::Dates(d) => Some(d.clone()),
     };
     let batches = store.export(wanted).await?;
-    let exported_rows = batches.iter().map(RecordBatch::num_rows).sum();
     let ctx = SessionContext::new();
-    let table = MemTable::try_new(TRIP_SCHEMA.clone(), vec![batches])
+    let table = MemTable::try_new(TRIP_SCHEMA.clone(), vec![batches.clone()])
         .map_err(|e| Error::Store(format!("export: {e}")))?;
     ctx.register_table("trips", Arc::new(table))
         .map_err(|e| Error::Store(format!("export: {e}")))?;
@@ -99,16 +113,16 @@ pub async fn run_queries(
     let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let mut planned = Vec::with_capacity(queries.len());
     for q in queries {
-        let df = ctx.sql_with_options(&q.sql, read_only).await.map_err(|e| query_error(q, e))?;
+        let df = ctx.sql_with_options(&q.sql, read_only).await.map_err(|e| query_error(q, &e))?;
         planned.push((q, df));
     }
     let mut results = Vec::with_capacity(planned.len());
     for (q, df) in planned {
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(|e| query_error(q, e))?;
+        let batches = df.collect().await.map_err(|e| query_error(q, &e))?;
         results.push(QueryResult { query: q.clone(), schema, batches });
     }
-    Ok((results, exported_rows))
+    Ok((results, batches))
 }
 
 /// Runs the job: queries, then one `kpi.json` per date and one summary file per
@@ -121,12 +135,24 @@ pub async fn run(
     queries: &[KpiQuery],
     dates: &DateSelection,
     out: &OutputLocation,
+    formats: Formats,
 ) -> Result<KpiReport> {
-    let (results, exported_rows) = run_queries(store, queries, dates).await?;
+    let (results, export) = run_queries(store, queries, dates).await?;
+    let exported_rows = export.iter().map(RecordBatch::num_rows).sum();
     let (per_date, summaries) = render(&results)?;
     let mut files = Vec::new();
     for (date, json) in &per_date {
         files.push(out.put(&format!("kpi_output/date={date}/kpi.json"), json.clone().into_bytes()).await?);
+    }
+    if formats.parquet {
+        if let Some(daily) = results.iter().find(|r| r.query.stem == DEFAULT_QUERY) {
+            for date in per_date.keys() {
+                let rows = output::rows_of_date(&daily.batches, "trip_date", date)?;
+                let bytes = output::parquet_bytes(daily.schema.clone(), &rows)?;
+                files.push(out.put(&format!("kpi_output/date={date}/kpi.parquet"), bytes).await?);
+            }
+        }
+        files.extend(write_snapshots(&export, out).await?);
     }
     for (stem, json) in summaries {
         files.push(out.put(&format!("kpi_output/summary/{stem}.json"), json.into_bytes()).await?);
@@ -137,6 +163,42 @@ pub async fn run(
         .collect::<Vec<_>>();
     info!(dates = dates.len(), files = files.len(), exported_rows, "KPI job done.");
     Ok(KpiReport { dates, files, results, exported_rows })
+}
+
+/// Which files the job writes besides `kpi.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Formats {
+    /// Also `kpi.parquet` beside each `kpi.json`, and a Parquet snapshot of the exported
+    /// trips, partitioned by date: `snapshots/trip_date=YYYY-MM-DD/trips.parquet`.
+    pub parquet: bool,
+}
+
+/// The columns of [`TRIP_SCHEMA`] a snapshot file holds: all but `trip_date`, which its
+/// path carries.
+pub fn snapshot_columns() -> Vec<usize> {
+    let date_col = TRIP_SCHEMA.index_of("trip_date").expect("trip table has trip_date");
+    (0..TRIP_SCHEMA.fields().len()).filter(|&i| i != date_col).collect()
+}
+
+/// Writes the exported trips that have a `trip_date` as one Parquet file per date, in
+/// the hive layout (`trip_date` is in the path, not in the file).
+async fn write_snapshots(export: &[RecordBatch], out: &OutputLocation) -> Result<Vec<String>> {
+    let mut dates = std::collections::BTreeSet::new();
+    for b in export {
+        let col = b.column_by_name("trip_date").expect("trip table has trip_date");
+        let f = ArrayFormatter::try_new(col.as_ref(), &Default::default())?;
+        dates.extend((0..b.num_rows()).filter(|&i| col.is_valid(i)).map(|i| f.value(i).to_string()));
+    }
+    let keep = snapshot_columns();
+    let schema = Arc::new(TRIP_SCHEMA.project(&keep)?);
+    let mut files = Vec::new();
+    for date in dates {
+        let rows = output::rows_of_date(export, "trip_date", &date)?;
+        let rows = rows.iter().map(|b| b.project(&keep)).collect::<Result<Vec<_>, _>>()?;
+        let bytes = output::parquet_bytes(schema.clone(), &rows)?;
+        files.push(out.put(&format!("snapshots/trip_date={date}/trips.parquet"), bytes).await?);
+    }
+    Ok(files)
 }
 
 type Rendered = (BTreeMap<String, String>, Vec<(String, String)>);

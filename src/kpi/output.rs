@@ -6,8 +6,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::array::{Array, RecordBatch, Scalar, StringArray};
+use arrow::compute::kernels::cmp::eq;
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -70,6 +75,38 @@ impl OutputLocation {
     pub fn display(&self) -> &str {
         &self.display
     }
+}
+
+/// The rows of `batches` whose `column` displays as `value` (a date, say).
+///
+/// # Errors
+/// When the column is missing or cannot be compared.
+pub fn rows_of_date(batches: &[RecordBatch], column: &str, value: &str) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let col = b.column_by_name(column).ok_or_else(|| Error::Output(format!("no column {column}")))?;
+        let wanted = cast(&StringArray::from(vec![value]), col.data_type())?;
+        let mask = eq(col, &Scalar::new(wanted))?;
+        let rows = filter_record_batch(b, &mask)?;
+        if rows.num_rows() > 0 {
+            out.push(rows);
+        }
+    }
+    Ok(out)
+}
+
+/// Batches as the bytes of one Parquet file (zstd), with the batches' Arrow types.
+///
+/// # Errors
+/// When the writer fails.
+pub fn parquet_bytes(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+    let fail = |e: parquet::errors::ParquetError| Error::Output(format!("parquet: {e}"));
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(fail)?;
+    for b in batches {
+        writer.write(b).map_err(fail)?;
+    }
+    writer.into_inner().map_err(fail)
 }
 
 /// Renders one cell as a JSON value: numbers as exact numbers, nulls as `null`,

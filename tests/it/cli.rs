@@ -122,3 +122,40 @@ fn produce_reports_bad_rows_and_oversized_records_and_sends_the_rest() {
     let out = tripflow(tmp.path(), &["ingest"]);
     assert!(text(&out.stdout).contains("read 4 = applied 3 + duplicate_or_stale 0 + dead_lettered 1"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn ingest_follows_a_producer_in_another_process_and_stops_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let follower = Command::new(env!("CARGO_BIN_EXE_tripflow"))
+        .current_dir(tmp.path())
+        .args(["ingest", "--follow", "--batch-rows", "500", "--batch-linger-ms", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = data_dir().join("trip_start.csv");
+    let end = data_dir().join("trip_end.csv");
+    let produced = tripflow(tmp.path(), &["produce", "--start", start.to_str().unwrap(), "--end", end.to_str().unwrap()]);
+    assert!(produced.status.success(), "{}", text(&produced.stderr));
+
+    // Wait until the follower has merged every trip, then ask it to stop.
+    let trips = std::fs::read_to_string(&start).unwrap().lines().count() - 1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let db = tmp.path().join("tripflow-data/trips.sqlite");
+    loop {
+        let done = rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM trips WHERE trip_completed", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0);
+        if done as usize == trips {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the follower merged {done} of {trips} trips in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let killed = Command::new("kill").args(["-TERM", &follower.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = format!("read {n} = applied {n} + duplicate_or_stale 0 + dead_lettered 0", n = 2 * trips);
+    assert!(text(&out.stdout).contains(&expected), "{}", text(&out.stdout));
+}

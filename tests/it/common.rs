@@ -27,12 +27,13 @@ pub async fn ingest(home: &Home, opts: &IngestOptions) -> tripflow::Result<Inges
     Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead }.run(opts).await
 }
 
-/// Runs the KPI job over `home` for all dates into `out`, returning each file's bytes by
-/// its path under `out`.
+/// Runs the KPI job (JSON and Parquet) over `home` for all dates into `out`, returning
+/// each file's bytes by its path under `out`.
 pub async fn kpi_files(home: &Home, out: &Path) -> BTreeMap<String, Vec<u8>> {
     let queries = kpi::queries::load(&queries_dir()).unwrap();
     let location = OutputLocation::parse(out.to_str().unwrap()).unwrap();
-    kpi::run(&home.store().unwrap(), &queries, &DateSelection::All, &location).await.unwrap();
+    let formats = kpi::Formats { parquet: true };
+    kpi::run(&home.store().unwrap(), &queries, &DateSelection::All, &location, formats).await.unwrap();
     read_tree(out)
 }
 

@@ -72,6 +72,7 @@ async fn run_over_data_matches_an_independent_computation() {
         out: OutputLocation::parse(tmp.path().join("out").to_str().unwrap()).unwrap(),
         queries: queries_dir(),
         ingest: IngestOptions { batch_rows: 1000, ..Default::default() },
+        formats: Default::default(),
     };
     let (report, _) = pipeline::run(&settings).await.unwrap();
 
@@ -125,7 +126,8 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
     crate::common::ingest(&home, &IngestOptions::default()).await.unwrap();
     let out = OutputLocation::parse(tmp.path().join("out").to_str().unwrap()).unwrap();
     let loaded = tripflow::kpi::queries::load(&queries).unwrap();
-    let report = tripflow::kpi::run(&home.store().unwrap(), &loaded, &tripflow::kpi::DateSelection::All, &out)
+    let all = tripflow::kpi::DateSelection::All;
+    let report = tripflow::kpi::run(&home.store().unwrap(), &loaded, &all, &out, Default::default())
         .await
         .unwrap();
 
@@ -142,4 +144,41 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
     )
     .unwrap();
     assert_eq!(summary[0]["trips"].as_u64().unwrap() as usize, report.exported_rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpi_files_are_byte_identical_whatever_batches_shards_and_order_built_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (start, end) = (data_dir().join("trip_start.csv"), data_dir().join("trip_end.csv"));
+
+    // A: one shard, big batches, events in time order.
+    let a = Home::new(tmp.path().join("a")).unwrap();
+    tripflow::produce::produce_csv(&a.stream(Some(1)).unwrap(), &start, &end).await.unwrap();
+    crate::common::ingest(&a, &IngestOptions { batch_rows: 20_000, ..Default::default() }).await.unwrap();
+
+    // B: five shards, tiny batches, events reversed, every tenth one twice, keys that
+    // scatter a trip's events over shards.
+    let b = Home::new(tmp.path().join("b")).unwrap();
+    let mut not_sent = Vec::new();
+    let mut events = tripflow::produce::read_events(&start, tripflow::event::EventKind::Start, &mut not_sent).unwrap();
+    events.extend(tripflow::produce::read_events(&end, tripflow::event::EventKind::End, &mut not_sent).unwrap());
+    events.reverse();
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        records.push(e.record.data.clone());
+        if i % 10 == 0 {
+            records.push(e.record.data.clone());
+        }
+    }
+    crate::common::put_raw(&b.stream(Some(5)).unwrap(), &records).await;
+    let counts = crate::common::ingest(&b, &IngestOptions { batch_rows: 7, ..Default::default() }).await.unwrap();
+    assert!(counts.duplicate_or_stale >= (events.len() / 10) as u64);
+
+    let files_a = crate::common::kpi_files(&a, &tmp.path().join("out-a")).await;
+    let files_b = crate::common::kpi_files(&b, &tmp.path().join("out-b")).await;
+    assert!(files_a.keys().any(|k| k.ends_with("kpi.parquet")) && files_a.keys().any(|k| k.starts_with("snapshots/")));
+    assert_eq!(files_a.keys().collect::<Vec<_>>(), files_b.keys().collect::<Vec<_>>());
+    for (name, bytes) in &files_a {
+        assert!(bytes == &files_b[name], "{name} differs");
+    }
 }

@@ -8,6 +8,8 @@ mod cli;
 mod common;
 mod crash;
 mod end_to_end;
+mod golden;
 mod merge_props;
+mod sql;
 mod store_suite;
 mod stream_suite;
