@@ -134,17 +134,21 @@ impl Ingest<'_> {
         let mut batcher = Batcher::new(opts.batch_rows, opts.linger);
         let mut totals = IngestCounts::default();
 
+        // Each round starts at the next shard, so a busy shard cannot starve the others.
+        let mut first_shard = 0;
         loop {
-            for (i, it) in iterators.iter_mut().enumerate() {
+            for k in 0..shards.len() {
+                let i = (first_shard + k) % shards.len();
                 let room = batcher.room();
                 if room == 0 {
                     break;
                 }
-                let read = self.source.read(it, room).await?;
-                *it = read.next;
+                let read = self.source.read(&iterators[i], room).await?;
+                iterators[i] = read.next;
                 caught_up[i] = read.caught_up;
                 batcher.extend(read.records.into_iter().map(|record| Pending { shard: i, record }));
             }
+            first_shard = (first_shard + 1) % shards.len().max(1);
             let all_caught_up = caught_up.iter().all(|&c| c);
             let stopping = opts.stop.load(Ordering::Relaxed);
             if batcher.ready(Instant::now()) || (!batcher.is_empty() && (all_caught_up && !opts.follow || stopping)) {
