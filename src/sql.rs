@@ -37,6 +37,12 @@ pub struct SqlSession {
     tables: Vec<&'static str>,
 }
 
+/// Options that let only queries through: no DDL, no DML, no `SET` or other statements.
+/// The KPI job and `tripflow sql` both plan with them.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
 fn sql_error(e: impl std::fmt::Display) -> Error {
     Error::Query { file: "<sql>".into(), message: e.to_string() }
 }
@@ -99,8 +105,7 @@ impl SqlSession {
     /// # Errors
     /// When the statement is not a query, or does not plan or run.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = self.ctx.sql_with_options(sql, read_only).await.map_err(|e| {
+        let df = self.ctx.sql_with_options(sql, read_only()).await.map_err(|e| {
             let msg = e.to_string();
             if msg.contains("not supported") && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement")) {
                 Error::Query { file: "<sql>".into(), message: "tripflow sql is read-only: only queries (SELECT, WITH, EXPLAIN…) are allowed".into() }

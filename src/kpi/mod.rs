@@ -21,7 +21,6 @@ use arrow::datatypes::SchemaRef;
 use arrow::util::display::ArrayFormatter;
 use chrono::NaiveDate;
 use datafusion::datasource::MemTable;
-use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 use tracing::info;
 
@@ -110,7 +109,7 @@ pub async fn run_queries(
     ctx.register_table("trips", Arc::new(table))
         .map_err(|e| Error::Store(format!("export: {e}")))?;
 
-    let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let read_only = crate::sql::read_only();
     let mut planned = Vec::with_capacity(queries.len());
     for q in queries {
         let df = ctx.sql_with_options(&q.sql, read_only).await.map_err(|e| query_error(q, &e))?;
