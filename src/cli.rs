@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Home};
+use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
 use crate::kpi::{self, Formats, KpiReport, OutputLocation};
 use crate::pipeline::{self, RunSettings};
@@ -48,6 +48,64 @@ pub enum Command {
     Schedule(ScheduleArgs),
     /// Ask SQL of the Parquet snapshots and KPI outputs; with no query, an interactive prompt.
     Sql(SqlArgs),
+    /// Create the stream, tables and bucket the URLs name, where missing (idempotent).
+    Setup(SetupArgs),
+}
+
+/// `--stream`.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The stream: kinesis://NAME; without it, the embedded stream under --home.
+    #[arg(long, env = "TRIPFLOW_STREAM")]
+    pub stream: Option<String>,
+    /// DynamoDB table of a Kinesis consumer's checkpoints.
+    #[arg(long, env = "TRIPFLOW_CHECKPOINT_TABLE", default_value = crate::stream::checkpoints_dynamodb::DEFAULT_TABLE)]
+    pub checkpoint_table: String,
+    /// Pause between two GetRecords calls on one Kinesis shard (200 keeps to 5 calls/s).
+    #[arg(long, env = "TRIPFLOW_KINESIS_READ_INTERVAL_MS", default_value_t = 200)]
+    pub kinesis_read_interval_ms: u64,
+}
+
+/// `--store`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The trip table: dynamodb://TABLE; without it, the embedded table under --home.
+    #[arg(long, env = "TRIPFLOW_STORE")]
+    pub store: Option<String>,
+    /// DynamoDB UpdateItem calls in flight.
+    #[arg(long, env = "TRIPFLOW_WRITE_CONCURRENCY", default_value_t = crate::store::dynamodb::DEFAULT_WRITE_CONCURRENCY, value_parser = parse_positive)]
+    pub write_concurrency: usize,
+    /// Parallel DynamoDB Scan segments of the KPI export.
+    #[arg(long, env = "TRIPFLOW_SCAN_SEGMENTS", default_value_t = crate::store::dynamodb::DEFAULT_SCAN_SEGMENTS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub scan_segments: u32,
+}
+
+/// `--dead-letter`.
+#[derive(Debug, Args)]
+pub struct DeadLetterArgs {
+    /// Rejected records: a file, file:// or s3://bucket/prefix; without it, <home>/dead_letters.ndjson.
+    #[arg(long, env = "TRIPFLOW_DEAD_LETTER")]
+    pub dead_letter: Option<String>,
+}
+
+fn parse_positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive whole number")),
+    }
+}
+
+fn tuning(stream: Option<&StreamArgs>, store: Option<&StoreArgs>) -> AwsTuning {
+    let mut t = AwsTuning::default();
+    if let Some(s) = stream {
+        t.checkpoint_table = s.checkpoint_table.clone();
+        t.read_interval = Duration::from_millis(s.kinesis_read_interval_ms);
+    }
+    if let Some(s) = store {
+        t.write_concurrency = s.write_concurrency;
+        t.scan_segments = s.scan_segments;
+    }
+    t
 }
 
 /// Where the embedded backends live.
@@ -89,7 +147,7 @@ pub struct BatchArgs {
 /// Where the KPI job reads queries and writes files.
 #[derive(Debug, Args)]
 pub struct KpiOutArgs {
-    /// Output location for kpi_output/…: a directory or file:// URL.
+    /// Output location for kpi_output/…: a directory, file:// or s3://bucket/prefix URL.
     #[arg(long, env = "TRIPFLOW_OUT", default_value = "./tripflow-out")]
     pub out: String,
     /// Folder of KPI queries, one per .sql file.
@@ -109,6 +167,12 @@ pub struct RunArgs {
     #[command(flatten)]
     home: HomeArgs,
     #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    dead_letter: DeadLetterArgs,
+    #[command(flatten)]
     kpi: KpiOutArgs,
     #[command(flatten)]
     batch: BatchArgs,
@@ -124,6 +188,8 @@ pub struct ProduceArgs {
     ndjson: Option<PathBuf>,
     #[command(flatten)]
     home: HomeArgs,
+    #[command(flatten)]
+    stream: StreamArgs,
 }
 
 /// `tripflow ingest`.
@@ -131,6 +197,12 @@ pub struct ProduceArgs {
 pub struct IngestArgs {
     #[command(flatten)]
     home: HomeArgs,
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    dead_letter: DeadLetterArgs,
     #[command(flatten)]
     batch: BatchArgs,
     /// Keep reading after catching up, until SIGINT or SIGTERM.
@@ -149,6 +221,8 @@ pub struct IngestArgs {
 pub struct KpiArgs {
     #[command(flatten)]
     home: HomeArgs,
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(flatten)]
     kpi: KpiOutArgs,
     /// Only this date (YYYY-MM-DD); repeat, or separate with commas, for several.
@@ -188,6 +262,8 @@ pub struct ScheduleArgs {
     #[command(flatten)]
     home: HomeArgs,
     #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
     kpi: KpiOutArgs,
     /// When to run: minute hour day-of-month month day-of-week, in UTC.
     #[arg(long, env = "TRIPFLOW_CRON", default_value = crate::schedule::DEFAULT_CRON)]
@@ -208,6 +284,67 @@ pub struct SqlArgs {
     /// How results are printed.
     #[arg(long, env = "TRIPFLOW_FORMAT", value_enum, default_value_t = crate::sql::Format::Table)]
     format: crate::sql::Format,
+}
+
+/// `tripflow setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    home: HomeArgs,
+    /// The stream to create: kinesis://NAME (with its checkpoint table); without it, the embedded stream.
+    #[arg(long, env = "TRIPFLOW_STREAM")]
+    stream: Option<String>,
+    /// DynamoDB table of the Kinesis consumer checkpoints.
+    #[arg(long, env = "TRIPFLOW_CHECKPOINT_TABLE", default_value = crate::stream::checkpoints_dynamodb::DEFAULT_TABLE)]
+    checkpoint_table: String,
+    /// Shards of a new stream.
+    #[arg(long, env = "TRIPFLOW_SHARDS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    shards: Option<u32>,
+    /// The trip table to create: dynamodb://TABLE (with its trip_date index); without it, the embedded table.
+    #[arg(long, env = "TRIPFLOW_STORE")]
+    store: Option<String>,
+    /// The KPI output whose bucket to create, when it is s3://bucket/prefix.
+    #[arg(long, env = "TRIPFLOW_OUT")]
+    out: Option<String>,
+    /// The dead-letter output whose bucket to create, when it is s3://bucket/prefix.
+    #[arg(long, env = "TRIPFLOW_DEAD_LETTER")]
+    dead_letter: Option<String>,
+}
+
+async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
+    let said = |created: bool| if created { "created" } else { "exists " };
+    match StreamUrl::parse(a.stream.as_deref())? {
+        StreamUrl::Embedded => {
+            let s = Home::new(&a.home.home)?.stream(a.shards)?;
+            println!("ready    embedded stream {} ({} shards)", s.path().display(), s.shard_count());
+        }
+        StreamUrl::Kinesis(name) => {
+            let aws = aws.get().await;
+            let shards = a.shards.unwrap_or(crate::stream::embedded::DEFAULT_SHARDS);
+            let created = crate::stream::kinesis::KinesisStream::new(aws, &name).create_if_missing(shards).await?;
+            println!("{}  Kinesis stream {name}{}", said(created), if created { format!(" ({shards} shards)") } else { String::new() });
+            let created = crate::stream::checkpoints_dynamodb::DynamoCheckpoints::create_if_missing(aws, &a.checkpoint_table).await?;
+            println!("{}  DynamoDB table {} (checkpoints)", said(created), a.checkpoint_table);
+        }
+    }
+    match StoreUrl::parse(a.store.as_deref())? {
+        StoreUrl::Embedded => {
+            Home::new(&a.home.home)?.store()?;
+            println!("ready    embedded trip table {}", a.home.home.join("trips.sqlite").display());
+        }
+        StoreUrl::DynamoDb(table) => {
+            let created = crate::store::dynamodb::DynamoStore::new(aws.get().await, &table).create_if_missing().await?;
+            println!("{}  DynamoDB table {table} with index {}", said(created), crate::store::dynamodb::DATE_INDEX);
+        }
+    }
+    for (flag, url) in [("--out", &a.out), ("--dead-letter", &a.dead_letter)] {
+        if let Some(url) = url.as_deref().filter(|u| u.starts_with("s3://")) {
+            let (bucket, _) = crate::aws::s3_url(url, flag)?;
+            let created = aws.get().await.create_bucket_if_missing(&bucket).await?;
+            println!("{}  S3 bucket {bucket}", said(created));
+        }
+    }
+    Ok(())
 }
 
 fn ingest_options(batch: &BatchArgs) -> IngestOptions {
@@ -232,13 +369,13 @@ fn parse_position(s: &str) -> Result<StartPosition> {
     }
 }
 
-fn print_counts(c: &IngestCounts, dead_letters: &std::path::Path) {
+fn print_counts(c: &IngestCounts, dead_letters: &str) {
     println!(
         "read {} = applied {} + duplicate_or_stale {} + dead_lettered {}  ({} batches, {} store writes)",
         c.read, c.applied, c.duplicate_or_stale, c.dead_lettered, c.batches, c.store_writes
     );
     if c.dead_lettered > 0 {
-        println!("dead letters, with their reasons: {}", dead_letters.display());
+        println!("dead letters, with their reasons: {dead_letters}");
     }
 }
 
@@ -291,59 +428,71 @@ fn stop_on_signal() -> Arc<AtomicBool> {
 /// # Errors
 /// Whatever stops the command; the message says what is wrong and what to do.
 pub async fn execute(cli: Cli) -> Result<()> {
+    let aws = AwsEnv::default();
+    let aws = &aws;
     match cli.command {
+        Command::Setup(a) => setup(&a, aws).await?,
         Command::Run(a) => {
             let settings = RunSettings {
                 start: config::input_file(&a.input.start, "--start")?,
                 end: config::input_file(&a.input.end, "--end")?,
                 home: Home::new(&a.home.home)?,
+                stream: StreamUrl::parse(a.stream.stream.as_deref())?,
+                store: StoreUrl::parse(a.store.store.as_deref())?,
+                dead_letter: a.dead_letter.dead_letter.clone(),
+                tuning: tuning(Some(&a.stream), Some(&a.store)),
                 shards: a.input.shards,
-                out: OutputLocation::parse(&a.kpi.out)?,
+                out: config::open_output(&a.kpi.out, aws).await?,
                 queries: a.kpi.queries.clone(),
                 ingest: ingest_options(&a.batch),
                 formats: Formats { parquet: a.kpi.parquet },
             };
-            let (report, kpi) = pipeline::run(&settings).await?;
+            let (report, kpi) = pipeline::run(&settings, aws).await?;
             for line in &report.not_sent {
                 eprintln!("warning: {line}");
             }
             print_kpis(&kpi, &settings.out)?;
-            print_counts(&report.ingest, &settings.home.dead_letter_path());
+            print_counts(&report.ingest, &report.dead_letter_file);
             if let Some(path) = &a.batch.report {
                 pipeline::write_report(path, &report)?;
             }
         }
         Command::Produce(a) => {
             let home = Home::new(&a.home.home)?;
-            let report = match &a.ndjson {
-                Some(path) => {
-                    let path = config::input_file(path, "--ndjson")?;
-                    produce::produce_ndjson(&home.stream(a.input.shards)?, &path).await?
-                }
-                None => {
-                    let start = config::input_file(&a.input.start, "--start")?;
-                    let end = config::input_file(&a.input.end, "--end")?;
-                    produce::produce_csv(&home.stream(a.input.shards)?, &start, &end).await?
-                }
+            let url = StreamUrl::parse(a.stream.stream.as_deref())?;
+            let inputs = match &a.ndjson {
+                Some(path) => Err(config::input_file(path, "--ndjson")?),
+                None => Ok((config::input_file(&a.input.start, "--start")?, config::input_file(&a.input.end, "--end")?)),
+            };
+            let opened = config::open_stream(&url, &home, a.input.shards, aws, &tuning(Some(&a.stream), None)).await?;
+            let report = match inputs {
+                Err(ndjson) => produce::produce_ndjson(opened.stream.as_ref(), &ndjson).await?,
+                Ok((start, end)) => produce::produce_csv(opened.stream.as_ref(), &start, &end).await?,
             };
             print_not_sent(&report);
             println!("sent {} records; {} not sent", report.sent, report.not_sent.len());
         }
         Command::Ingest(a) => {
             let home = Home::new(&a.home.home)?;
-            let stream = home.stream(None)?;
-            let store = home.store()?;
-            let dead_letters = home.dead_letters()?;
+            let t = tuning(Some(&a.stream), Some(&a.store));
+            let opened = config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
+            let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, &home, aws, &t).await?;
+            let (dead_letters, dead_letter_file) = config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), &home, aws).await?;
             let mut opts = ingest_options(&a.batch);
             opts.follow = a.follow;
             opts.consumer = a.consumer.clone();
             opts.initial_position = parse_position(&a.initial_position)?;
             opts.stop = stop_on_signal();
             let began = std::time::Instant::now();
-            let counts = Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead_letters }
-                .run(&opts)
-                .await?;
-            print_counts(&counts, &home.dead_letter_path());
+            let counts = Ingest {
+                source: opened.stream.as_ref(),
+                checkpoints: opened.checkpoints.as_ref(),
+                store: store.as_ref(),
+                dead_letters: dead_letters.as_ref(),
+            }
+            .run(&opts)
+            .await?;
+            print_counts(&counts, &dead_letter_file);
             if let Some(path) = &a.batch.report {
                 #[derive(serde::Serialize)]
                 struct Report {
@@ -365,24 +514,28 @@ pub async fn execute(cli: Cli) -> Result<()> {
             };
             let dates = config::date_selection(&flags, chrono::Utc::now().date_naive())?;
             let queries = kpi::queries::load(&a.kpi.queries)?;
-            let out = OutputLocation::parse(&a.kpi.out)?;
-            let report = kpi::run(&home.store()?, &queries, &dates, &out, Formats { parquet: a.kpi.parquet }).await?;
+            let out = config::open_output(&a.kpi.out, aws).await?;
+            let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, &home, aws, &tuning(None, Some(&a.store))).await?;
+            let report = kpi::run(store.as_ref(), &queries, &dates, &out, Formats { parquet: a.kpi.parquet }).await?;
             print_kpis(&report, &out)?;
         }
         Command::Schedule(a) => {
             let schedule = crate::schedule::Schedule::parse(&a.cron)?;
             let home = Home::new(&a.home.home)?;
-            let out = OutputLocation::parse(&a.kpi.out)?;
+            let out = config::open_output(&a.kpi.out, aws).await?;
+            let store_url = StoreUrl::parse(a.store.store.as_deref())?;
+            let t = tuning(None, Some(&a.store));
             kpi::queries::load(&a.kpi.queries)?;
             let stop = stop_on_signal();
             let formats = Formats { parquet: a.kpi.parquet };
-            let (home, out, queries, lookback) = (&home, &out, &a.kpi.queries, a.lookback);
+            let (home, out, queries, lookback, store_url, t) = (&home, &out, &a.kpi.queries, a.lookback, &store_url, &t);
             crate::schedule::run(&schedule, &crate::schedule::SystemClock, &stop, |at| async move {
                 // Queries are read at each run, so an edited file takes effect at the next one.
                 let queries = kpi::queries::load(queries)?;
                 let flags = config::DateFlags { lookback, ..Default::default() };
                 let dates = config::date_selection(&flags, at.date_naive())?;
-                let report = kpi::run(&home.store()?, &queries, &dates, out, formats).await?;
+                let store = config::open_store(store_url, home, aws, t).await?;
+                let report = kpi::run(store.as_ref(), &queries, &dates, out, formats).await?;
                 Ok(format!("{} files for {} dates", report.files.len(), report.dates.len()))
             })
             .await?;

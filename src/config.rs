@@ -3,13 +3,21 @@
 //! starts, so a bad value is reported up front with what to do about it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
+use tokio::sync::OnceCell;
 
-use crate::deadletter::FileDeadLetters;
-use crate::kpi::DateSelection;
+use crate::aws::Aws;
+use crate::deadletter::{DeadLetterSink, FileDeadLetters, ObjectDeadLetters};
+use crate::kpi::{DateSelection, OutputLocation};
+use crate::store::TripStore;
+use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
+use crate::stream::checkpoints_dynamodb::DynamoCheckpoints;
 use crate::stream::embedded::EmbeddedStream;
+use crate::stream::kinesis::KinesisStream;
+use crate::stream::{CheckpointStore, Stream};
 use crate::{Error, Result};
 
 /// The embedded backends' folder (`--home`): `stream.sqlite` (stream and checkpoints),
@@ -67,6 +75,203 @@ impl Home {
     /// See [`FileDeadLetters::open`].
     pub fn dead_letters(&self) -> Result<FileDeadLetters> {
         FileDeadLetters::open(&self.dead_letter_path())
+    }
+}
+
+/// The AWS configuration, loaded from the environment the first time a URL needs it,
+/// so the embedded default never touches AWS settings.
+#[derive(Default)]
+pub struct AwsEnv {
+    cell: OnceCell<Aws>,
+}
+
+impl AwsEnv {
+    /// A fixed configuration (tests point it at an emulator).
+    pub fn fixed(aws: Aws) -> Self {
+        AwsEnv { cell: OnceCell::new_with(Some(aws)) }
+    }
+
+    /// The configuration.
+    pub async fn get(&self) -> &Aws {
+        self.cell.get_or_init(Aws::from_env).await
+    }
+}
+
+/// Where the stream is: `--stream` (absent: the embedded stream under `--home`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamUrl {
+    /// `<home>/stream.sqlite`.
+    Embedded,
+    /// `kinesis://NAME`.
+    Kinesis(String),
+}
+
+/// Where the trip table is: `--store` (absent: the embedded table under `--home`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `<home>/trips.sqlite`.
+    Embedded,
+    /// `dynamodb://TABLE`.
+    DynamoDb(String),
+}
+
+fn aws_name(url: &str, flag: &str, scheme: &str, what: &str, min: usize, max: usize) -> Result<String> {
+    let name = url.strip_prefix(scheme).unwrap_or_default().trim_end_matches('/');
+    let ok = (min..=max).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !ok {
+        return Err(Error::Config(format!(
+            "{flag} {url}: {name:?} is not a {what} name; use {min}-{max} letters, digits, '_', '.' or '-'"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+impl StreamUrl {
+    /// Parses `--stream`.
+    ///
+    /// # Errors
+    /// When it is neither `kinesis://NAME` nor `embedded`.
+    pub fn parse(url: Option<&str>) -> Result<Self> {
+        match url.map(str::trim) {
+            None | Some("") | Some("embedded") => Ok(StreamUrl::Embedded),
+            Some(u) if u.starts_with("kinesis://") => Ok(StreamUrl::Kinesis(aws_name(u, "--stream", "kinesis://", "Kinesis stream", 1, 128)?)),
+            Some(u) => Err(Error::Config(format!(
+                "--stream {u}: give kinesis://STREAM-NAME, or leave --stream out for the embedded stream under --home"
+            ))),
+        }
+    }
+}
+
+impl StoreUrl {
+    /// Parses `--store`.
+    ///
+    /// # Errors
+    /// When it is neither `dynamodb://TABLE` nor `embedded`.
+    pub fn parse(url: Option<&str>) -> Result<Self> {
+        match url.map(str::trim) {
+            None | Some("") | Some("embedded") => Ok(StoreUrl::Embedded),
+            Some(u) if u.starts_with("dynamodb://") => Ok(StoreUrl::DynamoDb(aws_name(u, "--store", "dynamodb://", "DynamoDB table", 3, 255)?)),
+            Some(u) => Err(Error::Config(format!(
+                "--store {u}: give dynamodb://TABLE, or leave --store out for the embedded table under --home"
+            ))),
+        }
+    }
+}
+
+/// Tuning of the AWS backends.
+#[derive(Debug, Clone)]
+pub struct AwsTuning {
+    /// DynamoDB table of the Kinesis consumer checkpoints.
+    pub checkpoint_table: String,
+    /// UpdateItem calls in flight.
+    pub write_concurrency: usize,
+    /// Parallel Scan segments of an export.
+    pub scan_segments: u32,
+    /// Pause between two GetRecords calls on one shard.
+    pub read_interval: std::time::Duration,
+}
+
+impl Default for AwsTuning {
+    fn default() -> Self {
+        AwsTuning {
+            checkpoint_table: crate::stream::checkpoints_dynamodb::DEFAULT_TABLE.into(),
+            write_concurrency: crate::store::dynamodb::DEFAULT_WRITE_CONCURRENCY,
+            scan_segments: crate::store::dynamodb::DEFAULT_SCAN_SEGMENTS,
+            read_interval: crate::stream::kinesis::DEFAULT_READ_INTERVAL,
+        }
+    }
+}
+
+/// An opened stream and the store of its consumer checkpoints.
+pub struct OpenedStream {
+    /// The stream.
+    pub stream: Arc<dyn Stream>,
+    /// Checkpoints: in the stream's file when embedded, in DynamoDB with Kinesis.
+    pub checkpoints: Arc<dyn CheckpointStore>,
+}
+
+/// Opens the stream `url` names. `shards` sizes a new embedded stream.
+///
+/// # Errors
+/// When the stream or its checkpoint table does not exist, or cannot be opened.
+pub async fn open_stream(url: &StreamUrl, home: &Home, shards: Option<u32>, aws: &AwsEnv, tuning: &AwsTuning) -> Result<OpenedStream> {
+    match url {
+        StreamUrl::Embedded => {
+            let s = Arc::new(home.stream(shards)?);
+            Ok(OpenedStream { stream: s.clone(), checkpoints: s })
+        }
+        StreamUrl::Kinesis(name) => {
+            if shards.is_some() {
+                return Err(Error::Config(format!(
+                    "--shards sizes the embedded stream; a Kinesis stream gets its shards from 'tripflow setup --stream kinesis://{name} --shards N'"
+                )));
+            }
+            let aws = aws.get().await;
+            let stream = KinesisStream::new(aws, name).with_read_interval(tuning.read_interval);
+            stream.check_exists().await?;
+            Ok(OpenedStream {
+                stream: Arc::new(stream),
+                checkpoints: Arc::new(DynamoCheckpoints::new(aws, &tuning.checkpoint_table)),
+            })
+        }
+    }
+}
+
+/// Opens the trip table `url` names.
+///
+/// # Errors
+/// When it does not exist or cannot be opened.
+pub async fn open_store(url: &StoreUrl, home: &Home, aws: &AwsEnv, tuning: &AwsTuning) -> Result<Arc<dyn TripStore>> {
+    match url {
+        StoreUrl::Embedded => Ok(Arc::new(home.store()?)),
+        StoreUrl::DynamoDb(table) => {
+            let store = DynamoStore::new(aws.get().await, table)
+                .with_write_concurrency(tuning.write_concurrency)
+                .with_scan_segments(tuning.scan_segments);
+            store.check_exists().await?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Opens the dead-letter output: `--dead-letter` (a file path, `file://` or
+/// `s3://bucket/prefix`), or `<home>/dead_letters.ndjson`. Returns it and its name.
+///
+/// # Errors
+/// When it cannot be opened.
+pub async fn open_dead_letters(url: Option<&str>, home: &Home, aws: &AwsEnv) -> Result<(Arc<dyn DeadLetterSink>, String)> {
+    match url.map(str::trim).filter(|u| !u.is_empty()) {
+        None => Ok((Arc::new(home.dead_letters()?), home.dead_letter_path().display().to_string())),
+        Some(u) if u.starts_with("s3://") => {
+            let (bucket, prefix) = crate::aws::s3_url(u, "--dead-letter")?;
+            let store = aws.get().await.s3(&bucket)?;
+            let display = format!("{}/dead_letters/", u.trim_end_matches('/'));
+            Ok((Arc::new(ObjectDeadLetters::new(store, &prefix, &display)), display))
+        }
+        Some(u) => {
+            let path = match u.split_once("://") {
+                None => PathBuf::from(u),
+                Some(("file", p)) => PathBuf::from(p),
+                Some((scheme, _)) => {
+                    return Err(Error::Config(format!(
+                        "--dead-letter {u}: {scheme}:// is not supported; give a file path, a file:// URL or s3://bucket/prefix"
+                    )));
+                }
+            };
+            Ok((Arc::new(FileDeadLetters::open(&path)?), path.display().to_string()))
+        }
+    }
+}
+
+/// Opens `--out`: a local directory, `file://` or `s3://bucket/prefix`.
+///
+/// # Errors
+/// See [`OutputLocation::parse`].
+pub async fn open_output(out: &str, aws: &AwsEnv) -> Result<OutputLocation> {
+    if out.trim_start().starts_with("s3://") {
+        OutputLocation::parse(out, Some(aws.get().await))
+    } else {
+        OutputLocation::parse(out, None)
     }
 }
 
@@ -168,6 +373,17 @@ mod tests {
         );
         assert!(sel(DateFlags { to: s("2024-05-25"), ..Default::default() }).unwrap_err().to_string().contains("--from"));
         assert!(sel(DateFlags { from: s("2024-05-27"), to: s("2024-05-25"), ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn backend_urls_parse_or_say_what_to_write() {
+        assert_eq!(StreamUrl::parse(None).unwrap(), StreamUrl::Embedded);
+        assert_eq!(StreamUrl::parse(Some("kinesis://bolt_streams")).unwrap(), StreamUrl::Kinesis("bolt_streams".into()));
+        assert!(StreamUrl::parse(Some("kafka://x")).unwrap_err().to_string().contains("kinesis://STREAM-NAME"));
+        assert!(StreamUrl::parse(Some("kinesis://")).unwrap_err().to_string().contains("not a Kinesis stream name"));
+        assert_eq!(StoreUrl::parse(Some("dynamodb://bolt")).unwrap(), StoreUrl::DynamoDb("bolt".into()));
+        assert!(StoreUrl::parse(Some("dynamodb://a/b")).is_err());
+        assert!(StoreUrl::parse(Some("postgres://x")).unwrap_err().to_string().contains("dynamodb://TABLE"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! before the ingest checkpoint moves. After a crash the records since the checkpoint are
 //! replayed; the sink remembers the positions it holds, so a replayed rejection is not
 //! written twice, and a line torn by the crash is cut off when the file is reopened.
+//! On S3 each letter is one object keyed by its position, so a replay overwrites it.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -13,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use std::sync::Arc;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +100,7 @@ impl FileDeadLetters {
     /// When the file cannot be opened, read or repaired.
     pub fn open(path: &Path) -> Result<Self> {
         let fail = |e: std::io::Error| {
-            Error::Output(format!("dead letters {}: {e}; choose a writable --home", path.display()))
+            Error::Output(format!("dead letters {}: {e}; choose a writable --dead-letter or --home", path.display()))
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(fail)?;
@@ -171,6 +176,44 @@ impl DeadLetterSink for FileDeadLetters {
         file.write_all(&buf).map_err(fail)?;
         file.sync_data().map_err(fail)?;
         seen.extend(added);
+        Ok(())
+    }
+}
+
+/// Dead letters in an object store (`--dead-letter s3://bucket/prefix`): one object per
+/// rejected record, `<prefix>/dead_letters/<shard>/<sequence number>.json`, holding its
+/// NDJSON line. Keys are the record's position, so a replay rewrites the same object.
+pub struct ObjectDeadLetters {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    display: String,
+}
+
+impl ObjectDeadLetters {
+    /// Dead letters under `prefix` of `store`; `display` names the location in messages.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, display: &str) -> Self {
+        ObjectDeadLetters { store, prefix: ObjectPath::from(prefix), display: display.to_owned() }
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for ObjectDeadLetters {
+    async fn write(&self, letters: &[DeadLetter]) -> Result<()> {
+        // Indices, not references, keep the futures free of higher-ranked lifetimes.
+        futures::stream::iter(0..letters.len())
+            .map(|i| async move {
+                let d = &letters[i];
+                let mut line = serde_json::to_vec(&DeadLetterLine::from(d)).map_err(|e| Error::Output(e.to_string()))?;
+                line.push(b'\n');
+                let path = self.prefix.clone().join("dead_letters").join(d.shard.as_str()).join(format!("{}.json", d.sequence_number));
+                self.store.put(&path, PutPayload::from(line)).await.map_err(|e| {
+                    Error::Output(format!("cannot write a dead letter under {}: {e}; choose a writable --dead-letter", self.display))
+                })?;
+                Ok::<(), Error>(())
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 }

@@ -25,6 +25,7 @@
 //!   for `tripflow run`.
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod deadletter;

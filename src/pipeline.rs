@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::Home;
+use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
 use crate::kpi::{self, DateSelection, Formats, KpiReport, OutputLocation};
 use crate::produce::{self, ProduceReport};
@@ -21,6 +21,14 @@ pub struct RunSettings {
     pub end: PathBuf,
     /// Embedded backends' folder.
     pub home: Home,
+    /// `--stream`.
+    pub stream: StreamUrl,
+    /// `--store`.
+    pub store: StoreUrl,
+    /// `--dead-letter`, when not under `--home`.
+    pub dead_letter: Option<String>,
+    /// AWS backend tuning.
+    pub tuning: AwsTuning,
     /// Shard count for a new stream.
     pub shards: Option<u32>,
     /// Where KPI files go.
@@ -53,29 +61,34 @@ pub struct RunReport {
     pub elapsed_s: f64,
 }
 
-/// Runs the pipeline on the embedded backends.
+/// Runs the pipeline on the backends the settings name.
 ///
 /// # Errors
 /// When an input, a backend, a query or an output fails; bad records are not errors.
-pub async fn run(settings: &RunSettings) -> Result<(RunReport, KpiReport)> {
+pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, KpiReport)> {
     let began = Instant::now();
     let queries = kpi::queries::load(&settings.queries)?;
-    let stream = settings.home.stream(settings.shards)?;
-    let store = settings.home.store()?;
-    let dead_letters = settings.home.dead_letters()?;
+    let opened = config::open_stream(&settings.stream, &settings.home, settings.shards, aws, &settings.tuning).await?;
+    let store = config::open_store(&settings.store, &settings.home, aws, &settings.tuning).await?;
+    let (dead_letters, dead_letter_file) = config::open_dead_letters(settings.dead_letter.as_deref(), &settings.home, aws).await?;
 
-    let ProduceReport { sent, not_sent } = produce::produce_csv(&stream, &settings.start, &settings.end).await?;
-    let counts = Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead_letters }
-        .run(&settings.ingest)
-        .await?;
-    let kpi = kpi::run(&store, &queries, &DateSelection::All, &settings.out, settings.formats).await?;
+    let ProduceReport { sent, not_sent } = produce::produce_csv(opened.stream.as_ref(), &settings.start, &settings.end).await?;
+    let counts = Ingest {
+        source: opened.stream.as_ref(),
+        checkpoints: opened.checkpoints.as_ref(),
+        store: store.as_ref(),
+        dead_letters: dead_letters.as_ref(),
+    }
+    .run(&settings.ingest)
+    .await?;
+    let kpi = kpi::run(store.as_ref(), &queries, &DateSelection::All, &settings.out, settings.formats).await?;
     let report = RunReport {
         ingest: counts,
         produced: sent,
         not_sent,
         kpi_dates: kpi.dates.iter().map(|d| d.to_string()).collect(),
         kpi_files: kpi.files.clone(),
-        dead_letter_file: settings.home.dead_letter_path().display().to_string(),
+        dead_letter_file,
         elapsed_s: began.elapsed().as_secs_f64(),
     };
     Ok((report, kpi))

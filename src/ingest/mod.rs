@@ -11,6 +11,7 @@ pub mod coalesce;
 pub mod decode;
 pub mod validate;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use tracing::{debug, info, instrument};
 use self::batcher::{Batcher, Pending};
 use crate::deadletter::{DeadLetter, DeadLetterSink};
 use crate::store::TripStore;
-use crate::stream::{CheckpointStore, SequenceNumber, StartPosition, StreamSource};
+use crate::stream::{CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource};
 use crate::{Error, Result};
 
 /// Default consumer name under which checkpoints are kept.
@@ -97,6 +98,46 @@ impl IngestCounts {
     }
 }
 
+/// The shards an ingest run reads: those opened, indexed as their records' `shard`, and
+/// those waiting for their parents to be read to their end.
+#[derive(Default)]
+struct Readers {
+    ids: Vec<ShardId>,
+    iterators: Vec<ShardIterator>,
+    caught_up: Vec<bool>,
+    finished: Vec<bool>,
+    waiting: Vec<Shard>,
+    known: HashSet<ShardId>,
+    done: HashSet<ShardId>,
+}
+
+impl Readers {
+    /// Opens every waiting shard whose parents are read to their end (or were never
+    /// listed: expired past the retention period), from its checkpoint.
+    async fn open_ready(&mut self, ingest: &Ingest<'_>, opts: &IngestOptions) -> Result<()> {
+        let (ready, waiting): (Vec<Shard>, Vec<Shard>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|s| s.parents.iter().all(|p| self.done.contains(p) || !self.known.contains(p)));
+        self.waiting = waiting;
+        for shard in ready {
+            let start = match ingest.checkpoints.get(&opts.consumer, &shard.id).await? {
+                Some(seq) => StartPosition::AfterSequenceNumber(seq),
+                None => opts.initial_position.clone(),
+            };
+            self.iterators.push(ingest.source.iterator(&shard.id, &start).await?);
+            self.ids.push(shard.id);
+            self.caught_up.push(false);
+            self.finished.push(false);
+        }
+        Ok(())
+    }
+
+    /// True when every open shard has been read to what it holds now.
+    fn all_caught_up(&self) -> bool {
+        self.caught_up.iter().zip(&self.finished).all(|(&c, &f)| c || f)
+    }
+}
+
 /// The stages an ingest run drives.
 pub struct Ingest<'a> {
     /// Where records come from.
@@ -121,39 +162,42 @@ impl Ingest<'_> {
         if opts.batch_rows == 0 {
             return Err(Error::Config("--batch-rows must be at least 1".into()));
         }
-        let shards = self.source.shards().await?;
-        let mut iterators = Vec::with_capacity(shards.len());
-        for shard in &shards {
-            let start = match self.checkpoints.get(&opts.consumer, shard).await? {
-                Some(seq) => StartPosition::AfterSequenceNumber(seq),
-                None => opts.initial_position.clone(),
-            };
-            iterators.push(self.source.iterator(shard, &start).await?);
-        }
-        let mut caught_up = vec![false; shards.len()];
+        let mut readers = Readers { waiting: self.source.shards().await?, ..Default::default() };
+        readers.known = readers.waiting.iter().map(|s| s.id.clone()).collect();
+        readers.open_ready(self, opts).await?;
         let mut batcher = Batcher::new(opts.batch_rows, opts.linger);
         let mut totals = IngestCounts::default();
 
         // Each round starts at the next shard, so a busy shard cannot starve the others.
         let mut first_shard = 0;
         loop {
-            for k in 0..shards.len() {
-                let i = (first_shard + k) % shards.len();
+            let n = readers.ids.len();
+            for k in 0..n {
+                let i = (first_shard + k) % n;
+                if readers.finished[i] {
+                    continue;
+                }
                 let room = batcher.room();
                 if room == 0 {
                     break;
                 }
-                let read = self.source.read(&iterators[i], room).await?;
-                iterators[i] = read.next;
-                caught_up[i] = read.caught_up;
+                let read = self.source.read(&readers.iterators[i], room).await?;
+                readers.iterators[i] = read.next;
+                readers.caught_up[i] = read.caught_up;
                 batcher.extend(read.records.into_iter().map(|record| Pending { shard: i, record }));
+                if read.closed {
+                    info!(shard = %readers.ids[i], "Shard closed and read to its end; its children may start.");
+                    readers.finished[i] = true;
+                    readers.done.insert(readers.ids[i].clone());
+                }
             }
-            first_shard = (first_shard + 1) % shards.len().max(1);
-            let all_caught_up = caught_up.iter().all(|&c| c);
+            readers.open_ready(self, opts).await?;
+            first_shard = (first_shard + 1) % readers.ids.len().max(1);
+            let all_caught_up = readers.all_caught_up();
             let stopping = opts.stop.load(Ordering::Relaxed);
             if batcher.ready(Instant::now()) || (!batcher.is_empty() && (all_caught_up && !opts.follow || stopping)) {
                 let batch = batcher.take();
-                let counts = self.process(&shards, batch, opts, totals.batches).await?;
+                let counts = self.process(&readers.ids, batch, opts, totals.batches).await?;
                 totals.add(&counts);
                 continue;
             }
@@ -241,5 +285,94 @@ impl Ingest<'_> {
             "Flushed batch."
         );
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::deadletter::FileDeadLetters;
+    use crate::store::sqlite::SqliteStore;
+    use crate::stream::embedded::EmbeddedStream;
+    use crate::stream::{ReadResult, StreamRecord};
+
+    /// A resharded stream: shard 0 was split into 1 and 2. Each shard holds events of
+    /// one trip; a child holds the later event of a trip its parent started.
+    struct Resharded {
+        reads: Mutex<Vec<String>>,
+    }
+
+    fn record(seq: u64, data: String) -> StreamRecord {
+        StreamRecord { sequence_number: SequenceNumber::from_u64(seq), partition_key: "k".into(), data: data.into_bytes(), arrival: Default::default() }
+    }
+
+    fn start(trip: &str, at: &str) -> String {
+        format!(r#"{{"trip_id":"{trip}","pickup_location_id":1,"dropoff_location_id":2,"vendor_id":1,"pickup_datetime":"{at}"}}"#)
+    }
+
+    fn end(trip: &str, at: &str) -> String {
+        format!(r#"{{"trip_id":"{trip}","dropoff_datetime":"{at}","fare_amount":"12.5"}}"#)
+    }
+
+    fn contents(shard: &str) -> Vec<StreamRecord> {
+        match shard {
+            "shardId-000000000000" => vec![record(1, start("t1", "2024-05-25 10:00:00")), record(2, start("t2", "2024-05-25 10:01:00"))],
+            "shardId-000000000001" => vec![record(3, end("t1", "2024-05-25 10:30:00"))],
+            _ => vec![record(4, end("t2", "2024-05-25 10:40:00"))],
+        }
+    }
+
+    #[async_trait]
+    impl StreamSource for Resharded {
+        async fn shards(&self) -> Result<Vec<Shard>> {
+            let parent = "shardId-000000000000".to_string();
+            Ok(vec![
+                Shard::root(parent.clone()),
+                Shard { id: "shardId-000000000001".into(), parents: vec![parent.clone()] },
+                Shard { id: "shardId-000000000002".into(), parents: vec![parent] },
+            ])
+        }
+
+        async fn iterator(&self, shard: &ShardId, _start: &StartPosition) -> Result<ShardIterator> {
+            Ok(ShardIterator { shard: shard.clone(), position: "0".into() })
+        }
+
+        async fn read(&self, it: &ShardIterator, limit: usize) -> Result<ReadResult> {
+            self.reads.lock().unwrap().push(it.shard.clone());
+            let at: usize = it.position.parse().unwrap();
+            let all = contents(&it.shard);
+            let records: Vec<StreamRecord> = all.into_iter().skip(at).take(limit.min(1)).collect();
+            let next = at + records.len();
+            let end = next == contents(&it.shard).len();
+            // The parent is closed: once read to its end, it says so.
+            let closed = end && it.shard.ends_with('0');
+            Ok(ReadResult { records, next: ShardIterator { shard: it.shard.clone(), position: next.to_string() }, caught_up: end, closed })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_parent_is_read_to_its_end_before_its_children() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = Resharded { reads: Mutex::default() };
+        let checkpoints = EmbeddedStream::open(tmp.path(), Some(1)).unwrap();
+        let store = SqliteStore::open(tmp.path()).unwrap();
+        let dead = FileDeadLetters::open(&tmp.path().join("dead.ndjson")).unwrap();
+        let ingest = Ingest { source: &source, checkpoints: &checkpoints, store: &store, dead_letters: &dead };
+        let counts = ingest.run(&IngestOptions { batch_rows: 2, ..Default::default() }).await.unwrap();
+        assert_eq!((counts.read, counts.applied), (4, 4));
+
+        let reads = source.reads.lock().unwrap().clone();
+        let last_parent = reads.iter().rposition(|s| s.ends_with('0')).unwrap();
+        let first_child = reads.iter().position(|s| !s.ends_with('0')).unwrap();
+        assert!(last_parent < first_child, "a child was read before its parent closed: {reads:?}");
+        for trip in ["t1", "t2"] {
+            assert!(store.get(trip).await.unwrap().unwrap().trip_completed());
+        }
+        let parent_checkpoint = checkpoints.get(DEFAULT_CONSUMER, &"shardId-000000000000".to_string()).await.unwrap();
+        assert_eq!(parent_checkpoint, Some(SequenceNumber::from_u64(2)));
     }
 }

@@ -18,6 +18,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use crate::aws::Aws;
 use crate::{Error, Result};
 
 /// Where KPI outputs go: an object store and a prefix inside it.
@@ -29,21 +30,31 @@ pub struct OutputLocation {
 }
 
 impl OutputLocation {
-    /// Parses `--out`: a local directory (created if missing) or a `file://` URL.
+    /// Parses `--out`: a local directory (created if missing), a `file://` URL, or an
+    /// `s3://bucket/prefix` URL (which needs `aws`).
     ///
     /// # Errors
     /// When the URL's scheme is not supported or the directory cannot be created.
-    pub fn parse(out: &str) -> Result<Self> {
+    pub fn parse(out: &str, aws: Option<&Aws>) -> Result<Self> {
         if out.trim().is_empty() {
             return Err(Error::Config("--out is empty; give a directory such as ./tripflow-out".into()));
         }
         let path = match out.split_once("://") {
             None => std::path::PathBuf::from(out),
             Some(("file", rest)) => std::path::PathBuf::from(rest),
+            Some(("s3", _)) => {
+                let (bucket, prefix) = crate::aws::s3_url(out, "--out")?;
+                let aws = aws.ok_or_else(|| Error::Config(format!("--out {out}: S3 needs the AWS configuration")))?;
+                return Ok(OutputLocation {
+                    store: aws.s3(&bucket)?,
+                    prefix: ObjectPath::from(prefix.as_str()),
+                    display: out.trim_end_matches('/').to_owned(),
+                });
+            }
             Some((scheme, _)) => {
                 return Err(Error::Config(format!(
-                    "--out {out}: {scheme}:// outputs are not supported by this build; \
-                     give a local directory or a file:// URL"
+                    "--out {out}: {scheme}:// outputs are not supported; \
+                     give a local directory, a file:// URL or an s3://bucket/prefix URL"
                 )));
             }
         };
@@ -57,6 +68,11 @@ impl OutputLocation {
             Error::Output(format!("cannot use output directory {}: {e}", path.display()))
         })?;
         Ok(OutputLocation { store: Arc::new(store), prefix: ObjectPath::default(), display: path.display().to_string() })
+    }
+
+    /// The object store and the prefix inside it.
+    pub fn store(&self) -> (&Arc<dyn ObjectStore>, &ObjectPath) {
+        (&self.store, &self.prefix)
     }
 
     /// Writes `bytes` at `key` under the prefix, replacing what was there atomically.
@@ -190,14 +206,14 @@ mod tests {
     #[tokio::test]
     async fn puts_under_a_local_directory_and_refuses_other_schemes() {
         let dir = tempfile::tempdir().unwrap();
-        let out = OutputLocation::parse(dir.path().join("out").to_str().unwrap()).unwrap();
+        let out = OutputLocation::parse(dir.path().join("out").to_str().unwrap(), None).unwrap();
         out.put("kpi_output/date=2024-05-25/kpi.json", b"{}".to_vec()).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("out/kpi_output/date=2024-05-25/kpi.json")).unwrap(), b"{}");
-        let err = OutputLocation::parse("gs://bucket").unwrap_err().to_string();
+        let err = OutputLocation::parse("gs://bucket", None).unwrap_err().to_string();
         assert!(err.contains("not supported"), "{err}");
         let file = dir.path().join("a-file");
         std::fs::write(&file, "x").unwrap();
-        let err = OutputLocation::parse(file.to_str().unwrap()).unwrap_err().to_string();
+        let err = OutputLocation::parse(file.to_str().unwrap(), None).unwrap_err().to_string();
         assert!(err.contains("cannot create output directory"), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 //! any order, duplication or replay of a trip's events gives the same item.
 //! `trip_completed`, `trip_date` and `last_updated` are derived from what is stored.
 
+pub mod dynamodb;
 pub mod sqlite;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringBuilder};
@@ -136,6 +137,9 @@ impl TripItem {
         start.max(end).unwrap_or_default()
     }
 }
+
+/// Rows per Arrow batch of an export, the same for every backend so their files agree.
+pub const EXPORT_BATCH_ROWS: usize = 65_536;
 
 /// A trip table backend.
 #[async_trait]

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
-use super::{EndGroup, ExportBuilder, MergeOutcome, StartGroup, TripItem, TripStore, TripUpdate};
+use super::{EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, StartGroup, TripItem, TripStore, TripUpdate};
 use crate::event::{END_FIELDS, START_FIELDS};
 use crate::sqlite::Db;
 use crate::Result;
@@ -46,9 +46,6 @@ CREATE TABLE IF NOT EXISTS trips (
 );
 CREATE INDEX IF NOT EXISTS trips_by_date ON trips (trip_date) WHERE trip_date IS NOT NULL;
 ";
-
-/// Rows exported per Arrow batch.
-const EXPORT_BATCH_ROWS: usize = 65_536;
 
 /// The SQLite trip table.
 pub struct SqliteStore {

@@ -14,9 +14,8 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{
     CheckpointStore, PutRecord, ReadResult, Refused, SequenceNumber, ShardId, ShardIterator,
-    StartPosition, StreamRecord, StreamSink, StreamSource, shard_index, shard_name,
+    Shard, StartPosition, StreamRecord, StreamSink, StreamSource, refusal, shard_index, shard_name,
 };
-use crate::event::MAX_RECORD_BYTES;
 use crate::sqlite::Db;
 use crate::{Error, Result};
 
@@ -122,19 +121,12 @@ impl StreamSink for EmbeddedStream {
         let mut refused = Vec::new();
         let mut rows = Vec::with_capacity(records.len());
         for (index, r) in records.iter().enumerate() {
-            if r.partition_key.is_empty() {
-                refused.push(Refused { index, reason: "empty partition key".into() });
-            } else if r.data.len() + r.partition_key.len() > MAX_RECORD_BYTES {
-                refused.push(Refused {
-                    index,
-                    reason: format!(
-                        "record of {} bytes is over the 1 MiB limit",
-                        r.data.len() + r.partition_key.len()
-                    ),
-                });
-            } else {
-                let shard = shard_index(&r.partition_key, self.shard_count);
-                rows.push((shard, r.partition_key.clone(), r.data.clone()));
+            match refusal(r) {
+                Some(reason) => refused.push(Refused { index, reason }),
+                None => {
+                    let shard = shard_index(&r.partition_key, self.shard_count);
+                    rows.push((shard, r.partition_key.clone(), r.data.clone()));
+                }
             }
         }
         self.db
@@ -160,8 +152,8 @@ impl StreamSink for EmbeddedStream {
 
 #[async_trait]
 impl StreamSource for EmbeddedStream {
-    async fn shards(&self) -> Result<Vec<ShardId>> {
-        Ok((0..self.shard_count).map(shard_name).collect())
+    async fn shards(&self) -> Result<Vec<Shard>> {
+        Ok((0..self.shard_count).map(|i| Shard::root(shard_name(i))).collect())
     }
 
     async fn iterator(&self, shard: &ShardId, start: &StartPosition) -> Result<ShardIterator> {
@@ -220,6 +212,7 @@ impl StreamSource for EmbeddedStream {
             .map_or(after, |s| s as i64);
         Ok(ReadResult {
             caught_up: records.len() < limit,
+            closed: false,
             records,
             next: ShardIterator { shard: iterator.shard.clone(), position: next_after.to_string() },
         })

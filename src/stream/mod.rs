@@ -6,7 +6,9 @@
 //! a [`StartPosition`] and reads forward; a consumer checkpoints the last sequence number
 //! it has fully processed, per shard.
 
+pub mod checkpoints_dynamodb;
 pub mod embedded;
+pub mod kinesis;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,9 +18,24 @@ use crate::Result;
 /// Identifies a shard, as Kinesis names them (`shardId-000000000000`).
 pub type ShardId = String;
 
-/// A Kinesis-style sequence number: decimal digits, compared as numbers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A Kinesis-style sequence number: decimal digits, compared as numbers (so leading
+/// zeros do not matter).
+#[derive(Debug, Clone)]
 pub struct SequenceNumber(pub String);
+
+impl PartialEq for SequenceNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.trim_start_matches('0') == other.0.trim_start_matches('0')
+    }
+}
+
+impl Eq for SequenceNumber {}
+
+impl std::hash::Hash for SequenceNumber {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.trim_start_matches('0').hash(state);
+    }
+}
 
 impl SequenceNumber {
     /// The sequence number of an embedded record, zero-padded so text order is number order.
@@ -87,6 +104,23 @@ pub struct StreamRecord {
     pub arrival: DateTime<Utc>,
 }
 
+/// A shard, and the shards it was split or merged from (after resharding). A child is
+/// read only once its parents are read to their end, so a trip's events stay in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// The shard.
+    pub id: ShardId,
+    /// Its parent and adjacent parent, when it was made by a split or a merge.
+    pub parents: Vec<ShardId>,
+}
+
+impl Shard {
+    /// A shard with no parents.
+    pub fn root(id: ShardId) -> Self {
+        Shard { id, parents: Vec::new() }
+    }
+}
+
 /// A reader's position in one shard, returned by [`StreamSource::iterator`].
 #[derive(Debug, Clone)]
 pub struct ShardIterator {
@@ -105,6 +139,9 @@ pub struct ReadResult {
     pub next: ShardIterator,
     /// True when the read reached the end of what the shard holds now.
     pub caught_up: bool,
+    /// True when the shard is closed (split or merged) and every record has been read:
+    /// its children may now be read.
+    pub closed: bool,
 }
 
 /// Outcome of a put for one record that the stream refused.
@@ -130,11 +167,11 @@ pub trait StreamSink: Send + Sync {
 /// Reads the records of a stream, shard by shard.
 #[async_trait]
 pub trait StreamSource: Send + Sync {
-    /// The stream's shards, in a stable order.
+    /// The stream's shards, parents before children, in a stable order.
     ///
     /// # Errors
     /// When the backend fails.
-    async fn shards(&self) -> Result<Vec<ShardId>>;
+    async fn shards(&self) -> Result<Vec<Shard>>;
 
     /// Opens a position in a shard.
     ///
@@ -148,6 +185,11 @@ pub trait StreamSource: Send + Sync {
     /// When the backend fails.
     async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadResult>;
 }
+
+/// A stream that can be both written and read.
+pub trait Stream: StreamSink + StreamSource {}
+
+impl<T: StreamSink + StreamSource> Stream for T {}
 
 /// Keeps, per consumer and shard, the last sequence number fully processed.
 #[async_trait]
@@ -163,6 +205,21 @@ pub trait CheckpointStore: Send + Sync {
     /// # Errors
     /// When the backend fails; the checkpoint is then unchanged.
     async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()>;
+}
+
+/// Why a stream would refuse `record` for good (an empty partition key, or over the
+/// 1 MiB record limit), or `None` when it may be sent.
+pub fn refusal(record: &PutRecord) -> Option<String> {
+    let size = record.data.len() + record.partition_key.len();
+    if record.partition_key.is_empty() {
+        Some("empty partition key".into())
+    } else if record.partition_key.len() > 256 {
+        Some(format!("partition key of {} bytes is over the 256-byte limit", record.partition_key.len()))
+    } else if size > crate::event::MAX_RECORD_BYTES {
+        Some(format!("record of {size} bytes is over the 1 MiB limit"))
+    } else {
+        None
+    }
 }
 
 /// The index of the shard, among `shard_count` shards splitting the 128-bit hash-key space

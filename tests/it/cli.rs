@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::{data_dir, queries_dir};
+use crate::common::{copy_dir, data_dir, queries_dir};
 
 fn tripflow(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tripflow")).current_dir(dir).args(args).output().unwrap()
@@ -23,14 +23,6 @@ fn assert_one_line_error(out: &Output, code: i32, expect: &[&str]) {
     assert_eq!(errors.len(), 1, "{stderr}");
     for piece in expect {
         assert!(errors[0].contains(piece), "{piece:?} not in {stderr}");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
     }
 }
 

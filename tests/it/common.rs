@@ -31,7 +31,7 @@ pub async fn ingest(home: &Home, opts: &IngestOptions) -> tripflow::Result<Inges
 /// each file's bytes by its path under `out`.
 pub async fn kpi_files(home: &Home, out: &Path) -> BTreeMap<String, Vec<u8>> {
     let queries = kpi::queries::load(&queries_dir()).unwrap();
-    let location = OutputLocation::parse(out.to_str().unwrap()).unwrap();
+    let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
     let formats = kpi::Formats { parquet: true };
     kpi::run(&home.store().unwrap(), &queries, &DateSelection::All, &location, formats).await.unwrap();
     read_tree(out)
@@ -78,4 +78,13 @@ pub fn end_event(trip: &str, dropoff: &str, fare: &str) -> String {
     format!(
         r#"{{"event_type":"trip_end","trip_id":"{trip}","dropoff_datetime":"{dropoff}","rate_code":5.0,"passenger_count":"","trip_distance":0.1,"fare_amount":{fare},"tip_amount":0.0,"payment_type":3.0,"trip_type":2.0}}"#
     )
+}
+
+/// Copies the files of one folder into another (created if missing).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
 }

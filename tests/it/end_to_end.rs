@@ -68,13 +68,17 @@ async fn run_over_data_matches_an_independent_computation() {
         start: start.clone(),
         end: end.clone(),
         home: Home::new(tmp.path().join("home")).unwrap(),
+        stream: tripflow::config::StreamUrl::Embedded,
+        store: tripflow::config::StoreUrl::Embedded,
+        dead_letter: None,
+        tuning: Default::default(),
         shards: Some(4),
-        out: OutputLocation::parse(tmp.path().join("out").to_str().unwrap()).unwrap(),
+        out: OutputLocation::parse(tmp.path().join("out").to_str().unwrap(), None).unwrap(),
         queries: queries_dir(),
         ingest: IngestOptions { batch_rows: 1000, ..Default::default() },
         formats: Default::default(),
     };
-    let (report, _) = pipeline::run(&settings).await.unwrap();
+    let (report, _) = pipeline::run(&settings, &Default::default()).await.unwrap();
 
     let start_csv = std::fs::read_to_string(&start).unwrap();
     let end_csv = std::fs::read_to_string(&end).unwrap();
@@ -124,7 +128,7 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
         .await
         .unwrap();
     crate::common::ingest(&home, &IngestOptions::default()).await.unwrap();
-    let out = OutputLocation::parse(tmp.path().join("out").to_str().unwrap()).unwrap();
+    let out = OutputLocation::parse(tmp.path().join("out").to_str().unwrap(), None).unwrap();
     let loaded = tripflow::kpi::queries::load(&queries).unwrap();
     let all = tripflow::kpi::DateSelection::All;
     let report = tripflow::kpi::run(&home.store().unwrap(), &loaded, &all, &out, Default::default())

@@ -1,7 +1,8 @@
 //! tripflow's integration tests, in one binary so they link once.
 //!
 //! The conformance suites (`stream_suite`, `store_suite`) hold one body per behaviour,
-//! written against the traits; each backend's tests call them.
+//! written against the traits; each backend's tests call them. The AWS backends' tests
+//! need the emulator (`moto`): `bash .ci/run` starts it, and without it they fail.
 
 mod bad_records;
 mod cli;
@@ -10,6 +11,8 @@ mod crash;
 mod end_to_end;
 mod golden;
 mod merge_props;
+mod moto;
+mod on_aws;
 mod sql;
 mod store_suite;
 mod stream_suite;

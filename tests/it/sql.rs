@@ -24,7 +24,7 @@ async fn home_from_data(dir: &Path) -> Home {
 async fn parquet_outputs(dir: &Path) -> (Home, std::path::PathBuf, Vec<chrono::NaiveDate>) {
     let home = home_from_data(dir).await;
     let out = dir.join("out");
-    let location = OutputLocation::parse(out.to_str().unwrap()).unwrap();
+    let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
     let queries = kpi::queries::load(&queries_dir()).unwrap();
     let report = kpi::run(&home.store().unwrap(), &queries, &DateSelection::All, &location, Formats { parquet: true })
         .await
@@ -118,7 +118,7 @@ async fn broken_query_files_are_named_with_their_line_and_nothing_is_written() {
         std::fs::copy(queries_dir().join("daily_kpis.sql"), queries.join("daily_kpis.sql")).unwrap();
         std::fs::write(queries.join(file), sql).unwrap();
         let out = tmp.path().join(format!("out-{file}"));
-        let location = OutputLocation::parse(out.to_str().unwrap()).unwrap();
+        let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
         let loaded = kpi::queries::load(&queries).unwrap();
         let err = kpi::run(&home.store().unwrap(), &loaded, &DateSelection::All, &location, Formats::default())
             .await

@@ -1,5 +1,5 @@
 //! The stream conformance suite: sinks, sources and checkpoints, written against the
-//! traits. Every backend runs all of it (see the `embedded` module below).
+//! traits. Every backend runs all of it (see the `embedded` and `kinesis` modules below).
 
 use tripflow::stream::{
     CheckpointStore, PutRecord, SequenceNumber, StartPosition, StreamSink, StreamSource, shard_index,
@@ -11,7 +11,7 @@ fn records(keys: &[&str], tag: &str) -> Vec<PutRecord> {
 
 async fn read_all(source: &dyn StreamSource, start: &StartPosition) -> Vec<(String, SequenceNumber, String)> {
     let mut out = Vec::new();
-    for shard in source.shards().await.unwrap() {
+    for shard in source.shards().await.unwrap().into_iter().map(|s| s.id) {
         let mut it = source.iterator(&shard, start).await.unwrap();
         loop {
             let r = source.read(&it, 3).await.unwrap();
@@ -33,7 +33,7 @@ pub async fn keys_keep_their_shard_and_order(sink: &dyn StreamSink, source: &dyn
     for tag in ["1", "2", "3"] {
         assert!(sink.put_records(&records(&keys, tag)).await.unwrap().is_empty());
     }
-    let shards = source.shards().await.unwrap();
+    let shards: Vec<String> = source.shards().await.unwrap().into_iter().map(|s| s.id).collect();
     let all = read_all(source, &StartPosition::TrimHorizon).await;
     assert_eq!(all.len(), keys.len() * 3);
     for key in keys {
@@ -135,5 +135,59 @@ mod embedded {
         use tripflow::stream::StreamSink;
         producer.put_records(&super::records(&["x", "y"], "1")).await.unwrap();
         assert_eq!(super::read_all(&consumer, &tripflow::stream::StartPosition::TrimHorizon).await.len(), 2);
+    }
+}
+
+mod kinesis {
+    use std::time::Duration;
+
+    use tripflow::stream::checkpoints_dynamodb::DynamoCheckpoints;
+    use tripflow::stream::kinesis::KinesisStream;
+
+    use crate::moto::{aws, unique};
+
+    /// A new stream of 3 shards on the emulator, read without pauses.
+    async fn open() -> KinesisStream {
+        let s = KinesisStream::new(&aws(), &unique("suite")).with_read_interval(Duration::ZERO);
+        assert!(s.create_if_missing(3).await.unwrap());
+        s
+    }
+
+    #[tokio::test]
+    async fn keys_keep_their_shard_and_order() {
+        let s = open().await;
+        super::keys_keep_their_shard_and_order(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn start_positions() {
+        let s = open().await;
+        super::start_positions(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn oversized_records_are_refused() {
+        let s = open().await;
+        super::oversized_records_are_refused(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn checkpoints_only_move_forward() {
+        let aws = aws();
+        let table = unique("checkpoints");
+        assert!(DynamoCheckpoints::create_if_missing(&aws, &table).await.unwrap());
+        assert!(!DynamoCheckpoints::create_if_missing(&aws, &table).await.unwrap(), "idempotent");
+        super::checkpoints_only_move_forward(&DynamoCheckpoints::new(&aws, &table), "shardId-000000000001").await;
+    }
+
+    #[tokio::test]
+    async fn puts_of_more_than_500_records_are_split() {
+        let s = open().await;
+        let keys: Vec<String> = (0..1234).map(|i| format!("trip-{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        use tripflow::stream::StreamSink;
+        assert!(s.put_records(&super::records(&keys, "1")).await.unwrap().is_empty());
+        let all = super::read_all(&s, &tripflow::stream::StartPosition::TrimHorizon).await;
+        assert_eq!(all.len(), 1234);
     }
 }

@@ -1,0 +1,236 @@
+//! AWS settings shared by the Kinesis, DynamoDB and S3 backends.
+//!
+//! Region, credentials and endpoints come from the standard AWS environment through
+//! `aws-config` (`AWS_REGION`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`,
+//! `AWS_ENDPOINT_URL_KINESIS`, `..._DYNAMODB`, `..._S3`, the shared config files, SSO,
+//! instance roles). The S3 object store gets the same region and the same credential
+//! chain, so one profile serves every backend. The SDK clients retry throttling, 5xx
+//! responses, timeouts and dropped connections with exponential backoff and jitter.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use object_store::aws::{AmazonS3Builder, AwsCredential};
+use object_store::{CredentialProvider, ObjectStore};
+
+use crate::{Error, Result};
+
+/// Attempts per request, the first included, before an SDK call gives up.
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// The AWS configuration of a process.
+#[derive(Clone, Debug)]
+pub struct Aws {
+    sdk: SdkConfig,
+    s3_endpoint: Option<String>,
+}
+
+fn retry_config() -> RetryConfig {
+    RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS).with_initial_backoff(Duration::from_millis(50))
+}
+
+fn timeout_config() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .build()
+}
+
+impl Aws {
+    /// Loads the configuration from the standard AWS environment.
+    pub async fn from_env() -> Self {
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(retry_config())
+            .timeout_config(timeout_config())
+            .load()
+            .await;
+        let s3_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
+        Aws { sdk, s3_endpoint }
+    }
+
+    /// A configuration that sends every service to `endpoint` (an emulator such as
+    /// moto) with fixed test credentials, whatever the environment says.
+    pub fn for_endpoint(endpoint: &str) -> Self {
+        let credentials = Credentials::new("testing", "testing", None, None, "tripflow-endpoint");
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(SharedCredentialsProvider::new(credentials))
+            .retry_config(retry_config())
+            .timeout_config(timeout_config())
+            .build();
+        Aws { sdk, s3_endpoint: Some(endpoint.to_owned()) }
+    }
+
+    /// The loaded SDK configuration.
+    pub fn sdk(&self) -> &SdkConfig {
+        &self.sdk
+    }
+
+    /// A Kinesis client.
+    pub fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        aws_sdk_kinesis::Client::new(&self.sdk)
+    }
+
+    /// An S3 client (for creating buckets; data goes through [`Aws::s3`]).
+    pub fn s3_client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.sdk).force_path_style(self.s3_endpoint.is_some()).build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Creates `bucket` unless it exists. Returns whether it was created.
+    ///
+    /// # Errors
+    /// When S3 refuses (the name is taken by another account, say).
+    pub async fn create_bucket_if_missing(&self, bucket: &str) -> Result<bool> {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+        let client = self.s3_client();
+        let mut req = client.create_bucket().bucket(bucket);
+        if let Some(region) = self.sdk.region().map(|r| r.as_ref()).filter(|r| *r != "us-east-1") {
+            req = req.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(false),
+            Err(e) => Err(Error::Output(format!("cannot create S3 bucket {bucket}: {}", describe(&e)))),
+        }
+    }
+
+    /// A DynamoDB client.
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk)
+    }
+
+    /// An object store for `s3://bucket`, with this configuration's region, endpoint and
+    /// credentials. Other `AWS_*` settings object_store knows (`AWS_ALLOW_HTTP`, …) apply.
+    ///
+    /// # Errors
+    /// When no region is configured or the builder refuses the settings.
+    pub fn s3(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+        let region = self.sdk.region().ok_or_else(|| {
+            Error::Config(format!(
+                "s3://{bucket}: no AWS region is set; set AWS_REGION (e.g. AWS_REGION=eu-west-1) or a region in your AWS profile"
+            ))
+        })?;
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_region(region.as_ref());
+        if let Some(endpoint) = &self.s3_endpoint {
+            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(provider) = self.sdk.credentials_provider() {
+            builder = builder.with_credentials(Arc::new(SdkCredentials { provider, cached: Mutex::default() }));
+        }
+        let store = builder.build().map_err(|e| Error::Config(format!("s3://{bucket}: {e}")))?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Splits `s3://bucket/prefix` into the bucket and the prefix (without slashes at its
+/// ends). `flag` names the flag in the error.
+///
+/// # Errors
+/// When the URL is not of that form.
+pub fn s3_url(url: &str, flag: &str) -> Result<(String, String)> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| Error::Config(format!("{flag} {url}: not an s3:// URL")))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(Error::Config(format!(
+            "{flag} {url}: {bucket:?} is not a bucket name; write s3://BUCKET/PREFIX with a bucket of 3-63 lowercase letters, digits, '-' or '.'"
+        )));
+    }
+    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+}
+
+/// Hands the SDK's credential chain to object_store, caching each credential until five
+/// minutes before it expires.
+#[derive(Debug)]
+struct SdkCredentials {
+    provider: SharedCredentialsProvider,
+    cached: Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
+}
+
+#[async_trait]
+impl CredentialProvider for SdkCredentials {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        let margin = Duration::from_secs(300);
+        if let Some((credential, expiry)) = self.cached.lock().expect("credential cache").as_ref() {
+            if expiry.is_none_or(|at| SystemTime::now() + margin < at) {
+                return Ok(credential.clone());
+            }
+        }
+        let c = self
+            .provider
+            .provide_credentials()
+            .await
+            .map_err(|e| object_store::Error::Generic { store: "S3", source: Box::new(e) })?;
+        let credential = Arc::new(AwsCredential {
+            key_id: c.access_key_id().to_owned(),
+            secret_key: c.secret_access_key().to_owned(),
+            token: c.session_token().map(str::to_owned),
+        });
+        *self.cached.lock().expect("credential cache") = Some((credential.clone(), c.expiry()));
+        Ok(credential)
+    }
+}
+
+/// The error code and message of an SDK error, for matching and for messages.
+pub fn error_code<E: aws_smithy_types::error::metadata::ProvideErrorMetadata>(e: &E) -> (String, String) {
+    (e.code().unwrap_or("").to_owned(), e.message().unwrap_or("").to_owned())
+}
+
+/// Full-jitter exponential backoff: a random wait up to `base * 2^attempt`, capped.
+pub fn backoff(attempt: u32) -> Duration {
+    use rand::Rng;
+    let cap = Duration::from_millis(50u64.saturating_mul(1 << attempt.min(8))).min(Duration::from_secs(5));
+    Duration::from_micros(rand::rng().random_range(0..=cap.as_micros() as u64))
+}
+
+/// Describes an SDK error in one line: its code and message, or the transport failure.
+pub fn describe<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> String
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                (Some(code), None) => code.to_owned(),
+                _ => err.to_string(),
+            }
+        }
+        SdkError::TimeoutError(_) => "the request timed out; check AWS_ENDPOINT_URL and the network".to_owned(),
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s.push_str(": ");
+                s.push_str(&e.to_string());
+                src = e.source();
+            }
+            if matches!(other, SdkError::DispatchFailure(_)) {
+                s.push_str("; check AWS_ENDPOINT_URL and the network");
+            }
+            s
+        }
+    }
+}
