@@ -95,6 +95,13 @@ impl Aws {
         use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
         use aws_smithy_types::error::metadata::ProvideErrorMetadata;
         let client = self.s3_client();
+        // us-east-1 answers CreateBucket on a bucket one already owns with success, so
+        // ask first.
+        match client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => return Ok(false),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+            Err(e) => return Err(Error::Output(format!("cannot check S3 bucket {bucket}: {}", describe(&e)))),
+        }
         let mut req = client.create_bucket().bucket(bucket);
         if let Some(region) = self.sdk.region().map(|r| r.as_ref()).filter(|r| *r != "us-east-1") {
             req = req.create_bucket_configuration(

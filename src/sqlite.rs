@@ -35,12 +35,28 @@ impl Db {
             Error::Config(format!("cannot open {}: {e}; choose a writable --home", path.display()))
         })?;
         conn.busy_timeout(Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        // 64 MiB of page cache (the default is 2 MiB): trip ids are random, so merges
-        // touch the whole primary-key index, which must stay in memory to be fast.
-        conn.pragma_update(None, "cache_size", -65_536)?;
-        conn.execute_batch(schema)?;
+        // Two processes creating the same file at once (a producer and a consumer started
+        // together) can get SQLITE_BUSY from the switch to WAL or the schema, which do
+        // not always wait on the busy handler: try again for a while.
+        let began = std::time::Instant::now();
+        loop {
+            let setup = conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
+                // 64 MiB of page cache (the default is 2 MiB): trip ids are random, so
+                // merges touch the whole primary-key index, which must stay in memory.
+                .and_then(|_| conn.pragma_update(None, "cache_size", -65_536))
+                .and_then(|_| conn.execute_batch(schema));
+            match setup {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && began.elapsed() < Duration::from_secs(30) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Db { conn: Arc::new(Mutex::new(conn)) })
     }
 
