@@ -44,7 +44,10 @@ fn timeout_config() -> TimeoutConfig {
 
 impl Aws {
     /// Loads the configuration from the standard AWS environment.
-    pub async fn from_env() -> Self {
+    ///
+    /// # Errors
+    /// When no region is set anywhere the SDK looks.
+    pub async fn from_env() -> Result<Self> {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(retry_config())
             .timeout_config(timeout_config())
@@ -53,7 +56,12 @@ impl Aws {
         let s3_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
-        Aws { sdk, s3_endpoint }
+        if sdk.region().is_none() {
+            return Err(Error::Config(
+                "no AWS region is set: set AWS_REGION (e.g. export AWS_REGION=eu-west-1) or a region in your AWS profile".into(),
+            ));
+        }
+        Ok(Aws { sdk, s3_endpoint })
     }
 
     /// A configuration that sends every service to `endpoint` (an emulator such as

@@ -278,7 +278,7 @@ pub struct ScheduleArgs {
 pub struct SqlArgs {
     /// The query; without one, an interactive prompt opens.
     query: Option<String>,
-    /// The --out location of a 'tripflow kpi --parquet' run.
+    /// The --out location of a 'tripflow kpi --parquet' run: a folder, file:// or s3://bucket/prefix.
     #[arg(long, env = "TRIPFLOW_SNAPSHOTS", default_value = "./tripflow-out")]
     snapshots: String,
     /// How results are printed.
@@ -319,7 +319,7 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
             println!("ready    embedded stream {} ({} shards)", s.path().display(), s.shard_count());
         }
         StreamUrl::Kinesis(name) => {
-            let aws = aws.get().await;
+            let aws = aws.get().await?;
             let shards = a.shards.unwrap_or(crate::stream::embedded::DEFAULT_SHARDS);
             let created = crate::stream::kinesis::KinesisStream::new(aws, &name).create_if_missing(shards).await?;
             println!("{}  Kinesis stream {name}{}", said(created), if created { format!(" ({shards} shards)") } else { String::new() });
@@ -333,14 +333,14 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
             println!("ready    embedded trip table {}", a.home.home.join("trips.sqlite").display());
         }
         StoreUrl::DynamoDb(table) => {
-            let created = crate::store::dynamodb::DynamoStore::new(aws.get().await, &table).create_if_missing().await?;
+            let created = crate::store::dynamodb::DynamoStore::new(aws.get().await?, &table).create_if_missing().await?;
             println!("{}  DynamoDB table {table} with index {}", said(created), crate::store::dynamodb::DATE_INDEX);
         }
     }
     for (flag, url) in [("--out", &a.out), ("--dead-letter", &a.dead_letter)] {
         if let Some(url) = url.as_deref().filter(|u| u.starts_with("s3://")) {
             let (bucket, _) = crate::aws::s3_url(url, flag)?;
-            let created = aws.get().await.create_bucket_if_missing(&bucket).await?;
+            let created = aws.get().await?.create_bucket_if_missing(&bucket).await?;
             println!("{}  S3 bucket {bucket}", said(created));
         }
     }
@@ -541,7 +541,8 @@ pub async fn execute(cli: Cli) -> Result<()> {
             .await?;
         }
         Command::Sql(a) => {
-            let session = crate::sql::SqlSession::open(&a.snapshots).await?;
+            let aws = if a.snapshots.starts_with("s3://") { Some(aws.get().await?) } else { None };
+            let session = crate::sql::SqlSession::open(&a.snapshots, aws).await?;
             match &a.query {
                 Some(q) => print!("{}", crate::sql::render(&session.query(q).await?, a.format)?),
                 None => crate::sql::repl(&session, a.format).await?,

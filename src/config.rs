@@ -92,8 +92,11 @@ impl AwsEnv {
     }
 
     /// The configuration.
-    pub async fn get(&self) -> &Aws {
-        self.cell.get_or_init(Aws::from_env).await
+    ///
+    /// # Errors
+    /// When it cannot be loaded (no region, say).
+    pub async fn get(&self) -> Result<&Aws> {
+        self.cell.get_or_try_init(Aws::from_env).await
     }
 }
 
@@ -206,7 +209,7 @@ pub async fn open_stream(url: &StreamUrl, home: &Home, shards: Option<u32>, aws:
                     "--shards sizes the embedded stream; a Kinesis stream gets its shards from 'tripflow setup --stream kinesis://{name} --shards N'"
                 )));
             }
-            let aws = aws.get().await;
+            let aws = aws.get().await?;
             let stream = KinesisStream::new(aws, name).with_read_interval(tuning.read_interval);
             stream.check_exists().await?;
             Ok(OpenedStream {
@@ -225,7 +228,7 @@ pub async fn open_store(url: &StoreUrl, home: &Home, aws: &AwsEnv, tuning: &AwsT
     match url {
         StoreUrl::Embedded => Ok(Arc::new(home.store()?)),
         StoreUrl::DynamoDb(table) => {
-            let store = DynamoStore::new(aws.get().await, table)
+            let store = DynamoStore::new(aws.get().await?, table)
                 .with_write_concurrency(tuning.write_concurrency)
                 .with_scan_segments(tuning.scan_segments);
             store.check_exists().await?;
@@ -244,7 +247,7 @@ pub async fn open_dead_letters(url: Option<&str>, home: &Home, aws: &AwsEnv) -> 
         None => Ok((Arc::new(home.dead_letters()?), home.dead_letter_path().display().to_string())),
         Some(u) if u.starts_with("s3://") => {
             let (bucket, prefix) = crate::aws::s3_url(u, "--dead-letter")?;
-            let store = aws.get().await.s3(&bucket)?;
+            let store = aws.get().await?.s3(&bucket)?;
             let display = format!("{}/dead_letters/", u.trim_end_matches('/'));
             Ok((Arc::new(ObjectDeadLetters::new(store, &prefix, &display)), display))
         }
@@ -269,7 +272,7 @@ pub async fn open_dead_letters(url: Option<&str>, home: &Home, aws: &AwsEnv) -> 
 /// See [`OutputLocation::parse`].
 pub async fn open_output(out: &str, aws: &AwsEnv) -> Result<OutputLocation> {
     if out.trim_start().starts_with("s3://") {
-        OutputLocation::parse(out, Some(aws.get().await))
+        OutputLocation::parse(out, Some(aws.get().await?))
     } else {
         OutputLocation::parse(out, None)
     }

@@ -9,10 +9,12 @@ use tripflow::cli::{Cli, execute};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The AWS config loader warns about every place it looked for a region; a missing
+    // region gets tripflow's own one-line error instead.
     let default_level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+        0 => "warn,aws_config=error",
+        1 => "warn,aws_config=error,tripflow=info",
+        _ => "info,tripflow=debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

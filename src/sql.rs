@@ -5,16 +5,21 @@
 //!   hive-partitioned by `trip_date`, so a filter on the date reads only those files;
 //! - `kpis`: the `kpi.parquet` files, `kpi_output/date=YYYY-MM-DD/kpi.parquet`.
 //!
-//! Both exist once a KPI run has written them with `--parquet`. Statements other than
+//! Both exist once a KPI run has written them with `--parquet`, locally or on S3. Statements other than
 //! queries (DDL, DML, `SET`…) are refused.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use arrow::datatypes::DataType;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
+use crate::aws::Aws;
 use crate::event::TRIP_SCHEMA;
 use crate::{Error, Result};
 
@@ -47,49 +52,117 @@ fn sql_error(e: impl std::fmt::Display) -> Error {
     Error::Query { file: "<sql>".into(), message: e.to_string() }
 }
 
+/// Where the outputs are: a local folder, or a bucket and prefix of an object store.
+enum Root {
+    Local(std::path::PathBuf),
+    Store { store: Arc<dyn ObjectStore>, bucket: String, prefix: String },
+}
+
+impl Root {
+    /// The URL of `dir` to register and, when `schema` asks, the Arrow schema of its
+    /// first Parquet file (in path order); `None` when `dir` holds no Parquet file.
+    async fn sample(&self, dir: &str, schema: bool) -> Result<Option<(Option<arrow::datatypes::Schema>, String)>> {
+        match self {
+            Root::Local(root) => {
+                let dir = root.join(dir);
+                let Some(sample) = first_parquet(&dir) else { return Ok(None) };
+                let schema = match schema {
+                    false => None,
+                    true => {
+                        let what = sample.display().to_string();
+                        Some(parquet_schema(std::fs::File::open(&sample).map_err(|e| parquet_error(&what, e))?, &what)?)
+                    }
+                };
+                Ok(Some((schema, format!("{}/", dir.canonicalize().unwrap_or(dir).display()))))
+            }
+            Root::Store { store, bucket, prefix } => {
+                let dir_path = ObjectPath::from(prefix.as_str()).join(dir);
+                let mut names: Vec<ObjectPath> = store
+                    .list(Some(&dir_path))
+                    .map_ok(|m| m.location)
+                    .try_filter(|p| futures::future::ready(p.as_ref().ends_with(".parquet")))
+                    .try_collect()
+                    .await
+                    .map_err(|e| Error::Config(format!("--snapshots s3://{bucket}/{prefix}: cannot list {dir}/: {e}")))?;
+                names.sort();
+                let Some(sample) = names.first() else { return Ok(None) };
+                let schema = match schema {
+                    false => None,
+                    true => {
+                        let url = format!("s3://{bucket}/{sample}");
+                        let bytes = async { store.get(sample).await?.bytes().await }.await.map_err(|e| parquet_error(&url, e))?;
+                        Some(parquet_schema(bytes, &url)?)
+                    }
+                };
+                Ok(Some((schema, format!("s3://{bucket}/{dir_path}/"))))
+            }
+        }
+    }
+}
+
+fn parquet_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Input { path: what.into(), message: format!("not a readable Parquet file: {e}") }
+}
+
+fn parquet_schema<R: parquet::file::reader::ChunkReader + 'static>(reader: R, what: &str) -> Result<arrow::datatypes::Schema> {
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)
+        .map_err(|e| parquet_error(what, e))?;
+    Ok(builder.schema().as_ref().clone())
+}
+
 impl SqlSession {
-    /// Registers `trips` and `kpis` from the local output folder `root`.
+    /// Registers `trips` and `kpis` from `root`, the `--out` of a KPI run: a local
+    /// folder, a `file://` URL or an `s3://bucket/prefix` URL (which needs `aws`).
     ///
     /// # Errors
-    /// When `root` is not a folder, or is an `s3://` URL (not supported by this build).
-    pub async fn open(root: &str) -> Result<Self> {
-        if let Some((scheme, _)) = root.split_once("://").filter(|(s, _)| *s != "file") {
-            return Err(Error::Config(format!(
-                "--snapshots {root}: {scheme}:// locations are not supported by this build; give a local folder"
-            )));
-        }
-        let root = Path::new(root.strip_prefix("file://").unwrap_or(root));
-        if !root.is_dir() {
-            return Err(Error::Config(format!(
-                "--snapshots {}: no such folder; give the --out folder of a 'tripflow kpi --parquet' run",
-                root.display()
-            )));
-        }
+    /// When `root` does not exist or holds neither snapshots nor KPI Parquet files.
+    pub async fn open(root: &str, aws: Option<&Aws>) -> Result<Self> {
         let ctx = SessionContext::new();
+        let location = match root.split_once("://") {
+            Some(("s3", _)) => {
+                let (bucket, prefix) = crate::aws::s3_url(root, "--snapshots")?;
+                let aws = aws.ok_or_else(|| Error::Config(format!("--snapshots {root}: S3 needs the AWS configuration")))?;
+                let store = aws.s3(&bucket)?;
+                let url = url::Url::parse(&format!("s3://{bucket}")).map_err(|e| Error::Config(format!("--snapshots {root}: {e}")))?;
+                ctx.register_object_store(&url, store.clone());
+                Root::Store { store, bucket, prefix }
+            }
+            Some((scheme, _)) if scheme != "file" => {
+                return Err(Error::Config(format!(
+                    "--snapshots {root}: {scheme}:// is not supported; give a local folder, a file:// URL or s3://bucket/prefix"
+                )));
+            }
+            _ => {
+                let path = Path::new(root.strip_prefix("file://").unwrap_or(root));
+                if !path.is_dir() {
+                    return Err(Error::Config(format!(
+                        "--snapshots {}: no such folder; give the --out folder of a 'tripflow kpi --parquet' run",
+                        path.display()
+                    )));
+                }
+                Root::Local(path.to_owned())
+            }
+        };
         let mut tables = Vec::new();
         for (name, dir, partition) in [("trips", "snapshots", "trip_date"), ("kpis", "kpi_output", "date")] {
-            let dir = root.join(dir);
-            let Some(sample) = first_parquet(&dir) else { continue };
             // The schema is not inferred from every file: that would open them all at
             // start, and a date filter could no longer spare them. Snapshots have the trip
             // table's; KPI files have their query's, read from one of them.
-            let schema = if name == "trips" {
-                TRIP_SCHEMA.project(&crate::kpi::snapshot_columns()).map_err(sql_error)?
-            } else {
-                file_schema(&sample)?
+            let trips = name == "trips";
+            let Some((sample_schema, url)) = location.sample(dir, !trips).await? else { continue };
+            let schema = match sample_schema {
+                Some(schema) => schema,
+                None => TRIP_SCHEMA.project(&crate::kpi::snapshot_columns()).map_err(sql_error)?,
             };
             let options = ParquetReadOptions::default()
                 .schema(&schema)
                 .table_partition_cols(vec![(partition.to_owned(), DataType::Date32)]);
-            let path = format!("{}/", dir.canonicalize().unwrap_or(dir).display());
-            ctx.register_parquet(name, &path, options).await.map_err(sql_error)?;
+            ctx.register_parquet(name, &url, options).await.map_err(sql_error)?;
             tables.push(name);
         }
         if tables.is_empty() {
             return Err(Error::Config(format!(
-                "{} holds no snapshots or kpi.parquet files; write them with 'tripflow kpi --parquet --out {}'",
-                root.display(),
-                root.display()
+                "{root} holds no snapshots or kpi.parquet files; write them with 'tripflow kpi --parquet --out {root}'"
             )));
         }
         Ok(SqlSession { ctx, tables })
@@ -140,14 +213,6 @@ fn first_parquet(dir: &Path) -> Option<std::path::PathBuf> {
     entries.into_iter().find_map(|p| {
         if p.is_dir() { first_parquet(&p) } else { p.extension().is_some_and(|x| x == "parquet").then_some(p) }
     })
-}
-
-fn file_schema(path: &Path) -> Result<arrow::datatypes::Schema> {
-    let fail = |e: String| Error::Input { path: path.into(), message: format!("not a readable Parquet file: {e}") };
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(builder.schema().as_ref().clone())
 }
 
 /// Renders results in `format`.

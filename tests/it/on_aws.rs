@@ -280,3 +280,39 @@ async fn dead_letters_go_to_s3_one_object_per_record() {
     assert_eq!(line["raw"], "not json");
     assert!(!line["reasons"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_over_snapshots_on_s3_prunes_by_date_and_is_read_only() {
+    let aws = moto::aws();
+    let bucket = unique("sql").to_lowercase();
+    aws.create_bucket_if_missing(&bucket).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (start, end) = input(&tmp.path().join("in"), 300);
+    let root = format!("s3://{bucket}/nightly");
+    let location = OutputLocation::parse(&root, Some(&aws)).unwrap();
+    let (_, kpi) = pipeline::run(&settings(&start, &end, &tmp.path().join("home"), location), &AwsEnv::default()).await.unwrap();
+
+    let session = tripflow::sql::SqlSession::open(&root, Some(&aws)).await.unwrap();
+    assert_eq!(session.tables(), ["trips", "kpis"]);
+    let day = kpi.dates[1];
+    let count = |batches: &[arrow::array::RecordBatch]| {
+        let col = arrow::compute::cast(batches[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&col).value(0)
+    };
+    let sql = format!("SELECT count(*) FROM trips WHERE trip_completed AND trip_date = DATE '{day}'");
+    let trips = count(&session.query(&sql).await.unwrap());
+    let from_kpis = session.query(&format!("SELECT total_trips FROM kpis WHERE date = DATE '{day}'")).await.unwrap();
+    assert_eq!(count(&from_kpis), trips);
+
+    // Pruning: spoil every other date's snapshot object; a query on `day` never reads them.
+    let store = aws.s3(&bucket).unwrap();
+    for other in kpi.dates.iter().filter(|d| **d != day) {
+        let path = object_store::path::Path::from(format!("nightly/snapshots/trip_date={other}/trips.parquet"));
+        store.put(&path, b"not parquet".to_vec().into()).await.unwrap();
+    }
+    let session = tripflow::sql::SqlSession::open(&root, Some(&aws)).await.unwrap();
+    assert_eq!(count(&session.query(&sql).await.unwrap()), trips);
+    assert!(session.query("SELECT count(*) FROM trips").await.is_err(), "unfiltered, it reads the spoiled objects");
+    let err = session.query("DROP TABLE trips").await.unwrap_err().to_string();
+    assert!(err.contains("read-only"), "{err}");
+}

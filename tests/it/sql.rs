@@ -41,7 +41,7 @@ fn count(batches: &[arrow::array::RecordBatch]) -> i64 {
 async fn snapshots_keep_the_table_types_and_prune_by_date() {
     let tmp = tempfile::tempdir().unwrap();
     let (_home, out, dates) = parquet_outputs(tmp.path()).await;
-    let session = SqlSession::open(out.to_str().unwrap()).await.unwrap();
+    let session = SqlSession::open(out.to_str().unwrap(), None).await.unwrap();
     assert_eq!(session.tables(), ["trips", "kpis"]);
 
     let schema = session.query("SELECT * FROM trips LIMIT 1").await.unwrap()[0].schema();
@@ -65,7 +65,7 @@ async fn snapshots_keep_the_table_types_and_prune_by_date() {
     for other in dates.iter().filter(|d| **d != day) {
         std::fs::write(out.join(format!("snapshots/trip_date={other}/trips.parquet")), b"not parquet").unwrap();
     }
-    let session = SqlSession::open(out.to_str().unwrap()).await.unwrap();
+    let session = SqlSession::open(out.to_str().unwrap(), None).await.unwrap();
     assert_eq!(count(&session.query(&sql).await.unwrap()), kpi["total_trips"].as_i64().unwrap());
     assert!(session.query("SELECT count(*) FROM trips").await.is_err(), "unfiltered, it reads the spoiled files");
 }
@@ -74,7 +74,7 @@ async fn snapshots_keep_the_table_types_and_prune_by_date() {
 async fn sql_is_read_only_and_prints_every_format() {
     let tmp = tempfile::tempdir().unwrap();
     let (_home, out, _) = parquet_outputs(tmp.path()).await;
-    let session = SqlSession::open(out.to_str().unwrap()).await.unwrap();
+    let session = SqlSession::open(out.to_str().unwrap(), None).await.unwrap();
     for statement in ["CREATE TABLE x AS SELECT 1", "INSERT INTO trips SELECT * FROM trips", "DROP TABLE trips", "SET datafusion.execution.batch_size = 1"] {
         let err = session.query(statement).await.unwrap_err().to_string();
         assert!(err.contains("read-only"), "{statement}: {err}");
@@ -98,9 +98,9 @@ async fn sql_is_read_only_and_prints_every_format() {
 #[tokio::test]
 async fn a_location_without_snapshots_says_how_to_make_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = SqlSession::open(tmp.path().to_str().unwrap()).await.err().unwrap().to_string();
+    let err = SqlSession::open(tmp.path().to_str().unwrap(), None).await.err().unwrap().to_string();
     assert!(err.contains("--parquet"), "{err}");
-    let err = SqlSession::open("/no/such/dir").await.err().unwrap().to_string();
+    let err = SqlSession::open("/no/such/dir", None).await.err().unwrap().to_string();
     assert!(err.contains("no such folder"), "{err}");
 }
 
