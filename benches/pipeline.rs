@@ -62,5 +62,43 @@ fn merge(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_validate, merge);
+/// Trips in the table the export and KPI benches read: `TRIPFLOW_BENCH_TRIPS`, default
+/// 1,000,000 under `cargo bench`, and 10,000 in the smoke run of `cargo test --benches`.
+fn table_trips() -> usize {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let default = if benching { 1_000_000 } else { 10_000 };
+    std::env::var("TRIPFLOW_BENCH_TRIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A table of `n` completed trips over several days, built through the real merge.
+fn table(rt: &tokio::runtime::Runtime, n: usize) -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let all = records(n);
+    for chunk in all.chunks(16_384) {
+        let validated = validate(&decode(chunk.iter().map(Vec::as_slice))).unwrap();
+        rt.block_on(store.merge(coalesce(&validated).updates)).unwrap();
+    }
+    (dir, store)
+}
+
+fn export_and_kpis(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = table_trips();
+    let (_dir, store) = table(&rt, n);
+    let queries = tripflow::kpi::queries::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/queries"))).unwrap();
+    let mut g = c.benchmark_group("kpi");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    g.bench_function(format!("export_{n}_trips_sqlite"), |b| b.iter(|| black_box(rt.block_on(store.export(None)).unwrap())));
+    g.bench_function(format!("export_and_queries_{n}_trips"), |b| {
+        b.iter(|| {
+            let all = tripflow::kpi::DateSelection::All;
+            black_box(rt.block_on(tripflow::kpi::run_queries(&store, &queries, &all)).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode_validate, merge, export_and_kpis);
 criterion_main!(benches);

@@ -59,6 +59,29 @@ pub struct RunReport {
     pub dead_letter_file: String,
     /// Wall-clock seconds of the run.
     pub elapsed_s: f64,
+    /// Seconds and rates of each stage.
+    pub stages: Stages,
+}
+
+/// Where a run's time went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stages {
+    /// Reading the CSV files and putting the events on the stream.
+    pub produce_s: f64,
+    /// Events put per second.
+    pub produce_events_per_s: f64,
+    /// Reading, validating and merging the stream into the trip table.
+    pub ingest_s: f64,
+    /// Events ingested per second.
+    pub ingest_events_per_s: f64,
+    /// Exporting the table and running the KPI queries, writing the files.
+    pub kpi_s: f64,
+    /// Trips exported per second.
+    pub kpi_trips_per_s: f64,
+}
+
+fn rate(n: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 { (n as f64 / seconds).round() } else { 0.0 }
 }
 
 /// Runs the pipeline on the backends the settings name.
@@ -72,7 +95,10 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     let store = config::open_store(&settings.store, &settings.home, aws, &settings.tuning).await?;
     let (dead_letters, dead_letter_file) = config::open_dead_letters(settings.dead_letter.as_deref(), &settings.home, aws).await?;
 
+    let stage = Instant::now();
     let ProduceReport { sent, not_sent } = produce::produce_csv(opened.stream.as_ref(), &settings.start, &settings.end).await?;
+    let produce_s = stage.elapsed().as_secs_f64();
+    let stage = Instant::now();
     let counts = Ingest {
         source: opened.stream.as_ref(),
         checkpoints: opened.checkpoints.as_ref(),
@@ -81,7 +107,18 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     }
     .run(&settings.ingest)
     .await?;
+    let ingest_s = stage.elapsed().as_secs_f64();
+    let stage = Instant::now();
     let kpi = kpi::run(store.as_ref(), &queries, &DateSelection::All, &settings.out, settings.formats).await?;
+    let kpi_s = stage.elapsed().as_secs_f64();
+    let stages = Stages {
+        produce_s,
+        produce_events_per_s: rate(sent, produce_s),
+        ingest_s,
+        ingest_events_per_s: rate(counts.read, ingest_s),
+        kpi_s,
+        kpi_trips_per_s: rate(kpi.exported_rows as u64, kpi_s),
+    };
     let report = RunReport {
         ingest: counts,
         produced: sent,
@@ -90,6 +127,7 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
         kpi_files: kpi.files.clone(),
         dead_letter_file,
         elapsed_s: began.elapsed().as_secs_f64(),
+        stages,
     };
     Ok((report, kpi))
 }

@@ -67,83 +67,207 @@ fn event_time(cell: &str) -> i64 {
     DateTime::parse_from_rfc3339(cell).map_or(i64::MIN, |t| t.timestamp_micros())
 }
 
-/// Reads the events of one CSV file. Rows that cannot be sent are described in
-/// `not_sent` and skipped.
-///
-/// # Errors
-/// When the file cannot be opened, or its header lacks `trip_id` or a required field.
-pub fn read_events(path: &Path, kind: EventKind, not_sent: &mut Vec<String>) -> Result<Vec<CsvEvent>> {
-    let fail = |message: String| Error::Input { path: path.into(), message };
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| fail(format!("cannot open: {}; check the path (--start / --end)", csv_message(&e))))?;
-    let header = reader
-        .headers()
-        .map_err(|e| fail(format!("unreadable CSV header: {}", csv_message(&e))))?
-        .clone();
-    let names: Vec<String> = header.iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_owned()).collect();
-    let fields = match kind {
-        EventKind::Start => START_FIELDS,
-        EventKind::End => END_FIELDS,
-    };
-    let missing: Vec<&str> = std::iter::once("trip_id")
-        .chain(fields.iter().filter(|f| f.required).map(|f| f.name))
-        .filter(|n| !names.iter().any(|h| h == n))
-        .collect();
-    if !missing.is_empty() {
-        return Err(fail(format!(
-            "unreadable CSV header: no column {} for a {} file; the header was {:?}",
-            missing.join(", "),
-            kind.event_type(),
-            names.join(",")
-        )));
-    }
-    let id_col = names.iter().position(|h| h == "trip_id").expect("checked");
-    let time_col = names.iter().position(|h| h == kind.version_field()).expect("checked");
-    let keys: Vec<String> = names.iter().map(|n| serde_json::to_string(n).unwrap_or_default()).collect();
-    let prefix = format!("{{\"event_type\":\"{}\"", kind.event_type());
+/// A CSV file of one event kind, with its header checked.
+pub struct CsvFile {
+    path: std::path::PathBuf,
+    kind: EventKind,
+    file: std::fs::File,
+    names: Vec<String>,
+    keys: Vec<String>,
+    id_col: usize,
+    time_col: usize,
+    prefix: String,
+}
 
-    let mut events = Vec::new();
-    let mut row = csv::StringRecord::new();
-    loop {
-        let line = reader.position().line() + 1;
-        match reader.read_record(&mut row) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                not_sent.push(format!("{}:{}: {}; not sent", path.display(), line.max(2) - 1, csv_message(&e)));
+/// Where one sendable row is: its event time and its bytes in the file. A few bytes a
+/// row, so the rows of both files can be ordered by time without holding them.
+#[derive(Debug, Clone, Copy)]
+pub struct RowKey {
+    /// Event time in microseconds, as [`CsvEvent::time`].
+    pub time: i64,
+    /// Byte offset of the row in its file.
+    pub offset: u64,
+    /// Length of the row in bytes.
+    pub len: u32,
+    /// Line number, for reports.
+    pub line: u32,
+}
+
+impl CsvFile {
+    /// Opens `path` and checks its header for `trip_id` and `kind`'s required fields.
+    ///
+    /// # Errors
+    /// When the file cannot be opened, or its header lacks `trip_id` or a required field.
+    pub fn open(path: &Path, kind: EventKind) -> Result<Self> {
+        let fail = |message: String| Error::Input { path: path.into(), message };
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(path)
+            .map_err(|e| fail(format!("cannot open: {}; check the path (--start / --end)", csv_message(&e))))?;
+        let header = reader
+            .headers()
+            .map_err(|e| fail(format!("unreadable CSV header: {}", csv_message(&e))))?
+            .clone();
+        let names: Vec<String> = header.iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_owned()).collect();
+        let fields = match kind {
+            EventKind::Start => START_FIELDS,
+            EventKind::End => END_FIELDS,
+        };
+        let missing: Vec<&str> = std::iter::once("trip_id")
+            .chain(fields.iter().filter(|f| f.required).map(|f| f.name))
+            .filter(|n| !names.iter().any(|h| h == n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(fail(format!(
+                "unreadable CSV header: no column {} for a {} file; the header was {:?}",
+                missing.join(", "),
+                kind.event_type(),
+                names.join(",")
+            )));
+        }
+        let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        Ok(CsvFile {
+            path: path.to_owned(),
+            kind,
+            file,
+            id_col: names.iter().position(|h| h == "trip_id").expect("checked"),
+            time_col: names.iter().position(|h| h == kind.version_field()).expect("checked"),
+            keys: names.iter().map(|n| serde_json::to_string(n).unwrap_or_default()).collect(),
+            prefix: format!("{{\"event_type\":\"{}\"", kind.event_type()),
+            names,
+        })
+    }
+
+    /// The event kind of the file.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// Reads the file once, returning where each sendable row is and when it happened.
+    /// Rows that cannot be sent are described in `not_sent` and skipped.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn index(&self, not_sent: &mut Vec<String>) -> Result<Vec<RowKey>> {
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(&self.path)
+            .map_err(|e| Error::Input { path: self.path.clone(), message: csv_message(&e) })?;
+        let mut keys = Vec::new();
+        let mut row = csv::StringRecord::new();
+        loop {
+            let line = reader.position().line() + 1;
+            match reader.read_record(&mut row) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    not_sent.push(format!("{}:{}: {}; not sent", self.path.display(), line.max(2) - 1, csv_message(&e)));
+                    continue;
+                }
+            }
+            let start = row.position().expect("a record read from a file has a position");
+            if row.len() != self.names.len() {
+                not_sent.push(format!(
+                    "{}:{}: expected {} fields, found {}; not sent",
+                    self.path.display(),
+                    start.line(),
+                    self.names.len(),
+                    row.len()
+                ));
                 continue;
             }
+            let len = reader.position().byte() - start.byte();
+            keys.push(RowKey {
+                time: event_time(&row[self.time_col]),
+                offset: start.byte(),
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+                line: u32::try_from(start.line()).unwrap_or(u32::MAX),
+            });
         }
-        let line = row.position().map_or(line, |p| p.line());
-        let origin = format!("{}:{line}", path.display());
-        if row.len() != names.len() {
-            not_sent.push(format!("{origin}: expected {} fields, found {}; not sent", names.len(), row.len()));
-            continue;
+        Ok(keys)
+    }
+
+    /// The event of the row at `key`, read from the file again with `scratch`.
+    ///
+    /// # Errors
+    /// When the file cannot be read or changed since it was indexed.
+    pub fn event(&self, key: &RowKey, scratch: &mut Scratch) -> Result<CsvEvent> {
+        use csv_core::ReadRecordResult;
+        use std::os::unix::fs::FileExt;
+        let fail = |message: String| Error::Input { path: self.path.clone(), message };
+        let changed = || fail(format!("line {} changed while it was being sent; send the file again", key.line));
+        let Scratch { input, output, ends, parser } = scratch;
+        input.resize(key.len as usize, 0);
+        self.file.read_exact_at(input, key.offset).map_err(|e| fail(format!("cannot read line {}: {e}", key.line)))?;
+        output.resize(input.len() + 1, 0);
+        ends.resize(self.names.len() + 1, 0);
+        parser.reset();
+        let (mut result, read, _, mut fields) = parser.read_record(input, output, ends);
+        if matches!(result, ReadRecordResult::InputEmpty) && read == input.len() {
+            // The file's last row, without a newline: end of input finishes it.
+            (result, _, _, fields) = parser.read_record(&[], output, ends);
         }
-        let mut json = prefix.clone();
-        for (i, (key, cell)) in keys.iter().zip(row.iter()).enumerate() {
+        if !matches!(result, ReadRecordResult::Record) || fields != self.names.len() {
+            return Err(changed());
+        }
+        let text = std::str::from_utf8(&output[..ends[fields - 1]]).map_err(|_| changed())?;
+        let mut cells = Vec::with_capacity(fields);
+        let mut from = 0;
+        for &end in &ends[..fields] {
+            cells.push(&text[from..end]);
+            from = end;
+        }
+        Ok(self.to_event(&cells, key))
+    }
+
+    fn to_event(&self, row: &[&str], key: &RowKey) -> CsvEvent {
+        let mut json = self.prefix.clone();
+        for (i, (name, cell)) in self.keys.iter().zip(row.iter()).enumerate() {
             json.push(',');
-            json.push_str(key);
+            json.push_str(name);
             json.push(':');
             let cell = cell.trim();
             if cell.is_empty() {
                 json.push_str("null");
-            } else if i != id_col && is_json_number(cell) {
+            } else if i != self.id_col && is_json_number(cell) {
                 json.push_str(cell);
             } else {
                 json.push_str(&serde_json::to_string(cell).unwrap_or_default());
             }
         }
         json.push('}');
-        events.push(CsvEvent {
-            time: event_time(&row[time_col]),
-            origin,
-            record: PutRecord { partition_key: row[id_col].trim().to_owned(), data: json.into_bytes() },
-        });
+        CsvEvent {
+            time: key.time,
+            origin: format!("{}:{}", self.path.display(), key.line),
+            record: PutRecord { partition_key: row[self.id_col].trim().to_owned(), data: json.into_bytes() },
+        }
     }
-    Ok(events)
+}
+
+/// Buffers and a CSV parser reused from row to row by [`CsvFile::event`] (building a
+/// parser costs more than parsing a row).
+pub struct Scratch {
+    input: Vec<u8>,
+    output: Vec<u8>,
+    ends: Vec<usize>,
+    parser: csv_core::Reader,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch { input: Vec::new(), output: Vec::new(), ends: Vec::new(), parser: csv_core::Reader::new() }
+    }
+}
+
+/// Reads the events of one CSV file. Rows that cannot be sent are described in
+/// `not_sent` and skipped.
+///
+/// # Errors
+/// When the file cannot be opened, or its header lacks `trip_id` or a required field.
+pub fn read_events(path: &Path, kind: EventKind, not_sent: &mut Vec<String>) -> Result<Vec<CsvEvent>> {
+    let file = CsvFile::open(path, kind)?;
+    let mut scratch = Scratch::default();
+    file.index(not_sent)?.iter().map(|k| file.event(k, &mut scratch)).collect()
 }
 
 fn csv_message(e: &csv::Error) -> String {

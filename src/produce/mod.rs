@@ -1,5 +1,9 @@
 //! Produce: CSV rows (or captured NDJSON records) → JSON events → the stream.
 //!
+//! Memory stays small whatever the file sizes: a first pass notes each row's event time
+//! and byte range (32 bytes a row), the rows are ordered by time, and a second pass
+//! reads them again in that order, a batch at a time.
+//!
 //! Each CSV row becomes one event: a JSON number where the cell is a number, `null` for a
 //! blank, a string otherwise (`trip_id` is always a string). Nothing is validated here;
 //! that is ingest's job, so a producer never loses a record it could send. Events are
@@ -15,10 +19,11 @@ use std::path::Path;
 use serde::Serialize;
 use tracing::info;
 
+use crate::event::EventKind;
 use crate::stream::{PutRecord, StreamSink};
 use crate::{Error, Result};
 
-pub use self::csv_events::{CsvEvent, read_events};
+pub use self::csv_events::{CsvEvent, CsvFile, RowKey, Scratch, read_events};
 
 /// Records per call to the sink (Kinesis' PutRecords limit).
 pub const PUT_BATCH: usize = 500;
@@ -38,11 +43,28 @@ pub struct ProduceReport {
 /// When a file cannot be opened or its header is unusable, or the stream fails.
 pub async fn produce_csv(sink: &dyn StreamSink, start: &Path, end: &Path) -> Result<ProduceReport> {
     let mut report = ProduceReport::default();
-    let mut events = read_events(start, crate::event::EventKind::Start, &mut report.not_sent)?;
-    events.extend(read_events(end, crate::event::EventKind::End, &mut report.not_sent)?);
-    // Stable: at equal times a start stays ahead of an end.
-    events.sort_by_key(|e| e.time);
-    send(sink, events.into_iter().map(|e| (e.origin, e.record)), &mut report).await?;
+    let files = [CsvFile::open(start, EventKind::Start)?, CsvFile::open(end, EventKind::End)?];
+    // First pass: where each row is and when it happened (32 bytes a row). Sorted
+    // stably, starts (first in the list) stay ahead of ends at equal times.
+    let mut order: Vec<(RowKey, u8)> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        order.extend(f.index(&mut report.not_sent)?.into_iter().map(|k| (k, i as u8)));
+    }
+    order.sort_by_key(|(k, _)| k.time);
+    // Second pass: each row read again in time order, a batch at a time.
+    let mut scratch = Scratch::default();
+    let mut failed = None;
+    let events = order.iter().map_while(|(k, i)| match files[*i as usize].event(k, &mut scratch) {
+        Ok(e) => Some((e.origin, e.record)),
+        Err(e) => {
+            failed = Some(e);
+            None
+        }
+    });
+    send(sink, events, &mut report).await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     info!(sent = report.sent, not_sent = report.not_sent.len(), "Produced events.");
     Ok(report)
 }

@@ -5,7 +5,10 @@
 //! repeat the same condition column by column, the way a DynamoDB conditional update
 //! would. `trip_date`, `trip_completed` and `last_updated` are generated columns, so
 //! they can never disagree with the groups; a partial index on `trip_date` serves
-//! date-filtered exports like the sparse index of the DynamoDB backend.
+//! date-filtered exports like the sparse index of the DynamoDB backend. A batch visits
+//! its trips in key order, so a merge walks the `trip_id` index once instead of at
+//! random. (A WITHOUT ROWID table clustered on `trip_id` was tried and measured slower:
+//! 1M-trip ingest 160 s against 94 s, as random keys then scatter whole rows.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -133,14 +136,19 @@ impl TripStore for SqliteStore {
         self.db
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let mut outcomes = Vec::with_capacity(updates.len());
+                // Trips in key order: each B-tree page is visited once per batch, in
+                // order, instead of at random.
+                let mut order: Vec<usize> = (0..updates.len()).collect();
+                order.sort_unstable_by(|&a, &b| updates[a].trip_id.cmp(&updates[b].trip_id));
+                let mut outcomes = vec![MergeOutcome::default(); updates.len()];
                 let mut written = 0;
                 {
                     let mut versions = tx.prepare_cached(
                         "SELECT pickup_datetime, dropoff_datetime FROM trips WHERE trip_id = ?1",
                     )?;
                     let mut upsert = tx.prepare_cached(&upsert_sql())?;
-                    for u in &updates {
+                    for &i in &order {
+                        let u = &updates[i];
                         let (stored_start, stored_end): (Option<String>, Option<String>) = versions
                             .query_row([&u.trip_id], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()?
@@ -161,7 +169,7 @@ impl TripStore for SqliteStore {
                             upsert.execute(params_from_iter(values))?;
                             written += 1;
                         }
-                        outcomes.push(outcome);
+                        outcomes[i] = outcome;
                     }
                 }
                 tx.commit()?;

@@ -74,6 +74,10 @@ pub struct FaultCounts {
     pub dropped_before: AtomicU64,
     /// Connections dropped after forwarding (the request took effect, its answer is lost).
     pub dropped_after: AtomicU64,
+    /// GetRecords calls seen.
+    pub get_records: AtomicU64,
+    /// GetRecords answered with ExpiredIteratorException.
+    pub expired: AtomicU64,
 }
 
 /// A proxy in front of the emulator that faults a share of the requests: throttling
@@ -88,6 +92,16 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts the proxy in front of `upstream`, faulting `rate` of the requests.
     pub async fn start(upstream: &str, rate: f64, seed: u64) -> Self {
+        Self::start_with(upstream, rate, seed, 0).await
+    }
+
+    /// Starts a proxy that answers every `every`-th GetRecords with
+    /// ExpiredIteratorException (which moto itself never sends), and faults nothing else.
+    pub async fn expiring_iterators(upstream: &str, every: u64) -> Self {
+        Self::start_with(upstream, 0.0, 0, every).await
+    }
+
+    async fn start_with(upstream: &str, rate: f64, seed: u64, expire_every: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let counts = Arc::new(FaultCounts::default());
@@ -99,7 +113,7 @@ impl FaultProxy {
                 let Ok((conn, _)) = listener.accept().await else { return };
                 let (upstream, counts, rng) = (upstream.clone(), c.clone(), rng.clone());
                 tokio::spawn(async move {
-                    let _ = serve(conn, &upstream, rate, &counts, &rng).await;
+                    let _ = serve(conn, &upstream, rate, expire_every, &counts, &rng).await;
                 });
             }
         });
@@ -183,6 +197,7 @@ async fn serve(
     mut conn: TcpStream,
     upstream: &str,
     rate: f64,
+    expire_every: u64,
     counts: &FaultCounts,
     rng: &std::sync::Mutex<rand_chacha::ChaCha8Rng>,
 ) -> std::io::Result<()> {
@@ -191,6 +206,13 @@ async fn serve(
     let Some((head, body)) = read_request(&mut conn, &mut buf).await? else { return Ok(()) };
     counts.requests.fetch_add(1, Ordering::Relaxed);
     let json_target = head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:"));
+    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:") && l.ends_with(".GetRecords")) {
+        let n = counts.get_records.fetch_add(1, Ordering::Relaxed) + 1;
+        if expire_every > 0 && n % expire_every == 0 {
+            counts.expired.fetch_add(1, Ordering::Relaxed);
+            return conn.write_all(&error_response("400 Bad Request", true, "ExpiredIteratorException")).await;
+        }
+    }
     let (fault, kind) = {
         let mut r = rng.lock().unwrap();
         (r.random_bool(rate), r.random_range(0..5u8))

@@ -181,6 +181,26 @@ mod kinesis {
     }
 
     #[tokio::test]
+    async fn an_expired_iterator_is_renewed_after_the_last_record_read() {
+        let aws = aws();
+        let name = unique("expiring");
+        let direct = KinesisStream::new(&aws, &name).with_read_interval(Duration::ZERO);
+        assert!(direct.create_if_missing(1).await.unwrap());
+        let keys: Vec<String> = (0..20).map(|i| format!("trip-{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        use tripflow::stream::StreamSink;
+        direct.put_records(&super::records(&keys, "1")).await.unwrap();
+
+        let proxy = crate::moto::FaultProxy::expiring_iterators(&crate::moto::endpoint(), 2).await;
+        let through = KinesisStream::new(&tripflow::aws::Aws::for_endpoint(&proxy.url), &name).with_read_interval(Duration::ZERO);
+        let all = super::read_all(&through, &tripflow::stream::StartPosition::TrimHorizon).await;
+        let data: Vec<&str> = all.iter().map(|r| r.2.as_str()).collect();
+        let expected: Vec<String> = keys.iter().map(|k| format!("{k}:1")).collect();
+        assert_eq!(data, expected, "every record once, in order");
+        assert!(proxy.counts.expired.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    }
+
+    #[tokio::test]
     async fn puts_of_more_than_500_records_are_split() {
         let s = open().await;
         let keys: Vec<String> = (0..1234).map(|i| format!("trip-{i}")).collect();
