@@ -21,8 +21,9 @@ pub(crate) struct Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database at `path` and applies `schema`.
-    pub(crate) fn open(path: &Path, schema: &str) -> Result<Self> {
+    /// Opens (creating if needed) the database at `path` and applies `schema`, with a
+    /// page cache of `cache_mib` MiB.
+    pub(crate) fn open(path: &Path, schema: &str, cache_mib: i64) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::Config(format!(
@@ -43,9 +44,7 @@ impl Db {
             let setup = conn
                 .pragma_update(None, "journal_mode", "WAL")
                 .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
-                // 64 MiB of page cache (the default is 2 MiB): trip ids are random, so
-                // merges touch the whole primary-key index, which must stay in memory.
-                .and_then(|_| conn.pragma_update(None, "cache_size", -65_536))
+                .and_then(|_| conn.pragma_update(None, "cache_size", -1024 * cache_mib))
                 .and_then(|_| conn.execute_batch(schema));
             match setup {
                 Ok(()) => break,

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS trips (
 CREATE INDEX IF NOT EXISTS trips_by_date ON trips (trip_date) WHERE trip_date IS NOT NULL;
 ";
 
+/// Page cache of the trip table (SQLite's default is 2 MiB): trip ids are random, so
+/// merges touch the whole `trip_id` index, which must stay in memory to be fast.
+const CACHE_MIB: i64 = 64;
+
 /// The SQLite trip table.
 pub struct SqliteStore {
     db: Db,
@@ -62,7 +66,7 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or created.
     pub fn open(home: &Path) -> Result<Self> {
-        Ok(SqliteStore { db: Db::open(&home.join("trips.sqlite"), SCHEMA)?, writes: Arc::default() })
+        Ok(SqliteStore { db: Db::open(&home.join("trips.sqlite"), SCHEMA, CACHE_MIB)?, writes: Arc::default() })
     }
 }
 

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 ";
 
+/// Page cache of the stream file: writes append and reads follow one shard's index
+/// forward, so a small cache does.
+const CACHE_MIB: i64 = 8;
+
 /// A durable, sharded stream in `<home>/stream.sqlite`.
 #[derive(Clone)]
 pub struct EmbeddedStream {
@@ -61,7 +65,7 @@ impl EmbeddedStream {
             return Err(Error::Config("--shards must be at least 1".into()));
         }
         let path = home.join("stream.sqlite");
-        let db = Db::open(&path, SCHEMA)?;
+        let db = Db::open(&path, SCHEMA, CACHE_MIB)?;
         let want = shards.unwrap_or(DEFAULT_SHARDS);
         let shard_count = {
             let conn = db.blocking();
