@@ -465,12 +465,7 @@ impl DynamoStore {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::Store(format!("Scan of {}: {}", self.table, describe(&e))))?;
-            for item in page.items() {
-                builder.push(&trip_item(item)?);
-                if builder.len() == EXPORT_BATCH_ROWS {
-                    batches.push(builder.finish()?);
-                }
-            }
+            page.items().iter().try_for_each(|item| builder.push_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
             batches.push(builder.finish()?);
@@ -494,12 +489,7 @@ impl DynamoStore {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::Store(format!("Query of {} on {DATE_INDEX}: {}", self.table, describe(&e))))?;
-            for item in page.items() {
-                builder.push(&trip_item(item)?);
-                if builder.len() == EXPORT_BATCH_ROWS {
-                    batches.push(builder.finish()?);
-                }
-            }
+            page.items().iter().try_for_each(|item| builder.push_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
             batches.push(builder.finish()?);

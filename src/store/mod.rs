@@ -219,6 +219,18 @@ impl ExportBuilder {
         self.rows += 1;
     }
 
+    /// Adds one item, moving a full batch of [`EXPORT_BATCH_ROWS`] rows to `batches`.
+    ///
+    /// # Errors
+    /// See [`ExportBuilder::finish`].
+    pub fn push_into(&mut self, item: &TripItem, batches: &mut Vec<RecordBatch>) -> Result<()> {
+        self.push(item);
+        if self.rows == EXPORT_BATCH_ROWS {
+            batches.push(self.finish()?);
+        }
+        Ok(())
+    }
+
     /// The pending rows as one batch of [`TRIP_SCHEMA`].
     ///
     /// # Errors

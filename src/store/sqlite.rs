@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
-use super::{EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, StartGroup, TripItem, TripStore, TripUpdate};
+use super::{EndGroup, ExportBuilder, MergeOutcome, StartGroup, TripItem, TripStore, TripUpdate};
 use crate::event::{END_FIELDS, START_FIELDS};
 use crate::sqlite::Db;
 use crate::Result;
@@ -202,10 +202,7 @@ impl TripStore for SqliteStore {
                     let mut stmt = conn.prepare(sql)?;
                     let mut rows = stmt.query(params)?;
                     while let Some(row) = rows.next()? {
-                        builder.push(&read_item(row)?);
-                        if builder.len() == EXPORT_BATCH_ROWS {
-                            batches.push(builder.finish()?);
-                        }
+                        builder.push_into(&read_item(row)?, &mut batches)?;
                     }
                     Ok(())
                 };
