@@ -134,7 +134,7 @@ pub struct InputArgs {
 #[derive(Debug, Args)]
 pub struct BatchArgs {
     /// Flush a micro-batch at this many records...
-    #[arg(long, env = "TRIPFLOW_BATCH_ROWS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "TRIPFLOW_BATCH_ROWS", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch_rows: u64,
     /// ...or when its first record has waited this long.
     #[arg(long, env = "TRIPFLOW_BATCH_LINGER_MS", default_value_t = 100)]

@@ -54,7 +54,7 @@ impl Default for IngestOptions {
     fn default() -> Self {
         IngestOptions {
             consumer: DEFAULT_CONSUMER.into(),
-            batch_rows: 4096,
+            batch_rows: 65_536,
             linger: Duration::from_millis(100),
             follow: false,
             initial_position: StartPosition::TrimHorizon,
