@@ -343,9 +343,8 @@ impl DynamoStore {
             Err(e) if e.code() == Some("ResourceInUseException") => false,
             Err(e) => return Err(Error::Store(format!("cannot create DynamoDB table {}: {}", self.table, describe(&e)))),
         };
-        wait_active(&self.client, &self.table).await?;
-        if self.index_status().await?.is_some() {
-            wait_index_active(&self.client, &self.table).await?;
+        if wait_until(&self.client, &self.table, &Statuses::table_active, TABLE_WAIT).await?.index.is_some() {
+            wait_until(&self.client, &self.table, &Statuses::index_active, INDEX_WAIT).await?;
             return Ok(created_table);
         }
         // A table made before the index existed: add it.
@@ -369,22 +368,8 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| Error::Store(format!("cannot add {DATE_INDEX} to {}: {}", self.table, describe(&e))))?;
-        wait_index_active(&self.client, &self.table).await?;
+        wait_until(&self.client, &self.table, &Statuses::index_active, INDEX_WAIT).await?;
         Ok(true)
-    }
-
-    async fn index_status(&self) -> Result<Option<IndexStatus>> {
-        let out = self.client.describe_table().table_name(&self.table).send().await.map_err(|e| {
-            if e.code() == Some("ResourceNotFoundException") {
-                not_found(&self.table)
-            } else {
-                Error::Store(format!("cannot describe DynamoDB table {}: {}", self.table, describe(&e)))
-            }
-        })?;
-        Ok(out
-            .table()
-            .and_then(|t| t.global_secondary_indexes().iter().find(|i| i.index_name() == Some(DATE_INDEX)))
-            .map(|i| i.index_status().cloned().unwrap_or(IndexStatus::Active)))
     }
 
     /// Checks that the table exists with its date index, with a message saying how to
@@ -393,7 +378,7 @@ impl DynamoStore {
     /// # Errors
     /// When they do not exist or cannot be described.
     pub async fn check_exists(&self) -> Result<()> {
-        match self.index_status().await? {
+        match statuses(&self.client, &self.table).await?.index {
             Some(_) => Ok(()),
             None => Err(Error::Config(format!(
                 "DynamoDB table {} has no index {DATE_INDEX}; add it with 'tripflow setup --store dynamodb://{}'",
@@ -498,45 +483,64 @@ impl DynamoStore {
     }
 }
 
-async fn wait_active(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<()> {
-    let began = Instant::now();
-    loop {
-        let out = client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(|e| Error::Store(format!("cannot describe DynamoDB table {table}: {}", describe(&e))))?;
-        if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-            return Ok(());
-        }
-        if began.elapsed() > Duration::from_secs(120) {
-            return Err(Error::Store(format!("DynamoDB table {table} is not active after two minutes")));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+/// What DescribeTable says of a table and of its date index (`None`: no such index).
+struct Statuses {
+    table: Option<TableStatus>,
+    index: Option<IndexStatus>,
+}
+
+impl Statuses {
+    fn table_active(&self) -> bool {
+        self.table == Some(TableStatus::Active)
+    }
+
+    fn index_active(&self) -> bool {
+        self.index == Some(IndexStatus::Active)
     }
 }
 
-async fn wait_index_active(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<()> {
+async fn statuses(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Statuses> {
+    let out = client.describe_table().table_name(table).send().await.map_err(|e| {
+        if e.code() == Some("ResourceNotFoundException") {
+            not_found(table)
+        } else {
+            Error::Store(format!("cannot describe DynamoDB table {table}: {}", describe(&e)))
+        }
+    })?;
+    let t = out.table();
+    Ok(Statuses {
+        table: t.and_then(|t| t.table_status()).cloned(),
+        index: t
+            .and_then(|t| t.global_secondary_indexes().iter().find(|i| i.index_name() == Some(DATE_INDEX)))
+            .map(|i| i.index_status().cloned().unwrap_or(IndexStatus::Active)),
+    })
+}
+
+/// Waits for a new table two minutes, for a new index ten (an index on a big table takes
+/// long to build).
+const TABLE_WAIT: Duration = Duration::from_secs(120);
+const INDEX_WAIT: Duration = Duration::from_secs(600);
+
+/// Polls the table until `ready`, for up to `limit`. Returns the statuses that were ready.
+async fn wait_until(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    ready: &dyn Fn(&Statuses) -> bool,
+    limit: Duration,
+) -> Result<Statuses> {
     let began = Instant::now();
     loop {
-        let out = client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(|e| Error::Store(format!("cannot describe DynamoDB table {table}: {}", describe(&e))))?;
-        let status = out
-            .table()
-            .and_then(|t| t.global_secondary_indexes().iter().find(|i| i.index_name() == Some(DATE_INDEX)))
-            .map(|i| i.index_status().cloned().unwrap_or(IndexStatus::Active));
-        if status == Some(IndexStatus::Active) {
-            return Ok(());
+        let now = statuses(client, table).await?;
+        if ready(&now) {
+            return Ok(now);
         }
-        if began.elapsed() > Duration::from_secs(600) {
-            return Err(Error::Store(format!("index {DATE_INDEX} of {table} is not active after ten minutes")));
+        if began.elapsed() > limit {
+            return Err(Error::Store(format!(
+                "DynamoDB table {table} (or its index {DATE_INDEX}) is not active after {} s",
+                limit.as_secs()
+            )));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -565,7 +569,7 @@ pub async fn create_key_table(aws: &Aws, table: &str, hash: &str, range: Option<
         Err(e) if e.code() == Some("ResourceInUseException") => false,
         Err(e) => return Err(Error::Store(format!("cannot create DynamoDB table {table}: {}", describe(&e)))),
     };
-    wait_active(&client, table).await?;
+    wait_until(&client, table, &Statuses::table_active, TABLE_WAIT).await?;
     Ok(created)
 }
 
