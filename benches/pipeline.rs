@@ -4,6 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use tripflow::kpi::ExportColumns;
 use tripflow::ingest::{coalesce::coalesce, decode::decode, validate::validate};
 use tripflow::store::TripStore;
 use tripflow::store::sqlite::SqliteStore;
@@ -90,13 +91,18 @@ fn export_and_kpis(c: &mut Criterion) {
     let mut g = c.benchmark_group("kpi");
     g.throughput(Throughput::Elements(n as u64));
     g.sample_size(10);
-    g.bench_function(format!("export_{n}_trips_sqlite"), |b| b.iter(|| black_box(rt.block_on(store.export(None)).unwrap())));
-    g.bench_function(format!("export_and_queries_{n}_trips"), |b| {
-        b.iter(|| {
-            let all = tripflow::kpi::DateSelection::All;
-            black_box(rt.block_on(tripflow::kpi::run_queries(&store, &queries, &all)).unwrap())
-        })
+    let every_column = tripflow::store::Projection::all();
+    g.bench_function(format!("export_{n}_trips_sqlite"), |b| {
+        b.iter(|| black_box(rt.block_on(store.export(None, &every_column)).unwrap()))
     });
+    for (name, columns) in [("queried", ExportColumns::Queried), ("all", ExportColumns::All)] {
+        g.bench_function(format!("export_{name}_columns_and_queries_{n}_trips"), |b| {
+            b.iter(|| {
+                let all = tripflow::kpi::DateSelection::All;
+                black_box(rt.block_on(tripflow::kpi::run_queries(&store, &queries, &all, columns)).unwrap())
+            })
+        });
+    }
     g.finish();
 }
 

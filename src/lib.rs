@@ -20,7 +20,8 @@
 //! - [`deadletter`]: where rejected records go, with every reason.
 //! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion.
 //! - [`synthetic`]: deterministic synthetic input shaped like the real exports.
-//! - [`event`]: event kinds, field names and the Arrow schemas shared by all stages.
+//! - [`event`]: event kinds, field names and the Arrow schemas shared by all stages;
+//!   [`decimal`]: exact, fast decimal text → Arrow, for validation and export.
 //! - [`config`]: checked settings shared by the commands; [`pipeline`] chains the stages
 //!   for `tripflow run`.
 #![warn(missing_docs)]
@@ -29,6 +30,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
+pub mod decimal;
 pub mod error;
 pub mod event;
 pub mod synthetic;

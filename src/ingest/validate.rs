@@ -15,7 +15,8 @@ use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, Schem
 use chrono::DateTime;
 
 use super::decode::{COLUMNS, Decoded, quote};
-use crate::event::{DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type, timestamp_type};
+use crate::decimal;
+use crate::event::{DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type, timestamp_type};
 use crate::Result;
 
 /// Longest accepted `trip_id`, in bytes (DynamoDB allows 2048 for a partition key).
@@ -172,7 +173,7 @@ pub fn validate(decoded: &Decoded) -> Result<Validated> {
             FieldType::Integer => check_integer(&mut checker, col, raw, &checked)?,
             FieldType::DateTime => check_datetime(&mut checker, col, raw, &checked)?,
             FieldType::Decimal => {
-                let dec = cast_with_options(raw, &DECIMAL_TYPE, &safe())?;
+                let dec: ArrayRef = Arc::new(decimal::cast_text(raw, DECIMAL_PRECISION, DECIMAL_SCALE, &safe())?);
                 checker.reject(&and(&checked, &is_null(&dec)?)?, col, |v| {
                     format!("not a finite decimal within ±10^20: {}", quote(v))
                 });
@@ -197,7 +198,7 @@ fn check_integer(
     checked: &BooleanArray,
 ) -> Result<ArrayRef> {
     let wide = DataType::Decimal128(38, 10);
-    let dec = cast_with_options(raw, &wide, &safe())?;
+    let dec: ArrayRef = Arc::new(decimal::cast_text(raw, 38, 10, &safe())?);
     checker.reject(&and(checked, &is_null(&dec)?)?, col, |v| format!("not an integer: {}", quote(v)));
     // Decimal → Int64 truncates a fraction and nulls an overflow; casting back tells which.
     let int = cast_with_options(&dec, &DataType::Int64, &safe())?;

@@ -34,7 +34,9 @@ use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
-use super::{EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, StartGroup, TripItem, TripStore, TripUpdate};
+use super::{
+    EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup, TripItem, TripStore, TripUpdate,
+};
 use crate::aws::{Aws, describe};
 use crate::event::{END_FIELDS, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
@@ -437,7 +439,7 @@ impl DynamoStore {
 
     /// Every item of one Scan segment, into Arrow batches.
     async fn scan_segment(&self, segment: u32) -> Result<Vec<RecordBatch>> {
-        let mut builder = ExportBuilder::new();
+        let mut builder = ExportBuilder::new(Columns::all());
         let mut batches = Vec::new();
         let mut pages = self
             .client
@@ -450,7 +452,7 @@ impl DynamoStore {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::Store(format!("Scan of {}: {}", self.table, describe(&e))))?;
-            page.items().iter().try_for_each(|item| builder.push_into(&trip_item(item)?, &mut batches))?;
+            page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
             batches.push(builder.finish()?);
@@ -460,7 +462,7 @@ impl DynamoStore {
 
     /// The items of one `trip_date`, from the sparse index.
     async fn query_date(&self, date: NaiveDate) -> Result<Vec<RecordBatch>> {
-        let mut builder = ExportBuilder::new();
+        let mut builder = ExportBuilder::new(Columns::all());
         let mut batches = Vec::new();
         let mut pages = self
             .client
@@ -474,7 +476,7 @@ impl DynamoStore {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::Store(format!("Query of {} on {DATE_INDEX}: {}", self.table, describe(&e))))?;
-            page.items().iter().try_for_each(|item| builder.push_into(&trip_item(item)?, &mut batches))?;
+            page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
             batches.push(builder.finish()?);
@@ -603,7 +605,7 @@ impl TripStore for DynamoStore {
         out.item().map(trip_item).transpose()
     }
 
-    async fn export(&self, dates: Option<Vec<NaiveDate>>) -> Result<Vec<RecordBatch>> {
+    async fn export(&self, dates: Option<Vec<NaiveDate>>, columns: &Columns) -> Result<Vec<RecordBatch>> {
         // Rows in the embedded store's order: by trip_id, or by date and then trip_id.
         let rows = match dates {
             None => {
@@ -625,7 +627,8 @@ impl TripStore for DynamoStore {
                 per_date.iter().map(|b| sorted(b)).collect::<Result<_>>()?
             }
         };
-        let out = chunked(&rows)?;
+        // Whole items come back either way; the kept columns are cut out at the end.
+        let out = chunked(&rows)?.iter().map(|b| b.project(columns.columns())).collect::<Result<Vec<_>, _>>()?;
         debug!(rows = out.iter().map(RecordBatch::num_rows).sum::<usize>(), "Exported the table.");
         Ok(out)
     }

@@ -7,17 +7,15 @@
 //! `trip_completed`, `trip_date` and `last_updated` are derived from what is stored.
 
 pub mod dynamodb;
+pub mod export;
 pub mod sqlite;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringBuilder};
-use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::DataType;
+use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use std::sync::Arc;
 
-use crate::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};
-use crate::{Error, Result};
+pub use self::export::{Cell, EXPORT_BATCH_ROWS, ExportBuilder, Projection, STORED_COLUMNS};
+use crate::Result;
 
 /// The start group of a trip, as stored: datetimes in the fixed-width UTC form of
 /// [`crate::ingest::validate::format_timestamp`], decimals as canonical text.
@@ -59,7 +57,7 @@ pub struct EndGroup {
 }
 
 impl StartGroup {
-    /// Values in [`START_FIELDS`] order, as text.
+    /// Values in [`crate::event::START_FIELDS`] order, as text.
     pub fn values(&self) -> [Option<String>; 6] {
         [
             Some(self.pickup_location_id.to_string()),
@@ -73,7 +71,7 @@ impl StartGroup {
 }
 
 impl EndGroup {
-    /// Values in [`END_FIELDS`] order, as text.
+    /// Values in [`crate::event::END_FIELDS`] order, as text.
     pub fn values(&self) -> [Option<String>; 8] {
         [
             Some(self.dropoff_datetime.clone()),
@@ -138,9 +136,6 @@ impl TripItem {
     }
 }
 
-/// Rows per Arrow batch of an export, the same for every backend so their files agree.
-pub const EXPORT_BATCH_ROWS: usize = 65_536;
-
 /// A trip table backend.
 #[async_trait]
 pub trait TripStore: Send + Sync {
@@ -158,100 +153,14 @@ pub trait TripStore: Send + Sync {
     /// When the backend fails.
     async fn get(&self, trip_id: &str) -> Result<Option<TripItem>>;
 
-    /// Every item, or those whose `trip_date` is among `dates`, as batches of
-    /// [`TRIP_SCHEMA`], ordered by `trip_id`.
+    /// Every item, or those whose `trip_date` is among `dates`, as batches of the
+    /// `columns` of [`crate::event::TRIP_SCHEMA`], ordered by `trip_id` and cut every
+    /// [`EXPORT_BATCH_ROWS`] rows.
     ///
     /// # Errors
     /// When the backend fails.
-    async fn export(&self, dates: Option<Vec<NaiveDate>>) -> Result<Vec<RecordBatch>>;
+    async fn export(&self, dates: Option<Vec<NaiveDate>>, columns: &Projection) -> Result<Vec<RecordBatch>>;
 
     /// Write requests sent so far (one per trip per batch in the common case).
     fn write_requests(&self) -> u64;
-}
-
-/// Builds batches of [`TRIP_SCHEMA`] from stored items, column-wise: values are gathered
-/// as text and cast to the table's Arrow types in one kernel call per column.
-pub struct ExportBuilder {
-    columns: Vec<StringBuilder>,
-    completed: Vec<bool>,
-    rows: usize,
-}
-
-impl Default for ExportBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ExportBuilder {
-    const TEXT_COLUMNS: usize = 1 + START_FIELDS.len() + END_FIELDS.len() + 1;
-
-    /// An empty builder.
-    pub fn new() -> Self {
-        ExportBuilder {
-            columns: (0..Self::TEXT_COLUMNS).map(|_| StringBuilder::new()).collect(),
-            completed: Vec::new(),
-            rows: 0,
-        }
-    }
-
-    /// Rows added since the last [`ExportBuilder::finish`].
-    pub fn len(&self) -> usize {
-        self.rows
-    }
-
-    /// True when no row is pending.
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
-    /// Adds one item.
-    pub fn push(&mut self, item: &TripItem) {
-        let mut cols = self.columns.iter_mut();
-        cols.next().unwrap().append_value(&item.trip_id);
-        let start = item.start.as_ref().map(StartGroup::values).unwrap_or_default();
-        let end = item.end.as_ref().map(EndGroup::values).unwrap_or_default();
-        for v in start.iter().chain(end.iter()) {
-            cols.next().unwrap().append_option(v.as_deref());
-        }
-        cols.next().unwrap().append_value(item.last_updated());
-        self.completed.push(item.trip_completed());
-        self.rows += 1;
-    }
-
-    /// Adds one item, moving a full batch of [`EXPORT_BATCH_ROWS`] rows to `batches`.
-    ///
-    /// # Errors
-    /// See [`ExportBuilder::finish`].
-    pub fn push_into(&mut self, item: &TripItem, batches: &mut Vec<RecordBatch>) -> Result<()> {
-        self.push(item);
-        if self.rows == EXPORT_BATCH_ROWS {
-            batches.push(self.finish()?);
-        }
-        Ok(())
-    }
-
-    /// The pending rows as one batch of [`TRIP_SCHEMA`].
-    ///
-    /// # Errors
-    /// When a stored value does not convert to its column's type (a corrupt table).
-    pub fn finish(&mut self) -> Result<RecordBatch> {
-        let schema = TRIP_SCHEMA.clone();
-        let strict = CastOptions { safe: false, ..Default::default() };
-        let mut text: Vec<ArrayRef> =
-            self.columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
-        let last_updated = text.pop().expect("last_updated column");
-        let mut arrays = Vec::with_capacity(schema.fields().len());
-        for (field, col) in schema.fields().iter().zip(&text) {
-            arrays.push(cast_with_options(col, field.data_type(), &strict).map_err(|e| {
-                Error::Store(format!("stored {} does not convert: {e}", field.name()))
-            })?);
-        }
-        let dropoff = &arrays[1 + START_FIELDS.len()];
-        arrays.push(cast_with_options(dropoff, &DataType::Date32, &strict)?);
-        arrays.push(Arc::new(BooleanArray::from(std::mem::take(&mut self.completed))));
-        arrays.push(cast_with_options(&last_updated, schema.field(schema.fields().len() - 1).data_type(), &strict)?);
-        self.rows = 0;
-        Ok(RecordBatch::try_new(schema, arrays)?)
-    }
 }

@@ -17,12 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use chrono::NaiveDate;
+use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
-use super::{EndGroup, ExportBuilder, MergeOutcome, StartGroup, TripItem, TripStore, TripUpdate};
-use crate::event::{END_FIELDS, START_FIELDS};
+use super::{
+    Cell, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem, TripStore, TripUpdate,
+};
+use crate::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};
 use crate::sqlite::Db;
-use crate::Result;
+use crate::{Error, Result};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS trips (
@@ -133,6 +136,20 @@ fn read_item(row: &Row<'_>) -> rusqlite::Result<TripItem> {
     Ok(TripItem { trip_id: row.get(0)?, start, end })
 }
 
+/// A stored value as the export reads it: integers and text as SQLite holds them.
+fn cell(value: ValueRef<'_>, column: usize) -> Result<Cell<'_>> {
+    match value {
+        ValueRef::Null => Ok(Cell::Null),
+        ValueRef::Integer(v) => Ok(Cell::Int(v)),
+        ValueRef::Text(t) => std::str::from_utf8(t).map(Cell::Text).map_err(|_| {
+            Error::Store(format!("stored {} is not UTF-8 text", TRIP_SCHEMA.field(column).name()))
+        }),
+        ValueRef::Real(_) | ValueRef::Blob(_) => {
+            Err(Error::Store(format!("stored {} is not text or an integer", TRIP_SCHEMA.field(column).name())))
+        }
+    }
+}
+
 #[async_trait]
 impl TripStore for SqliteStore {
     async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>> {
@@ -193,25 +210,34 @@ impl TripStore for SqliteStore {
             .await
     }
 
-    async fn export(&self, dates: Option<Vec<NaiveDate>>) -> Result<Vec<RecordBatch>> {
+    async fn export(&self, dates: Option<Vec<NaiveDate>>, columns: &Projection) -> Result<Vec<RecordBatch>> {
+        let columns = columns.clone();
         self.db
             .call(move |conn| {
-                let mut builder = ExportBuilder::new();
+                // Only the stored columns the kept ones need, read in place from each row.
+                let stored = columns.stored();
+                let names: Vec<&str> = stored.iter().map(|&i| TRIP_SCHEMA.field(i).name().as_str()).collect();
+                let select = format!("SELECT {} FROM trips", names.join(", "));
+                let mut builder = ExportBuilder::new(columns);
                 let mut batches = Vec::new();
                 let mut scan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<()> {
                     let mut stmt = conn.prepare(sql)?;
                     let mut rows = stmt.query(params)?;
                     while let Some(row) = rows.next()? {
-                        builder.push_into(&read_item(row)?, &mut batches)?;
+                        let mut cells = [Cell::Null; STORED_COLUMNS];
+                        for (k, &c) in stored.iter().enumerate() {
+                            cells[c] = cell(row.get_ref(k)?, c)?;
+                        }
+                        builder.push_into(&cells, &mut batches)?;
                     }
                     Ok(())
                 };
                 match dates {
-                    None => scan(&format!("{} ORDER BY trip_id", select_sql()), &[])?,
+                    None => scan(&format!("{select} ORDER BY trip_id"), &[])?,
                     Some(mut dates) => {
                         dates.sort();
                         dates.dedup();
-                        let sql = format!("{} WHERE trip_date = ?1 ORDER BY trip_id", select_sql());
+                        let sql = format!("{select} WHERE trip_date = ?1 ORDER BY trip_id");
                         for d in dates {
                             scan(&sql, &[&d.format("%Y-%m-%d").to_string()])?;
                         }

@@ -50,7 +50,7 @@ async fn final_table(events: &[String], batch_rows: usize) -> Vec<arrow::array::
     let counts = ingest(&home, &IngestOptions { batch_rows, ..Default::default() }).await.unwrap();
     assert!(counts.balanced(), "{counts:?}");
     assert_eq!(counts.dead_lettered, 0);
-    home.store().unwrap().export(None).await.unwrap()
+    home.store().unwrap().export(None, &tripflow::store::Projection::all()).await.unwrap()
 }
 
 proptest! {

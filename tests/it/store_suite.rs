@@ -3,7 +3,7 @@
 //! modules below).
 
 use chrono::NaiveDate;
-use tripflow::store::{EndGroup, MergeOutcome, StartGroup, TripStore, TripUpdate};
+use tripflow::store::{EndGroup, MergeOutcome, Projection, StartGroup, TripStore, TripUpdate};
 
 fn start(at: &str, vendor: i64) -> StartGroup {
     StartGroup {
@@ -93,14 +93,24 @@ pub async fn export_by_date(store: &dyn TripStore) {
         ])
         .await
         .unwrap();
-    let all = store.export(None).await.unwrap();
+    let all = store.export(None, &Projection::all()).await.unwrap();
     assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
     assert_eq!(all[0].schema(), *tripflow::event::TRIP_SCHEMA);
     let day = NaiveDate::from_ymd_opt(2024, 5, 26).unwrap();
-    let one = store.export(Some(vec![day])).await.unwrap();
+    let one = store.export(Some(vec![day]), &Projection::all()).await.unwrap();
     assert_eq!(one.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     let ids = arrow::compute::cast(one[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
     assert_eq!(arrow::array::AsArray::as_string::<i32>(&ids).value(0), "c");
+
+    // Some columns, derived ones among them: the same values as the whole export's.
+    let schema = tripflow::event::TRIP_SCHEMA.clone();
+    let keep: Vec<usize> = ["fare_amount", "trip_date", "trip_completed", "last_updated"]
+        .iter()
+        .map(|c| schema.index_of(c).unwrap())
+        .collect();
+    let some = store.export(None, &Projection::of(keep.clone())).await.unwrap();
+    let expected: Vec<_> = all.iter().map(|b| b.project(&keep).unwrap()).collect();
+    assert_eq!(some, expected);
 }
 
 mod embedded {
