@@ -455,7 +455,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             print_counts(&report.ingest, &report.dead_letter_file);
             let t = &report.stages;
             println!(
-                "produce {:.2} s ({} events/s), ingest {:.2} s ({} events/s), kpi {:.2} s ({} trips/s)",
+                "produce {:.2} s ({} events/s) beside ingest {:.2} s ({} events/s), then kpi {:.2} s ({} trips/s)",
                 t.produce_s, t.produce_events_per_s, t.ingest_s, t.ingest_events_per_s, t.kpi_s, t.kpi_trips_per_s
             );
             if let Some(path) = &a.batch.report {

@@ -1,7 +1,10 @@
-//! `tripflow run`: produce, ingest until caught up, then the KPI job for every date,
-//! on one set of backends, with one report of the whole run.
+//! `tripflow run`: produce and ingest side by side until every record put is merged,
+//! then the KPI job for every date, on one set of backends, with one report of the
+//! whole run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -66,11 +69,12 @@ pub struct RunReport {
 /// Where a run's time went.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stages {
-    /// Reading the CSV files and putting the events on the stream.
+    /// Reading the CSV files and putting the events on the stream (while ingest runs).
     pub produce_s: f64,
     /// Events put per second.
     pub produce_events_per_s: f64,
-    /// Reading, validating and merging the stream into the trip table.
+    /// Reading, validating and merging the stream into the trip table: from the start of
+    /// produce until the last record put is merged.
     pub ingest_s: f64,
     /// Events ingested per second.
     pub ingest_events_per_s: f64,
@@ -92,6 +96,15 @@ fn release_freed_memory() {
     }
 }
 
+/// Aborts a task when dropped: a run whose ingest fails stops its producer too.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn rate(n: u64, seconds: f64) -> f64 {
     if seconds > 0.0 { (n as f64 / seconds).round() } else { 0.0 }
 }
@@ -107,18 +120,34 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     let store = config::open_store(&settings.store, &settings.home, aws, &settings.tuning).await?;
     let (dead_letters, dead_letter_file) = config::open_dead_letters(settings.dead_letter.as_deref(), &settings.home, aws).await?;
 
+    // Produce and ingest side by side, as the original's script and Lambda ran: the
+    // producer on its own task, ingest following the stream until the producer is done
+    // and everything it put is read.
+    let drain = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (stream, start, end, drain) =
+            (opened.stream.clone(), settings.start.clone(), settings.end.clone(), drain.clone());
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let produced = produce::produce_csv(stream.as_ref(), &start, &end).await;
+            drain.store(true, Ordering::Release);
+            (produced, began.elapsed().as_secs_f64())
+        })
+    };
+    let mut producer = AbortOnDrop(producer);
     let stage = Instant::now();
-    let ProduceReport { sent, not_sent } = produce::produce_csv(opened.stream.as_ref(), &settings.start, &settings.end).await?;
-    let produce_s = stage.elapsed().as_secs_f64();
-    let stage = Instant::now();
+    let options = IngestOptions { follow: true, drain: Some(drain), ..settings.ingest.clone() };
     let counts = Ingest {
         source: opened.stream.as_ref(),
         checkpoints: opened.checkpoints.as_ref(),
         store: store.as_ref(),
         dead_letters: dead_letters.as_ref(),
     }
-    .run(&settings.ingest)
+    .run(&options)
     .await?;
+    let (produced, produce_s) =
+        (&mut producer.0).await.map_err(|e| Error::Stream(format!("the producer task failed: {e}")))?;
+    let ProduceReport { sent, not_sent } = produced?;
     let ingest_s = stage.elapsed().as_secs_f64();
     release_freed_memory();
     let stage = Instant::now();

@@ -45,6 +45,10 @@ pub struct IngestOptions {
     pub poll_interval: Duration,
     /// Set to finish the batch in hand, checkpoint it and return.
     pub stop: Arc<AtomicBool>,
+    /// With `follow`, a producer running beside ingest (`tripflow run`) sets this once it
+    /// has put everything; ingest then reads what the stream holds and returns. Until
+    /// then only full batches are flushed: throughput matters there, not latency.
+    pub drain: Option<Arc<AtomicBool>>,
     /// Test hook: fail after the merge and dead letters of this many batches, before
     /// their checkpoint, as a crash would.
     pub crash_after_batches: Option<u64>,
@@ -60,6 +64,7 @@ impl Default for IngestOptions {
             initial_position: StartPosition::TrimHorizon,
             poll_interval: Duration::from_millis(200),
             stop: Arc::default(),
+            drain: None,
             crash_after_batches: None,
         }
     }
@@ -171,6 +176,11 @@ impl Ingest<'_> {
         // Each round starts at the next shard, so a busy shard cannot starve the others.
         let mut first_shard = 0;
         loop {
+            // Read before this round's reads: "caught up" below then covers every record
+            // put before the producer said it was done.
+            let drained = opts.drain.as_ref().map(|d| d.load(Ordering::Acquire));
+            let following = opts.follow && drained != Some(true);
+            let may_linger = drained != Some(false);
             let n = readers.ids.len();
             for k in 0..n {
                 let i = (first_shard + k) % n;
@@ -195,17 +205,19 @@ impl Ingest<'_> {
             first_shard = (first_shard + 1) % readers.ids.len().max(1);
             let all_caught_up = readers.all_caught_up();
             let stopping = opts.stop.load(Ordering::Relaxed);
-            if batcher.ready(Instant::now()) || (!batcher.is_empty() && (all_caught_up && !opts.follow || stopping)) {
+            let due = batcher.room() == 0 || (may_linger && batcher.ready(Instant::now()));
+            if due || (!batcher.is_empty() && (all_caught_up && !following || stopping)) {
                 let batch = batcher.take();
                 let counts = self.process(&readers.ids, batch, opts, totals.batches).await?;
                 totals.add(&counts);
                 continue;
             }
-            if all_caught_up && batcher.is_empty() && (!opts.follow || stopping) {
+            if all_caught_up && batcher.is_empty() && (!following || stopping) {
                 break;
             }
             if all_caught_up {
-                let wait = batcher.time_left(Instant::now()).map_or(opts.poll_interval, |left| left.min(opts.poll_interval));
+                let left = batcher.time_left(Instant::now()).filter(|_| may_linger);
+                let wait = left.map_or(opts.poll_interval, |left| left.min(opts.poll_interval));
                 tokio::time::sleep(wait).await;
             }
         }

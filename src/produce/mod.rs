@@ -1,7 +1,7 @@
 //! Produce: CSV rows (or captured NDJSON records) → JSON events → the stream.
 //!
 //! Memory stays small whatever the file sizes: a first pass notes each row's event time
-//! and byte range (32 bytes a row), the rows are ordered by time, and a second pass
+//! and byte range (24 bytes a row), the rows are ordered by time, and a second pass
 //! reads them again in that order, a batch at a time.
 //!
 //! Each CSV row becomes one event: a JSON number where the cell is a number, `null` for a
@@ -46,17 +46,34 @@ pub struct ProduceReport {
 pub async fn produce_csv(sink: &dyn StreamSink, start: &Path, end: &Path) -> Result<ProduceReport> {
     let mut report = ProduceReport::default();
     let files = [CsvFile::open(start, EventKind::Start)?, CsvFile::open(end, EventKind::End)?];
-    // First pass: where each row is and when it happened (32 bytes a row). Sorted
-    // stably, starts (first in the list) stay ahead of ends at equal times.
-    let mut order: Vec<(RowKey, u8)> = Vec::new();
-    for (i, f) in files.iter().enumerate() {
-        order.extend(f.index(&mut report.not_sent)?.into_iter().map(|k| (k, i as u8)));
+    // First pass: where each row is and when it happened (24 bytes a row), each file's
+    // rows sorted stably by time.
+    let mut keys = Vec::with_capacity(files.len());
+    for f in &files {
+        let mut k = f.index(&mut report.not_sent)?;
+        k.sort_by_key(|k| k.time);
+        keys.push(k);
     }
-    order.sort_by_key(|(k, _)| k.time);
-    // Second pass: each row read again in time order, a batch at a time.
+    // Second pass: both files' rows merged by time (a start ahead of an end at the same
+    // time), each row read again, a batch at a time.
+    let (starts, ends) = (&keys[0], &keys[1]);
+    let (mut s, mut e) = (0, 0);
+    let order = std::iter::from_fn(|| {
+        let from_starts = match (starts.get(s), ends.get(e)) {
+            (Some(a), Some(b)) => a.time <= b.time,
+            (a, _) => a.is_some(),
+        };
+        if from_starts {
+            s += 1;
+            Some((starts[s - 1], 0))
+        } else {
+            e += 1;
+            ends.get(e - 1).map(|k| (*k, 1))
+        }
+    });
     let mut scratch = Scratch::default();
     let mut failed = None;
-    let events = order.iter().map_while(|(k, i)| match files[*i as usize].event(k, &mut scratch) {
+    let events = order.map_while(|(k, i)| match files[i].event(&k, &mut scratch) {
         Ok(e) => Some((e.origin, e.record)),
         Err(e) => {
             failed = Some(e);

@@ -186,3 +186,43 @@ async fn kpi_files_are_byte_identical_whatever_batches_shards_and_order_built_th
         assert!(bytes == &files_b[name], "{name} differs");
     }
 }
+
+/// Ingest beside a producer, as `tripflow run` drives it: every record put is read, and
+/// while the producer runs only full batches go, however short the linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_beside_a_producer_reads_everything_in_full_batches() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path()).unwrap();
+    let stream = home.stream(Some(2)).unwrap();
+    let drain = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            for chunk in 0..10 {
+                let records: Vec<Vec<u8>> = (0..100)
+                    .map(|i| crate::common::start_event(&format!("t{chunk}-{i}"), "2024-05-25 13:19:00").into_bytes())
+                    .collect();
+                crate::common::put_raw(&stream, &records).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            drain.store(true, Ordering::Release);
+        })
+    };
+    let options = IngestOptions {
+        follow: true,
+        drain: Some(drain),
+        batch_rows: 300,
+        linger: Duration::from_millis(1),
+        poll_interval: Duration::from_millis(5),
+        ..Default::default()
+    };
+    let counts = crate::common::ingest(&home, &options).await.unwrap();
+    producer.await.unwrap();
+    assert_eq!(counts.read, 1000, "{counts:?}");
+    assert_eq!(counts.applied, 1000, "{counts:?}");
+    assert_eq!(counts.batches, 4, "300, 300, 300 and the last 100: {counts:?}");
+}
