@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -136,7 +136,14 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     };
     let mut producer = AbortOnDrop(producer);
     let stage = Instant::now();
-    let options = IngestOptions { follow: true, drain: Some(drain), ..settings.ingest.clone() };
+    // A caught-up ingest looks again every 20 ms, so the end of produce is noticed at
+    // once (the Kinesis source paces its own reads).
+    let options = IngestOptions {
+        follow: true,
+        drain: Some(drain),
+        poll_interval: settings.ingest.poll_interval.min(Duration::from_millis(20)),
+        ..settings.ingest.clone()
+    };
     let counts = Ingest {
         source: opened.stream.as_ref(),
         checkpoints: opened.checkpoints.as_ref(),
