@@ -238,24 +238,22 @@ impl Ingest<'_> {
         opts: &IngestOptions,
         done_batches: u64,
     ) -> Result<IngestCounts> {
+        let read = batch.len() as u64;
         let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
-        let validated = validate::validate(&decoded)?;
+        let mut validated = validate::validate(&decoded)?;
+        drop(decoded);
         let coalesced = coalesce::coalesce(&validated);
         let groups: u64 = coalesced
             .updates
             .iter()
             .map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some()))
             .sum();
-        let writes_before = self.store.write_requests();
-        let outcomes = self.store.merge(coalesced.updates).await?;
-        let applied: u64 = outcomes
-            .iter()
-            .map(|o| u64::from(o.start_applied) + u64::from(o.end_applied))
-            .sum();
-
+        // What the records are still needed for, the dead letters and each shard's last
+        // position, is taken now: the batch and its Arrow columns are freed before the
+        // merge, the longest step, so two batches' worth never meet in memory.
         let letters: Vec<DeadLetter> = batch
             .iter()
-            .zip(validated.reasons)
+            .zip(std::mem::take(&mut validated.reasons))
             .filter(|(_, reasons)| !reasons.is_empty())
             .map(|(p, reasons)| DeadLetter {
                 shard: shards[p.shard].clone(),
@@ -265,24 +263,32 @@ impl Ingest<'_> {
                 reasons,
             })
             .collect();
+        let mut last: Vec<Option<SequenceNumber>> = vec![None; shards.len()];
+        for p in batch {
+            last[p.shard] = Some(p.record.sequence_number);
+        }
+        drop(validated);
+
+        let writes_before = self.store.write_requests();
+        let outcomes = self.store.merge(coalesced.updates).await?;
+        let applied: u64 = outcomes
+            .iter()
+            .map(|o| u64::from(o.start_applied) + u64::from(o.end_applied))
+            .sum();
         self.dead_letters.write(&letters).await?;
 
         if opts.crash_after_batches.is_some_and(|n| done_batches + 1 >= n) {
             return Err(Error::InjectedFault("after merge, before checkpoint"));
         }
 
-        let mut last: Vec<Option<&SequenceNumber>> = vec![None; shards.len()];
-        for p in &batch {
-            last[p.shard] = Some(&p.record.sequence_number);
-        }
-        for (shard, seq) in shards.iter().zip(last) {
+        for (shard, seq) in shards.iter().zip(&last) {
             if let Some(seq) = seq {
                 self.checkpoints.set(&opts.consumer, shard, seq).await?;
             }
         }
 
         let counts = IngestCounts {
-            read: batch.len() as u64,
+            read,
             applied,
             duplicate_or_stale: coalesced.superseded as u64 + groups - applied,
             dead_lettered: letters.len() as u64,

@@ -154,8 +154,9 @@ pub trait TripStore: Send + Sync {
     async fn get(&self, trip_id: &str) -> Result<Option<TripItem>>;
 
     /// Every item, or those whose `trip_date` is among `dates`, as batches of the
-    /// `columns` of [`crate::event::TRIP_SCHEMA`], ordered by `trip_id` and cut every
-    /// [`EXPORT_BATCH_ROWS`] rows.
+    /// `columns` of [`crate::event::TRIP_SCHEMA`], cut every [`EXPORT_BATCH_ROWS`] rows.
+    /// With every column (the snapshot files) the rows are ordered by `trip_id`, so
+    /// every backend writes the same files; otherwise they may come in storage order.
     ///
     /// # Errors
     /// When the backend fails.

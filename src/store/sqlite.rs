@@ -218,6 +218,10 @@ impl TripStore for SqliteStore {
                 let stored = columns.stored();
                 let names: Vec<&str> = stored.iter().map(|&i| TRIP_SCHEMA.field(i).name().as_str()).collect();
                 let select = format!("SELECT {} FROM trips", names.join(", "));
+                // Key order costs a B-tree seek per row (10M trips: 28 s against 6.5 s in
+                // storage order), so only the whole table, which becomes the snapshot
+                // files, is read in it.
+                let order = if columns.is_all() { " ORDER BY trip_id" } else { "" };
                 let mut builder = ExportBuilder::new(columns);
                 let mut batches = Vec::new();
                 let mut scan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<()> {
@@ -233,11 +237,11 @@ impl TripStore for SqliteStore {
                     Ok(())
                 };
                 match dates {
-                    None => scan(&format!("{select} ORDER BY trip_id"), &[])?,
+                    None => scan(&format!("{select}{order}"), &[])?,
                     Some(mut dates) => {
                         dates.sort();
                         dates.dedup();
-                        let sql = format!("{select} WHERE trip_date = ?1 ORDER BY trip_id");
+                        let sql = format!("{select} WHERE trip_date = ?1{order}");
                         for d in dates {
                             scan(&sql, &[&d.format("%Y-%m-%d").to_string()])?;
                         }
