@@ -149,11 +149,23 @@ impl CsvFile {
     /// # Errors
     /// When the file cannot be read.
     pub fn index(&self, not_sent: &mut Vec<String>) -> Result<Vec<RowKey>> {
+        let mut keys = Vec::new();
+        self.index_each(not_sent, |k| {
+            keys.push(k);
+            Ok(())
+        })?;
+        Ok(keys)
+    }
+
+    /// [`CsvFile::index`], handing each key to `each` as it is read.
+    ///
+    /// # Errors
+    /// When the file cannot be read, or `each` fails.
+    pub fn index_each(&self, not_sent: &mut Vec<String>, mut each: impl FnMut(RowKey) -> Result<()>) -> Result<()> {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .from_path(&self.path)
             .map_err(|e| Error::Input { path: self.path.clone(), message: csv_message(&e) })?;
-        let mut keys = Vec::new();
         let mut row = csv::StringRecord::new();
         loop {
             let line = reader.position().line() + 1;
@@ -177,14 +189,14 @@ impl CsvFile {
                 continue;
             }
             let len = reader.position().byte() - start.byte();
-            keys.push(RowKey {
+            each(RowKey {
                 time: event_time(&row[self.time_col]),
                 offset: start.byte(),
                 len: u32::try_from(len).unwrap_or(u32::MAX),
                 line: u32::try_from(start.line()).unwrap_or(u32::MAX),
-            });
+            })?;
         }
-        Ok(keys)
+        Ok(())
     }
 
     /// The event of the row at `key`, read from the file again with `scratch`.

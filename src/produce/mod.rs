@@ -1,8 +1,9 @@
 //! Produce: CSV rows (or captured NDJSON records) → JSON events → the stream.
 //!
 //! Memory stays small whatever the file sizes: a first pass notes each row's event time
-//! and byte range (24 bytes a row), the rows are ordered by time, and a second pass
-//! reads them again in that order, a batch at a time.
+//! and byte range (24 bytes a row), the rows are ordered by time (an external merge sort
+//! past 2M rows, [`order`]), and a second pass reads them again in that order, a batch
+//! at a time.
 //!
 //! Each CSV row becomes one event: a JSON number where the cell is a number, `null` for a
 //! blank, a string otherwise (`trip_id` is always a string). Nothing is validated here;
@@ -12,6 +13,7 @@
 //! over 1 MiB) is reported with its file and line and not sent; the rest still is.
 
 pub mod csv_events;
+pub mod order;
 
 use std::io::BufRead;
 use std::path::Path;
@@ -24,6 +26,7 @@ use crate::stream::{PutRecord, StreamSink};
 use crate::{Error, Result};
 
 pub use self::csv_events::{CsvEvent, CsvFile, RowKey, Scratch, read_events};
+use self::order::TimeOrder;
 
 /// Records per call to the sink. The Kinesis sink splits a call into PutRecords of at
 /// most 500; the embedded stream writes each call in one transaction, so a large call
@@ -46,34 +49,16 @@ pub struct ProduceReport {
 pub async fn produce_csv(sink: &dyn StreamSink, start: &Path, end: &Path) -> Result<ProduceReport> {
     let mut report = ProduceReport::default();
     let files = [CsvFile::open(start, EventKind::Start)?, CsvFile::open(end, EventKind::End)?];
-    // First pass: where each row is and when it happened (24 bytes a row), each file's
-    // rows sorted stably by time.
-    let mut keys = Vec::with_capacity(files.len());
-    for f in &files {
-        let mut k = f.index(&mut report.not_sent)?;
-        k.sort_by_key(|k| k.time);
-        keys.push(k);
+    // First pass: where each row is and when it happened (24 bytes a row), in runs
+    // sorted by time; the second pass reads the rows again in the merged order (a start
+    // ahead of an end at the same time), a batch at a time.
+    let mut order = TimeOrder::default();
+    for (i, f) in files.iter().enumerate() {
+        f.index_each(&mut report.not_sent, |k| order.push(i as u8, k))?;
     }
-    // Second pass: both files' rows merged by time (a start ahead of an end at the same
-    // time), each row read again, a batch at a time.
-    let (starts, ends) = (&keys[0], &keys[1]);
-    let (mut s, mut e) = (0, 0);
-    let order = std::iter::from_fn(|| {
-        let from_starts = match (starts.get(s), ends.get(e)) {
-            (Some(a), Some(b)) => a.time <= b.time,
-            (a, _) => a.is_some(),
-        };
-        if from_starts {
-            s += 1;
-            Some((starts[s - 1], 0))
-        } else {
-            e += 1;
-            ends.get(e - 1).map(|k| (*k, 1))
-        }
-    });
     let mut scratch = Scratch::default();
     let mut failed = None;
-    let events = order.map_while(|(k, i)| match files[i].event(&k, &mut scratch) {
+    let events = order.into_sorted()?.map_while(|next| match next.and_then(|(k, i)| files[usize::from(i)].event(&k, &mut scratch)) {
         Ok(e) => Some((e.origin, e.record)),
         Err(e) => {
             failed = Some(e);
