@@ -36,6 +36,7 @@ pub mod event;
 pub mod synthetic;
 pub mod ingest;
 pub mod kpi;
+pub mod memory;
 pub mod pipeline;
 pub mod produce;
 mod sqlite;

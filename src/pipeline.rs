@@ -84,18 +84,6 @@ pub struct Stages {
     pub kpi_trips_per_s: f64,
 }
 
-/// Hands memory freed by the ingest stage back to the system before the KPI stage
-/// allocates its own: glibc keeps freed blocks in per-thread arenas otherwise, and the
-/// two stages' peaks would add up.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no
-    // live allocation.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Aborts a task when dropped: a run whose ingest fails stops its producer too.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -156,7 +144,8 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
         (&mut producer.0).await.map_err(|e| Error::Stream(format!("the producer task failed: {e}")))?;
     let ProduceReport { sent, not_sent } = produced?;
     let ingest_s = stage.elapsed().as_secs_f64();
-    release_freed_memory();
+    // What ingest freed goes back before the KPI stage allocates its own.
+    crate::memory::release_freed();
     let stage = Instant::now();
     let kpi = kpi::run(store.as_ref(), &queries, &DateSelection::All, &settings.out, settings.formats).await?;
     let kpi_s = stage.elapsed().as_secs_f64();

@@ -210,6 +210,8 @@ impl Ingest<'_> {
                 let batch = batcher.take();
                 let counts = self.process(&readers.ids, batch, opts, totals.batches).await?;
                 totals.add(&counts);
+                // The batch is freed now; without this the resident size creeps up.
+                crate::memory::release_freed();
                 continue;
             }
             if all_caught_up && batcher.is_empty() && (!following || stopping) {
