@@ -144,8 +144,6 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
         (&mut producer.0).await.map_err(|e| Error::Stream(format!("the producer task failed: {e}")))?;
     let ProduceReport { sent, not_sent } = produced?;
     let ingest_s = stage.elapsed().as_secs_f64();
-    // What ingest freed goes back before the KPI stage allocates its own.
-    crate::memory::release_freed();
     let stage = Instant::now();
     let kpi = kpi::run(store.as_ref(), &queries, &DateSelection::All, &settings.out, settings.formats).await?;
     let kpi_s = stage.elapsed().as_secs_f64();

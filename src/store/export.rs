@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Array, Decimal128Builder, Int64Builder, RecordBatch,
+    Array, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
     StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use arrow::compute::{CastOptions, cast_with_options};
@@ -19,7 +19,7 @@ use chrono::{NaiveDate, NaiveTime};
 
 use super::TripItem;
 use crate::decimal;
-use crate::event::{DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC};
+use crate::event::{DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC};
 use crate::{Error, Result};
 
 /// Rows per Arrow batch of an export, the same for every backend so their files agree.
@@ -311,15 +311,16 @@ fn decimal(cell: Cell<'_>, index: usize) -> Result<Option<i128>> {
     if let Some(scaled) = decimal::parse_plain(v, DECIMAL_PRECISION, DECIMAL_SCALE) {
         return Ok(Some(scaled));
     }
-    let cast = cast_with_options(&StringArray::from(vec![v]), &DECIMAL_TYPE, &strict())
+    let cast = decimal::cast_text(&StringArray::from(vec![v]), DECIMAL_PRECISION, DECIMAL_SCALE, &strict())
         .map_err(|_| not_convertible(index, v))?;
-    let cast = cast.as_any().downcast_ref::<Decimal128Array>().expect("cast to a decimal");
     Ok(cast.is_valid(0).then(|| cast.value(0)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::DECIMAL_TYPE;
+    use arrow::array::Decimal128Array;
     use crate::ingest::validate::{decimal_text, format_timestamp};
     use proptest::prelude::*;
 
