@@ -21,12 +21,14 @@
 //! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion.
 //! - [`synthetic`]: deterministic synthetic input shaped like the real exports.
 //! - [`event`]: event kinds, field names and the Arrow schemas shared by all stages;
-//!   [`decimal`]: exact, fast decimal text → Arrow, for validation and export.
+//!   [`decimal`] and [`timestamp`]: exact, fast text ↔ Arrow values, for validation,
+//!   the store and export ([`cast`] holds what the two share).
 //! - [`config`]: checked settings shared by the commands; [`pipeline`] chains the stages
 //!   for `tripflow run`.
 #![warn(missing_docs)]
 
 pub mod aws;
+pub mod cast;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
@@ -34,6 +36,7 @@ pub mod decimal;
 pub mod error;
 pub mod event;
 pub mod synthetic;
+pub mod timestamp;
 pub mod ingest;
 pub mod kpi;
 pub mod memory;

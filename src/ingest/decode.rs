@@ -82,8 +82,10 @@ struct Wire<'a> {
 }
 
 impl<'a> Wire<'a> {
-    fn fields(&self) -> [Option<&'a RawValue>; 15] {
+    /// Raw JSON texts: `event_type`, then the fields in [`COLUMNS`] order.
+    fn fields(&self) -> Fields<'a> {
         [
+            self.event_type,
             self.trip_id,
             self.pickup_location_id,
             self.dropoff_location_id,
@@ -100,7 +102,205 @@ impl<'a> Wire<'a> {
             self.payment_type,
             self.trip_type,
         ]
+        .map(|raw| raw.map(|r| Raw::Json(r.get())))
     }
+}
+
+/// A field's value as found in the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Raw<'a> {
+    /// A string without escapes, unquoted.
+    Plain(&'a str),
+    /// Any other value, as JSON text.
+    Json(&'a str),
+}
+
+/// `event_type` and each field in [`COLUMNS`] order, as found.
+type Fields<'a> = [Option<Raw<'a>>; 16];
+
+/// The slot in [`Fields`] of a wire key.
+fn slot(key: &[u8]) -> Option<usize> {
+    // Length, first and last byte tell the wire keys apart; one comparison confirms.
+    let k = match (key.len(), *key.first()?, *key.last()?) {
+        (10, b'e', _) => 0,
+        (7, b't', _) => 1,
+        (18, b'p', _) => 2,
+        (19, b'd', _) => 3,
+        (9, b'v', _) => 4,
+        (15, b'p', b'e') => 5,
+        (26, b'e', _) => 6,
+        (21, b'e', _) => 7,
+        (16, b'd', _) => 8,
+        (9, b'r', _) => 9,
+        (15, b'p', b't') => 10,
+        (13, b't', _) => 11,
+        (11, b'f', _) => 12,
+        (10, b't', _) => 13,
+        (12, b'p', _) => 14,
+        (9, b't', _) => 15,
+        _ => return None,
+    };
+    (KEYS[k].as_bytes() == key).then_some(k)
+}
+
+/// The wire keys in [`Fields`] order: `event_type`, then [`COLUMNS`].
+const KEYS: [&str; 16] = [
+    "event_type",
+    "trip_id",
+    "pickup_location_id",
+    "dropoff_location_id",
+    "vendor_id",
+    "pickup_datetime",
+    "estimated_dropoff_datetime",
+    "estimated_fare_amount",
+    "dropoff_datetime",
+    "rate_code",
+    "passenger_count",
+    "trip_distance",
+    "fare_amount",
+    "tip_amount",
+    "payment_type",
+    "trip_type",
+];
+
+/// Reads a flat wire object into `fields` without serde: an object whose keys and
+/// strings have no escapes and whose values are strings, numbers, booleans or nulls,
+/// with no key twice. Returns false for anything else, valid or not, which then goes
+/// through serde (`fields` may then hold part of the record, for serde to overwrite);
+/// where both read a record they agree (tested), so reasons never depend on the path.
+fn scan_flat<'a>(text: &'a str, fields: &mut Fields<'a>) -> bool {
+    scan_into(text, fields).is_some()
+}
+
+fn scan_into<'a>(text: &'a str, fields: &mut Fields<'a>) -> Option<()> {
+    let b = text.as_bytes();
+    let mut seen = [false; 16];
+    // Producers write the keys in `KEYS` order, so the key after slot k is first tried
+    // as slot k + 1: one comparison instead of a scan and a lookup.
+    let mut next = 0;
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (skip_ws(b, i + 1) == b.len()).then_some(());
+    }
+    loop {
+        let predicted = KEYS.get(next).map(|k| k.as_bytes()).filter(|k| {
+            b.get(i) == Some(&b'"') && b.get(i + 1..i + 1 + k.len()) == Some(k) && b.get(i + 1 + k.len()) == Some(&b'"')
+        });
+        let (key, key_end) = match predicted {
+            Some(k) => (Some(next), i + k.len() + 2),
+            None => {
+                let end = string_end(b, i)?;
+                (slot(&b[i + 1..end - 1]), end)
+            }
+        };
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let (end, quoted) = match *b.get(start)? {
+            b'"' => (string_end(b, start)?, true),
+            b'-' | b'0'..=b'9' => (number_end(b, start)?, false),
+            b'n' => (literal_end(b, start, b"null")?, false),
+            b't' => (literal_end(b, start, b"true")?, false),
+            b'f' => (literal_end(b, start, b"false")?, false),
+            _ => return None,
+        };
+        if let Some(k) = key {
+            if std::mem::replace(&mut seen[k], true) {
+                return None; // serde names the duplicate
+            }
+            // As with serde, `null` is absent. Every end found is just past an ASCII
+            // byte, so the slice is on char boundaries.
+            fields[k] = match (quoted, &b[start..end]) {
+                (true, _) => Some(Raw::Plain(&text[start + 1..end - 1])),
+                (false, b"null") => None,
+                (false, _) => Some(Raw::Json(&text[start..end])),
+            };
+            next = k + 1;
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return (skip_ws(b, i + 1) == b.len()).then_some(()),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// Just past the closing quote of the string opening at `i`; `None` if it has an
+/// escape or a control character, or does not close.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut at = i + 1;
+    // Eight bytes at a time: a byte is flagged when it is `"`, `\` or below 0x20. The
+    // lowest flag is exact (borrows only run towards higher bytes), and that is the
+    // one taken.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    while let Some(chunk) = b.get(at..at + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let flags = zero(x ^ (ONES * u64::from(b'"')))
+            | zero(x ^ (ONES * u64::from(b'\\')))
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+        if flags != 0 {
+            at += flags.trailing_zeros() as usize / 8;
+            return (b[at] == b'"').then_some(at + 1);
+        }
+        at += 8;
+    }
+    let close = b[at..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (b[at + close] == b'"').then_some(at + close + 1)
+}
+
+/// Just past a JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`) at `i`.
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |b: &[u8], i: usize| i + b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(b, i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let end = digits(b, i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(b, i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    Some(i)
+}
+
+fn literal_end(b: &[u8], i: usize, literal: &[u8]) -> Option<usize> {
+    b[i..].starts_with(literal).then_some(i + literal.len())
 }
 
 /// A decoded micro-batch.
@@ -160,8 +360,12 @@ enum Text<'a> {
     WrongType(&'static str),
 }
 
-fn text_of(raw: &RawValue) -> Text<'_> {
-    let s = raw.get();
+/// A field's value as text.
+fn text_of(raw: Raw<'_>) -> Text<'_> {
+    let s = match raw {
+        Raw::Plain(v) => return Text::Value(Cow::Borrowed(v)),
+        Raw::Json(s) => s,
+    };
     match s.as_bytes().first() {
         Some(b'"') => match serde_json::from_str::<Cow<'_, str>>(s) {
             Ok(v) => Text::Value(v),
@@ -175,11 +379,26 @@ fn text_of(raw: &RawValue) -> Text<'_> {
     }
 }
 
+/// True for empty or all-whitespace text, as `str::trim` sees whitespace.
+fn is_blank(v: &str) -> bool {
+    match v.as_bytes().first() {
+        Some(c) if c.is_ascii_graphic() => false,
+        _ => v.trim().is_empty(),
+    }
+}
+
 /// Decodes records into text columns. Never fails: what cannot be decoded is reasoned.
 pub fn decode<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Decoded {
+    decode_with(records, true)
+}
+
+/// [`decode`], reading flat records with [`scan_flat`] when `scan`, else all with serde.
+fn decode_with<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>, scan: bool) -> Decoded {
     let n = records.len();
+    // Room for the longest usual value (a datetime or a fare), so builders rarely grow;
+    // the pages of what is not written are never touched.
     let mut builders: Vec<StringBuilder> =
-        COLUMNS.iter().map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
+        COLUMNS.iter().map(|_| StringBuilder::with_capacity(n, n * 24)).collect();
     let mut is_start = Vec::with_capacity(n);
     let mut is_end = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
@@ -187,8 +406,8 @@ pub fn decode<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Decoded {
 
     for (row, data) in records.enumerate() {
         let mut why = Vec::new();
-        let wire = parse(data, &mut why);
-        let Some(wire) = wire else {
+        let mut fields: Fields<'_> = [None; 16];
+        if !parse(data, scan, &mut fields, &mut why) {
             for b in &mut builders {
                 b.append_null();
             }
@@ -196,13 +415,12 @@ pub fn decode<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Decoded {
             is_end.push(false);
             reasons.push(why);
             continue;
-        };
-        let fields = wire.fields();
+        }
         let mut present = [false; 15];
-        for (col, (raw, b)) in fields.iter().zip(&mut builders).enumerate() {
+        for (col, (&raw, b)) in fields[1..].iter().zip(&mut builders).enumerate() {
             match raw.map(text_of).unwrap_or(Text::Blank) {
                 // An empty trip id is kept, so that validation can name it.
-                Text::Value(v) if col == 0 || !v.trim().is_empty() => {
+                Text::Value(v) if col == 0 || !is_blank(&v) => {
                     present[col] = true;
                     b.append_value(v);
                 }
@@ -217,7 +435,7 @@ pub fn decode<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Decoded {
                 }
             }
         }
-        let kind = kind_of(wire.event_type, present[PICKUP], present[DROPOFF], &mut why);
+        let kind = kind_of(fields[0], present[PICKUP], present[DROPOFF], &mut why);
         is_start.push(kind == Some(EventKind::Start));
         is_end.push(kind == Some(EventKind::End));
         reasons.push(why);
@@ -233,20 +451,22 @@ pub fn decode<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Decoded {
     }
 }
 
-fn parse<'a>(data: &'a [u8], why: &mut Vec<String>) -> Option<Wire<'a>> {
+/// Reads a record into `fields`; false, with the reasons in `why`, if it is not a JSON
+/// object.
+fn parse<'a>(data: &'a [u8], scan: bool, fields: &mut Fields<'a>, why: &mut Vec<String>) -> bool {
     if data.len() > MAX_RECORD_BYTES {
         why.push(format!("record: {} bytes, over the 1 MiB limit", data.len()));
-        return None;
+        return false;
     }
     let Ok(text) = std::str::from_utf8(data) else {
         why.push("record: not UTF-8 text".into());
-        return None;
+        return false;
     };
     match text.trim_start().as_bytes().first() {
         Some(b'{') => {}
         None => {
             why.push("record: empty".into());
-            return None;
+            return false;
         }
         Some(_) => {
             // Valid JSON of another shape (an array, a number), or no JSON at all.
@@ -254,20 +474,26 @@ fn parse<'a>(data: &'a [u8], why: &mut Vec<String>) -> Option<Wire<'a>> {
                 Ok(_) => "record: JSON, but not an object".into(),
                 Err(e) => format!("record: not JSON: {e}"),
             });
-            return None;
+            return false;
         }
     }
+    if scan && scan_flat(text, fields) {
+        return true;
+    }
     match serde_json::from_str::<Wire<'_>>(text) {
-        Ok(w) => Some(w),
+        Ok(w) => {
+            *fields = w.fields();
+            true
+        }
         Err(e) => {
             why.push(format!("record: not JSON: {e}"));
-            None
+            false
         }
     }
 }
 
 fn kind_of(
-    event_type: Option<&RawValue>,
+    event_type: Option<Raw<'_>>,
     has_pickup: bool,
     has_dropoff: bool,
     why: &mut Vec<String>,
@@ -312,6 +538,89 @@ fn kind_of(
 mod tests {
     use super::*;
     use arrow::array::Array;
+    use proptest::prelude::*;
+
+    const SOME_KEYS: &[&str] = &[
+        "event_type", "trip_id", "pickup_datetime", "dropoff_datetime", "fare_amount",
+        "vendor_id", "other", "trip_i\\u0064", "",
+    ];
+    const VALUES: &[&str] = &[
+        r#""t1""#, r#""""#, r#""  ""#, r#""trip_start""#, r#""end""#, r#""start ""#,
+        r#""2024-05-25 13:19:00""#, r#""a\"b""#, r#""\u0074rip_end""#, "\"x\u{1}y\"", r#""é""#,
+        "93", "-0.5", "0", "01", "1.", ".5", "1e5", "-", "1.5E+3", "2e", "40.09620692463166",
+        "null", "true", "false", "nul", "nulll", r#"{"a":1}"#, "[1]", "[]", "{}",
+        r#""abcdefghij\"klmnop""#, "\"abcdefghijk\u{1f}lmnopq\"", r#""éééééééééé""#, r#""abcdefgh""#,
+        r#""abcdefghijklmnopqrstuvw""#,
+    ];
+    const SPACE: &[&str] = &["", " ", "\n\t", "\r "];
+
+    prop_compose! {
+        fn record()(
+            pairs in prop::collection::vec(
+                (0..SOME_KEYS.len(), 0..VALUES.len(), 0..SPACE.len(), 0..SPACE.len()), 0..8),
+            edge in 0..SPACE.len(),
+            cut in prop::option::weighted(0.15, 0usize..200),
+            tail in prop_oneof![8 => Just(""), 1 => Just(" x"), 1 => Just(","), 1 => Just("}")],
+        ) -> Vec<u8> {
+            let body: Vec<String> = pairs
+                .iter()
+                .map(|&(k, v, a, b)| format!("{}\"{}\"{}:{}{}", SPACE[a], SOME_KEYS[k], SPACE[b], SPACE[a], VALUES[v]))
+                .collect();
+            let mut text = format!("{}{{{}}}{}{}", SPACE[edge], body.join(","), SPACE[edge], tail);
+            if let Some(cut) = cut {
+                let mut at = cut.min(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text.truncate(at);
+            }
+            text.into_bytes()
+        }
+    }
+
+    prop_compose! {
+        /// Keys in producer order (the order the scan predicts), with any values.
+        fn ordered_record()(
+            keys in prop::sample::subsequence(KEYS.to_vec(), 0..=16),
+            values in prop::collection::vec(0..VALUES.len(), 16),
+        ) -> Vec<u8> {
+            let body: Vec<String> = keys.iter().zip(values).map(|(k, v)| format!("\"{k}\":{}", VALUES[v])).collect();
+            format!("{{{}}}", body.join(",")).into_bytes()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_scan_and_serde_decode_alike(
+            records in prop::collection::vec(prop_oneof![record(), ordered_record()], 1..6),
+        ) {
+            let fast = decode_with(records.iter().map(Vec::as_slice), true);
+            let slow = decode_with(records.iter().map(Vec::as_slice), false);
+            prop_assert_eq!(&fast.reasons, &slow.reasons);
+            prop_assert_eq!(&fast.batch, &slow.batch);
+            prop_assert_eq!(&fast.is_start, &slow.is_start);
+            prop_assert_eq!(&fast.is_end, &slow.is_end);
+            prop_assert_eq!(&fast.wrong_type, &slow.wrong_type);
+        }
+    }
+
+    #[test]
+    fn producer_records_take_the_fast_scan() {
+        let start = r#"{"event_type":"trip_start","trip_id":"c66ce556bc","pickup_location_id":93,"dropoff_location_id":93,"vendor_id":1,"pickup_datetime":"2024-05-25 13:19:00","estimated_dropoff_datetime":"2024-05-25 14:03:00","estimated_fare_amount":34.18595283806629}"#;
+        let mut fields = [None; 16];
+        assert!(scan_flat(start, &mut fields), "a flat record");
+        assert_eq!(fields[0], Some(Raw::Plain("trip_start")));
+        assert_eq!(fields[7], Some(Raw::Json("34.18595283806629")));
+        assert_eq!(fields[8], None);
+        assert!(!scan_flat(r#"{"trip_id":"a\"b"}"#, &mut fields), "escapes go to serde");
+        assert_eq!(slot(b"event_type"), Some(0));
+        for (i, name) in COLUMNS.iter().enumerate() {
+            assert_eq!(slot(name.as_bytes()), Some(i + 1), "{name}");
+        }
+        assert!(!scan_flat(r#"{"trip_id":"a","trip_id":null}"#, &mut fields), "duplicates go to serde");
+        assert_eq!(&KEYS[1..], &COLUMNS[..]);
+    }
+
 
     fn one(record: &str) -> Decoded {
         decode(std::iter::once(record.as_bytes()))

@@ -11,14 +11,13 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
-    StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::compute::{CastOptions, cast_with_options};
+use arrow::compute::CastOptions;
 use arrow::datatypes::SchemaRef;
-use chrono::{NaiveDate, NaiveTime};
 
 use super::TripItem;
-use crate::decimal;
+use crate::{decimal, timestamp};
 use crate::event::{DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC};
 use crate::{Error, Result};
 
@@ -278,26 +277,11 @@ fn timestamp(cell: Cell<'_>, index: usize) -> Result<Option<i64>> {
         Cell::Int(v) => return Err(not_convertible(index, &v.to_string())),
         Cell::Text(v) => v,
     };
-    if let Some(micros) = fixed_width_micros(v) {
+    if let Some(micros) = timestamp::parse_plain(v) {
         return Ok(Some(micros));
     }
-    let cast = cast_with_options(&StringArray::from(vec![v]), &TRIP_SCHEMA.field(index).data_type().clone(), &strict())
-        .map_err(|_| not_convertible(index, v))?;
-    let cast = cast.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("cast to a timestamp");
+    let cast = timestamp::cast_text(&StringArray::from(vec![v]), &strict()).map_err(|_| not_convertible(index, v))?;
     Ok(cast.is_valid(0).then(|| cast.value(0)))
-}
-
-fn fixed_width_micros(v: &str) -> Option<i64> {
-    let b = v.as_bytes();
-    if b.len() != 27 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'.' || b[26] != b'Z' {
-        return None;
-    }
-    let num = |from: usize, to: usize| -> Option<u32> {
-        b[from..to].iter().try_fold(0u32, |n, &d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
-    };
-    let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
-    let time = NaiveTime::from_hms_micro_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?)?;
-    Some(date.and_time(time).and_utc().timestamp_micros())
 }
 
 /// A stored decimal: canonical text (`-12.5`) read by [`decimal::parse_plain`], anything
@@ -321,7 +305,9 @@ mod tests {
     use super::*;
     use crate::event::DECIMAL_TYPE;
     use arrow::array::Decimal128Array;
-    use crate::ingest::validate::{decimal_text, format_timestamp};
+    use crate::ingest::validate::decimal_text;
+    use crate::timestamp::format as format_timestamp;
+    use arrow::compute::cast_with_options;
     use proptest::prelude::*;
 
     fn cast_decimal(v: &str) -> Option<i128> {
@@ -353,7 +339,7 @@ mod tests {
         assert!(decimal(Cell::Text("12,5"), 6).is_err());
         assert_eq!(
             timestamp(Cell::Text("2024-05-25T13:19:00Z"), PICKUP).unwrap(),
-            fixed_width_micros("2024-05-25T13:19:00.000000Z")
+            timestamp::parse_plain("2024-05-25T13:19:00.000000Z")
         );
         assert!(timestamp(Cell::Text("yesterday"), PICKUP).is_err());
     }

@@ -18,7 +18,7 @@ pub use self::export::{Cell, EXPORT_BATCH_ROWS, ExportBuilder, Projection, STORE
 use crate::Result;
 
 /// The start group of a trip, as stored: datetimes in the fixed-width UTC form of
-/// [`crate::ingest::validate::format_timestamp`], decimals as canonical text.
+/// [`crate::timestamp::format`], decimals as canonical text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartGroup {
     /// Pickup zone.
