@@ -14,7 +14,7 @@ use arrow::error::ArrowError;
 
 /// Casts `text` to `to` as `cast_with_options(text, to, options)` would (null where a
 /// value does not convert and `options.safe`, else an error), reading each value with
-/// `fast` first.
+/// `fast` first. Also returns the rows `fast` did not read, which went to the kernel.
 ///
 /// # Errors
 /// When `options.safe` is false and a value does not convert.
@@ -23,7 +23,7 @@ pub fn cast_text<T: ArrowPrimitiveType>(
     to: &DataType,
     options: &CastOptions<'_>,
     fast: impl Fn(&str) -> Option<T::Native>,
-) -> Result<PrimitiveArray<T>, ArrowError> {
+) -> Result<(PrimitiveArray<T>, Vec<usize>), ArrowError> {
     let mut values = Vec::with_capacity(text.len());
     let mut valid = BooleanBufferBuilder::new(text.len());
     let mut others = Vec::new();
@@ -49,5 +49,6 @@ pub fn cast_text<T: ArrowPrimitiveType>(
             }
         }
     }
-    Ok(PrimitiveArray::<T>::new(ScalarBuffer::from(values), Some(NullBuffer::new(valid.finish()))).with_data_type(to.clone()))
+    let array = PrimitiveArray::<T>::new(ScalarBuffer::from(values), Some(NullBuffer::new(valid.finish())));
+    Ok((array.with_data_type(to.clone()), others))
 }

@@ -86,7 +86,8 @@ pub fn cast_text(
     scale: i8,
     options: &CastOptions<'_>,
 ) -> Result<Decimal128Array, ArrowError> {
-    crate::cast::cast_text(text, &DataType::Decimal128(precision, scale), options, |v| parse_plain(v, precision, scale))
+    let to = DataType::Decimal128(precision, scale);
+    Ok(crate::cast::cast_text(text, &to, options, |v| parse_plain(v, precision, scale))?.0)
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ pub fn format(micros: i64) -> String {
 /// # Errors
 /// When `options.safe` is false and a value does not convert.
 pub fn cast_text(text: &StringArray, options: &CastOptions<'_>) -> Result<TimestampMicrosecondArray, ArrowError> {
-    crate::cast::cast_text(text, &timestamp_type(), options, parse_plain)
+    Ok(crate::cast::cast_text(text, &timestamp_type(), options, parse_plain)?.0)
 }
 
 fn is_leap(year: i64) -> bool {

@@ -380,7 +380,7 @@ fn text_of(raw: Raw<'_>) -> Text<'_> {
 }
 
 /// True for empty or all-whitespace text, as `str::trim` sees whitespace.
-fn is_blank(v: &str) -> bool {
+pub fn is_blank(v: &str) -> bool {
     match v.as_bytes().first() {
         Some(c) if c.is_ascii_graphic() => false,
         _ => v.trim().is_empty(),

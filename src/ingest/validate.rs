@@ -7,13 +7,14 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
-use arrow::compute::kernels::boolean::{and, not, or};
+use arrow::compute::kernels::boolean::{and, or};
 use arrow::compute::{CastOptions, is_not_null, is_null};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use regex::Regex;
 
-use super::decode::{COLUMNS, Decoded, quote};
-use crate::{decimal, timestamp};
+use super::decode::{COLUMNS, Decoded, is_blank, quote};
+use crate::event::timestamp_type;
+use crate::{cast, decimal, timestamp};
 use crate::event::{DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type};
 use crate::Result;
 
@@ -147,7 +148,7 @@ pub fn validate(decoded: &Decoded) -> Result<Validated> {
     // trip_id: present, not blank, not too long.
     let ids = decoded.text(0);
     checker.reject(&and(&any_kind, &is_null(ids)?)?, 0, |_| "missing".into());
-    let blank = each(ids, |v| v.trim().is_empty());
+    let blank = each(ids, is_blank);
     checker.reject(&and(&any_kind, &blank)?, 0, |_| "empty".into());
     let long = arrow::compute::kernels::cmp::gt(
         &arrow::compute::kernels::length::length(ids)?,
@@ -288,12 +289,15 @@ fn check_datetime(
     raw: &StringArray,
     checked: &BooleanArray,
 ) -> Result<ArrayRef> {
-    let ts = timestamp::cast_text(raw, &safe())?;
-    // The kernel also reads forms DESIGN §2 does not allow (a bare date, say), so text
-    // that is not plain must have the ISO 8601 shape as well.
-    let shaped = each(raw, |v| timestamp::parse_plain(v).is_some() || ISO_8601.is_match(v));
-    let bad = or(&not(&shaped)?, &is_null(&ts)?)?;
-    checker.reject(&and(checked, &bad)?, col, |v| format!("not ISO 8601: {}", quote(v)));
+    let (ts, not_plain) = cast::cast_text::<TimestampMicrosecondType>(raw, &timestamp_type(), &safe(), timestamp::parse_plain)?;
+    for row in (0..ts.len()).filter(|&row| checked.value(row)) {
+        // Plain text is ISO 8601. The kernel also reads forms DESIGN §2 does not allow
+        // (a bare date, say), so what it read must have the shape as well.
+        let shaped = || not_plain.binary_search(&row).is_err() || ISO_8601.is_match(raw.value(row));
+        if ts.is_null(row) || !shaped() {
+            checker.reject_row(row, col, |v| format!("not ISO 8601: {}", quote(v)));
+        }
+    }
     Ok(Arc::new(ts))
 }
 
@@ -369,6 +373,14 @@ mod tests {
         assert!(r.contains(&"pickup_datetime: not ISO 8601: \"25-05-2024 13:19\"".to_string()), "{r:?}");
         assert!(r.iter().any(|m| m.starts_with("estimated_fare_amount: not a finite decimal")), "{r:?}");
         assert_eq!(r.len(), 5, "{r:?}");
+    }
+
+    #[test]
+    fn datetimes_the_kernel_reads_must_still_be_iso_8601() {
+        let bare_date = START.replace("2024-05-25 13:19:00", "2024-05-25");
+        let v = check(&[&bare_date, START]);
+        assert_eq!(v.reasons[0], ["pickup_datetime: not ISO 8601: \"2024-05-25\""]);
+        assert!(v.is_valid(1), "{:?}", v.reasons[1]);
     }
 
     #[test]
