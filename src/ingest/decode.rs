@@ -144,24 +144,15 @@ fn slot(key: &[u8]) -> Option<usize> {
 }
 
 /// The wire keys in [`Fields`] order: `event_type`, then [`COLUMNS`].
-const KEYS: [&str; 16] = [
-    "event_type",
-    "trip_id",
-    "pickup_location_id",
-    "dropoff_location_id",
-    "vendor_id",
-    "pickup_datetime",
-    "estimated_dropoff_datetime",
-    "estimated_fare_amount",
-    "dropoff_datetime",
-    "rate_code",
-    "passenger_count",
-    "trip_distance",
-    "fare_amount",
-    "tip_amount",
-    "payment_type",
-    "trip_type",
-];
+const KEYS: [&str; 16] = {
+    let mut keys = ["event_type"; 16];
+    let mut i = 0;
+    while i < COLUMNS.len() {
+        keys[i + 1] = COLUMNS[i];
+        i += 1;
+    }
+    keys
+};
 
 /// Reads a flat wire object into `fields` without serde: an object whose keys and
 /// strings have no escapes and whose values are strings, numbers, booleans or nulls,
@@ -618,7 +609,6 @@ mod tests {
             assert_eq!(slot(name.as_bytes()), Some(i + 1), "{name}");
         }
         assert!(!scan_flat(r#"{"trip_id":"a","trip_id":null}"#, &mut fields), "duplicates go to serde");
-        assert_eq!(&KEYS[1..], &COLUMNS[..]);
     }
 
 
