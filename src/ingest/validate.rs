@@ -1,5 +1,6 @@
-//! Column-wise validation (DESIGN §2): each rule is a few Arrow kernel calls over a whole
-//! column, and only the rows a rule rejects are visited, to write their reasons.
+//! Column-wise validation (DESIGN §2): each rule types a whole column at once (plain
+//! text read by hand, any other form by Arrow's cast kernels, with the same results),
+//! and only the rows a rule rejects get reasons written.
 //!
 //! Rules apply to the fields of the row's own kind; a start event's stray end fields are
 //! ignored. A rejected row collects every reason it fails, not just the first.
@@ -13,10 +14,10 @@ use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, Schem
 use regex::Regex;
 
 use super::decode::{COLUMNS, Decoded, is_blank, quote};
-use crate::event::timestamp_type;
-use crate::{cast, decimal, timestamp};
-use crate::event::{DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type};
-use crate::Result;
+use crate::event::{
+    DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type, timestamp_type,
+};
+use crate::{Result, cast, decimal, timestamp};
 
 /// Longest accepted `trip_id`, in bytes (DynamoDB allows 2048 for a partition key).
 pub const MAX_TRIP_ID_BYTES: usize = 1024;
@@ -226,8 +227,9 @@ fn plain_integer(v: &str) -> Option<i64> {
     Some(if negative { -n } else { n })
 }
 
-/// Each value of `raw` as Decimal128(38, 10) text truncated toward zero to 64 bits, as
-/// the cast kernels read it; plain integers are read directly.
+/// How each value of `raw` reads as an integer, as the cast kernels read it (text →
+/// Decimal128(38, 10), truncated toward zero to 64 bits); plain integers are read
+/// directly.
 fn integers(raw: &StringArray) -> Result<Vec<Option<Integer>>> {
     const SCALE: i8 = 10;
     let mut out = Vec::with_capacity(raw.len());
