@@ -276,14 +276,30 @@ pub struct ScheduleArgs {
 /// `tripflow sql`.
 #[derive(Debug, Args)]
 pub struct SqlArgs {
-    /// The query; without one, an interactive prompt opens.
+    /// The query; without one (or --file), an interactive prompt opens. Text that
+    /// begins with `-`, such as a `--` comment, goes after `--`: `tripflow sql -- "…"`.
+    #[arg(conflicts_with = "file")]
     query: Option<String>,
+    /// Run the query in this .sql file, comments and all.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    file: Option<PathBuf>,
     /// The --out location of a 'tripflow kpi --parquet' run: a folder, file:// or s3://bucket/prefix.
     #[arg(long, env = "TRIPFLOW_SNAPSHOTS", default_value = "./tripflow-out")]
     snapshots: String,
     /// How results are printed.
     #[arg(long, env = "TRIPFLOW_FORMAT", value_enum, default_value_t = crate::sql::Format::Table)]
     format: crate::sql::Format,
+}
+
+impl SqlArgs {
+    /// The query of the command line or of --file, if any.
+    fn query(&self) -> Result<Option<String>> {
+        let Some(path) = &self.file else { return Ok(self.query.clone()) };
+        std::fs::read_to_string(path).map(Some).map_err(|e| Error::Input {
+            path: path.clone(),
+            message: format!("cannot read the query file: {e}; check --file"),
+        })
+    }
 }
 
 /// `tripflow setup`.
@@ -546,10 +562,11 @@ pub async fn execute(cli: Cli) -> Result<()> {
             .await?;
         }
         Command::Sql(a) => {
+            let query = a.query()?;
             let aws = if a.snapshots.starts_with("s3://") { Some(aws.get().await?) } else { None };
             let session = crate::sql::SqlSession::open(&a.snapshots, aws).await?;
-            match &a.query {
-                Some(q) => print!("{}", crate::sql::render(&session.query(q).await?, a.format)?),
+            match query {
+                Some(q) => print!("{}", crate::sql::render(&session.query(&q).await?, a.format)?),
                 None => crate::sql::repl(&session, a.format).await?,
             }
         }
@@ -564,4 +581,32 @@ pub async fn execute(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(args: &[&str]) -> SqlArgs {
+        let cli = Cli::try_parse_from([&["tripflow", "sql"], args].concat()).expect("parses");
+        match cli.command {
+            Command::Sql(a) => a,
+            other => panic!("not sql: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_query_comes_from_the_line_or_a_file() {
+        let text = "-- Daily KPIs\nSELECT 1";
+        assert_eq!(sql(&["--", text]).query().unwrap().as_deref(), Some(text));
+        assert_eq!(sql(&["SELECT 2", "--format", "csv"]).query().unwrap().as_deref(), Some("SELECT 2"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("q.sql");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(sql(&["-f", file.to_str().unwrap()]).query().unwrap().as_deref(), Some(text));
+        assert_eq!(sql(&["--snapshots", "snap"]).query().unwrap(), None);
+        let missing = sql(&["--file", "nope.sql"]).query().unwrap_err().to_string();
+        assert!(missing.contains("nope.sql") && missing.contains("--file"), "{missing}");
+        assert!(Cli::try_parse_from(["tripflow", "sql", "SELECT 1", "--file", "q.sql"]).is_err(), "one or the other");
+    }
 }

@@ -84,6 +84,25 @@ fn bad_flags_are_one_line() {
     assert_one_line_error(&tripflow(tmp.path(), &["kpi", "--date", "25-05-2024"]), 2, &["YYYY-MM-DD"]);
     assert_one_line_error(&tripflow(tmp.path(), &["ingest", "--initial-position", "soon"]), 2, &["trim-horizon"]);
     assert_one_line_error(&tripflow(tmp.path(), &["frobnicate"]), 2, &["frobnicate"]);
+    assert_one_line_error(&tripflow(tmp.path(), &["sql", "--formt", "csv"]), 2, &["--formt"]);
+    assert_one_line_error(&tripflow(tmp.path(), &["sql", "--file", "nope.sql"]), 2, &["nope.sql", "--file"]);
+}
+
+#[test]
+fn a_query_file_runs_as_it_stands_comments_and_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&data_dir(), &tmp.path().join("data"));
+    copy_dir(&queries_dir(), &tmp.path().join("queries"));
+    assert!(tripflow(tmp.path(), &["run", "--parquet"]).status.success());
+    let daily = std::fs::read_to_string(tmp.path().join("queries/daily_kpis.sql")).unwrap();
+    assert!(daily.starts_with("--"), "the file begins with a comment");
+    for args in [&["sql", "--file", "queries/daily_kpis.sql", "--format", "csv"][..], &["sql", "--format", "csv", "--", &daily]] {
+        let out = tripflow(tmp.path(), args);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(stdout.starts_with("trip_date,total_trips,"), "{stdout}");
+        assert_eq!(stdout.lines().count(), 5, "a header and 4 dates: {stdout}");
+    }
 }
 
 #[test]
