@@ -52,3 +52,21 @@ pub fn cast_text<T: ArrowPrimitiveType>(
     let array = PrimitiveArray::<T>::new(ScalarBuffer::from(values), Some(NullBuffer::new(valid.finish())));
     Ok((array.with_data_type(to.clone()), others))
 }
+
+/// One value cast as [`cast_text`] casts it; no array is built when `fast` reads it.
+///
+/// # Errors
+/// When `options.safe` is false and the value does not convert.
+pub fn cast_one<T: ArrowPrimitiveType>(
+    text: &str,
+    to: &DataType,
+    options: &CastOptions<'_>,
+    fast: impl Fn(&str) -> Option<T::Native>,
+) -> Result<Option<T::Native>, ArrowError> {
+    if let Some(value) = fast(text) {
+        return Ok(Some(value));
+    }
+    let cast = cast_with_options(&StringArray::from(vec![text]), to, options)?;
+    let cast = cast.as_any().downcast_ref::<PrimitiveArray<T>>().expect("cast to the asked type");
+    Ok(cast.is_valid(0).then(|| cast.value(0)))
+}

@@ -10,15 +10,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
-    StringArray, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow::compute::CastOptions;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Decimal128Type, SchemaRef, TimestampMicrosecondType};
 
 use super::TripItem;
-use crate::{decimal, timestamp};
-use crate::event::{DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC};
+use crate::{cast, decimal, timestamp};
+use crate::event::{
+    DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC, timestamp_type,
+};
 use crate::{Error, Result};
 
 /// Rows per Arrow batch of an export, the same for every backend so their files agree.
@@ -272,39 +274,31 @@ fn integer(cell: Cell<'_>, index: usize) -> Result<Option<i64>> {
 /// A stored datetime: the fixed-width `YYYY-MM-DDTHH:MM:SS.ffffffZ` read by position,
 /// anything else through Arrow's cast.
 fn timestamp(cell: Cell<'_>, index: usize) -> Result<Option<i64>> {
-    let v = match cell {
-        Cell::Null => return Ok(None),
-        Cell::Int(v) => return Err(not_convertible(index, &v.to_string())),
-        Cell::Text(v) => v,
-    };
-    if let Some(micros) = timestamp::parse_plain(v) {
-        return Ok(Some(micros));
+    match cell {
+        Cell::Null => Ok(None),
+        Cell::Int(v) => Err(not_convertible(index, &v.to_string())),
+        Cell::Text(v) => cast::cast_one::<TimestampMicrosecondType>(v, &timestamp_type(), &strict(), timestamp::parse_plain)
+            .map_err(|_| not_convertible(index, v)),
     }
-    let cast = timestamp::cast_text(&StringArray::from(vec![v]), &strict()).map_err(|_| not_convertible(index, v))?;
-    Ok(cast.is_valid(0).then(|| cast.value(0)))
 }
 
 /// A stored decimal: canonical text (`-12.5`) read by [`decimal::parse_plain`], anything
 /// else (an exponent, more fraction digits than the scale) through Arrow's cast.
 fn decimal(cell: Cell<'_>, index: usize) -> Result<Option<i128>> {
-    let v = match cell {
-        Cell::Null => return Ok(None),
-        Cell::Int(v) => return Ok(Some(i128::from(v) * 10i128.pow(DECIMAL_SCALE as u32))),
-        Cell::Text(v) => v,
-    };
-    if let Some(scaled) = decimal::parse_plain(v, DECIMAL_PRECISION, DECIMAL_SCALE) {
-        return Ok(Some(scaled));
+    match cell {
+        Cell::Null => Ok(None),
+        Cell::Int(v) => Ok(Some(i128::from(v) * 10i128.pow(DECIMAL_SCALE as u32))),
+        Cell::Text(v) => cast::cast_one::<Decimal128Type>(v, &DECIMAL_TYPE, &strict(), |v| {
+            decimal::parse_plain(v, DECIMAL_PRECISION, DECIMAL_SCALE)
+        })
+        .map_err(|_| not_convertible(index, v)),
     }
-    let cast = decimal::cast_text(&StringArray::from(vec![v]), DECIMAL_PRECISION, DECIMAL_SCALE, &strict())
-        .map_err(|_| not_convertible(index, v))?;
-    Ok(cast.is_valid(0).then(|| cast.value(0)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::DECIMAL_TYPE;
-    use arrow::array::Decimal128Array;
+    use arrow::array::{Array, Decimal128Array, StringArray};
     use crate::ingest::validate::decimal_text;
     use crate::timestamp::format as format_timestamp;
     use arrow::compute::cast_with_options;
