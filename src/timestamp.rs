@@ -12,6 +12,19 @@ use chrono::DateTime;
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const SECONDS_PER_DAY: i64 = 86_400;
 
+/// The first instant every stage can represent: `0001-01-01T00:00:00.000000Z`.
+///
+/// DESIGN §2 keeps datetimes to years 0001–9999 in UTC: the stored form has four year
+/// digits (so comparing the text compares the instants), and the export reads it back.
+pub const MIN: i64 = -62_135_596_800 * MICROS_PER_SECOND;
+/// The last instant every stage can represent: `9999-12-31T23:59:59.999999Z`.
+pub const MAX: i64 = 253_402_300_800 * MICROS_PER_SECOND - 1;
+
+/// True when `micros` is an instant of years 0001–9999 in UTC ([`MIN`]..=[`MAX`]).
+pub fn in_range(micros: i64) -> bool {
+    (MIN..=MAX).contains(&micros)
+}
+
 /// `YYYY-MM-DD`, `T` or a space, `HH:MM:SS`, an optional fraction of 1 to 9 digits and
 /// an optional `Z`, as microseconds since the epoch (a finer fraction is truncated, as
 /// the kernel does); `None` for any other form or an impossible date or time.
@@ -192,5 +205,16 @@ mod tests {
         assert_eq!(mixed.data_type(), &timestamp_type());
         assert_eq!(format(-1), "1969-12-31T23:59:59.999999Z");
         assert_eq!(format(-62_167_219_200_000_001), by_chrono(-62_167_219_200_000_001));
+    }
+
+    #[test]
+    fn the_representable_range_is_years_0001_to_9999() {
+        assert_eq!(format(MIN), "0001-01-01T00:00:00.000000Z");
+        assert_eq!(format(MAX), "9999-12-31T23:59:59.999999Z");
+        assert_eq!(parse_plain("0001-01-01 00:00:00"), Some(MIN));
+        assert_eq!(parse_plain("9999-12-31T23:59:59.999999Z"), Some(MAX));
+        assert!(in_range(MIN) && in_range(MAX) && in_range(0));
+        assert!(!in_range(MIN - 1) && !in_range(MAX + 1));
+        assert!(!in_range(parse_plain("0000-12-31 23:59:59").unwrap()));
     }
 }

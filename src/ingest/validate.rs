@@ -7,7 +7,10 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::compute::kernels::boolean::{and, or};
 use arrow::compute::{CastOptions, is_not_null, is_null};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
@@ -298,7 +301,23 @@ fn check_datetime(
         let shaped = || not_plain.binary_search(&row).is_err() || ISO_8601.is_match(raw.value(row));
         if ts.is_null(row) || !shaped() {
             checker.reject_row(row, col, |v| format!("not ISO 8601: {}", quote(v)));
+        } else if !timestamp::in_range(ts.value(row)) {
+            // Valid text, but an instant the stored form and the export cannot hold
+            // (`0000-01-01T00:30:00+01:00` is in year -1 in UTC): stored, it would stop
+            // every later KPI run.
+            let utc = timestamp::format(ts.value(row));
+            checker.reject_row(row, col, |v| {
+                format!("outside years 0001-9999 once in UTC: {} is {utc}", quote(v))
+            });
         }
+    }
+    // An instant out of range is null in the typed column, as a value the cast cannot
+    // read is, so it can never reach the store even beside a valid row's fields.
+    let outside = |row: usize| ts.is_valid(row) && !timestamp::in_range(ts.value(row));
+    if (0..ts.len()).any(outside) {
+        let kept: BooleanBuffer = (0..ts.len()).map(|row| ts.is_valid(row) && !outside(row)).collect();
+        let ts = TimestampMicrosecondArray::new(ts.values().clone(), Some(NullBuffer::new(kept)));
+        return Ok(Arc::new(ts.with_data_type(timestamp_type())));
     }
     Ok(Arc::new(ts))
 }

@@ -187,6 +187,15 @@ impl ExportBuilder {
     /// # Errors
     /// When a stored value does not convert to its column's type (a corrupt table).
     pub fn push_into(&mut self, cells: &[Cell<'_>; STORED_COLUMNS], batches: &mut Vec<RecordBatch>) -> Result<()> {
+        self.push_row(cells).map_err(|e| e.into_error(cells[0]))?;
+        self.rows += 1;
+        if self.rows == EXPORT_BATCH_ROWS {
+            batches.push(self.finish()?);
+        }
+        Ok(())
+    }
+
+    fn push_row(&mut self, cells: &[Cell<'_>; STORED_COLUMNS]) -> Result<(), Unreadable> {
         let pickup = timestamp(cells[PICKUP], PICKUP)?;
         let dropoff = timestamp(cells[DROPOFF], DROPOFF)?;
         for (&index, column) in self.projection.0.iter().zip(&mut self.columns) {
@@ -207,10 +216,6 @@ impl ExportBuilder {
                 Column::Date(b) => b.append_option(dropoff.map(|t| t.div_euclid(MICROS_PER_DAY) as i32)),
                 Column::Bool(b) => b.append_value(pickup.is_some() && dropoff.is_some()),
             }
-        }
-        self.rows += 1;
-        if self.rows == EXPORT_BATCH_ROWS {
-            batches.push(self.finish()?);
         }
         Ok(())
     }
@@ -255,15 +260,44 @@ impl ExportBuilder {
     }
 }
 
-fn not_convertible(index: usize, value: &str) -> Error {
-    Error::Store(format!("stored {} does not convert: {value:?}", TRIP_SCHEMA.field(index).name()))
+/// A stored value its column's type cannot hold: which column, and the value.
+#[derive(Debug)]
+struct Unreadable {
+    index: usize,
+    value: String,
+}
+
+fn not_convertible(index: usize, value: &str) -> Unreadable {
+    Unreadable { index, value: value.to_owned() }
+}
+
+impl Unreadable {
+    /// The error of the item whose `trip_id` cell is `trip_id`: what cannot be read, and
+    /// how to repair it. Validation admits no such value (DESIGN §2), so the item was
+    /// written by an older build or edited by hand.
+    fn into_error(self, trip_id: Cell<'_>) -> Error {
+        let trip_id = match trip_id {
+            Cell::Text(v) => v.to_owned(),
+            Cell::Int(v) => v.to_string(),
+            Cell::Null => String::new(),
+        };
+        let field = TRIP_SCHEMA.field(self.index);
+        Error::Store(format!(
+            "trip {trip_id:?}: stored {} {:?} cannot be read as {}; an older build wrote it or it was edited by \
+             hand. Rewrite that attribute in the trip table (or delete the item and replay its events), then run \
+             the KPI job again",
+            field.name(),
+            self.value,
+            field.data_type(),
+        ))
+    }
 }
 
 fn strict() -> CastOptions<'static> {
     CastOptions { safe: false, ..Default::default() }
 }
 
-fn integer(cell: Cell<'_>, index: usize) -> Result<Option<i64>> {
+fn integer(cell: Cell<'_>, index: usize) -> Result<Option<i64>, Unreadable> {
     match cell {
         Cell::Null => Ok(None),
         Cell::Int(v) => Ok(Some(v)),
@@ -273,7 +307,7 @@ fn integer(cell: Cell<'_>, index: usize) -> Result<Option<i64>> {
 
 /// A stored datetime: the fixed-width `YYYY-MM-DDTHH:MM:SS.ffffffZ` read by position,
 /// anything else through Arrow's cast.
-fn timestamp(cell: Cell<'_>, index: usize) -> Result<Option<i64>> {
+fn timestamp(cell: Cell<'_>, index: usize) -> Result<Option<i64>, Unreadable> {
     match cell {
         Cell::Null => Ok(None),
         Cell::Int(v) => Err(not_convertible(index, &v.to_string())),
@@ -284,7 +318,7 @@ fn timestamp(cell: Cell<'_>, index: usize) -> Result<Option<i64>> {
 
 /// A stored decimal: canonical text (`-12.5`) read by [`decimal::parse_plain`], anything
 /// else (an exponent, more fraction digits than the scale) through Arrow's cast.
-fn decimal(cell: Cell<'_>, index: usize) -> Result<Option<i128>> {
+fn decimal(cell: Cell<'_>, index: usize) -> Result<Option<i128>, Unreadable> {
     match cell {
         Cell::Null => Ok(None),
         Cell::Int(v) => Ok(Some(i128::from(v) * 10i128.pow(DECIMAL_SCALE as u32))),
@@ -359,5 +393,17 @@ mod tests {
         let projection = Projection::of([]);
         assert_eq!(projection.schema().field(0).name(), "trip_completed");
         assert!(Projection::all().is_all());
+    }
+
+    #[test]
+    fn an_unreadable_stored_value_names_the_trip_column_value_and_repair() {
+        let mut builder = ExportBuilder::new(Projection::all());
+        let mut cells = [Cell::Null; STORED_COLUMNS];
+        cells[0] = Cell::Text("p1");
+        cells[PICKUP] = Cell::Text("-0001-12-31T23:30:00.000000Z");
+        let e = builder.push_into(&cells, &mut Vec::new()).unwrap_err().to_string();
+        assert!(e.starts_with("store: trip \"p1\": stored pickup_datetime \"-0001-12-31T23:30:00.000000Z\" cannot be read"), "{e}");
+        assert!(e.contains("Rewrite that attribute"), "{e}");
+        assert!(builder.is_empty(), "the unreadable row is not counted");
     }
 }

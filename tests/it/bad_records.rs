@@ -6,7 +6,7 @@ use tripflow::deadletter::FileDeadLetters;
 use tripflow::ingest::IngestOptions;
 use tripflow::store::TripStore;
 
-use crate::common::{end_event, ingest, put_raw, start_event};
+use crate::common::{end_event, ingest, kpi_files, put_raw, start_event};
 
 const GOOD_TRIP: &str = "good-trip";
 
@@ -165,4 +165,63 @@ async fn every_reason_of_a_record_is_given() {
     assert_reason(&r[0], "vendor_id: not an integer: \"x\"");
     assert_reason(&r[0], "pickup_datetime: not ISO 8601: \"yesterday\"");
     assert_eq!(r[0].len(), 5);
+}
+
+/// Valid ISO 8601 whose instant falls outside years 0001–9999 once in UTC: stored, such a
+/// value stopped every later KPI run (`store: stored pickup_datetime does not convert`).
+#[tokio::test]
+async fn instants_outside_years_0001_to_9999_in_utc() {
+    let r = reasons(&[
+        &start_event("p1", "0000-01-01T00:30:00+01:00"),
+        &start_event("p2", "9999-12-31T23:30:00-01:00"),
+        &end_event("p3", "0000-12-31 23:59:59", "1"),
+        &start_event("p4", "2024-05-25 13:19:00").replace("2024-05-25 14:03:00", "0001-01-01T00:00:00+00:01"),
+    ])
+    .await;
+    let outside = |field: &str, value: &str, utc: &str| {
+        vec![format!("{field}: outside years 0001-9999 once in UTC: \"{value}\" is {utc}")]
+    };
+    assert_eq!(r[0], outside("pickup_datetime", "0000-01-01T00:30:00+01:00", "-0001-12-31T23:30:00.000000Z"));
+    assert_eq!(r[1], outside("pickup_datetime", "9999-12-31T23:30:00-01:00", "+10000-01-01T00:30:00.000000Z"));
+    assert_eq!(r[2], outside("dropoff_datetime", "0000-12-31 23:59:59", "0000-12-31T23:59:59.000000Z"));
+    assert_eq!(
+        r[3],
+        outside("estimated_dropoff_datetime", "0001-01-01T00:00:00+00:01", "0000-12-31T23:59:00.000000Z")
+    );
+}
+
+/// The first and last representable instants are stored and reported exactly, and a
+/// poison record beside them leaves `kpi --all` working.
+#[tokio::test]
+async fn edge_instants_are_kept_and_poison_ones_never_stop_the_kpi_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path()).unwrap();
+    let stream = home.stream(Some(1)).unwrap();
+    let records = [
+        start_event("first", "0001-01-01T00:00:00Z"),
+        end_event("first", "0001-01-01T01:00:00+01:00", "12.5"),
+        start_event("last", "9999-12-31T23:59:59.999999Z"),
+        end_event("last", "9999-12-31T22:59:59.9999999-01:00", "7.25"),
+        start_event("poison", "0000-01-01T00:30:00+01:00"),
+        end_event("poison", "2024-05-25 14:05:00", "3"),
+    ];
+    put_raw(&stream, &records.map(String::into_bytes)).await;
+    let counts = ingest(&home, &IngestOptions::default()).await.unwrap();
+    assert_eq!((counts.read, counts.applied, counts.dead_lettered), (6, 5, 1), "{counts:?}");
+
+    let store = home.store().unwrap();
+    let first = store.get("first").await.unwrap().unwrap();
+    assert_eq!(first.start.unwrap().pickup_datetime, "0001-01-01T00:00:00.000000Z");
+    assert_eq!(first.end.unwrap().dropoff_datetime, "0001-01-01T00:00:00.000000Z");
+    let last = store.get("last").await.unwrap().unwrap();
+    assert_eq!(last.end.unwrap().dropoff_datetime, "9999-12-31T23:59:59.999999Z");
+    assert!(store.get("poison").await.unwrap().unwrap().start.is_none(), "the poison start is not stored");
+
+    let files = kpi_files(&home, &tmp.path().join("out")).await;
+    let kpi = |date: &str| -> serde_json::Value {
+        serde_json::from_slice(&files.get(&format!("kpi_output/date={date}/kpi.json")).expect(date)[..]).unwrap()
+    };
+    assert_eq!(kpi("0001-01-01")["total_fare"].as_f64(), Some(12.5));
+    assert_eq!(kpi("9999-12-31")["max_fare"].as_f64(), Some(7.25));
+    assert!(!files.contains_key("kpi_output/date=2024-05-25/kpi.json"), "the poison trip never completed");
 }
