@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tripflow::kpi::ExportColumns;
 use tripflow::ingest::{coalesce::coalesce, decode::decode, validate::validate};
+use tripflow::kpi::ExportColumns;
 use tripflow::store::TripStore;
 use tripflow::store::sqlite::SqliteStore;
 
@@ -89,7 +89,8 @@ fn export_and_kpis(c: &mut Criterion) {
     // Built on first use, so that benching another group does not build a 1M-trip table.
     let table = std::cell::OnceCell::new();
     let store = || &table.get_or_init(|| table_of(&rt, n)).1;
-    let queries = tripflow::kpi::queries::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/queries"))).unwrap();
+    let queries =
+        tripflow::kpi::queries::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/queries"))).unwrap();
     let mut g = c.benchmark_group("kpi");
     g.throughput(Throughput::Elements(n as u64));
     g.sample_size(10);

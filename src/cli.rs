@@ -338,8 +338,14 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
             let aws = aws.get().await?;
             let shards = a.shards.unwrap_or(crate::stream::embedded::DEFAULT_SHARDS);
             let created = crate::stream::kinesis::KinesisStream::new(aws, &name).create_if_missing(shards).await?;
-            println!("{}  Kinesis stream {name}{}", said(created), if created { format!(" ({shards} shards)") } else { String::new() });
-            let created = crate::stream::checkpoints_dynamodb::DynamoCheckpoints::create_if_missing(aws, &a.checkpoint_table).await?;
+            println!(
+                "{}  Kinesis stream {name}{}",
+                said(created),
+                if created { format!(" ({shards} shards)") } else { String::new() }
+            );
+            let created =
+                crate::stream::checkpoints_dynamodb::DynamoCheckpoints::create_if_missing(aws, &a.checkpoint_table)
+                    .await?;
             println!("{}  DynamoDB table {} (checkpoints)", said(created), a.checkpoint_table);
         }
     }
@@ -349,7 +355,8 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
             println!("ready    embedded trip table {}", a.home.home.join("trips.sqlite").display());
         }
         StoreUrl::DynamoDb(table) => {
-            let created = crate::store::dynamodb::DynamoStore::new(aws.get().await?, &table).create_if_missing().await?;
+            let created =
+                crate::store::dynamodb::DynamoStore::new(aws.get().await?, &table).create_if_missing().await?;
             println!("{}  DynamoDB table {table} with index {}", said(created), crate::store::dynamodb::DATE_INDEX);
         }
     }
@@ -375,13 +382,13 @@ fn parse_position(s: &str) -> Result<StartPosition> {
     match s.trim() {
         "trim-horizon" | "TRIM_HORIZON" => Ok(StartPosition::TrimHorizon),
         "latest" | "LATEST" => Ok(StartPosition::Latest),
-        other => chrono::DateTime::parse_from_rfc3339(other)
-            .map(|t| StartPosition::AtTimestamp(t.to_utc()))
-            .map_err(|_| {
+        other => {
+            chrono::DateTime::parse_from_rfc3339(other).map(|t| StartPosition::AtTimestamp(t.to_utc())).map_err(|_| {
                 Error::Config(format!(
                     "--initial-position {other:?}: give trim-horizon, latest, or a time like 2024-05-25T00:00:00Z"
                 ))
-            }),
+            })
+        }
     }
 }
 
@@ -483,7 +490,9 @@ pub async fn execute(cli: Cli) -> Result<()> {
             let url = StreamUrl::parse(a.stream.stream.as_deref())?;
             let inputs = match &a.ndjson {
                 Some(path) => Err(config::input_file(path, "--ndjson")?),
-                None => Ok((config::input_file(&a.input.start, "--start")?, config::input_file(&a.input.end, "--end")?)),
+                None => {
+                    Ok((config::input_file(&a.input.start, "--start")?, config::input_file(&a.input.end, "--end")?))
+                }
             };
             let opened = config::open_stream(&url, &home, a.input.shards, aws, &tuning(Some(&a.stream), None)).await?;
             let report = match inputs {
@@ -496,9 +505,11 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Ingest(a) => {
             let home = Home::new(&a.home.home)?;
             let t = tuning(Some(&a.stream), Some(&a.store));
-            let opened = config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
+            let opened =
+                config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
             let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, &home, aws, &t).await?;
-            let (dead_letters, dead_letter_file) = config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), &home, aws).await?;
+            let (dead_letters, dead_letter_file) =
+                config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), &home, aws).await?;
             let mut opts = ingest_options(&a.batch);
             opts.follow = a.follow;
             opts.consumer = a.consumer.clone();
@@ -536,7 +547,13 @@ pub async fn execute(cli: Cli) -> Result<()> {
             let dates = config::date_selection(&flags, chrono::Utc::now().date_naive())?;
             let queries = kpi::queries::load(&a.kpi.queries)?;
             let out = config::open_output(&a.kpi.out, aws).await?;
-            let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, &home, aws, &tuning(None, Some(&a.store))).await?;
+            let store = config::open_store(
+                &StoreUrl::parse(a.store.store.as_deref())?,
+                &home,
+                aws,
+                &tuning(None, Some(&a.store)),
+            )
+            .await?;
             let report = kpi::run(store.as_ref(), &queries, &dates, &out, Formats { parquet: a.kpi.parquet }).await?;
             print_kpis(&report, &out)?;
         }
@@ -549,7 +566,8 @@ pub async fn execute(cli: Cli) -> Result<()> {
             kpi::queries::load(&a.kpi.queries)?;
             let stop = stop_on_signal();
             let formats = Formats { parquet: a.kpi.parquet };
-            let (home, out, queries, lookback, store_url, t) = (&home, &out, &a.kpi.queries, a.lookback, &store_url, &t);
+            let (home, out, queries, lookback, store_url, t) =
+                (&home, &out, &a.kpi.queries, a.lookback, &store_url, &t);
             crate::schedule::run(&schedule, &crate::schedule::SystemClock, &stop, |at| async move {
                 // Queries are read at each run, so an edited file takes effect at the next one.
                 let queries = kpi::queries::load(queries)?;

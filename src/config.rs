@@ -120,7 +120,8 @@ pub enum StoreUrl {
 
 fn aws_name(url: &str, flag: &str, scheme: &str, what: &str, min: usize, max: usize) -> Result<String> {
     let name = url.strip_prefix(scheme).unwrap_or_default().trim_end_matches('/');
-    let ok = (min..=max).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    let ok =
+        (min..=max).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if !ok {
         return Err(Error::Config(format!(
             "{flag} {url}: {name:?} is not a {what} name; use {min}-{max} letters, digits, '_', '.' or '-'"
@@ -137,7 +138,9 @@ impl StreamUrl {
     pub fn parse(url: Option<&str>) -> Result<Self> {
         match url.map(str::trim) {
             None | Some("") | Some("embedded") => Ok(StreamUrl::Embedded),
-            Some(u) if u.starts_with("kinesis://") => Ok(StreamUrl::Kinesis(aws_name(u, "--stream", "kinesis://", "Kinesis stream", 1, 128)?)),
+            Some(u) if u.starts_with("kinesis://") => {
+                Ok(StreamUrl::Kinesis(aws_name(u, "--stream", "kinesis://", "Kinesis stream", 1, 128)?))
+            }
             Some(u) => Err(Error::Config(format!(
                 "--stream {u}: give kinesis://STREAM-NAME, or leave --stream out for the embedded stream under --home"
             ))),
@@ -153,7 +156,9 @@ impl StoreUrl {
     pub fn parse(url: Option<&str>) -> Result<Self> {
         match url.map(str::trim) {
             None | Some("") | Some("embedded") => Ok(StoreUrl::Embedded),
-            Some(u) if u.starts_with("dynamodb://") => Ok(StoreUrl::DynamoDb(aws_name(u, "--store", "dynamodb://", "DynamoDB table", 3, 255)?)),
+            Some(u) if u.starts_with("dynamodb://") => {
+                Ok(StoreUrl::DynamoDb(aws_name(u, "--store", "dynamodb://", "DynamoDB table", 3, 255)?))
+            }
             Some(u) => Err(Error::Config(format!(
                 "--store {u}: give dynamodb://TABLE, or leave --store out for the embedded table under --home"
             ))),
@@ -197,7 +202,13 @@ pub struct OpenedStream {
 ///
 /// # Errors
 /// When the stream or its checkpoint table does not exist, or cannot be opened.
-pub async fn open_stream(url: &StreamUrl, home: &Home, shards: Option<u32>, aws: &AwsEnv, tuning: &AwsTuning) -> Result<OpenedStream> {
+pub async fn open_stream(
+    url: &StreamUrl,
+    home: &Home,
+    shards: Option<u32>,
+    aws: &AwsEnv,
+    tuning: &AwsTuning,
+) -> Result<OpenedStream> {
     match url {
         StreamUrl::Embedded => {
             let s = Arc::new(home.stream(shards)?);
@@ -242,7 +253,11 @@ pub async fn open_store(url: &StoreUrl, home: &Home, aws: &AwsEnv, tuning: &AwsT
 ///
 /// # Errors
 /// When it cannot be opened.
-pub async fn open_dead_letters(url: Option<&str>, home: &Home, aws: &AwsEnv) -> Result<(Arc<dyn DeadLetterSink>, String)> {
+pub async fn open_dead_letters(
+    url: Option<&str>,
+    home: &Home,
+    aws: &AwsEnv,
+) -> Result<(Arc<dyn DeadLetterSink>, String)> {
     match url.map(str::trim).filter(|u| !u.is_empty()) {
         None => Ok((Arc::new(home.dead_letters()?), home.dead_letter_path().display().to_string())),
         Some(u) if u.starts_with("s3://") => {
@@ -317,7 +332,9 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
     }
     let (from, to) = match (&flags.from, &flags.to) {
         (Some(from), to) => (parse_date(from)?, to.as_deref().map(parse_date).transpose()?.unwrap_or(today)),
-        (None, Some(_)) => return Err(Error::Config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26".into())),
+        (None, Some(_)) => {
+            return Err(Error::Config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26".into()));
+        }
         (None, None) => (today - chrono::Days::new(u64::from(flags.lookback)), today),
     };
     if from > to {
@@ -333,10 +350,7 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
 pub fn input_file(path: &Path, flag: &str) -> Result<PathBuf> {
     if !path.is_file() {
         let what = if path.exists() { "is not a file" } else { "does not exist" };
-        return Err(Error::Input {
-            path: path.into(),
-            message: format!("{what}; give an existing file with {flag}"),
-        });
+        return Err(Error::Input { path: path.into(), message: format!("{what}; give an existing file with {flag}") });
     }
     Ok(path.into())
 }
@@ -374,14 +388,19 @@ mod tests {
             sel(DateFlags { from: s("2024-05-25"), ..Default::default() }).unwrap(),
             DateSelection::Dates(vec![day(25), day(26)])
         );
-        assert!(sel(DateFlags { to: s("2024-05-25"), ..Default::default() }).unwrap_err().to_string().contains("--from"));
+        assert!(
+            sel(DateFlags { to: s("2024-05-25"), ..Default::default() }).unwrap_err().to_string().contains("--from")
+        );
         assert!(sel(DateFlags { from: s("2024-05-27"), to: s("2024-05-25"), ..Default::default() }).is_err());
     }
 
     #[test]
     fn backend_urls_parse_or_say_what_to_write() {
         assert_eq!(StreamUrl::parse(None).unwrap(), StreamUrl::Embedded);
-        assert_eq!(StreamUrl::parse(Some("kinesis://bolt_streams")).unwrap(), StreamUrl::Kinesis("bolt_streams".into()));
+        assert_eq!(
+            StreamUrl::parse(Some("kinesis://bolt_streams")).unwrap(),
+            StreamUrl::Kinesis("bolt_streams".into())
+        );
         assert!(StreamUrl::parse(Some("kafka://x")).unwrap_err().to_string().contains("kinesis://STREAM-NAME"));
         assert!(StreamUrl::parse(Some("kinesis://")).unwrap_err().to_string().contains("not a Kinesis stream name"));
         assert_eq!(StoreUrl::parse(Some("dynamodb://bolt")).unwrap(), StoreUrl::DynamoDb("bolt".into()));

@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use base64::Engine;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use std::sync::Arc;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::stream::{SequenceNumber, ShardId};
 use crate::{Error, Result};
@@ -105,8 +105,7 @@ impl FileDeadLetters {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
-        let mut file =
-            OpenOptions::new().read(true).append(true).create(true).open(path).map_err(fail)?;
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(fail)?;
         let mut seen = HashSet::new();
         let mut good_len = 0u64;
         let mut reader = BufReader::new(&file);
@@ -141,13 +140,10 @@ impl FileDeadLetters {
     /// # Errors
     /// When the file cannot be read or holds a line that is not a dead letter.
     pub fn read_all(path: &Path) -> Result<Vec<DeadLetterLine>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Input { path: path.into(), message: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Input { path: path.into(), message: e.to_string() })?;
         text.lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .map_err(|e| Error::Input { path: path.into(), message: e.to_string() })
-            })
+            .map(|l| serde_json::from_str(l).map_err(|e| Error::Input { path: path.into(), message: e.to_string() }))
             .collect()
     }
 }
@@ -164,8 +160,7 @@ impl DeadLetterSink for FileDeadLetters {
             if seen.contains(&key) || added.contains(&key) {
                 continue;
             }
-            serde_json::to_writer(&mut buf, &DeadLetterLine::from(d))
-                .map_err(|e| Error::Output(e.to_string()))?;
+            serde_json::to_writer(&mut buf, &DeadLetterLine::from(d)).map_err(|e| Error::Output(e.to_string()))?;
             buf.push(b'\n');
             added.push(key);
         }
@@ -203,11 +198,20 @@ impl DeadLetterSink for ObjectDeadLetters {
         futures::stream::iter(0..letters.len())
             .map(|i| async move {
                 let d = &letters[i];
-                let mut line = serde_json::to_vec(&DeadLetterLine::from(d)).map_err(|e| Error::Output(e.to_string()))?;
+                let mut line =
+                    serde_json::to_vec(&DeadLetterLine::from(d)).map_err(|e| Error::Output(e.to_string()))?;
                 line.push(b'\n');
-                let path = self.prefix.clone().join("dead_letters").join(d.shard.as_str()).join(format!("{}.json", d.sequence_number));
+                let path = self
+                    .prefix
+                    .clone()
+                    .join("dead_letters")
+                    .join(d.shard.as_str())
+                    .join(format!("{}.json", d.sequence_number));
                 self.store.put(&path, PutPayload::from(line)).await.map_err(|e| {
-                    Error::Output(format!("cannot write a dead letter under {}: {e}; choose a writable --dead-letter", self.display))
+                    Error::Output(format!(
+                        "cannot write a dead letter under {}: {e}; choose a writable --dead-letter",
+                        self.display
+                    ))
                 })?;
                 Ok::<(), Error>(())
             })

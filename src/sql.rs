@@ -12,12 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use futures::TryStreamExt;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 use arrow::datatypes::DataType;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::aws::Aws;
 use crate::event::TRIP_SCHEMA;
@@ -83,14 +83,18 @@ impl Root {
                     .try_filter(|p| futures::future::ready(p.as_ref().ends_with(".parquet")))
                     .try_collect()
                     .await
-                    .map_err(|e| Error::Config(format!("--snapshots s3://{bucket}/{prefix}: cannot list {dir}/: {e}")))?;
+                    .map_err(|e| {
+                        Error::Config(format!("--snapshots s3://{bucket}/{prefix}: cannot list {dir}/: {e}"))
+                    })?;
                 names.sort();
                 let Some(sample) = names.first() else { return Ok(None) };
                 let schema = match schema {
                     false => None,
                     true => {
                         let url = format!("s3://{bucket}/{sample}");
-                        let bytes = async { store.get(sample).await?.bytes().await }.await.map_err(|e| parquet_error(&url, e))?;
+                        let bytes = async { store.get(sample).await?.bytes().await }
+                            .await
+                            .map_err(|e| parquet_error(&url, e))?;
                         Some(parquet_schema(bytes, &url)?)
                     }
                 };
@@ -104,7 +108,10 @@ fn parquet_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Input { path: what.into(), message: format!("not a readable Parquet file: {e}") }
 }
 
-fn parquet_schema<R: parquet::file::reader::ChunkReader + 'static>(reader: R, what: &str) -> Result<arrow::datatypes::Schema> {
+fn parquet_schema<R: parquet::file::reader::ChunkReader + 'static>(
+    reader: R,
+    what: &str,
+) -> Result<arrow::datatypes::Schema> {
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)
         .map_err(|e| parquet_error(what, e))?;
     Ok(builder.schema().as_ref().clone())
@@ -121,9 +128,11 @@ impl SqlSession {
         let location = match root.split_once("://") {
             Some(("s3", _)) => {
                 let (bucket, prefix) = crate::aws::s3_url(root, "--snapshots")?;
-                let aws = aws.ok_or_else(|| Error::Config(format!("--snapshots {root}: S3 needs the AWS configuration")))?;
+                let aws =
+                    aws.ok_or_else(|| Error::Config(format!("--snapshots {root}: S3 needs the AWS configuration")))?;
                 let store = aws.s3(&bucket)?;
-                let url = url::Url::parse(&format!("s3://{bucket}")).map_err(|e| Error::Config(format!("--snapshots {root}: {e}")))?;
+                let url = url::Url::parse(&format!("s3://{bucket}"))
+                    .map_err(|e| Error::Config(format!("--snapshots {root}: {e}")))?;
                 ctx.register_object_store(&url, store.clone());
                 Root::Store { store, bucket, prefix }
             }
@@ -180,8 +189,13 @@ impl SqlSession {
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         let df = self.ctx.sql_with_options(sql, read_only()).await.map_err(|e| {
             let msg = e.to_string();
-            if msg.contains("not supported") && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement")) {
-                Error::Query { file: "<sql>".into(), message: "tripflow sql is read-only: only queries (SELECT, WITH, EXPLAIN…) are allowed".into() }
+            if msg.contains("not supported")
+                && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement"))
+            {
+                Error::Query {
+                    file: "<sql>".into(),
+                    message: "tripflow sql is read-only: only queries (SELECT, WITH, EXPLAIN…) are allowed".into(),
+                }
             } else {
                 sql_error(msg)
             }
@@ -222,7 +236,9 @@ fn first_parquet(dir: &Path) -> Option<std::path::PathBuf> {
 pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
     let fail = |e: arrow::error::ArrowError| sql_error(e);
     let bytes = match format {
-        Format::Table => return Ok(arrow::util::pretty::pretty_format_batches(batches).map_err(fail)?.to_string() + "\n"),
+        Format::Table => {
+            return Ok(arrow::util::pretty::pretty_format_batches(batches).map_err(fail)?.to_string() + "\n");
+        }
         Format::Csv => {
             let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
             for b in batches {
@@ -263,7 +279,10 @@ pub async fn repl(session: &SqlSession, format: Format) -> Result<()> {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    println!("tripflow sql: tables {}. End statements with ';'. \\d describes, \\q quits.", session.tables().join(", "));
+    println!(
+        "tripflow sql: tables {}. End statements with ';'. \\d describes, \\q quits.",
+        session.tables().join(", ")
+    );
     let mut statement = String::new();
     loop {
         let prompt = if statement.is_empty() { "tripflow> " } else { "     ...> " };

@@ -26,15 +26,11 @@ impl Db {
     pub(crate) fn open(path: &Path, schema: &str, cache_mib: i64) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Config(format!(
-                    "cannot create directory {}: {e}; choose a writable --home",
-                    dir.display()
-                ))
+                Error::Config(format!("cannot create directory {}: {e}; choose a writable --home", dir.display()))
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| {
-            Error::Config(format!("cannot open {}: {e}; choose a writable --home", path.display()))
-        })?;
+        let conn = Connection::open(path)
+            .map_err(|e| Error::Config(format!("cannot open {}: {e}; choose a writable --home", path.display())))?;
         conn.busy_timeout(Duration::from_secs(30))?;
         // Two processes creating the same file at once (a producer and a consumer started
         // together) can get SQLITE_BUSY from the switch to WAL or the schema, which do

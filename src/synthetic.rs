@@ -139,9 +139,11 @@ mod tests {
         assert!(dates.len() >= 3, "{dates:?}");
         assert!(rows.iter().all(|r| r[0].len() == 19 && &r[0][10..11] == " "));
         let starts = read(a.path(), "trip_start.csv");
-        let crosses = starts.lines().skip(1).zip(ends.lines().skip(1)).filter(|(s, e)| {
-            s.split(',').nth(4).unwrap()[..10] != e[..10]
-        });
+        let crosses = starts
+            .lines()
+            .skip(1)
+            .zip(ends.lines().skip(1))
+            .filter(|(s, e)| s.split(',').nth(4).unwrap()[..10] != e[..10]);
         assert!(crosses.count() > 0, "some trips end after midnight");
     }
 }

@@ -136,12 +136,12 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::timestamp_type;
     use arrow::array::{Array, StringArray, TimestampMicrosecondArray};
     use arrow::compute::CastOptions;
-    use arrow::datatypes::TimestampMicrosecondType;
     use arrow::compute::cast_with_options;
+    use arrow::datatypes::TimestampMicrosecondType;
     use proptest::prelude::*;
-    use crate::event::timestamp_type;
 
     /// The cast validation makes: plain text by hand, the rest by the kernel.
     fn cast_text(text: &StringArray, options: &CastOptions<'_>) -> TimestampMicrosecondArray {
@@ -200,7 +200,8 @@ mod tests {
         }
         assert_eq!(by_kernel("2024-05-25T13:19:00+02:00"), Some(1_716_635_940_000_000));
         let safe = CastOptions { safe: true, ..Default::default() };
-        let mixed = cast_text(&StringArray::from(vec!["2024-05-25T13:19:00+02:00", "junk", "1970-01-01 00:00:01"]), &safe);
+        let mixed =
+            cast_text(&StringArray::from(vec!["2024-05-25T13:19:00+02:00", "junk", "1970-01-01 00:00:01"]), &safe);
         assert_eq!((mixed.value(0), mixed.is_null(1), mixed.value(2)), (1_716_635_940_000_000, true, 1_000_000));
         assert_eq!(mixed.data_type(), &timestamp_type());
         assert_eq!(format(-1), "1969-12-31T23:59:59.999999Z");

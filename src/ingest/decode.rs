@@ -37,9 +37,8 @@ pub const COLUMNS: [&str; 15] = [
 ];
 
 /// The decoded batch's schema: every wire field as nullable text, in [`COLUMNS`] order.
-pub static WIRE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(COLUMNS.map(|c| Field::new(c, DataType::Utf8, true)).to_vec()))
-});
+pub static WIRE_SCHEMA: LazyLock<SchemaRef> =
+    LazyLock::new(|| Arc::new(Schema::new(COLUMNS.map(|c| Field::new(c, DataType::Utf8, true)).to_vec())));
 
 const PICKUP: usize = 4;
 const DROPOFF: usize = 7;
@@ -388,8 +387,7 @@ fn decode_with<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>, scan: bool)
     let n = records.len();
     // Room for the longest usual value (a datetime or a fare), so builders rarely grow;
     // the pages of what is not written are never touched.
-    let mut builders: Vec<StringBuilder> =
-        COLUMNS.iter().map(|_| StringBuilder::with_capacity(n, n * 24)).collect();
+    let mut builders: Vec<StringBuilder> = COLUMNS.iter().map(|_| StringBuilder::with_capacity(n, n * 24)).collect();
     let mut is_start = Vec::with_capacity(n);
     let mut is_end = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
@@ -417,10 +415,7 @@ fn decode_with<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>, scan: bool)
                 }
                 Text::Value(_) | Text::Blank => b.append_null(),
                 Text::WrongType(got) => {
-                    why.push(format!(
-                        "{}: wrong type: expected a string or a number, got {got}",
-                        COLUMNS[col]
-                    ));
+                    why.push(format!("{}: wrong type: expected a string or a number, got {got}", COLUMNS[col]));
                     wrong_type.insert((row, col));
                     b.append_null();
                 }
@@ -493,10 +488,7 @@ fn kind_of(
         Text::Value(v) if !v.is_empty() => {
             let kind = EventKind::parse(&v);
             if kind.is_none() {
-                why.push(format!(
-                    "event_type: unknown {} (expected trip_start, trip_end, start or end)",
-                    quote(&v)
-                ));
+                why.push(format!("event_type: unknown {} (expected trip_start, trip_end, start or end)", quote(&v)));
             }
             kind
         }
@@ -508,17 +500,11 @@ fn kind_of(
             (true, false) => Some(EventKind::Start),
             (false, true) => Some(EventKind::End),
             (true, true) => {
-                why.push(
-                    "event_type: missing, and both pickup_datetime and dropoff_datetime are present"
-                        .into(),
-                );
+                why.push("event_type: missing, and both pickup_datetime and dropoff_datetime are present".into());
                 None
             }
             (false, false) => {
-                why.push(
-                    "event_type: missing, and neither pickup_datetime nor dropoff_datetime tells the kind"
-                        .into(),
-                );
+                why.push("event_type: missing, and neither pickup_datetime nor dropoff_datetime tells the kind".into());
                 None
             }
         },
@@ -532,15 +518,52 @@ mod tests {
     use proptest::prelude::*;
 
     const SOME_KEYS: &[&str] = &[
-        "event_type", "trip_id", "pickup_datetime", "dropoff_datetime", "fare_amount",
-        "vendor_id", "other", "trip_i\\u0064", "",
+        "event_type",
+        "trip_id",
+        "pickup_datetime",
+        "dropoff_datetime",
+        "fare_amount",
+        "vendor_id",
+        "other",
+        "trip_i\\u0064",
+        "",
     ];
     const VALUES: &[&str] = &[
-        r#""t1""#, r#""""#, r#""  ""#, r#""trip_start""#, r#""end""#, r#""start ""#,
-        r#""2024-05-25 13:19:00""#, r#""a\"b""#, r#""\u0074rip_end""#, "\"x\u{1}y\"", r#""é""#,
-        "93", "-0.5", "0", "01", "1.", ".5", "1e5", "-", "1.5E+3", "2e", "40.09620692463166",
-        "null", "true", "false", "nul", "nulll", r#"{"a":1}"#, "[1]", "[]", "{}",
-        r#""abcdefghij\"klmnop""#, "\"abcdefghijk\u{1f}lmnopq\"", r#""éééééééééé""#, r#""abcdefgh""#,
+        r#""t1""#,
+        r#""""#,
+        r#""  ""#,
+        r#""trip_start""#,
+        r#""end""#,
+        r#""start ""#,
+        r#""2024-05-25 13:19:00""#,
+        r#""a\"b""#,
+        r#""\u0074rip_end""#,
+        "\"x\u{1}y\"",
+        r#""é""#,
+        "93",
+        "-0.5",
+        "0",
+        "01",
+        "1.",
+        ".5",
+        "1e5",
+        "-",
+        "1.5E+3",
+        "2e",
+        "40.09620692463166",
+        "null",
+        "true",
+        "false",
+        "nul",
+        "nulll",
+        r#"{"a":1}"#,
+        "[1]",
+        "[]",
+        "{}",
+        r#""abcdefghij\"klmnop""#,
+        "\"abcdefghijk\u{1f}lmnopq\"",
+        r#""éééééééééé""#,
+        r#""abcdefgh""#,
         r#""abcdefghijklmnopqrstuvw""#,
     ];
     const SPACE: &[&str] = &["", " ", "\n\t", "\r "];
@@ -611,14 +634,15 @@ mod tests {
         assert!(!scan_flat(r#"{"trip_id":"a","trip_id":null}"#, &mut fields), "duplicates go to serde");
     }
 
-
     fn one(record: &str) -> Decoded {
         decode(std::iter::once(record.as_bytes()))
     }
 
     #[test]
     fn numbers_keep_their_text_and_strings_are_unquoted() {
-        let d = one(r#"{"event_type":"end","trip_id":"t1","fare_amount":40.09620692463166,"rate_code":"5.0","dropoff_datetime":"2024-05-25 14:05:00"}"#);
+        let d = one(
+            r#"{"event_type":"end","trip_id":"t1","fare_amount":40.09620692463166,"rate_code":"5.0","dropoff_datetime":"2024-05-25 14:05:00"}"#,
+        );
         assert!(d.reasons[0].is_empty(), "{:?}", d.reasons);
         assert_eq!(d.column("fare_amount").value(0), "40.09620692463166");
         assert_eq!(d.column("rate_code").value(0), "5.0");
@@ -627,7 +651,8 @@ mod tests {
 
     #[test]
     fn blanks_are_nulls_but_an_empty_trip_id_is_kept() {
-        let d = one(r#"{"trip_id":"","pickup_datetime":"2024-05-25 13:19:00","vendor_id":"","dropoff_location_id":null}"#);
+        let d =
+            one(r#"{"trip_id":"","pickup_datetime":"2024-05-25 13:19:00","vendor_id":"","dropoff_location_id":null}"#);
         assert!(d.is_start.value(0), "kind inferred from pickup_datetime");
         assert_eq!(d.column("trip_id").value(0), "");
         assert!(d.column("vendor_id").is_null(0));

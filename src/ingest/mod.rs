@@ -245,11 +245,8 @@ impl Ingest<'_> {
         let mut validated = validate::validate(&decoded)?;
         drop(decoded);
         let coalesced = coalesce::coalesce(&validated);
-        let groups: u64 = coalesced
-            .updates
-            .iter()
-            .map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some()))
-            .sum();
+        let groups: u64 =
+            coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
         // What the records are still needed for, the dead letters and each shard's last
         // position, is taken now: the batch and its Arrow columns are freed before the
         // merge, the longest step, so two batches' worth never meet in memory.
@@ -273,10 +270,7 @@ impl Ingest<'_> {
 
         let writes_before = self.store.write_requests();
         let outcomes = self.store.merge(coalesced.updates).await?;
-        let applied: u64 = outcomes
-            .iter()
-            .map(|o| u64::from(o.start_applied) + u64::from(o.end_applied))
-            .sum();
+        let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
         self.dead_letters.write(&letters).await?;
 
         if opts.crash_after_batches.is_some_and(|n| done_batches + 1 >= n) {
@@ -327,11 +321,18 @@ mod tests {
     }
 
     fn record(seq: u64, data: String) -> StreamRecord {
-        StreamRecord { sequence_number: SequenceNumber::from_u64(seq), partition_key: "k".into(), data: data.into_bytes(), arrival: Default::default() }
+        StreamRecord {
+            sequence_number: SequenceNumber::from_u64(seq),
+            partition_key: "k".into(),
+            data: data.into_bytes(),
+            arrival: Default::default(),
+        }
     }
 
     fn start(trip: &str, at: &str) -> String {
-        format!(r#"{{"trip_id":"{trip}","pickup_location_id":1,"dropoff_location_id":2,"vendor_id":1,"pickup_datetime":"{at}"}}"#)
+        format!(
+            r#"{{"trip_id":"{trip}","pickup_location_id":1,"dropoff_location_id":2,"vendor_id":1,"pickup_datetime":"{at}"}}"#
+        )
     }
 
     fn end(trip: &str, at: &str) -> String {
@@ -340,7 +341,9 @@ mod tests {
 
     fn contents(shard: &str) -> Vec<StreamRecord> {
         match shard {
-            "shardId-000000000000" => vec![record(1, start("t1", "2024-05-25 10:00:00")), record(2, start("t2", "2024-05-25 10:01:00"))],
+            "shardId-000000000000" => {
+                vec![record(1, start("t1", "2024-05-25 10:00:00")), record(2, start("t2", "2024-05-25 10:01:00"))]
+            }
             "shardId-000000000001" => vec![record(3, end("t1", "2024-05-25 10:30:00"))],
             _ => vec![record(4, end("t2", "2024-05-25 10:40:00"))],
         }
@@ -370,7 +373,12 @@ mod tests {
             let end = next == contents(&it.shard).len();
             // The parent is closed: once read to its end, it says so.
             let closed = end && it.shard.ends_with('0');
-            Ok(ReadResult { records, next: ShardIterator { shard: it.shard.clone(), position: next.to_string() }, caught_up: end, closed })
+            Ok(ReadResult {
+                records,
+                next: ShardIterator { shard: it.shard.clone(), position: next.to_string() },
+                caught_up: end,
+                closed,
+            })
         }
     }
 

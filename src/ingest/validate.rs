@@ -158,16 +158,12 @@ pub fn validate(decoded: &Decoded) -> Result<Validated> {
         &arrow::compute::kernels::length::length(ids)?,
         &arrow::array::Int32Array::new_scalar(MAX_TRIP_ID_BYTES as i32),
     )?;
-    checker.reject(&and(&any_kind, &long)?, 0, |v| {
-        format!("longer than {MAX_TRIP_ID_BYTES} bytes ({} bytes)", v.len())
-    });
+    checker
+        .reject(&and(&any_kind, &long)?, 0, |v| format!("longer than {MAX_TRIP_ID_BYTES} bytes ({} bytes)", v.len()));
     columns.push(Arc::new(ids.clone()));
 
-    let specs: Vec<(&FieldSpec, &BooleanArray)> = START_FIELDS
-        .iter()
-        .map(|s| (s, is_start))
-        .chain(END_FIELDS.iter().map(|s| (s, is_end)))
-        .collect();
+    let specs: Vec<(&FieldSpec, &BooleanArray)> =
+        START_FIELDS.iter().map(|s| (s, is_start)).chain(END_FIELDS.iter().map(|s| (s, is_end))).collect();
     for (i, (spec, of_kind)) in specs.into_iter().enumerate() {
         let col = i + 1;
         let raw = decoded.text(col);
@@ -265,12 +261,7 @@ fn integers(raw: &StringArray) -> Result<Vec<Option<Integer>>> {
     Ok(out)
 }
 
-fn check_integer(
-    checker: &mut Checker<'_>,
-    col: usize,
-    raw: &StringArray,
-    checked: &BooleanArray,
-) -> Result<ArrayRef> {
+fn check_integer(checker: &mut Checker<'_>, col: usize, raw: &StringArray, checked: &BooleanArray) -> Result<ArrayRef> {
     let read = integers(raw)?;
     for (row, int) in read.iter().enumerate() {
         let rule = match int {
@@ -294,7 +285,8 @@ fn check_datetime(
     raw: &StringArray,
     checked: &BooleanArray,
 ) -> Result<ArrayRef> {
-    let (ts, not_plain) = cast::cast_text::<TimestampMicrosecondType>(raw, &timestamp_type(), &safe(), timestamp::parse_plain)?;
+    let (ts, not_plain) =
+        cast::cast_text::<TimestampMicrosecondType>(raw, &timestamp_type(), &safe(), timestamp::parse_plain)?;
     for row in (0..ts.len()).filter(|&row| checked.value(row)) {
         // Plain text is ISO 8601. The kernel also reads forms DESIGN §2 does not allow
         // (a bare date, say), so what it read must have the shape as well.
@@ -306,9 +298,7 @@ fn check_datetime(
             // (`0000-01-01T00:30:00+01:00` is in year -1 in UTC): stored, it would stop
             // every later KPI run.
             let utc = timestamp::format(ts.value(row));
-            checker.reject_row(row, col, |v| {
-                format!("outside years 0001-9999 once in UTC: {} is {utc}", quote(v))
-            });
+            checker.reject_row(row, col, |v| format!("outside years 0001-9999 once in UTC: {} is {utc}", quote(v)));
         }
     }
     // An instant out of range is null in the typed column, as a value the cast cannot
@@ -375,10 +365,7 @@ mod tests {
         assert_eq!(v.integer("dropoff_location_id", 0), Some(93));
         assert_eq!(v.integer("vendor_id", 0), Some(1));
         assert_eq!(v.timestamp_text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.000000Z");
-        assert_eq!(
-            v.timestamp_text("estimated_dropoff_datetime", 0).unwrap(),
-            "2024-05-25T12:03:00.000000Z"
-        );
+        assert_eq!(v.timestamp_text("estimated_dropoff_datetime", 0).unwrap(), "2024-05-25T12:03:00.000000Z");
         assert_eq!(v.decimal_text("estimated_fare_amount", 0).unwrap(), "34.18595283806629");
     }
 

@@ -74,16 +74,12 @@ impl KpiReport {
 
 /// Names the file, and the line where DataFusion can tell it, of a failed query.
 fn query_error(q: &KpiQuery, e: &datafusion::error::DataFusionError) -> Error {
-    let line = e
-        .diagnostic()
-        .and_then(|d| d.span)
-        .map(|span| span.start.line)
-        .or_else(|| {
-            // Parser errors carry the position in their text: "at Line: 3, Column: 5".
-            let text = e.to_string();
-            let at = text.find("Line: ")? + "Line: ".len();
-            text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-        });
+    let line = e.diagnostic().and_then(|d| d.span).map(|span| span.start.line).or_else(|| {
+        // Parser errors carry the position in their text: "at Line: 3, Column: 5".
+        let text = e.to_string();
+        let at = text.find("Line: ")? + "Line: ".len();
+        text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    });
     let file = match line {
         Some(line) => format!("{}:{line}", q.path.display()),
         None => q.path.display().to_string(),
@@ -229,10 +225,7 @@ pub async fn run(
     for (stem, json) in summaries {
         files.push(out.put(&format!("kpi_output/summary/{stem}.json"), json.into_bytes()).await?);
     }
-    let dates = per_date
-        .keys()
-        .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-        .collect::<Vec<_>>();
+    let dates = per_date.keys().filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).collect::<Vec<_>>();
     info!(dates = dates.len(), files = files.len(), exported_rows, "KPI job done.");
     Ok(KpiReport { dates, files, results, exported_rows })
 }
@@ -321,13 +314,13 @@ fn render(results: &[QueryResult]) -> Result<Rendered> {
     let per_date = dates
         .into_iter()
         .map(|(date, (flat, nested))| {
-            let mut fields = if flat.is_empty() {
-                vec![format!("\"trip_date\": \"{date}\"")]
-            } else {
-                flat
-            };
+            let mut fields = if flat.is_empty() { vec![format!("\"trip_date\": \"{date}\"")] } else { flat };
             for (stem, rows) in nested {
-                fields.push(format!("{}: {}", serde_json::to_string(&stem).unwrap_or_default(), json_array(&rows, "  ")));
+                fields.push(format!(
+                    "{}: {}",
+                    serde_json::to_string(&stem).unwrap_or_default(),
+                    json_array(&rows, "  ")
+                ));
             }
             (date, format!("{{\n  {}\n}}\n", fields.join(",\n  ")))
         })

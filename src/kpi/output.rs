@@ -10,13 +10,13 @@ use arrow::array::{Array, RecordBatch, Scalar, StringArray};
 use arrow::compute::kernels::cmp::eq;
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 
 use crate::aws::Aws;
 use crate::{Error, Result};
@@ -59,15 +59,15 @@ impl OutputLocation {
             }
         };
         std::fs::create_dir_all(&path).map_err(|e| {
-            Error::Output(format!(
-                "cannot create output directory {}: {e}; choose a writable --out",
-                path.display()
-            ))
+            Error::Output(format!("cannot create output directory {}: {e}; choose a writable --out", path.display()))
         })?;
-        let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| {
-            Error::Output(format!("cannot use output directory {}: {e}", path.display()))
-        })?;
-        Ok(OutputLocation { store: Arc::new(store), prefix: ObjectPath::default(), display: path.display().to_string() })
+        let store = LocalFileSystem::new_with_prefix(&path)
+            .map_err(|e| Error::Output(format!("cannot use output directory {}: {e}", path.display())))?;
+        Ok(OutputLocation {
+            store: Arc::new(store),
+            prefix: ObjectPath::default(),
+            display: path.display().to_string(),
+        })
     }
 
     /// The object store and the prefix inside it.
@@ -135,7 +135,11 @@ pub fn json_value(array: &dyn Array, formatter: &ArrayFormatter<'_>, row: usize)
     match array.data_type() {
         t if t.is_integer() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) => text,
         DataType::Float16 | DataType::Float32 | DataType::Float64 => {
-            if text.parse::<f64>().is_ok_and(f64::is_finite) { text } else { "null".into() }
+            if text.parse::<f64>().is_ok_and(f64::is_finite) {
+                text
+            } else {
+                "null".into()
+            }
         }
         DataType::Boolean => text,
         _ => serde_json::to_string(&text).unwrap_or_default(),
@@ -149,11 +153,7 @@ pub fn json_value(array: &dyn Array, formatter: &ArrayFormatter<'_>, row: usize)
 pub fn formatters(batch: &RecordBatch) -> Result<Vec<ArrayFormatter<'_>>> {
     static OPTIONS: std::sync::LazyLock<FormatOptions<'static>> =
         std::sync::LazyLock::new(|| FormatOptions::default().with_display_error(false));
-    batch
-        .columns()
-        .iter()
-        .map(|c| Ok(ArrayFormatter::try_new(c.as_ref(), &OPTIONS)?))
-        .collect()
+    batch.columns().iter().map(|c| Ok(ArrayFormatter::try_new(c.as_ref(), &OPTIONS)?)).collect()
 }
 
 /// One row as a JSON object `{"col": value, …}` on one line, leaving out `skip`.
@@ -199,7 +199,10 @@ mod tests {
         )
         .unwrap();
         let f = formatters(&batch).unwrap();
-        assert_eq!(json_row(&batch, &f, 0, None), r#"{"trip_date": "2024-05-25", "n": 3, "fare": 1234.50, "ratio": null}"#);
+        assert_eq!(
+            json_row(&batch, &f, 0, None),
+            r#"{"trip_date": "2024-05-25", "n": 3, "fare": 1234.50, "ratio": null}"#
+        );
         assert_eq!(json_row(&batch, &f, 0, Some(0)), r#"{"n": 3, "fare": 1234.50, "ratio": null}"#);
     }
 

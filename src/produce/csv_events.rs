@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime};
 
-use crate::event::{EventKind, END_FIELDS, START_FIELDS};
+use crate::event::{END_FIELDS, EventKind, START_FIELDS};
 use crate::stream::PutRecord;
 use crate::{Error, Result};
 
@@ -104,10 +104,7 @@ impl CsvFile {
             .flexible(true)
             .from_path(path)
             .map_err(|e| fail(format!("cannot open: {}; check the path (--start / --end)", csv_message(&e))))?;
-        let header = reader
-            .headers()
-            .map_err(|e| fail(format!("unreadable CSV header: {}", csv_message(&e))))?
-            .clone();
+        let header = reader.headers().map_err(|e| fail(format!("unreadable CSV header: {}", csv_message(&e))))?.clone();
         let names: Vec<String> = header.iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_owned()).collect();
         let fields = match kind {
             EventKind::Start => START_FIELDS,
@@ -173,7 +170,12 @@ impl CsvFile {
                 Ok(false) => break,
                 Ok(true) => {}
                 Err(e) => {
-                    not_sent.push(format!("{}:{}: {}; not sent", self.path.display(), line.max(2) - 1, csv_message(&e)));
+                    not_sent.push(format!(
+                        "{}:{}: {}; not sent",
+                        self.path.display(),
+                        line.max(2) - 1,
+                        csv_message(&e)
+                    ));
                     continue;
                 }
             }

@@ -58,11 +58,13 @@ pub async fn produce_csv(sink: &dyn StreamSink, start: &Path, end: &Path) -> Res
     }
     let mut scratch = Scratch::default();
     let mut failed = None;
-    let events = order.into_sorted()?.map_while(|next| match next.and_then(|(k, i)| files[usize::from(i)].event(&k, &mut scratch)) {
-        Ok(e) => Some((e.origin, e.record)),
-        Err(e) => {
-            failed = Some(e);
-            None
+    let events = order.into_sorted()?.map_while(|next| {
+        match next.and_then(|(k, i)| files[usize::from(i)].event(&k, &mut scratch)) {
+            Ok(e) => Some((e.origin, e.record)),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
         }
     });
     send(sink, events, &mut report).await?;
@@ -101,10 +103,7 @@ pub async fn produce_ndjson(sink: &dyn StreamSink, path: &Path) -> Result<Produc
             continue;
         }
         let partition_key = trip_id_of(&line).unwrap_or_else(|| format!("line-{number}"));
-        records.push((
-            format!("{}:{number}", path.display()),
-            PutRecord { partition_key, data: line.clone() },
-        ));
+        records.push((format!("{}:{number}", path.display()), PutRecord { partition_key, data: line.clone() }));
     }
     let mut report = ProduceReport::default();
     send(sink, records.into_iter(), &mut report).await?;

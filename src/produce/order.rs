@@ -125,7 +125,8 @@ impl TimeOrder {
             let keys = self.sorted_current();
             self.runs.push(Run { file, source: Source::Memory(keys.into_iter()) });
         }
-        let mut sorted = Sorted { heads: Vec::with_capacity(self.runs.len()), heap: BinaryHeap::new(), runs: self.runs };
+        let mut sorted =
+            Sorted { heads: Vec::with_capacity(self.runs.len()), heap: BinaryHeap::new(), runs: self.runs };
         for i in 0..sorted.runs.len() {
             let head = sorted.runs[i].next()?;
             sorted.push_head(i, head);

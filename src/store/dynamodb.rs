@@ -35,7 +35,8 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use super::{
-    EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup, TripItem, TripStore, TripUpdate,
+    EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup, TripItem, TripStore,
+    TripUpdate,
 };
 use crate::aws::{Aws, describe};
 use crate::event::{END_FIELDS, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
@@ -165,8 +166,11 @@ fn expression(u: &TripUpdate, plan: &Plan) -> Expression {
     let (completed, last_updated) = match (&p, &d) {
         (Some(p), Some(d)) => (true, p.max(d).clone()),
         (Some(mine), None) | (None, Some(mine)) => {
-            let (other_field, my_field) =
-                if p.is_some() { ("dropoff_datetime", "pickup_datetime") } else { ("pickup_datetime", "dropoff_datetime") };
+            let (other_field, my_field) = if p.is_some() {
+                ("dropoff_datetime", "pickup_datetime")
+            } else {
+                ("pickup_datetime", "dropoff_datetime")
+            };
             names.insert(format!("#{other_field}"), other_field.to_owned());
             match &plan.other {
                 Other::Absent => {
@@ -320,7 +324,8 @@ impl DynamoStore {
         };
         let key = |name: &str, ty: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(ty).build();
         let build = |e: aws_smithy_types::error::operation::BuildError| Error::Store(e.to_string());
-        let index_keys = vec![key("trip_date", KeyType::Hash).map_err(build)?, key("trip_id", KeyType::Range).map_err(build)?];
+        let index_keys =
+            vec![key("trip_date", KeyType::Hash).map_err(build)?, key("trip_id", KeyType::Range).map_err(build)?];
         let projection = Projection::builder().projection_type(ProjectionType::All).build();
         let created_table = match self
             .client
@@ -343,7 +348,9 @@ impl DynamoStore {
         {
             Ok(_) => true,
             Err(e) if e.code() == Some("ResourceInUseException") => false,
-            Err(e) => return Err(Error::Store(format!("cannot create DynamoDB table {}: {}", self.table, describe(&e)))),
+            Err(e) => {
+                return Err(Error::Store(format!("cannot create DynamoDB table {}: {}", self.table, describe(&e))));
+            }
         };
         if wait_until(&self.client, &self.table, &Statuses::table_active, TABLE_WAIT).await?.index.is_some() {
             wait_until(&self.client, &self.table, &Statuses::index_active, INDEX_WAIT).await?;
@@ -475,7 +482,8 @@ impl DynamoStore {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::Store(format!("Query of {} on {DATE_INDEX}: {}", self.table, describe(&e))))?;
+            let page =
+                page.map_err(|e| Error::Store(format!("Query of {} on {DATE_INDEX}: {}", self.table, describe(&e))))?;
             page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {

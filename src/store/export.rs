@@ -17,11 +17,12 @@ use arrow::compute::CastOptions;
 use arrow::datatypes::{Decimal128Type, SchemaRef, TimestampMicrosecondType};
 
 use super::TripItem;
-use crate::{cast, decimal, timestamp};
 use crate::event::{
-    DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC, timestamp_type,
+    DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC,
+    timestamp_type,
 };
 use crate::{Error, Result};
+use crate::{cast, decimal, timestamp};
 
 /// Rows per Arrow batch of an export, the same for every backend so their files agree.
 pub const EXPORT_BATCH_ROWS: usize = 65_536;
@@ -311,8 +312,10 @@ fn timestamp(cell: Cell<'_>, index: usize) -> Result<Option<i64>, Unreadable> {
     match cell {
         Cell::Null => Ok(None),
         Cell::Int(v) => Err(not_convertible(index, &v.to_string())),
-        Cell::Text(v) => cast::cast_one::<TimestampMicrosecondType>(v, &timestamp_type(), &strict(), timestamp::parse_plain)
-            .map_err(|_| not_convertible(index, v)),
+        Cell::Text(v) => {
+            cast::cast_one::<TimestampMicrosecondType>(v, &timestamp_type(), &strict(), timestamp::parse_plain)
+                .map_err(|_| not_convertible(index, v))
+        }
     }
 }
 
@@ -332,9 +335,9 @@ fn decimal(cell: Cell<'_>, index: usize) -> Result<Option<i128>, Unreadable> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, Decimal128Array, StringArray};
     use crate::ingest::validate::decimal_text;
     use crate::timestamp::format as format_timestamp;
+    use arrow::array::{Array, Decimal128Array, StringArray};
     use arrow::compute::cast_with_options;
     use proptest::prelude::*;
 
@@ -402,7 +405,10 @@ mod tests {
         cells[0] = Cell::Text("p1");
         cells[PICKUP] = Cell::Text("-0001-12-31T23:30:00.000000Z");
         let e = builder.push_into(&cells, &mut Vec::new()).unwrap_err().to_string();
-        assert!(e.starts_with("store: trip \"p1\": stored pickup_datetime \"-0001-12-31T23:30:00.000000Z\" cannot be read"), "{e}");
+        assert!(
+            e.starts_with("store: trip \"p1\": stored pickup_datetime \"-0001-12-31T23:30:00.000000Z\" cannot be read"),
+            "{e}"
+        );
         assert!(e.contains("Rewrite that attribute"), "{e}");
         assert!(builder.is_empty(), "the unreadable row is not counted");
     }

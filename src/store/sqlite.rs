@@ -21,7 +21,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
 use super::{
-    Cell, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem, TripStore, TripUpdate,
+    Cell, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem, TripStore,
+    TripUpdate,
 };
 use crate::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};
 use crate::sqlite::Db;
@@ -74,9 +75,7 @@ impl SqliteStore {
 }
 
 fn all_columns() -> Vec<&'static str> {
-    std::iter::once("trip_id")
-        .chain(START_FIELDS.iter().chain(END_FIELDS).map(|f| f.name))
-        .collect()
+    std::iter::once("trip_id").chain(START_FIELDS.iter().chain(END_FIELDS).map(|f| f.name)).collect()
 }
 
 /// The upsert: each group's columns change only where the incoming version is newer.
@@ -141,9 +140,9 @@ fn cell(value: ValueRef<'_>, column: usize) -> Result<Cell<'_>> {
     match value {
         ValueRef::Null => Ok(Cell::Null),
         ValueRef::Integer(v) => Ok(Cell::Int(v)),
-        ValueRef::Text(t) => std::str::from_utf8(t).map(Cell::Text).map_err(|_| {
-            Error::Store(format!("stored {} is not UTF-8 text", TRIP_SCHEMA.field(column).name()))
-        }),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .map(Cell::Text)
+            .map_err(|_| Error::Store(format!("stored {} is not UTF-8 text", TRIP_SCHEMA.field(column).name()))),
         ValueRef::Real(_) | ValueRef::Blob(_) => {
             Err(Error::Store(format!("stored {} is not text or an integer", TRIP_SCHEMA.field(column).name())))
         }
@@ -164,9 +163,8 @@ impl TripStore for SqliteStore {
                 let mut outcomes = vec![MergeOutcome::default(); updates.len()];
                 let mut written = 0;
                 {
-                    let mut versions = tx.prepare_cached(
-                        "SELECT pickup_datetime, dropoff_datetime FROM trips WHERE trip_id = ?1",
-                    )?;
+                    let mut versions =
+                        tx.prepare_cached("SELECT pickup_datetime, dropoff_datetime FROM trips WHERE trip_id = ?1")?;
                     let mut upsert = tx.prepare_cached(&upsert_sql())?;
                     for &i in &order {
                         let u = &updates[i];
@@ -267,11 +265,9 @@ mod tests {
     #[test]
     fn upsert_guards_every_column_with_its_group_version() {
         let sql = upsert_sql();
-        assert!(sql.contains(
-            "vendor_id = CASE WHEN excluded.pickup_datetime > coalesce(trips.pickup_datetime, '')"
-        ));
-        assert!(sql.contains(
-            "fare_amount = CASE WHEN excluded.dropoff_datetime > coalesce(trips.dropoff_datetime, '')"
-        ));
+        assert!(sql.contains("vendor_id = CASE WHEN excluded.pickup_datetime > coalesce(trips.pickup_datetime, '')"));
+        assert!(
+            sql.contains("fare_amount = CASE WHEN excluded.dropoff_datetime > coalesce(trips.dropoff_datetime, '')")
+        );
     }
 }

@@ -103,7 +103,9 @@ impl CheckpointStore for DynamoCheckpoints {
         match sent {
             Ok(_) => Ok(()),
             // Already at or past `seq`: a checkpoint never moves back.
-            Err(e) if matches!(e.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => Ok(()),
+            Err(e) if matches!(e.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => {
+                Ok(())
+            }
             Err(e) if e.code() == Some("ResourceNotFoundException") => Err(self.missing_table()),
             Err(e) => Err(Error::Stream(format!("writing the checkpoint of {consumer} in {shard}: {}", describe(&e)))),
         }
@@ -118,7 +120,10 @@ mod tests {
     fn order_keys_sort_as_numbers() {
         let k = |s: &str| order_key(&SequenceNumber(s.into())).unwrap();
         assert!(k("9") < k("10"));
-        assert!(k("49590338271490256608559692538361571095921575989136588802") > k("4959033827149025660855969253836157109592157598913658880"));
+        assert!(
+            k("49590338271490256608559692538361571095921575989136588802")
+                > k("4959033827149025660855969253836157109592157598913658880")
+        );
         assert_eq!(k("0007"), k("7"));
         assert!(order_key(&SequenceNumber("12a".into())).is_err());
     }

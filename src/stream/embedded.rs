@@ -13,8 +13,8 @@ use chrono::{TimeZone, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::{
-    CheckpointStore, PutRecord, ReadResult, Refused, SequenceNumber, ShardId, ShardIterator,
-    Shard, StartPosition, StreamRecord, StreamSink, StreamSource, refusal, shard_index, shard_name,
+    CheckpointStore, PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition,
+    StreamRecord, StreamSink, StreamSource, refusal, shard_index, shard_name,
 };
 use crate::sqlite::Db;
 use crate::{Error, Result};
@@ -73,14 +73,11 @@ impl EmbeddedStream {
                 "INSERT OR IGNORE INTO stream_meta (key, value) VALUES ('shard_count', ?1)",
                 [want.to_string()],
             )?;
-            let stored: String = conn.query_row(
-                "SELECT value FROM stream_meta WHERE key = 'shard_count'",
-                [],
-                |row| row.get(0),
-            )?;
-            stored.parse::<u32>().map_err(|_| {
-                Error::Stream(format!("{} holds a bad shard count {stored:?}", path.display()))
-            })?
+            let stored: String =
+                conn.query_row("SELECT value FROM stream_meta WHERE key = 'shard_count'", [], |row| row.get(0))?;
+            stored
+                .parse::<u32>()
+                .map_err(|_| Error::Stream(format!("{} holds a bad shard count {stored:?}", path.display())))?
         };
         if let Some(asked) = shards {
             if asked != shard_count {
@@ -114,9 +111,7 @@ fn shard_number(shard: &ShardId, count: u32) -> Result<u32> {
 }
 
 fn parse_position(it: &ShardIterator) -> Result<i64> {
-    it.position
-        .parse()
-        .map_err(|_| Error::Stream(format!("bad embedded iterator {:?}", it.position)))
+    it.position.parse().map_err(|_| Error::Stream(format!("bad embedded iterator {:?}", it.position)))
 }
 
 #[async_trait]
@@ -168,14 +163,14 @@ impl StreamSource for EmbeddedStream {
             .call(move |conn| {
                 Ok(match start {
                     StartPosition::TrimHorizon => 0,
-                    StartPosition::AfterSequenceNumber(seq) => seq.as_u64().ok_or_else(|| {
-                        Error::Stream(format!("bad embedded sequence number {seq}"))
-                    })? as i64,
-                    StartPosition::Latest => conn.query_row(
-                        "SELECT coalesce(max(seq), 0) FROM records WHERE shard = ?1",
-                        [n],
-                        |row| row.get(0),
-                    )?,
+                    StartPosition::AfterSequenceNumber(seq) => {
+                        seq.as_u64().ok_or_else(|| Error::Stream(format!("bad embedded sequence number {seq}")))? as i64
+                    }
+                    StartPosition::Latest => {
+                        conn.query_row("SELECT coalesce(max(seq), 0) FROM records WHERE shard = ?1", [n], |row| {
+                            row.get(0)
+                        })?
+                    }
                     StartPosition::AtTimestamp(at) => conn.query_row(
                         "SELECT coalesce(max(seq), 0) FROM records WHERE shard = ?1 AND arrival_ms < ?2",
                         params![n, at.timestamp_millis()],
@@ -210,10 +205,7 @@ impl StreamSource for EmbeddedStream {
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await?;
-        let next_after = records
-            .last()
-            .and_then(|r| r.sequence_number.as_u64())
-            .map_or(after, |s| s as i64);
+        let next_after = records.last().and_then(|r| r.sequence_number.as_u64()).map_or(after, |s| s as i64);
         Ok(ReadResult {
             caught_up: records.len() < limit,
             closed: false,
@@ -243,9 +235,8 @@ impl CheckpointStore for EmbeddedStream {
 
     async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()> {
         let (consumer, shard, seq) = (consumer.to_owned(), shard.clone(), seq.clone());
-        let padded = SequenceNumber::from_u64(
-            seq.as_u64().ok_or_else(|| Error::Stream(format!("bad sequence number {seq}")))?,
-        );
+        let padded =
+            SequenceNumber::from_u64(seq.as_u64().ok_or_else(|| Error::Stream(format!("bad sequence number {seq}")))?);
         self.db
             .call(move |conn| {
                 // Sequence numbers are zero-padded, so text order is number order and the

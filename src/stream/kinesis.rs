@@ -24,8 +24,8 @@ use chrono::{DateTime, Utc};
 use tracing::{debug, info, warn};
 
 use super::{
-    PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition,
-    StreamRecord, StreamSink, StreamSource, refusal,
+    PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamRecord,
+    StreamSink, StreamSource, refusal,
 };
 use crate::aws::{Aws, backoff, describe};
 use crate::{Error, Result};
@@ -107,10 +107,13 @@ impl KinesisStream {
     /// # Errors
     /// When Kinesis refuses, or the stream does not become active within two minutes.
     pub async fn create_if_missing(&self, shards: u32) -> Result<bool> {
-        let created = match self.client.create_stream().stream_name(&self.name).shard_count(shards as i32).send().await {
+        let created = match self.client.create_stream().stream_name(&self.name).shard_count(shards as i32).send().await
+        {
             Ok(_) => true,
             Err(e) if e.code() == Some("ResourceInUseException") => false,
-            Err(e) => return Err(Error::Stream(format!("cannot create Kinesis stream {}: {}", self.name, describe(&e)))),
+            Err(e) => {
+                return Err(Error::Stream(format!("cannot create Kinesis stream {}: {}", self.name, describe(&e))));
+            }
         };
         let began = Instant::now();
         loop {
@@ -161,14 +164,10 @@ impl KinesisStream {
                         .map_err(|e| Error::Stream(format!("PutRecords entry: {e}")))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let out = self
-                .client
-                .put_records()
-                .stream_name(&self.name)
-                .set_records(Some(entries))
-                .send()
-                .await
-                .map_err(|e| Error::Stream(format!("PutRecords to Kinesis stream {}: {}", self.name, describe(&e))))?;
+            let out =
+                self.client.put_records().stream_name(&self.name).set_records(Some(entries)).send().await.map_err(
+                    |e| Error::Stream(format!("PutRecords to Kinesis stream {}: {}", self.name, describe(&e))),
+                )?;
             if out.failed_record_count().unwrap_or(0) == 0 {
                 return Ok(());
             }
@@ -218,13 +217,14 @@ impl KinesisStream {
             Resume::At(ms) => req
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
                 .timestamp(aws_smithy_types::DateTime::from_millis(*ms)),
-            Resume::After(seq) => req
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq),
+            Resume::After(seq) => {
+                req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq)
+            }
         };
-        let out = req.send().await.map_err(|e| {
-            Error::Stream(format!("GetShardIterator for {} {shard}: {}", self.name, describe(&e)))
-        })?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| Error::Stream(format!("GetShardIterator for {} {shard}: {}", self.name, describe(&e))))?;
         let iterator = out
             .shard_iterator()
             .ok_or_else(|| Error::Stream(format!("GetShardIterator for {} {shard} returned no iterator", self.name)))?;
@@ -408,7 +408,11 @@ mod tests {
 
         let big: Vec<PutRecord> = (0..12).map(|i| rec(&format!("k{i}"), 1024 * 1024 - 8)).collect();
         let calls = put_calls(&big);
-        assert!(calls.iter().all(|c| c.iter().map(|r| r.data.len() + r.partition_key.len()).sum::<usize>() <= MAX_PUT_BYTES));
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.iter().map(|r| r.data.len() + r.partition_key.len()).sum::<usize>() <= MAX_PUT_BYTES)
+        );
         assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 12);
 
         let same = vec![rec("a", 1), rec("b", 1), rec("a", 1), rec("c", 1)];

@@ -44,7 +44,8 @@ fn assert_reason(reasons: &[String], expected: &str) {
 
 #[tokio::test]
 async fn not_json_truncated_json_and_non_objects() {
-    let r = reasons(&["not json at all", r#"{"event_type":"trip_end","trip_id":"t1""#, r#"["trip_end","t1"]"#, "42"]).await;
+    let r =
+        reasons(&["not json at all", r#"{"event_type":"trip_end","trip_id":"t1""#, r#"["trip_end","t1"]"#, "42"]).await;
     assert!(r[0][0].starts_with("record: not JSON"), "{:?}", r[0]);
     assert!(r[1][0].starts_with("record: not JSON"), "{:?}", r[1]);
     assert_eq!(r[2], ["record: JSON, but not an object"]);
@@ -93,10 +94,7 @@ async fn each_required_field_missing() {
 #[tokio::test]
 async fn a_missing_event_type_is_inferred_or_reasoned() {
     let r = reasons(&[r#"{"trip_id":"t1","fare_amount":3}"#]).await;
-    assert_eq!(
-        r[0],
-        ["event_type: missing, and neither pickup_datetime nor dropoff_datetime tells the kind"]
-    );
+    assert_eq!(r[0], ["event_type: missing, and neither pickup_datetime nor dropoff_datetime tells the kind"]);
 }
 
 #[tokio::test]
@@ -129,7 +127,9 @@ async fn non_iso_datetimes() {
 
 #[tokio::test]
 async fn fractional_ids() {
-    let r = reasons(&[&start_event("t1", "2024-05-25 13:19:00").replace(r#""pickup_location_id":93"#, r#""pickup_location_id":93.5"#)])
+    let r =
+        reasons(&[&start_event("t1", "2024-05-25 13:19:00")
+            .replace(r#""pickup_location_id":93"#, r#""pickup_location_id":93.5"#)])
         .await;
     assert_eq!(r[0], ["pickup_location_id: not a whole number: \"93.5\""]);
 }
@@ -158,7 +158,10 @@ async fn empty_trip_ids() {
 
 #[tokio::test]
 async fn every_reason_of_a_record_is_given() {
-    let r = reasons(&[r#"{"event_type":"start","trip_id":"","pickup_location_id":1.5,"vendor_id":"x","pickup_datetime":"yesterday"}"#]).await;
+    let r = reasons(&[
+        r#"{"event_type":"start","trip_id":"","pickup_location_id":1.5,"vendor_id":"x","pickup_datetime":"yesterday"}"#,
+    ])
+    .await;
     assert_reason(&r[0], "trip_id: empty");
     assert_reason(&r[0], "pickup_location_id: not a whole number: \"1.5\"");
     assert_reason(&r[0], "dropoff_location_id: missing");
@@ -184,10 +187,7 @@ async fn instants_outside_years_0001_to_9999_in_utc() {
     assert_eq!(r[0], outside("pickup_datetime", "0000-01-01T00:30:00+01:00", "-0001-12-31T23:30:00.000000Z"));
     assert_eq!(r[1], outside("pickup_datetime", "9999-12-31T23:30:00-01:00", "+10000-01-01T00:30:00.000000Z"));
     assert_eq!(r[2], outside("dropoff_datetime", "0000-12-31 23:59:59", "0000-12-31T23:59:59.000000Z"));
-    assert_eq!(
-        r[3],
-        outside("estimated_dropoff_datetime", "0001-01-01T00:00:00+00:01", "0000-12-31T23:59:00.000000Z")
-    );
+    assert_eq!(r[3], outside("estimated_dropoff_datetime", "0001-01-01T00:00:00+00:01", "0000-12-31T23:59:00.000000Z"));
 }
 
 /// The first and last representable instants are stored and reported exactly, and a

@@ -47,7 +47,11 @@ fn run_with_no_flags_works_from_the_repository_layout() {
     // Running again replays nothing: the stream is read from its checkpoints, and the
     // second produce's copies are duplicates.
     let again = tripflow(tmp.path(), &["run"]);
-    assert!(text(&again.stdout).contains("read 10000 = applied 0 + duplicate_or_stale 10000"), "{}", text(&again.stdout));
+    assert!(
+        text(&again.stdout).contains("read 10000 = applied 0 + duplicate_or_stale 10000"),
+        "{}",
+        text(&again.stdout)
+    );
 }
 
 #[test]
@@ -96,7 +100,9 @@ fn a_query_file_runs_as_it_stands_comments_and_all() {
     assert!(tripflow(tmp.path(), &["run", "--parquet"]).status.success());
     let daily = std::fs::read_to_string(tmp.path().join("queries/daily_kpis.sql")).unwrap();
     assert!(daily.starts_with("--"), "the file begins with a comment");
-    for args in [&["sql", "--file", "queries/daily_kpis.sql", "--format", "csv"][..], &["sql", "--format", "csv", "--", &daily]] {
+    for args in
+        [&["sql", "--file", "queries/daily_kpis.sql", "--format", "csv"][..], &["sql", "--format", "csv", "--", &daily]]
+    {
         let out = tripflow(tmp.path(), args);
         let stdout = text(&out.stdout);
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -123,7 +129,8 @@ fn produce_reports_bad_rows_and_oversized_records_and_sends_the_rest() {
          a,1,2,1,2024-05-25 13:00:00,,\nb,1,2\n",
     )
     .unwrap();
-    std::fs::write(tmp.path().join("e.csv"), "dropoff_datetime,fare_amount,trip_id\n2024-05-25 14:00:00,9.5,a\n").unwrap();
+    std::fs::write(tmp.path().join("e.csv"), "dropoff_datetime,fare_amount,trip_id\n2024-05-25 14:00:00,9.5,a\n")
+        .unwrap();
     let out = tripflow(tmp.path(), &["produce", "--start", "s.csv", "--end", "e.csv"]);
     assert!(out.status.success());
     assert!(text(&out.stderr).contains("s.csv:3: expected 7 fields, found 3; not sent"), "{}", text(&out.stderr));
@@ -131,7 +138,11 @@ fn produce_reports_bad_rows_and_oversized_records_and_sends_the_rest() {
 
     // 2 records from the NDJSON file, 2 from the CSV files. The "not json" line went through and is dead-lettered at ingest; the rest merge.
     let out = tripflow(tmp.path(), &["ingest"]);
-    assert!(text(&out.stdout).contains("read 4 = applied 3 + duplicate_or_stale 0 + dead_lettered 1"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("read 4 = applied 3 + duplicate_or_stale 0 + dead_lettered 1"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -146,7 +157,8 @@ fn ingest_follows_a_producer_in_another_process_and_stops_cleanly_on_sigterm() {
         .unwrap();
     let start = data_dir().join("trip_start.csv");
     let end = data_dir().join("trip_end.csv");
-    let produced = tripflow(tmp.path(), &["produce", "--start", start.to_str().unwrap(), "--end", end.to_str().unwrap()]);
+    let produced =
+        tripflow(tmp.path(), &["produce", "--start", start.to_str().unwrap(), "--end", end.to_str().unwrap()]);
     assert!(produced.status.success(), "{}", text(&produced.stderr));
 
     // Wait until the follower has merged every trip, then ask it to stop.

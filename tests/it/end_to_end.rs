@@ -131,9 +131,7 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
     let out = OutputLocation::parse(tmp.path().join("out").to_str().unwrap(), None).unwrap();
     let loaded = tripflow::kpi::queries::load(&queries).unwrap();
     let all = tripflow::kpi::DateSelection::All;
-    let report = tripflow::kpi::run(&home.store().unwrap(), &loaded, &all, &out, Default::default())
-        .await
-        .unwrap();
+    let report = tripflow::kpi::run(&home.store().unwrap(), &loaded, &all, &out, Default::default()).await.unwrap();
 
     let date = report.dates[0];
     let path = tmp.path().join(format!("out/kpi_output/date={date}/kpi.json"));
@@ -143,10 +141,8 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
     assert_eq!(per_vendor, kpi["total_trips"].as_u64().unwrap());
     assert!(vendors.iter().all(|v| v.get("trip_date").is_none() && v["vendor_id"].is_u64()));
 
-    let summary: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(tmp.path().join("out/kpi_output/summary/totals.json")).unwrap(),
-    )
-    .unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("out/kpi_output/summary/totals.json")).unwrap()).unwrap();
     assert_eq!(summary[0]["trips"].as_u64().unwrap() as usize, report.exported_rows);
 }
 

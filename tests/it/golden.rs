@@ -33,7 +33,10 @@ async fn every_query_matches_its_golden_output() {
     ingest(&home, &IngestOptions { batch_rows: 97, ..Default::default() }).await.unwrap();
 
     let queries = kpi::queries::load(&queries_dir()).unwrap();
-    let (results, _) = kpi::run_queries(&home.store().unwrap(), &queries, &DateSelection::All, kpi::ExportColumns::Queried).await.unwrap();
+    let (results, _) =
+        kpi::run_queries(&home.store().unwrap(), &queries, &DateSelection::All, kpi::ExportColumns::Queried)
+            .await
+            .unwrap();
     let golden_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let bless = std::env::var_os("TRIPFLOW_BLESS").is_some();
     for r in results {

@@ -10,20 +10,19 @@ use crate::common::{end_event, ingest, put_raw, start_event};
 
 /// A trip's events: one to three start versions and zero to three end versions.
 fn trip_events(trip: usize) -> impl Strategy<Value = Vec<String>> {
-    (
-        proptest::collection::vec(0u32..5, 1..=3),
-        proptest::collection::vec((0u32..5, 1u32..9999), 0..=3),
-    )
-        .prop_map(move |(starts, ends)| {
+    (proptest::collection::vec(0u32..5, 1..=3), proptest::collection::vec((0u32..5, 1u32..9999), 0..=3)).prop_map(
+        move |(starts, ends)| {
             let id = format!("trip-{trip}");
             let mut events: Vec<String> =
                 starts.iter().map(|m| start_event(&id, &format!("2024-05-25 13:1{m}:00"))).collect();
             // The fare depends on the version only, so equal versions are true duplicates.
-            events.extend(ends.iter().map(|(m, _)| {
-                end_event(&id, &format!("2024-05-25 23:5{m}:00"), &format!("{}.{}", 10 + m, m * 7))
-            }));
+            events.extend(
+                ends.iter()
+                    .map(|(m, _)| end_event(&id, &format!("2024-05-25 23:5{m}:00"), &format!("{}.{}", 10 + m, m * 7))),
+            );
             events
-        })
+        },
+    )
 }
 
 fn scenario() -> impl Strategy<Value = (Vec<String>, Vec<usize>, usize, usize)> {
@@ -32,12 +31,7 @@ fn scenario() -> impl Strategy<Value = (Vec<String>, Vec<usize>, usize, usize)> 
         .prop_map(|trips| trips.concat())
         .prop_flat_map(|events| {
             let len = events.len();
-            (
-                Just(events).prop_shuffle(),
-                proptest::collection::vec(0..len, 0..len + 1),
-                1usize..8,
-                1usize..8,
-            )
+            (Just(events).prop_shuffle(), proptest::collection::vec(0..len, 0..len + 1), 1usize..8, 1usize..8)
         })
 }
 

@@ -183,7 +183,9 @@ fn error_response(status: &str, json_target: bool, code: &str) -> Vec<u8> {
     } else {
         (
             "application/xml",
-            format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"),
+            format!(
+                "<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+            ),
         )
     };
     format!(

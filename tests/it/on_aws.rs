@@ -73,20 +73,26 @@ fn settings(start: &Path, end: &Path, home: &Path, out: OutputLocation) -> RunSe
 async fn embedded_run(start: &Path, end: &Path, tmp: &Path) -> (RunReport, BTreeMap<String, Vec<u8>>) {
     let out = tmp.join("embedded-out");
     let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
-    let (report, _) = pipeline::run(&settings(start, end, &tmp.join("embedded-home"), location), &AwsEnv::default())
-        .await
-        .unwrap();
+    let (report, _) =
+        pipeline::run(&settings(start, end, &tmp.join("embedded-home"), location), &AwsEnv::default()).await.unwrap();
     (report, read_tree(&out))
 }
 
 /// The run on Kinesis, DynamoDB and S3 through `aws`, and its output files, by path.
-async fn aws_run(aws: &Aws, r: &Resources, start: &Path, end: &Path, tmp: &Path) -> (RunReport, BTreeMap<String, Vec<u8>>) {
+async fn aws_run(
+    aws: &Aws,
+    r: &Resources,
+    start: &Path,
+    end: &Path,
+    tmp: &Path,
+) -> (RunReport, BTreeMap<String, Vec<u8>>) {
     let out = format!("s3://{}/nightly", r.bucket);
     let mut s = settings(start, end, &tmp.join("aws-home"), OutputLocation::parse(&out, Some(aws)).unwrap());
     s.stream = StreamUrl::Kinesis(r.stream.clone());
     s.store = StoreUrl::DynamoDb(r.table.clone());
     s.dead_letter = Some(format!("s3://{}/dead", r.bucket));
-    s.tuning = AwsTuning { checkpoint_table: r.checkpoints.clone(), read_interval: Duration::ZERO, ..Default::default() };
+    s.tuning =
+        AwsTuning { checkpoint_table: r.checkpoints.clone(), read_interval: Duration::ZERO, ..Default::default() };
     let (report, _) = pipeline::run(&s, &AwsEnv::fixed(aws.clone())).await.unwrap();
     (report, s3_tree(&moto::aws(), &r.bucket, "nightly").await)
 }
@@ -177,8 +183,10 @@ async fn dynamodb_writes_per_trip_are_one_in_one_batch_and_two_across_batches() 
     let opts = IngestOptions { batch_rows: 10_000, ..Default::default() };
     let ingest = || Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead };
 
-    let starts: Vec<Vec<u8>> = (0..40).map(|i| start_event(&format!("sep-{i}"), "2024-05-25 10:00:00").into_bytes()).collect();
-    let ends: Vec<Vec<u8>> = (0..40).map(|i| end_event(&format!("sep-{i}"), "2024-05-25 10:30:00", "12.5").into_bytes()).collect();
+    let starts: Vec<Vec<u8>> =
+        (0..40).map(|i| start_event(&format!("sep-{i}"), "2024-05-25 10:00:00").into_bytes()).collect();
+    let ends: Vec<Vec<u8>> =
+        (0..40).map(|i| end_event(&format!("sep-{i}"), "2024-05-25 10:30:00", "12.5").into_bytes()).collect();
     put_raw(&stream, &starts).await;
     let first = ingest().run(&opts).await.unwrap();
     put_raw(&stream, &ends).await;
@@ -189,7 +197,10 @@ async fn dynamodb_writes_per_trip_are_one_in_one_batch_and_two_across_batches() 
     let both: Vec<Vec<u8>> = (0..40)
         .flat_map(|i| {
             let id = format!("same-{i}");
-            [start_event(&id, "2024-05-25 11:00:00").into_bytes(), end_event(&id, "2024-05-25 11:20:00", "9").into_bytes()]
+            [
+                start_event(&id, "2024-05-25 11:00:00").into_bytes(),
+                end_event(&id, "2024-05-25 11:20:00", "9").into_bytes(),
+            ]
         })
         .collect();
     put_raw(&stream, &both).await;
@@ -290,7 +301,8 @@ async fn sql_over_snapshots_on_s3_prunes_by_date_and_is_read_only() {
     let (start, end) = input(&tmp.path().join("in"), 300);
     let root = format!("s3://{bucket}/nightly");
     let location = OutputLocation::parse(&root, Some(&aws)).unwrap();
-    let (_, kpi) = pipeline::run(&settings(&start, &end, &tmp.path().join("home"), location), &AwsEnv::default()).await.unwrap();
+    let (_, kpi) =
+        pipeline::run(&settings(&start, &end, &tmp.path().join("home"), location), &AwsEnv::default()).await.unwrap();
 
     let session = tripflow::sql::SqlSession::open(&root, Some(&aws)).await.unwrap();
     assert_eq!(session.tables(), ["trips", "kpis"]);

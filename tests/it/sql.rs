@@ -75,14 +75,16 @@ async fn sql_is_read_only_and_prints_every_format() {
     let tmp = tempfile::tempdir().unwrap();
     let (_home, out, _) = parquet_outputs(tmp.path()).await;
     let session = SqlSession::open(out.to_str().unwrap(), None).await.unwrap();
-    for statement in ["CREATE TABLE x AS SELECT 1", "INSERT INTO trips SELECT * FROM trips", "DROP TABLE trips", "SET datafusion.execution.batch_size = 1"] {
+    for statement in [
+        "CREATE TABLE x AS SELECT 1",
+        "INSERT INTO trips SELECT * FROM trips",
+        "DROP TABLE trips",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
         let err = session.query(statement).await.unwrap_err().to_string();
         assert!(err.contains("read-only"), "{statement}: {err}");
     }
-    let batches = session
-        .query("SELECT trip_date, total_trips FROM kpis ORDER BY trip_date LIMIT 2")
-        .await
-        .unwrap();
+    let batches = session.query("SELECT trip_date, total_trips FROM kpis ORDER BY trip_date LIMIT 2").await.unwrap();
     let table = render(&batches, Format::Table).unwrap();
     assert!(table.starts_with("+") && table.contains("| trip_date "), "{table}");
     let csv = render(&batches, Format::Csv).unwrap();

@@ -89,7 +89,11 @@ pub async fn export_by_date(store: &dyn TripStore) {
         .merge(vec![
             update("a", Some(start("10:00", 1)), Some(end("10:30", "7.25"))),
             update("b", Some(start("10:00", 1)), None),
-            update("c", None, Some(EndGroup { dropoff_datetime: "2024-05-26T00:10:00.000000Z".into(), ..end("00:00", "3") })),
+            update(
+                "c",
+                None,
+                Some(EndGroup { dropoff_datetime: "2024-05-26T00:10:00.000000Z".into(), ..end("00:00", "3") }),
+            ),
         ])
         .await
         .unwrap();

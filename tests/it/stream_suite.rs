@@ -16,9 +16,11 @@ async fn read_all(source: &dyn StreamSource, start: &StartPosition) -> Vec<(Stri
         loop {
             let r = source.read(&it, 3).await.unwrap();
             it = r.next;
-            out.extend(r.records.into_iter().map(|rec| {
-                (shard.clone(), rec.sequence_number, String::from_utf8(rec.data).unwrap())
-            }));
+            out.extend(
+                r.records
+                    .into_iter()
+                    .map(|rec| (shard.clone(), rec.sequence_number, String::from_utf8(rec.data).unwrap())),
+            );
             if r.caught_up {
                 break;
             }
@@ -192,7 +194,8 @@ mod kinesis {
         direct.put_records(&super::records(&keys, "1")).await.unwrap();
 
         let proxy = crate::moto::FaultProxy::expiring_iterators(&crate::moto::endpoint(), 2).await;
-        let through = KinesisStream::new(&tripflow::aws::Aws::for_endpoint(&proxy.url), &name).with_read_interval(Duration::ZERO);
+        let through =
+            KinesisStream::new(&tripflow::aws::Aws::for_endpoint(&proxy.url), &name).with_read_interval(Duration::ZERO);
         let all = super::read_all(&through, &tripflow::stream::StartPosition::TrimHorizon).await;
         let data: Vec<&str> = all.iter().map(|r| r.2.as_str()).collect();
         let expected: Vec<String> = keys.iter().map(|k| format!("{k}:1")).collect();
