@@ -153,24 +153,6 @@ impl Aws {
     }
 }
 
-/// Splits `s3://bucket/prefix` into the bucket and the prefix (without slashes at its
-/// ends). `flag` names the flag in the error.
-///
-/// # Errors
-/// When the URL is not of that form.
-pub fn s3_url(url: &str, flag: &str) -> Result<(String, String)> {
-    let rest = url.strip_prefix("s3://").ok_or_else(|| Error::Config(format!("{flag} {url}: not an s3:// URL")))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let valid = (3..=63).contains(&bucket.len())
-        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if !valid {
-        return Err(Error::Config(format!(
-            "{flag} {url}: {bucket:?} is not a bucket name; write s3://BUCKET/PREFIX with a bucket of 3-63 lowercase letters, digits, '-' or '.'"
-        )));
-    }
-    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
-}
-
 /// Hands the SDK's credential chain to object_store, caching each credential until five
 /// minutes before it expires.
 #[derive(Debug)]
@@ -185,10 +167,10 @@ impl CredentialProvider for SdkCredentials {
 
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
         let margin = Duration::from_secs(300);
-        if let Some((credential, expiry)) = self.cached.lock().expect("credential cache").as_ref() {
-            if expiry.is_none_or(|at| SystemTime::now() + margin < at) {
-                return Ok(credential.clone());
-            }
+        if let Some((credential, expiry)) = self.cached.lock().expect("credential cache").as_ref()
+            && expiry.is_none_or(|at| SystemTime::now() + margin < at)
+        {
+            return Ok(credential.clone());
         }
         let c = self
             .provider

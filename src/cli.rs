@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
 use crate::kpi::{self, Formats, KpiReport, OutputLocation};
+use crate::location::{Kind, Location};
 use crate::pipeline::{self, RunSettings};
 use crate::produce::{self, ProduceReport};
 use crate::stream::StartPosition;
@@ -150,9 +151,9 @@ pub struct KpiOutArgs {
     /// Output location for kpi_output/…: a directory, file:// or s3://bucket/prefix URL.
     #[arg(long, env = "TRIPFLOW_OUT", default_value = "./tripflow-out")]
     pub out: String,
-    /// Folder of KPI queries, one per .sql file.
-    #[arg(long, env = "TRIPFLOW_QUERIES", default_value = "./queries")]
-    pub queries: PathBuf,
+    /// Folder of KPI queries, one per .sql file; without it, the shipped queries/ (built in).
+    #[arg(long, env = "TRIPFLOW_QUERIES")]
+    pub queries: Option<PathBuf>,
     /// Also write kpi.parquet beside each kpi.json, and a Parquet snapshot of the trips
     /// under snapshots/trip_date=YYYY-MM-DD/.
     #[arg(long, env = "TRIPFLOW_PARQUET")]
@@ -361,8 +362,9 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
         }
     }
     for (flag, url) in [("--out", &a.out), ("--dead-letter", &a.dead_letter)] {
-        if let Some(url) = url.as_deref().filter(|u| u.starts_with("s3://")) {
-            let (bucket, _) = crate::aws::s3_url(url, flag)?;
+        if let Location::S3 { bucket, .. } =
+            Location::parse(flag, url.as_deref(), &[Kind::Embedded, Kind::Local, Kind::S3])?
+        {
             let created = aws.get().await?.create_bucket_if_missing(&bucket).await?;
             println!("{}  S3 bucket {bucket}", said(created));
         }
@@ -545,7 +547,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 lookback: a.lookback,
             };
             let dates = config::date_selection(&flags, chrono::Utc::now().date_naive())?;
-            let queries = kpi::queries::load(&a.kpi.queries)?;
+            let queries = kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
             let out = config::open_output(&a.kpi.out, aws).await?;
             let store = config::open_store(
                 &StoreUrl::parse(a.store.store.as_deref())?,
@@ -563,14 +565,14 @@ pub async fn execute(cli: Cli) -> Result<()> {
             let out = config::open_output(&a.kpi.out, aws).await?;
             let store_url = StoreUrl::parse(a.store.store.as_deref())?;
             let t = tuning(None, Some(&a.store));
-            kpi::queries::load(&a.kpi.queries)?;
+            kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
             let stop = stop_on_signal();
             let formats = Formats { parquet: a.kpi.parquet };
             let (home, out, queries, lookback, store_url, t) =
-                (&home, &out, &a.kpi.queries, a.lookback, &store_url, &t);
+                (&home, &out, a.kpi.queries.as_deref(), a.lookback, &store_url, &t);
             crate::schedule::run(&schedule, &crate::schedule::SystemClock, &stop, |at| async move {
                 // Queries are read at each run, so an edited file takes effect at the next one.
-                let queries = kpi::queries::load(queries)?;
+                let queries = kpi::queries::load_or_builtin(queries)?;
                 let flags = config::DateFlags { lookback, ..Default::default() };
                 let dates = config::date_selection(&flags, at.date_naive())?;
                 let store = config::open_store(store_url, home, aws, t).await?;

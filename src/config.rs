@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 use crate::aws::Aws;
 use crate::deadletter::{DeadLetterSink, FileDeadLetters, ObjectDeadLetters};
 use crate::kpi::{DateSelection, OutputLocation};
+use crate::location::{Kind, Location};
 use crate::store::TripStore;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
@@ -118,32 +119,15 @@ pub enum StoreUrl {
     DynamoDb(String),
 }
 
-fn aws_name(url: &str, flag: &str, scheme: &str, what: &str, min: usize, max: usize) -> Result<String> {
-    let name = url.strip_prefix(scheme).unwrap_or_default().trim_end_matches('/');
-    let ok =
-        (min..=max).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if !ok {
-        return Err(Error::Config(format!(
-            "{flag} {url}: {name:?} is not a {what} name; use {min}-{max} letters, digits, '_', '.' or '-'"
-        )));
-    }
-    Ok(name.to_owned())
-}
-
 impl StreamUrl {
     /// Parses `--stream`.
     ///
     /// # Errors
     /// When it is neither `kinesis://NAME` nor `embedded`.
     pub fn parse(url: Option<&str>) -> Result<Self> {
-        match url.map(str::trim) {
-            None | Some("") | Some("embedded") => Ok(StreamUrl::Embedded),
-            Some(u) if u.starts_with("kinesis://") => {
-                Ok(StreamUrl::Kinesis(aws_name(u, "--stream", "kinesis://", "Kinesis stream", 1, 128)?))
-            }
-            Some(u) => Err(Error::Config(format!(
-                "--stream {u}: give kinesis://STREAM-NAME, or leave --stream out for the embedded stream under --home"
-            ))),
+        match Location::parse("--stream", url, &[Kind::Embedded, Kind::Kinesis])? {
+            Location::Kinesis(name) => Ok(StreamUrl::Kinesis(name)),
+            _ => Ok(StreamUrl::Embedded),
         }
     }
 }
@@ -154,14 +138,9 @@ impl StoreUrl {
     /// # Errors
     /// When it is neither `dynamodb://TABLE` nor `embedded`.
     pub fn parse(url: Option<&str>) -> Result<Self> {
-        match url.map(str::trim) {
-            None | Some("") | Some("embedded") => Ok(StoreUrl::Embedded),
-            Some(u) if u.starts_with("dynamodb://") => {
-                Ok(StoreUrl::DynamoDb(aws_name(u, "--store", "dynamodb://", "DynamoDB table", 3, 255)?))
-            }
-            Some(u) => Err(Error::Config(format!(
-                "--store {u}: give dynamodb://TABLE, or leave --store out for the embedded table under --home"
-            ))),
+        match Location::parse("--store", url, &[Kind::Embedded, Kind::DynamoDb])? {
+            Location::DynamoDb(table) => Ok(StoreUrl::DynamoDb(table)),
+            _ => Ok(StoreUrl::Embedded),
         }
     }
 }
@@ -258,26 +237,14 @@ pub async fn open_dead_letters(
     home: &Home,
     aws: &AwsEnv,
 ) -> Result<(Arc<dyn DeadLetterSink>, String)> {
-    match url.map(str::trim).filter(|u| !u.is_empty()) {
-        None => Ok((Arc::new(home.dead_letters()?), home.dead_letter_path().display().to_string())),
-        Some(u) if u.starts_with("s3://") => {
-            let (bucket, prefix) = crate::aws::s3_url(u, "--dead-letter")?;
+    match Location::parse("--dead-letter", url, &[Kind::Embedded, Kind::Local, Kind::S3])? {
+        Location::S3 { bucket, prefix } => {
             let store = aws.get().await?.s3(&bucket)?;
-            let display = format!("{}/dead_letters/", u.trim_end_matches('/'));
+            let display = format!("{}/dead_letters/", url.unwrap_or_default().trim().trim_end_matches('/'));
             Ok((Arc::new(ObjectDeadLetters::new(store, &prefix, &display)), display))
         }
-        Some(u) => {
-            let path = match u.split_once("://") {
-                None => PathBuf::from(u),
-                Some(("file", p)) => PathBuf::from(p),
-                Some((scheme, _)) => {
-                    return Err(Error::Config(format!(
-                        "--dead-letter {u}: {scheme}:// is not supported; give a file path, a file:// URL or s3://bucket/prefix"
-                    )));
-                }
-            };
-            Ok((Arc::new(FileDeadLetters::open(&path)?), path.display().to_string()))
-        }
+        Location::Local(path) => Ok((Arc::new(FileDeadLetters::open(&path)?), path.display().to_string())),
+        _ => Ok((Arc::new(home.dead_letters()?), home.dead_letter_path().display().to_string())),
     }
 }
 
@@ -286,10 +253,9 @@ pub async fn open_dead_letters(
 /// # Errors
 /// See [`OutputLocation::parse`].
 pub async fn open_output(out: &str, aws: &AwsEnv) -> Result<OutputLocation> {
-    if out.trim_start().starts_with("s3://") {
-        OutputLocation::parse(out, Some(aws.get().await?))
-    } else {
-        OutputLocation::parse(out, None)
+    match Location::parse("--out", Some(out), &[Kind::Local, Kind::S3])? {
+        Location::S3 { .. } => OutputLocation::parse(out, Some(aws.get().await?)),
+        _ => OutputLocation::parse(out, None),
     }
 }
 
@@ -335,7 +301,15 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
         (None, Some(_)) => {
             return Err(Error::Config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26".into()));
         }
-        (None, None) => (today - chrono::Days::new(u64::from(flags.lookback)), today),
+        (None, None) => {
+            let from = today.checked_sub_days(chrono::Days::new(u64::from(flags.lookback))).ok_or_else(|| {
+                Error::Config(format!(
+                    "--lookback {} reaches before the first representable date; give a number of days such as 1",
+                    flags.lookback
+                ))
+            })?;
+            (from, today)
+        }
     };
     if from > to {
         return Err(Error::Config(format!("--from {from} is after --to {to}; swap them")));
@@ -392,6 +366,8 @@ mod tests {
             sel(DateFlags { to: s("2024-05-25"), ..Default::default() }).unwrap_err().to_string().contains("--from")
         );
         assert!(sel(DateFlags { from: s("2024-05-27"), to: s("2024-05-25"), ..Default::default() }).is_err());
+        let far = sel(DateFlags { lookback: 4_000_000_000, ..Default::default() }).unwrap_err().to_string();
+        assert!(far.contains("--lookback 4000000000"), "a huge lookback is an error, not a panic: {far}");
     }
 
     #[test]
@@ -403,6 +379,9 @@ mod tests {
         );
         assert!(StreamUrl::parse(Some("kafka://x")).unwrap_err().to_string().contains("kinesis://STREAM-NAME"));
         assert!(StreamUrl::parse(Some("kinesis://")).unwrap_err().to_string().contains("not a Kinesis stream name"));
+        assert!(
+            StreamUrl::parse(Some("dynamodb://bolt")).unwrap_err().to_string().contains("dynamodb:// is not supported")
+        );
         assert_eq!(StoreUrl::parse(Some("dynamodb://bolt")).unwrap(), StoreUrl::DynamoDb("bolt".into()));
         assert!(StoreUrl::parse(Some("dynamodb://a/b")).is_err());
         assert!(StoreUrl::parse(Some("postgres://x")).unwrap_err().to_string().contains("dynamodb://TABLE"));

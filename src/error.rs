@@ -42,6 +42,22 @@ pub enum Error {
     InjectedFault(&'static str),
 }
 
+impl Error {
+    /// The stage that failed, as one word: `config`, `input`, `stream`, `store`,
+    /// `query`, `output` (or `injected` for a test's fault).
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Input { .. } => "input",
+            Error::Stream(_) => "stream",
+            Error::Store(_) => "store",
+            Error::Query { .. } => "query",
+            Error::Output(_) => "output",
+            Error::InjectedFault(_) => "injected",
+        }
+    }
+}
+
 /// `Result` with the library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -19,12 +19,13 @@
 //!   is the embedded trip table.
 //! - [`deadletter`]: where rejected records go, with every reason.
 //! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion.
+//! - [`lambda`]: the ingest and KPI stages as AWS Lambda functions (`tripflow-lambda`).
 //! - [`synthetic`]: deterministic synthetic input shaped like the real exports.
 //! - [`event`]: event kinds, field names and the Arrow schemas shared by all stages;
 //!   [`decimal`] and [`timestamp`]: exact, fast text ↔ Arrow values, for validation,
 //!   the store and export ([`cast`] holds what the two share).
-//! - [`config`]: checked settings shared by the commands; [`pipeline`] chains the stages
-//!   for `tripflow run`.
+//! - [`config`]: checked settings shared by the commands, with backends chosen by URL
+//!   through one parser, [`location`]; [`pipeline`] chains the stages for `tripflow run`.
 #![warn(missing_docs)]
 
 pub mod aws;
@@ -37,6 +38,8 @@ pub mod error;
 pub mod event;
 pub mod ingest;
 pub mod kpi;
+pub mod lambda;
+pub mod location;
 pub mod memory;
 pub mod pipeline;
 pub mod produce;

@@ -36,8 +36,8 @@ pub struct RunSettings {
     pub shards: Option<u32>,
     /// Where KPI files go.
     pub out: OutputLocation,
-    /// The KPI queries folder.
-    pub queries: PathBuf,
+    /// The KPI queries folder; `None` for the built-in queries.
+    pub queries: Option<PathBuf>,
     /// Ingest settings.
     pub ingest: IngestOptions,
     /// Extra KPI output formats.
@@ -103,7 +103,7 @@ fn rate(n: u64, seconds: f64) -> f64 {
 /// When an input, a backend, a query or an output fails; bad records are not errors.
 pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, KpiReport)> {
     let began = Instant::now();
-    let queries = kpi::queries::load(&settings.queries)?;
+    let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
     let opened = config::open_stream(&settings.stream, &settings.home, settings.shards, aws, &settings.tuning).await?;
     let store = config::open_store(&settings.store, &settings.home, aws, &settings.tuning).await?;
     let (dead_letters, dead_letter_file) =

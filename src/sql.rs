@@ -21,6 +21,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::aws::Aws;
 use crate::event::TRIP_SCHEMA;
+use crate::location::{Kind, Location};
 use crate::{Error, Result};
 
 /// How results are printed.
@@ -125,9 +126,8 @@ impl SqlSession {
     /// When `root` does not exist or holds neither snapshots nor KPI Parquet files.
     pub async fn open(root: &str, aws: Option<&Aws>) -> Result<Self> {
         let ctx = SessionContext::new();
-        let location = match root.split_once("://") {
-            Some(("s3", _)) => {
-                let (bucket, prefix) = crate::aws::s3_url(root, "--snapshots")?;
+        let location = match Location::parse("--snapshots", Some(root), &[Kind::Local, Kind::S3])? {
+            Location::S3 { bucket, prefix } => {
                 let aws =
                     aws.ok_or_else(|| Error::Config(format!("--snapshots {root}: S3 needs the AWS configuration")))?;
                 let store = aws.s3(&bucket)?;
@@ -136,21 +136,16 @@ impl SqlSession {
                 ctx.register_object_store(&url, store.clone());
                 Root::Store { store, bucket, prefix }
             }
-            Some((scheme, _)) if scheme != "file" => {
-                return Err(Error::Config(format!(
-                    "--snapshots {root}: {scheme}:// is not supported; give a local folder, a file:// URL or s3://bucket/prefix"
-                )));
-            }
-            _ => {
-                let path = Path::new(root.strip_prefix("file://").unwrap_or(root));
+            Location::Local(path) => {
                 if !path.is_dir() {
                     return Err(Error::Config(format!(
                         "--snapshots {}: no such folder; give the --out folder of a 'tripflow kpi --parquet' run",
                         path.display()
                     )));
                 }
-                Root::Local(path.to_owned())
+                Root::Local(path)
             }
+            _ => unreachable!("--snapshots takes local paths and s3:// URLs only"),
         };
         let mut tables = Vec::new();
         for (name, dir, partition) in [("trips", "snapshots", "trip_date"), ("kpis", "kpi_output", "date")] {

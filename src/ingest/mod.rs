@@ -93,7 +93,8 @@ impl IngestCounts {
         self.read == self.applied + self.duplicate_or_stale + self.dead_lettered
     }
 
-    fn add(&mut self, o: &IngestCounts) {
+    /// Adds another run's (or batch's) counts to these.
+    pub fn add(&mut self, o: &IngestCounts) {
         self.read += o.read;
         self.applied += o.applied;
         self.duplicate_or_stale += o.duplicate_or_stale;
@@ -240,38 +241,7 @@ impl Ingest<'_> {
         opts: &IngestOptions,
         done_batches: u64,
     ) -> Result<IngestCounts> {
-        let read = batch.len() as u64;
-        let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
-        let mut validated = validate::validate(&decoded)?;
-        drop(decoded);
-        let coalesced = coalesce::coalesce(&validated);
-        let groups: u64 =
-            coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
-        // What the records are still needed for, the dead letters and each shard's last
-        // position, is taken now: the batch and its Arrow columns are freed before the
-        // merge, the longest step, so two batches' worth never meet in memory.
-        let letters: Vec<DeadLetter> = batch
-            .iter()
-            .zip(std::mem::take(&mut validated.reasons))
-            .filter(|(_, reasons)| !reasons.is_empty())
-            .map(|(p, reasons)| DeadLetter {
-                shard: shards[p.shard].clone(),
-                sequence_number: p.record.sequence_number.clone(),
-                partition_key: p.record.partition_key.clone(),
-                raw: p.record.data.clone(),
-                reasons,
-            })
-            .collect();
-        let mut last: Vec<Option<SequenceNumber>> = vec![None; shards.len()];
-        for p in batch {
-            last[p.shard] = Some(p.record.sequence_number);
-        }
-        drop(validated);
-
-        let writes_before = self.store.write_requests();
-        let outcomes = self.store.merge(coalesced.updates).await?;
-        let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
-        self.dead_letters.write(&letters).await?;
+        let (counts, last) = merge_batch(self.store, self.dead_letters, shards, batch).await?;
 
         if opts.crash_after_batches.is_some_and(|n| done_batches + 1 >= n) {
             return Err(Error::InjectedFault("after merge, before checkpoint"));
@@ -282,24 +252,77 @@ impl Ingest<'_> {
                 self.checkpoints.set(&opts.consumer, shard, seq).await?;
             }
         }
-
-        let counts = IngestCounts {
-            read,
-            applied,
-            duplicate_or_stale: coalesced.superseded as u64 + groups - applied,
-            dead_lettered: letters.len() as u64,
-            batches: 1,
-            store_writes: self.store.write_requests() - writes_before,
-        };
-        debug!(
-            rows = counts.read,
-            applied = counts.applied,
-            duplicate_or_stale = counts.duplicate_or_stale,
-            dead_lettered = counts.dead_lettered,
-            "Flushed batch."
-        );
         Ok(counts)
     }
+}
+
+/// One micro-batch through every stage but the checkpoint: decode into Arrow, validate
+/// column-wise, coalesce each trip's events, merge them into `store` with the conditional
+/// write, and dead-letter the rejected records. `shards` names the shard of each
+/// [`Pending::shard`] index. `tripflow ingest` and the Lambda ingest handler both call
+/// this, so the two cannot drift apart.
+///
+/// Returns the batch's counts and, per shard, the last sequence number it held: once
+/// this returns, every record up to that position is merged or dead-lettered, so a
+/// checkpoint may move there.
+///
+/// # Errors
+/// When the store or the dead-letter output fails (after its own retries). Part of the
+/// batch may then be merged; replaying it is harmless.
+pub async fn merge_batch(
+    store: &dyn TripStore,
+    dead_letters: &dyn DeadLetterSink,
+    shards: &[ShardId],
+    batch: Vec<Pending>,
+) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>)> {
+    let read = batch.len() as u64;
+    let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
+    let mut validated = validate::validate(&decoded)?;
+    drop(decoded);
+    let coalesced = coalesce::coalesce(&validated);
+    let groups: u64 = coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
+    // What the records are still needed for, the dead letters and each shard's last
+    // position, is taken now: the batch and its Arrow columns are freed before the
+    // merge, the longest step, so two batches' worth never meet in memory.
+    let letters: Vec<DeadLetter> = batch
+        .iter()
+        .zip(std::mem::take(&mut validated.reasons))
+        .filter(|(_, reasons)| !reasons.is_empty())
+        .map(|(p, reasons)| DeadLetter {
+            shard: shards[p.shard].clone(),
+            sequence_number: p.record.sequence_number.clone(),
+            partition_key: p.record.partition_key.clone(),
+            raw: p.record.data.clone(),
+            reasons,
+        })
+        .collect();
+    let mut last: Vec<Option<SequenceNumber>> = vec![None; shards.len()];
+    for p in batch {
+        last[p.shard] = Some(p.record.sequence_number);
+    }
+    drop(validated);
+
+    let writes_before = store.write_requests();
+    let outcomes = store.merge(coalesced.updates).await?;
+    let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
+    dead_letters.write(&letters).await?;
+
+    let counts = IngestCounts {
+        read,
+        applied,
+        duplicate_or_stale: coalesced.superseded as u64 + groups - applied,
+        dead_lettered: letters.len() as u64,
+        batches: 1,
+        store_writes: store.write_requests() - writes_before,
+    };
+    debug!(
+        rows = counts.read,
+        applied = counts.applied,
+        duplicate_or_stale = counts.duplicate_or_stale,
+        dead_lettered = counts.dead_lettered,
+        "Flushed batch."
+    );
+    Ok((counts, last))
 }
 
 #[cfg(test)]

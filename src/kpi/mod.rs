@@ -131,15 +131,15 @@ fn read_columns(planned: &[(&KpiQuery, DataFrame)]) -> Result<Option<BTreeSet<us
     for (q, df) in planned {
         let plan = df.clone().into_optimized_plan().map_err(|e| query_error(q, &e))?;
         plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                if scan.table_name.table() == "trips" {
-                    match &scan.projection {
-                        Some(p) => read.extend(p.iter().copied()),
-                        None => all = true,
-                    }
-                    for filter in &scan.filters {
-                        read.extend(filter.column_refs().iter().filter_map(|c| TRIP_SCHEMA.index_of(&c.name).ok()));
-                    }
+            if let LogicalPlan::TableScan(scan) = node
+                && scan.table_name.table() == "trips"
+            {
+                match &scan.projection {
+                    Some(p) => read.extend(p.iter().copied()),
+                    None => all = true,
+                }
+                for filter in &scan.filters {
+                    read.extend(filter.column_refs().iter().filter_map(|c| TRIP_SCHEMA.index_of(&c.name).ok()));
                 }
             }
             Ok(TreeNodeRecursion::Continue)
@@ -268,10 +268,13 @@ async fn write_snapshots(export: &[RecordBatch], out: &OutputLocation) -> Result
 
 type Rendered = (BTreeMap<String, String>, Vec<(String, String)>);
 
+/// A date's `kpi.json` in the making: the default query's flat fields, then each
+/// further query's rows, by stem.
+type DateFields = (Vec<String>, Vec<(String, Vec<String>)>);
+
 /// Builds the files' text: per date, and per date-less query.
 fn render(results: &[QueryResult]) -> Result<Rendered> {
-    // date -> (flat fields of the default query, [(stem, rows)])
-    let mut dates: BTreeMap<String, (Vec<String>, Vec<(String, Vec<String>)>)> = BTreeMap::new();
+    let mut dates: BTreeMap<String, DateFields> = BTreeMap::new();
     let mut summaries = Vec::new();
     for r in results {
         let stem = &r.query.stem;

@@ -19,6 +19,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::aws::Aws;
+use crate::location::{Kind, Location};
 use crate::{Error, Result};
 
 /// Where KPI outputs go: an object store and a prefix inside it.
@@ -36,27 +37,17 @@ impl OutputLocation {
     /// # Errors
     /// When the URL's scheme is not supported or the directory cannot be created.
     pub fn parse(out: &str, aws: Option<&Aws>) -> Result<Self> {
-        if out.trim().is_empty() {
-            return Err(Error::Config("--out is empty; give a directory such as ./tripflow-out".into()));
-        }
-        let path = match out.split_once("://") {
-            None => std::path::PathBuf::from(out),
-            Some(("file", rest)) => std::path::PathBuf::from(rest),
-            Some(("s3", _)) => {
-                let (bucket, prefix) = crate::aws::s3_url(out, "--out")?;
+        let path = match Location::parse("--out", Some(out), &[Kind::Local, Kind::S3])? {
+            Location::S3 { bucket, prefix } => {
                 let aws = aws.ok_or_else(|| Error::Config(format!("--out {out}: S3 needs the AWS configuration")))?;
                 return Ok(OutputLocation {
                     store: aws.s3(&bucket)?,
                     prefix: ObjectPath::from(prefix.as_str()),
-                    display: out.trim_end_matches('/').to_owned(),
+                    display: out.trim().trim_end_matches('/').to_owned(),
                 });
             }
-            Some((scheme, _)) => {
-                return Err(Error::Config(format!(
-                    "--out {out}: {scheme}:// outputs are not supported; \
-                     give a local directory, a file:// URL or an s3://bucket/prefix URL"
-                )));
-            }
+            Location::Local(path) => path,
+            _ => unreachable!("--out takes local paths and s3:// URLs only"),
         };
         std::fs::create_dir_all(&path).map_err(|e| {
             Error::Output(format!("cannot create output directory {}: {e}; choose a writable --out", path.display()))

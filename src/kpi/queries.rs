@@ -1,4 +1,6 @@
-//! KPI definitions: one SQL query per `.sql` file, read at run time.
+//! KPI definitions: one SQL query per `.sql` file, read at run time from `--queries`,
+//! or the shipped ones in `queries/`, which are compiled into the binaries
+//! ([`builtin`]) so that `tripflow kpi` and the Lambda function need no folder.
 //!
 //! A file may open with a comment header:
 //!
@@ -54,6 +56,35 @@ impl KpiQuery {
     }
 }
 
+/// The queries of the repository's `queries/` folder, as compiled into the binary, in
+/// file-name order.
+const BUILTIN: [(&str, &str); 3] = [
+    ("daily_kpis.sql", include_str!("../../queries/daily_kpis.sql")),
+    ("fares_by_payment_type.sql", include_str!("../../queries/fares_by_payment_type.sql")),
+    ("trips_by_hour.sql", include_str!("../../queries/trips_by_hour.sql")),
+];
+
+/// The shipped queries, compiled in: what `queries/` held when the binary was built.
+/// Their paths read `queries/NAME.sql (built in)` in messages.
+pub fn builtin() -> Vec<KpiQuery> {
+    BUILTIN
+        .iter()
+        .map(|(file, sql)| {
+            let mut query = KpiQuery::parse(Path::new(file), (*sql).to_owned());
+            query.path = PathBuf::from(format!("queries/{file} (built in)"));
+            query
+        })
+        .collect()
+}
+
+/// The queries of `dir`, or the [`builtin`] ones when `dir` is `None`.
+///
+/// # Errors
+/// See [`load`].
+pub fn load_or_builtin(dir: Option<&Path>) -> Result<Vec<KpiQuery>> {
+    dir.map_or_else(|| Ok(builtin()), load)
+}
+
 /// Reads every `*.sql` file of `dir`, in file-name order.
 ///
 /// # Errors
@@ -95,6 +126,16 @@ mod tests {
         let bare = KpiQuery::parse(Path::new("x.sql"), "SELECT 1".into());
         assert_eq!(bare.name, "x");
         assert!(bare.description.is_none());
+    }
+
+    #[test]
+    fn the_builtin_queries_are_the_shipped_folder() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("queries");
+        let shipped = load(&dir).unwrap();
+        let builtin = builtin();
+        let names = |qs: &[KpiQuery]| qs.iter().map(|q| (q.stem.clone(), q.sql.clone())).collect::<Vec<_>>();
+        assert_eq!(names(&builtin), names(&shipped), "queries/ changed: update BUILTIN in kpi/queries.rs");
+        assert_eq!(builtin[0].path, Path::new("queries/daily_kpis.sql (built in)"));
     }
 
     #[test]

@@ -79,14 +79,14 @@ impl EmbeddedStream {
                 .parse::<u32>()
                 .map_err(|_| Error::Stream(format!("{} holds a bad shard count {stored:?}", path.display())))?
         };
-        if let Some(asked) = shards {
-            if asked != shard_count {
-                return Err(Error::Config(format!(
-                    "the stream in {} has {shard_count} shards, but --shards asks for {asked}; \
-                     omit --shards or use a new --home",
-                    home.display()
-                )));
-            }
+        if let Some(asked) = shards
+            && asked != shard_count
+        {
+            return Err(Error::Config(format!(
+                "the stream in {} has {shard_count} shards, but --shards asks for {asked}; \
+                 omit --shards or use a new --home",
+                home.display()
+            )));
         }
         Ok(EmbeddedStream { db, shard_count, path })
     }

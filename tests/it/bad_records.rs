@@ -87,7 +87,7 @@ async fn each_required_field_missing() {
     let refs: Vec<&str> = bad.iter().map(String::as_str).collect();
     let r = reasons(&refs).await;
     for (got, want) in r.iter().zip(&expected) {
-        assert_eq!(got, &[want.clone()]);
+        assert_eq!(got, std::slice::from_ref(want));
     }
 }
 

@@ -74,7 +74,7 @@ async fn run_over_data_matches_an_independent_computation() {
         tuning: Default::default(),
         shards: Some(4),
         out: OutputLocation::parse(tmp.path().join("out").to_str().unwrap(), None).unwrap(),
-        queries: queries_dir(),
+        queries: Some(queries_dir()),
         ingest: IngestOptions { batch_rows: 1000, ..Default::default() },
         formats: Default::default(),
     };

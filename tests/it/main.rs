@@ -2,7 +2,8 @@
 //!
 //! The conformance suites (`stream_suite`, `store_suite`) hold one body per behaviour,
 //! written against the traits; each backend's tests call them. The AWS backends' tests
-//! need the emulator (`moto`): `bash .ci/run` starts it, and without it they fail.
+//! need the emulator (`moto`): `bash .ci/run` starts it, and without it they fail. The
+//! `lambda` tests run the real `tripflow-lambda` binary against a Runtime API served here.
 
 mod bad_records;
 mod cli;
@@ -10,6 +11,7 @@ mod common;
 mod crash;
 mod end_to_end;
 mod golden;
+mod lambda;
 mod merge_props;
 mod moto;
 mod on_aws;

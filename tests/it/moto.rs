@@ -210,7 +210,7 @@ async fn serve(
     let json_target = head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:"));
     if head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:") && l.ends_with(".GetRecords")) {
         let n = counts.get_records.fetch_add(1, Ordering::Relaxed) + 1;
-        if expire_every > 0 && n % expire_every == 0 {
+        if expire_every > 0 && n.is_multiple_of(expire_every) {
             counts.expired.fetch_add(1, Ordering::Relaxed);
             return conn.write_all(&error_response("400 Bad Request", true, "ExpiredIteratorException")).await;
         }

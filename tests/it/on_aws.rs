@@ -63,7 +63,7 @@ fn settings(start: &Path, end: &Path, home: &Path, out: OutputLocation) -> RunSe
         tuning: AwsTuning::default(),
         shards: None,
         out,
-        queries: queries_dir(),
+        queries: Some(queries_dir()),
         ingest: IngestOptions { batch_rows: 500, linger: Duration::from_millis(20), ..Default::default() },
         formats: Formats { parquet: true },
     }
@@ -98,7 +98,7 @@ async fn aws_run(
 }
 
 /// Every object under `prefix` of `bucket`, by path below the prefix.
-async fn s3_tree(aws: &Aws, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+pub(crate) async fn s3_tree(aws: &Aws, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let store = aws.s3(bucket).unwrap();
     let prefix = object_store::path::Path::from(prefix);
     let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();

@@ -1,0 +1,497 @@
+//! The AWS Lambda functions: the ingest and KPI stages behind the Lambda Runtime API, for
+//! a deployment as the original pipeline ran (`deploy/template.yaml`).
+//!
+//! One binary, `tripflow-lambda`, serves both; the template's `Handler` (given to custom
+//! runtimes in `_HANDLER`) picks one. Both are configured by the CLI's variables and
+//! build their clients, store and outputs once, at init, never per invocation.
+//!
+//! - **ingest** takes a Kinesis batch through [`crate::ingest::merge_batch`], the code
+//!   path of `tripflow ingest`. Lambda owns the checkpoints here (DESIGN §4): the batch
+//!   succeeds when every record is merged or dead-lettered; a store or dead-letter
+//!   failure is returned as an error, so Lambda retries or bisects and the merge makes
+//!   the replay harmless. Near the deadline it stops between chunks and names the first
+//!   record it did not process in `batchItemFailures`; Lambda resumes from there.
+//! - **kpi** takes an EventBridge Scheduler payload (`{"scheduled_time": …}`: that UTC
+//!   date and the lookback days before it) or a backfill (`{"dates": [...]}`), exports
+//!   those dates through the table's date index and writes the files `tripflow kpi` would.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lambda_events::event::kinesis::KinesisEvent;
+use aws_lambda_events::event::streams::KinesisEventResponse;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl};
+use crate::deadletter::DeadLetterSink;
+use crate::ingest::batcher::Pending;
+use crate::ingest::{IngestCounts, merge_batch};
+use crate::kpi::{self, DateSelection, Formats, KpiQuery, OutputLocation};
+use crate::location::{Kind, Location};
+use crate::store::TripStore;
+use crate::stream::{SequenceNumber, ShardId, StreamRecord};
+use crate::{Error, Result};
+
+/// Records merged between two looks at the deadline.
+pub const DEFAULT_CHUNK_RECORDS: usize = 500;
+/// Time kept in hand at the deadline, beyond the longest chunk so far: enough to answer
+/// the Runtime API before Lambda stops the invocation.
+pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_secs(3);
+
+/// Which function an invocation runs: the template's `Handler`, in `_HANDLER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Kinesis batches into the trip table.
+    Ingest,
+    /// The nightly (or backfill) KPI run.
+    Kpi,
+}
+
+impl Handler {
+    /// Parses the value of `_HANDLER`.
+    ///
+    /// # Errors
+    /// When it is missing or not one of `ingest` and `kpi`.
+    pub fn parse(value: Option<&str>) -> Result<Self> {
+        match value.map(str::trim) {
+            Some("ingest") => Ok(Handler::Ingest),
+            Some("kpi") => Ok(Handler::Kpi),
+            other => Err(Error::Config(format!(
+                "_HANDLER is {}; set the function's Handler to 'ingest' (Kinesis batches) or 'kpi' (the nightly KPI run)",
+                other.map_or_else(|| "not set".to_owned(), |v| format!("{v:?}"))
+            ))),
+        }
+    }
+}
+
+/// The function's settings, from the same `TRIPFLOW_*` variables as the CLI.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `TRIPFLOW_STORE`: `dynamodb://TABLE` (required).
+    pub store: StoreUrl,
+    /// `TRIPFLOW_DEAD_LETTER`: `s3://BUCKET/PREFIX` or a path (required by ingest).
+    pub dead_letter: Option<String>,
+    /// `TRIPFLOW_OUT`: `s3://BUCKET/PREFIX` or a path (required by kpi).
+    pub out: Option<String>,
+    /// `TRIPFLOW_LOOKBACK`: days before the scheduled date a nightly run also covers.
+    pub lookback: u32,
+    /// `TRIPFLOW_QUERIES`: a folder of `.sql` files; the built-in queries without it.
+    pub queries: Option<PathBuf>,
+    /// `TRIPFLOW_PARQUET`: also write `kpi.parquet` and the snapshots.
+    pub parquet: bool,
+    /// `TRIPFLOW_WRITE_CONCURRENCY`, `TRIPFLOW_SCAN_SEGMENTS`.
+    pub tuning: AwsTuning,
+}
+
+impl Settings {
+    /// Reads the settings through `var` (the process environment in the binary).
+    ///
+    /// # Errors
+    /// When a variable is missing or invalid; the message names it and what to set.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let store = match Location::parse("TRIPFLOW_STORE", var("TRIPFLOW_STORE").as_deref(), &[Kind::DynamoDb])? {
+            Location::DynamoDb(table) => StoreUrl::DynamoDb(table),
+            _ => unreachable!("only dynamodb:// is accepted"),
+        };
+        let number = |name: &str| -> Result<Option<u64>> {
+            var(name)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| Error::Config(format!("{name} {v:?} is not a whole number")))
+                })
+                .transpose()
+        };
+        let mut tuning = AwsTuning::default();
+        if let Some(n) = number("TRIPFLOW_WRITE_CONCURRENCY")? {
+            tuning.write_concurrency = usize::try_from(n).unwrap_or(usize::MAX).max(1);
+        }
+        if let Some(n) = number("TRIPFLOW_SCAN_SEGMENTS")? {
+            tuning.scan_segments = u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1_000_000);
+        }
+        let lookback = match number("TRIPFLOW_LOOKBACK")? {
+            None => 1,
+            Some(n) if n <= MAX_LOOKBACK_DAYS => n as u32,
+            Some(n) => {
+                return Err(Error::Config(format!("TRIPFLOW_LOOKBACK {n} is more than {MAX_LOOKBACK_DAYS} days")));
+            }
+        };
+        let parquet = match var("TRIPFLOW_PARQUET").as_deref().map(str::trim) {
+            None | Some("" | "false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => return Err(Error::Config(format!("TRIPFLOW_PARQUET {other:?}: set true or false"))),
+        };
+        Ok(Settings {
+            store,
+            dead_letter: var("TRIPFLOW_DEAD_LETTER").filter(|v| !v.trim().is_empty()),
+            out: var("TRIPFLOW_OUT").filter(|v| !v.trim().is_empty()),
+            lookback,
+            queries: var("TRIPFLOW_QUERIES").filter(|v| !v.trim().is_empty()).map(PathBuf::from),
+            parquet,
+            tuning,
+        })
+    }
+}
+
+/// The longest lookback a nightly run takes: ten years of days.
+pub const MAX_LOOKBACK_DAYS: u64 = 3660;
+
+/// Where a Lambda function keeps nothing: the embedded backends are never opened, but
+/// [`config`]'s openers take a home.
+fn no_home() -> Result<Home> {
+    Home::new(std::env::temp_dir().join("tripflow"))
+}
+
+/// The ingest function: its store and dead-letter output, opened once.
+pub struct IngestFunction {
+    store: Arc<dyn TripStore>,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    /// Records merged between two looks at the deadline.
+    pub chunk_records: usize,
+    /// Time kept in hand at the deadline.
+    pub deadline_margin: Duration,
+}
+
+/// What one ingest invocation did: the counts of its one log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IngestSummary {
+    /// Records handed to this invocation.
+    pub records: u64,
+    /// Counts of the records processed (`read` may be fewer than `records` near the
+    /// deadline).
+    pub counts: IngestCounts,
+}
+
+impl IngestFunction {
+    /// Opens the store and the dead-letter output the settings name.
+    ///
+    /// # Errors
+    /// When `TRIPFLOW_DEAD_LETTER` is not set, or a backend cannot be opened (a missing
+    /// table, say).
+    pub async fn open(settings: &Settings, aws: &AwsEnv) -> Result<Self> {
+        let Some(dead_letter) = settings.dead_letter.as_deref() else {
+            return Err(Error::Config(
+                "TRIPFLOW_DEAD_LETTER is not set; set it to s3://BUCKET/PREFIX, where rejected records are kept".into(),
+            ));
+        };
+        let home = no_home()?;
+        let store = config::open_store(&settings.store, &home, aws, &settings.tuning).await?;
+        let (dead_letters, _) = config::open_dead_letters(Some(dead_letter), &home, aws).await?;
+        Ok(Self::new(store, dead_letters))
+    }
+
+    /// A function over a store and a dead-letter output already opened.
+    pub fn new(store: Arc<dyn TripStore>, dead_letters: Arc<dyn DeadLetterSink>) -> Self {
+        IngestFunction {
+            store,
+            dead_letters,
+            chunk_records: DEFAULT_CHUNK_RECORDS,
+            deadline_margin: DEFAULT_DEADLINE_MARGIN,
+        }
+    }
+
+    /// Merges a Kinesis batch, chunk by chunk, until done or near `deadline`; `now`
+    /// tells the time (the system clock in the binary).
+    ///
+    /// # Errors
+    /// When a record's envelope lacks its position, or the store or the dead-letter
+    /// output fails after its retries: Lambda then retries the batch (or bisects it),
+    /// and the replay is harmless.
+    pub async fn handle(
+        &self,
+        event: KinesisEvent,
+        deadline: SystemTime,
+        now: impl Fn() -> SystemTime,
+    ) -> Result<(KinesisEventResponse, IngestSummary)> {
+        let records = event.records.len() as u64;
+        let mut shards: Vec<ShardId> = Vec::new();
+        let mut batch = Vec::with_capacity(event.records.len());
+        for (i, r) in event.records.into_iter().enumerate() {
+            // eventID is "shardId-000000000000:<sequence number>".
+            let shard = r.event_id.as_deref().and_then(|id| id.split_once(':')).map(|(shard, _)| shard.to_owned());
+            let sequence_number = r.kinesis.sequence_number;
+            let (Some(shard), false) = (shard, sequence_number.is_empty()) else {
+                return Err(Error::Stream(format!(
+                    "Kinesis event record {i} has no eventID \"shardId-…:SEQUENCE\" or no sequenceNumber; \
+                     is the function wired to a Kinesis event source mapping?"
+                )));
+            };
+            let index = shards.iter().position(|s| *s == shard).unwrap_or_else(|| {
+                shards.push(shard);
+                shards.len() - 1
+            });
+            let record = StreamRecord {
+                sequence_number: SequenceNumber(sequence_number),
+                partition_key: r.kinesis.partition_key,
+                data: r.kinesis.data.0,
+                arrival: r.kinesis.approximate_arrival_timestamp.0,
+            };
+            batch.push(Pending { shard: index, record });
+        }
+
+        let mut response = KinesisEventResponse::default();
+        let mut counts = IngestCounts::default();
+        let mut longest = Duration::ZERO;
+        let mut rest = batch.into_iter().peekable();
+        while rest.peek().is_some() {
+            let began = now();
+            let left = deadline.duration_since(began).unwrap_or_default();
+            if left < self.deadline_margin + longest {
+                let first = rest.peek().expect("a record is left");
+                response.add_failure(first.record.sequence_number.0.clone());
+                break;
+            }
+            let chunk: Vec<Pending> = rest.by_ref().take(self.chunk_records.max(1)).collect();
+            let (chunk_counts, _) =
+                merge_batch(self.store.as_ref(), self.dead_letters.as_ref(), &shards, chunk).await?;
+            counts.add(&chunk_counts);
+            longest = longest.max(now().duration_since(began).unwrap_or_default());
+        }
+        let summary = IngestSummary { records, counts };
+        info!(
+            records,
+            read = counts.read,
+            applied = counts.applied,
+            duplicate_or_stale = counts.duplicate_or_stale,
+            dead_lettered = counts.dead_lettered,
+            store_writes = counts.store_writes,
+            stopped_at = response.batch_item_failures.first().and_then(|f| f.item_identifier.as_deref()),
+            "Merged Kinesis batch."
+        );
+        Ok((response, summary))
+    }
+}
+
+/// What the KPI function is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum KpiRequest {
+    /// A backfill: exactly these dates.
+    Dates {
+        /// `YYYY-MM-DD` dates.
+        dates: Vec<String>,
+    },
+    /// EventBridge Scheduler's payload (the template sets it): the UTC date of
+    /// `scheduled_time` and the lookback days before it.
+    Scheduled {
+        /// RFC 3339, e.g. `2024-05-26T23:59:00Z`.
+        scheduled_time: String,
+    },
+    /// A scheduled EventBridge rule's event: its `time`, read as `scheduled_time`.
+    Rule {
+        /// RFC 3339.
+        time: String,
+    },
+}
+
+/// What a KPI invocation wrote; the function's response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KpiSummary {
+    /// The dates asked for.
+    pub requested: Vec<NaiveDate>,
+    /// The dates that had completed trips, each with a `kpi.json`.
+    pub dates: Vec<NaiveDate>,
+    /// Every file written.
+    pub files: Vec<String>,
+    /// Trips exported to the query engine.
+    pub exported_rows: usize,
+}
+
+/// The KPI function: its store, queries and output, opened once.
+pub struct KpiFunction {
+    store: Arc<dyn TripStore>,
+    queries: Vec<KpiQuery>,
+    out: OutputLocation,
+    lookback: u32,
+    formats: Formats,
+}
+
+impl KpiFunction {
+    /// Opens the store and output, and loads the queries, that the settings name.
+    ///
+    /// # Errors
+    /// When `TRIPFLOW_OUT` is not set, a query folder cannot be read, or a backend
+    /// cannot be opened.
+    pub async fn open(settings: &Settings, aws: &AwsEnv) -> Result<Self> {
+        let Some(out) = settings.out.as_deref() else {
+            return Err(Error::Config(
+                "TRIPFLOW_OUT is not set; set it to s3://BUCKET/PREFIX for the KPI files".into(),
+            ));
+        };
+        let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
+        let out = config::open_output(out, aws).await?;
+        let store = config::open_store(&settings.store, &no_home()?, aws, &settings.tuning).await?;
+        Ok(KpiFunction {
+            store,
+            queries,
+            out,
+            lookback: settings.lookback,
+            formats: Formats { parquet: settings.parquet },
+        })
+    }
+
+    /// The dates a request covers.
+    ///
+    /// # Errors
+    /// When a date or time does not parse.
+    pub fn dates(&self, request: &KpiRequest) -> Result<Vec<NaiveDate>> {
+        let scheduled = |time: &str| -> Result<Vec<NaiveDate>> {
+            let at = DateTime::parse_from_rfc3339(time.trim()).map_err(|e| {
+                Error::Config(format!(
+                    "scheduled_time {time:?} is not an RFC 3339 time ({e}), e.g. 2024-05-26T23:59:00Z"
+                ))
+            })?;
+            let flags = config::DateFlags { lookback: self.lookback, ..Default::default() };
+            match config::date_selection(&flags, at.with_timezone(&Utc).date_naive())? {
+                DateSelection::Dates(dates) => Ok(dates),
+                DateSelection::All => unreachable!("a lookback selects dates"),
+            }
+        };
+        match request {
+            KpiRequest::Dates { dates } if dates.is_empty() => {
+                Err(Error::Config("\"dates\" is empty; list the YYYY-MM-DD dates to report".into()))
+            }
+            KpiRequest::Dates { dates } => dates.iter().map(|d| config::parse_date(d)).collect(),
+            KpiRequest::Scheduled { scheduled_time: time } | KpiRequest::Rule { time } => scheduled(time),
+        }
+    }
+
+    /// Runs the KPI job for the request's dates.
+    ///
+    /// # Errors
+    /// When the request is not understood, a query fails or an output cannot be written.
+    pub async fn handle(&self, request: serde_json::Value) -> Result<KpiSummary> {
+        let request: KpiRequest = serde_json::from_value(request.clone()).map_err(|_| {
+            Error::Config(format!(
+                "the KPI function takes {{\"scheduled_time\": \"2024-05-26T23:59:00Z\"}} or {{\"dates\": [\"2024-05-25\"]}}, \
+                 not {request}"
+            ))
+        })?;
+        let requested = self.dates(&request)?;
+        let selection = DateSelection::Dates(requested.clone());
+        let report = kpi::run(self.store.as_ref(), &self.queries, &selection, &self.out, self.formats).await?;
+        info!(requested = requested.len(), dates = report.dates.len(), files = report.files.len(), "KPI run done.");
+        Ok(KpiSummary { requested, dates: report.dates, files: report.files, exported_rows: report.exported_rows })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::deadletter::FileDeadLetters;
+    use crate::store::sqlite::SqliteStore;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn an_unknown_handler_names_the_valid_ones() {
+        assert_eq!(Handler::parse(Some("ingest")).unwrap(), Handler::Ingest);
+        assert_eq!(Handler::parse(Some("kpi")).unwrap(), Handler::Kpi);
+        for bad in [None, Some("bootstrap")] {
+            let err = Handler::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("'ingest'") && err.contains("'kpi'"), "{err}");
+        }
+    }
+
+    #[test]
+    fn settings_come_from_the_cli_variables() {
+        let s = Settings::from_vars(vars(&[
+            ("TRIPFLOW_STORE", "dynamodb://bolt"),
+            ("TRIPFLOW_OUT", "s3://bucket/prefix"),
+            ("TRIPFLOW_LOOKBACK", "3"),
+            ("TRIPFLOW_WRITE_CONCURRENCY", "8"),
+        ]))
+        .unwrap();
+        assert_eq!(s.store, StoreUrl::DynamoDb("bolt".into()));
+        assert_eq!((s.out.as_deref(), s.dead_letter.as_deref(), s.lookback), (Some("s3://bucket/prefix"), None, 3));
+        assert_eq!(s.tuning.write_concurrency, 8);
+        let err = |pairs: &[(&str, &str)]| Settings::from_vars(vars(pairs)).unwrap_err().to_string();
+        assert!(err(&[]).contains("TRIPFLOW_STORE"));
+        assert!(err(&[("TRIPFLOW_STORE", "embedded")]).contains("dynamodb://TABLE"));
+        assert!(err(&[("TRIPFLOW_STORE", "dynamodb://bolt"), ("TRIPFLOW_LOOKBACK", "4000000000")]).contains("3660"));
+        assert!(err(&[("TRIPFLOW_STORE", "dynamodb://bolt"), ("TRIPFLOW_LOOKBACK", "-1")]).contains("whole number"));
+    }
+
+    fn event(records: &[(&str, String)]) -> KinesisEvent {
+        let records: Vec<serde_json::Value> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (trip, data))| {
+                use base64::Engine;
+                serde_json::json!({
+                    "eventID": format!("shardId-000000000000:{:056}", i + 1),
+                    "eventSource": "aws:kinesis",
+                    "kinesis": {
+                        "approximateArrivalTimestamp": 1716643140.5,
+                        "data": base64::engine::general_purpose::STANDARD.encode(data),
+                        "partitionKey": trip,
+                        "sequenceNumber": format!("{:056}", i + 1),
+                    }
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+    }
+
+    fn start(trip: &str) -> String {
+        format!(
+            r#"{{"trip_id":"{trip}","pickup_location_id":1,"dropoff_location_id":2,"vendor_id":1,"pickup_datetime":"2024-05-25 10:00:00"}}"#
+        )
+    }
+
+    /// A clock that moves one second each time it is read.
+    fn ticking(from: SystemTime) -> impl Fn() -> SystemTime {
+        let t = Mutex::new(from);
+        move || {
+            let mut t = t.lock().unwrap();
+            *t += Duration::from_secs(1);
+            *t
+        }
+    }
+
+    #[tokio::test]
+    async fn near_the_deadline_the_first_record_not_processed_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(tmp.path()).unwrap());
+        let dead = Arc::new(FileDeadLetters::open(&tmp.path().join("dead.ndjson")).unwrap());
+        let mut f = IngestFunction::new(store.clone(), dead);
+        f.chunk_records = 2;
+        f.deadline_margin = Duration::from_secs(3);
+        let trips: Vec<(&str, String)> = ["a", "b", "c", "d", "e", "f"].iter().map(|t| (*t, start(t))).collect();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // The clock reads t0+1 before chunk 1 (5 s left: it runs, taking 1 s), then t0+3
+        // before chunk 2: 3 s left, less than the 3 s margin plus that 1 s, so it stops.
+        let (response, summary) = f.handle(event(&trips), t0 + Duration::from_secs(6), ticking(t0)).await.unwrap();
+        assert_eq!(summary.counts.read, 2);
+        assert_eq!(summary.records, 6);
+        let named: Vec<_> = response.batch_item_failures.iter().map(|f| f.item_identifier.clone().unwrap()).collect();
+        assert_eq!(named, [format!("{:056}", 3)], "the first record of the chunk not run");
+        for (trip, stored) in [("a", true), ("b", true), ("c", false), ("f", false)] {
+            assert_eq!(store.get(trip).await.unwrap().is_some(), stored, "{trip}");
+        }
+
+        // With time enough, the whole batch is merged and nothing is named.
+        let (response, summary) = f.handle(event(&trips), t0 + Duration::from_secs(60), ticking(t0)).await.unwrap();
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!((summary.counts.read, summary.counts.applied, summary.counts.duplicate_or_stale), (6, 4, 2));
+    }
+
+    #[tokio::test]
+    async fn a_record_without_its_position_fails_the_invocation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(tmp.path()).unwrap());
+        let dead = Arc::new(FileDeadLetters::open(&tmp.path().join("dead.ndjson")).unwrap());
+        let f = IngestFunction::new(store, dead);
+        let mut e = event(&[("a", start("a"))]);
+        e.records[0].event_id = None;
+        let err = f.handle(e, SystemTime::now() + Duration::from_secs(60), SystemTime::now).await.unwrap_err();
+        assert!(err.to_string().contains("eventID"), "{err}");
+    }
+}

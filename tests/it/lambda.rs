@@ -1,0 +1,411 @@
+//! The real `tripflow-lambda` binary against a Lambda Runtime API served here, with
+//! DynamoDB and S3 on the emulator: `data/` fed as Kinesis events (some batches twice),
+//! then the KPI function, whose files must be byte-identical to `tripflow run`'s; and the
+//! failures: a malformed envelope, records that fail validation, the deadline, an
+//! unknown `_HANDLER`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tripflow::config::{AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
+use tripflow::ingest::IngestOptions;
+use tripflow::kpi::{Formats, OutputLocation};
+use tripflow::pipeline::{self, RunSettings};
+use tripflow::store::TripStore;
+use tripflow::store::dynamodb::DynamoStore;
+use tripflow::stream::{StartPosition, StreamSource};
+
+use crate::common::{data_dir, read_tree, start_event};
+use crate::moto::{self, unique};
+use crate::on_aws::s3_tree;
+
+/// How long any one wait for the binary may take before the test fails.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// What the function answered to one invocation.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// `POST /runtime/invocation/{id}/response`, with its body.
+    Response(Value),
+    /// `POST /runtime/invocation/{id}/error`, with its body.
+    Error(Value),
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<(String, Vec<u8>, u64)>,
+    outcomes: HashMap<String, Outcome>,
+    init_error: Option<Value>,
+    next_id: u64,
+}
+
+/// The Lambda Runtime API (`/2018-06-01/runtime/…`), as the Lambda service serves it
+/// to a custom runtime: `invocation/next` blocks until an event is queued.
+struct RuntimeApi {
+    addr: String,
+    state: Mutex<State>,
+    changed: tokio::sync::Notify,
+}
+
+impl RuntimeApi {
+    async fn start() -> Arc<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = Arc::new(RuntimeApi {
+            addr: listener.local_addr().unwrap().to_string(),
+            state: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
+        });
+        let served = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                let api = served.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| answer(api.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                        .await;
+                });
+            }
+        });
+        api
+    }
+
+    /// Queues an event with the deadline `deadline` and waits for the function's answer.
+    async fn invoke(&self, event: &Value, deadline: SystemTime) -> Outcome {
+        let id = {
+            let mut state = self.state.lock().unwrap();
+            state.next_id += 1;
+            let id = format!("request-{}", state.next_id);
+            let ms = deadline.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+            state.queue.push_back((id.clone(), serde_json::to_vec(event).unwrap(), ms));
+            id
+        };
+        self.changed.notify_waiters();
+        self.wait(|s| s.outcomes.remove(&id)).await
+    }
+
+    /// Invokes with a minute to go.
+    async fn invoke_now(&self, event: &Value) -> Outcome {
+        self.invoke(event, SystemTime::now() + Duration::from_secs(60)).await
+    }
+
+    async fn wait<T>(&self, mut found: impl FnMut(&mut State) -> Option<T>) -> T {
+        let waited = tokio::time::timeout(WAIT, async {
+            loop {
+                let changed = self.changed.notified();
+                if let Some(t) = found(&mut self.state.lock().unwrap()) {
+                    return t;
+                }
+                changed.await;
+            }
+        });
+        waited.await.expect("the function did not answer within two minutes")
+    }
+}
+
+fn reply(status: StatusCode) -> Response<Full<Bytes>> {
+    Response::builder().status(status).body(Full::new(Bytes::new())).unwrap()
+}
+
+async fn answer(api: Arc<RuntimeApi>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let parts: Vec<&str> = path.strip_prefix("/2018-06-01/runtime/").unwrap_or("").split('/').collect();
+    let json = || {
+        serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()))
+    };
+    match (method, parts.as_slice()) {
+        (Method::GET, ["invocation", "next"]) => loop {
+            let changed = api.changed.notified();
+            let next = api.state.lock().unwrap().queue.pop_front();
+            if let Some((id, event, deadline_ms)) = next {
+                let response = Response::builder()
+                    .header("Lambda-Runtime-Aws-Request-Id", id)
+                    .header("Lambda-Runtime-Deadline-Ms", deadline_ms.to_string())
+                    .header(
+                        "Lambda-Runtime-Invoked-Function-Arn",
+                        "arn:aws:lambda:us-east-1:123456789012:function:tripflow",
+                    )
+                    .header("Lambda-Runtime-Trace-Id", "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1")
+                    .body(Full::new(Bytes::from(event)))
+                    .unwrap();
+                return Ok(response);
+            }
+            changed.await;
+        },
+        (Method::POST, ["invocation", id, kind @ ("response" | "error")]) => {
+            let outcome = if *kind == "response" { Outcome::Response(json()) } else { Outcome::Error(json()) };
+            api.state.lock().unwrap().outcomes.insert((*id).to_owned(), outcome);
+            api.changed.notify_waiters();
+            Ok(reply(StatusCode::ACCEPTED))
+        }
+        (Method::POST, ["init", "error"]) => {
+            api.state.lock().unwrap().init_error = Some(json());
+            api.changed.notify_waiters();
+            Ok(reply(StatusCode::ACCEPTED))
+        }
+        _ => Ok(reply(StatusCode::NOT_FOUND)),
+    }
+}
+
+/// The `tripflow-lambda` binary, serving `api`, killed when dropped.
+struct Function {
+    child: tokio::process::Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Function {
+    fn start(api: &RuntimeApi, handler: &str, vars: &[(&str, String)]) -> Self {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        // stdout (the function's log, as Lambda captures it) and stderr, in one file.
+        let append = || std::fs::OpenOptions::new().append(true).open(log.path()).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tripflow-lambda"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+            .env("AWS_LAMBDA_FUNCTION_NAME", format!("tripflow-{handler}"))
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("_HANDLER", handler)
+            .env("RUST_LOG", "info")
+            .envs(moto::cli_env(&moto::endpoint()))
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(append())
+            .stderr(append())
+            .kill_on_drop(true);
+        Function { child: cmd.spawn().unwrap(), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+/// `data/` as `tripflow produce` puts it on a 2-shard stream, read back per shard:
+/// (shard, partition key, bytes) in stream order.
+async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
+    let home = Home::new(tmp.join("produce-home")).unwrap();
+    let stream = home.stream(Some(2)).unwrap();
+    let report =
+        tripflow::produce::produce_csv(&stream, &data_dir().join("trip_start.csv"), &data_dir().join("trip_end.csv"))
+            .await
+            .unwrap();
+    assert!(report.not_sent.is_empty());
+    let mut records = Vec::new();
+    for shard in stream.shards().await.unwrap() {
+        let mut it = stream.iterator(&shard.id, &StartPosition::TrimHorizon).await.unwrap();
+        loop {
+            let read = stream.read(&it, 10_000).await.unwrap();
+            records.extend(read.records.into_iter().map(|r| (shard.id.clone(), r.partition_key, r.data)));
+            it = read.next;
+            if read.caught_up {
+                break;
+            }
+        }
+    }
+    assert_eq!(records.len() as u64, report.sent);
+    records
+}
+
+/// A Kinesis event of `records`, numbered from `first` within their shard: base64 data,
+/// 56-digit sequence numbers and `eventID`s as Kinesis writes them.
+fn kinesis_event(records: &[(String, String, Vec<u8>)], first: u64) -> (Value, Vec<String>) {
+    let mut sequence_numbers = Vec::new();
+    let records: Vec<Value> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (shard, key, data))| {
+            let shard_no: u64 = shard.rsplit('-').next().unwrap().parse().unwrap();
+            let seq = format!("4959{shard_no:04}{:048}", first + i as u64);
+            sequence_numbers.push(seq.clone());
+            json!({
+                "kinesis": {
+                    "kinesisSchemaVersion": "1.0",
+                    "partitionKey": key,
+                    "sequenceNumber": seq,
+                    "data": base64::engine::general_purpose::STANDARD.encode(data),
+                    "approximateArrivalTimestamp": 1716643140.123
+                },
+                "eventSource": "aws:kinesis",
+                "eventVersion": "1.0",
+                "eventID": format!("{shard}:{seq}"),
+                "eventName": "aws:kinesis:record",
+                "invokeIdentityArn": "arn:aws:iam::123456789012:role/tripflow-ingest",
+                "awsRegion": "us-east-1",
+                "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/bolt_streams"
+            })
+        })
+        .collect();
+    (json!({ "Records": records }), sequence_numbers)
+}
+
+fn failures(outcome: &Outcome) -> Vec<String> {
+    let Outcome::Response(body) = outcome else { panic!("the invocation failed: {outcome:?}") };
+    body["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `tripflow run` on `data/` with the embedded backends and the built-in queries.
+async fn cli_run(tmp: &Path) -> BTreeMap<String, Vec<u8>> {
+    let out = tmp.join("cli-out");
+    let settings = RunSettings {
+        start: data_dir().join("trip_start.csv"),
+        end: data_dir().join("trip_end.csv"),
+        home: Home::new(tmp.join("cli-home")).unwrap(),
+        stream: StreamUrl::Embedded,
+        store: StoreUrl::Embedded,
+        dead_letter: None,
+        tuning: AwsTuning::default(),
+        shards: None,
+        out: OutputLocation::parse(out.to_str().unwrap(), None).unwrap(),
+        queries: None,
+        ingest: IngestOptions::default(),
+        formats: Formats::default(),
+    };
+    pipeline::run(&settings, &AwsEnv::default()).await.unwrap();
+    read_tree(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
+    let aws = moto::aws();
+    let table = unique("bolt");
+    let bucket = unique("lambda").to_lowercase();
+    assert!(DynamoStore::new(&aws, &table).create_if_missing().await.unwrap());
+    assert!(aws.create_bucket_if_missing(&bucket).await.unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = cli_run(tmp.path()).await;
+    let records = produced_records(tmp.path()).await;
+
+    let api = RuntimeApi::start().await;
+    let ingest = Function::start(
+        &api,
+        "ingest",
+        &[
+            ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
+            ("TRIPFLOW_DEAD_LETTER", format!("s3://{bucket}/tripflow")),
+        ],
+    );
+
+    // A malformed envelope fails the invocation (Lambda retries it), and the function
+    // serves the next one.
+    let outcome = api.invoke_now(&json!({ "Records": [{ "kinesis": { "data": "!not base64!" } }] })).await;
+    let Outcome::Error(error) = outcome else {
+        panic!("a malformed envelope was accepted: {outcome:?}\n{}", ingest.log())
+    };
+    assert!(error["errorType"].as_str().unwrap().contains("DeserializeError"), "{error}");
+    assert!(error["errorMessage"].as_str().unwrap().contains("Records[0].kinesis.data"), "{error}");
+
+    // The deadline already within the margin: nothing is merged, and the first record
+    // is named, so Lambda resumes from it.
+    let (head, head_seqs) = kinesis_event(&records[..50], 1);
+    let outcome = api.invoke(&head, SystemTime::now() + Duration::from_secs(1)).await;
+    assert_eq!(failures(&outcome), [head_seqs[0].clone()], "{}", ingest.log());
+    let store = DynamoStore::new(&aws, &table);
+    let (_, key, _) = &records[0];
+    assert!(store.get(key).await.unwrap().is_none(), "nothing is merged past the deadline");
+
+    // The whole stream in batches of 300 per shard, every fourth batch delivered twice.
+    let mut batches = 0usize;
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let of_shard: Vec<_> = records.iter().filter(|(s, _, _)| s == shard).cloned().collect();
+        for (n, chunk) in of_shard.chunks(300).enumerate() {
+            let (event, _) = kinesis_event(chunk, 1 + 300 * n as u64);
+            for _ in 0..if batches.is_multiple_of(4) { 2 } else { 1 } {
+                let outcome = api.invoke_now(&event).await;
+                assert!(failures(&outcome).is_empty(), "{outcome:?}\n{}", ingest.log());
+            }
+            batches += 1;
+        }
+    }
+    assert!(batches >= 30, "data/ makes {batches} batches");
+
+    // Records that fail validation are dead-lettered in S3; the batch succeeds.
+    let bad = [
+        ("shardId-000000000000".to_owned(), "bad-1".to_owned(), b"not json".to_vec()),
+        (
+            "shardId-000000000000".to_owned(),
+            "p1".to_owned(),
+            start_event("p1", "0000-01-01T00:30:00+01:00").into_bytes(),
+        ),
+    ];
+    let (event, bad_seqs) = kinesis_event(&bad, 1_000_000);
+    assert!(failures(&api.invoke_now(&event).await).is_empty());
+    let letters = s3_tree(&aws, &bucket, "tripflow/dead_letters").await;
+    assert_eq!(letters.len(), 2, "{:?}", letters.keys());
+    for seq in &bad_seqs {
+        let line: Value = serde_json::from_slice(&letters[&format!("shardId-000000000000/{seq}.json")]).unwrap();
+        assert!(!line["reasons"].as_array().unwrap().is_empty(), "{line}");
+    }
+    let log = ingest.log();
+    assert!(log.contains("Merged Kinesis batch.") && log.contains("dead_lettered=2"), "one line per batch:\n{log}");
+    assert_eq!(log.matches("Merged Kinesis batch.").count(), batches + batches.div_ceil(4) + 2, "{log}");
+    drop(ingest);
+
+    // The KPI function, for every date the CLI reported, writes the same bytes.
+    let dates: Vec<String> = expected
+        .keys()
+        .filter_map(|k| k.strip_prefix("kpi_output/date=")?.strip_suffix("/kpi.json").map(str::to_owned))
+        .collect();
+    assert!(dates.len() >= 3, "{:?}", expected.keys());
+    let kpi = Function::start(
+        &api,
+        "kpi",
+        &[
+            ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
+            ("TRIPFLOW_OUT", format!("s3://{bucket}/tripflow")),
+            ("TRIPFLOW_LOOKBACK", "1".into()),
+        ],
+    );
+    let outcome = api.invoke_now(&json!({ "dates": dates })).await;
+    let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", kpi.log()) };
+    assert_eq!(summary["dates"].as_array().unwrap().len(), dates.len(), "{summary}");
+    let written = s3_tree(&aws, &bucket, "tripflow/kpi_output").await;
+    let expected_kpis: BTreeMap<&String, &Vec<u8>> =
+        expected.iter().filter(|(k, _)| k.starts_with("kpi_output/")).collect();
+    assert_eq!(written.len(), expected_kpis.len(), "{:?}", written.keys());
+    for (path, bytes) in expected_kpis {
+        let got = &written[path.strip_prefix("kpi_output/").unwrap()];
+        assert!(got == bytes, "{path} differs from the CLI's");
+    }
+
+    // The nightly schedule's payload: that UTC date and the lookback day before it.
+    let last = dates.last().unwrap();
+    let outcome = api.invoke_now(&json!({ "scheduled_time": format!("{last}T23:59:00Z") })).await;
+    let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", kpi.log()) };
+    assert_eq!(summary["requested"], json!([dates[dates.len() - 2], last]), "{summary}");
+
+    let outcome = api.invoke_now(&json!({ "date": "2024-05-25" })).await;
+    let Outcome::Error(error) = outcome else { panic!("an unknown request was accepted: {outcome:?}") };
+    assert_eq!(error["errorType"], "tripflow.config");
+    assert!(error["errorMessage"].as_str().unwrap().contains("scheduled_time"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_handler_fails_at_init_naming_the_valid_ones() {
+    let api = RuntimeApi::start().await;
+    let mut function = Function::start(&api, "bootstrap", &[("TRIPFLOW_STORE", "dynamodb://bolt".into())]);
+    let error = api.wait(|s| s.init_error.clone()).await;
+    assert_eq!(error["errorType"], "tripflow.config");
+    let message = error["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("'ingest'") && message.contains("'kpi'") && message.contains("\"bootstrap\""),
+        "{message}"
+    );
+    let status = tokio::time::timeout(WAIT, function.child.wait()).await.unwrap().unwrap();
+    assert!(!status.success(), "{}", function.log());
+}
