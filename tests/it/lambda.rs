@@ -362,6 +362,9 @@ async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
         .filter_map(|k| k.strip_prefix("kpi_output/date=")?.strip_suffix("/kpi.json").map(str::to_owned))
         .collect();
     assert!(dates.len() >= 3, "{:?}", expected.keys());
+    // A Runtime API of its own, as each Lambda function has: the ingest function's last
+    // `invocation/next` may still be pending on the old one, and would take the event.
+    let api = RuntimeApi::start().await;
     let kpi = Function::start(
         &api,
         "kpi",
