@@ -26,10 +26,10 @@ use crate::{Result, cast, decimal, timestamp};
 pub const MAX_TRIP_ID_BYTES: usize = 1024;
 
 /// What a datetime must look like before it is parsed: date, `T` or space, time, optional
-/// fraction, optional `Z` or offset. Compiled once: Arrow's `regexp_is_match_scalar`
+/// fraction, optional `Z` or offset. `t` and `z` are taken too, as RFC 3339 allows. Compiled once: Arrow's `regexp_is_match_scalar`
 /// compiles its pattern on every call, an eighth of decode + validate in `perf`.
 static ISO_8601: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$")
+    Regex::new(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$")
         .expect("a valid pattern")
 });
 
@@ -287,12 +287,15 @@ fn check_datetime(
 ) -> Result<ArrayRef> {
     let (ts, not_plain) =
         cast::cast_text::<TimestampMicrosecondType>(raw, &timestamp_type(), &safe(), timestamp::parse_plain)?;
+    // Rows whose value the kernel read but a rule rejects.
+    let mut rejected = Vec::new();
     for row in (0..ts.len()).filter(|&row| checked.value(row)) {
         // Plain text is ISO 8601. The kernel also reads forms DESIGN §2 does not allow
         // (a bare date, say), so what it read must have the shape as well.
         let shaped = || not_plain.binary_search(&row).is_err() || ISO_8601.is_match(raw.value(row));
         if ts.is_null(row) || !shaped() {
             checker.reject_row(row, col, |v| format!("not ISO 8601: {}", quote(v)));
+            rejected.push(row);
         } else if !timestamp::in_range(ts.value(row)) {
             // Valid text, but an instant the stored form and the export cannot hold
             // (`0000-01-01T00:30:00+01:00` is in year -1 in UTC): stored, it would stop
@@ -301,11 +304,13 @@ fn check_datetime(
             checker.reject_row(row, col, |v| format!("outside years 0001-9999 once in UTC: {} is {utc}", quote(v)));
         }
     }
-    // An instant out of range is null in the typed column, as a value the cast cannot
-    // read is, so it can never reach the store even beside a valid row's fields.
+    // A rejected value, and any instant out of range, is null in the typed column, as a
+    // value the cast cannot read is, so it can never reach the store.
     let outside = |row: usize| ts.is_valid(row) && !timestamp::in_range(ts.value(row));
-    if (0..ts.len()).any(outside) {
-        let kept: BooleanBuffer = (0..ts.len()).map(|row| ts.is_valid(row) && !outside(row)).collect();
+    if !rejected.is_empty() || (0..ts.len()).any(outside) {
+        let kept: BooleanBuffer = (0..ts.len())
+            .map(|row| ts.is_valid(row) && !outside(row) && rejected.binary_search(&row).is_err())
+            .collect();
         let ts = TimestampMicrosecondArray::new(ts.values().clone(), Some(NullBuffer::new(kept)));
         return Ok(Arc::new(ts.with_data_type(timestamp_type())));
     }
@@ -352,6 +357,52 @@ mod tests {
         }
     }
 
+    /// Datetime text at the edges DESIGN §2 names: years 0000-0002 and 9998-9999, the
+    /// first and last days and seconds (and a leap second), offsets up to ±23:59 in
+    /// three spellings, 0 to 9 fraction digits, `T`, `t` or a space, `Z` or `z`.
+    fn edge_datetime() -> impl Strategy<Value = String> {
+        let year = prop_oneof![0u32..=2, 9998u32..=9999, 0u32..=9999];
+        let month = prop_oneof![Just(1u32), Just(12u32), 1u32..=12];
+        let day = prop_oneof![Just(1u32), Just(28u32), Just(31u32), 1u32..=31];
+        let hour = prop_oneof![Just(0u32), Just(23u32), 0u32..=23];
+        let minute_second = prop_oneof![Just(0u32), Just(59u32), Just(60u32), 0u32..=59];
+        let fraction = prop_oneof![Just(String::new()), "\\.[0-9]{1,9}"];
+        let sep = prop_oneof![Just('T'), Just('t'), Just(' ')];
+        let zone = prop_oneof![
+            Just(String::new()),
+            Just("Z".to_owned()),
+            Just("z".to_owned()),
+            ("[+-]", 0u32..=23, 0u32..=59).prop_map(|(s, h, m)| format!("{s}{h:02}:{m:02}")),
+            ("[+-]", 0u32..=23, 0u32..=59).prop_map(|(s, h, m)| format!("{s}{h:02}{m:02}")),
+            ("[+-]", 0u32..=23).prop_map(|(s, h)| format!("{s}{h:02}")),
+        ];
+        (year, month, day, hour, minute_second.clone(), minute_second, fraction, sep, zone).prop_map(
+            |(y, mo, d, h, mi, se, f, sep, z)| format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{se:02}{f}{z}"),
+        )
+    }
+
+    proptest! {
+        /// Every edge datetime is either rejected with a reason naming the field, or
+        /// kept as an instant the stored form holds and the export reads back exactly.
+        #[test]
+        fn an_edge_datetime_is_rejected_with_a_reason_or_kept_exactly(text in edge_datetime()) {
+            let record = START.replace("2024-05-25 13:19:00", &text);
+            let v = check(&[&record]);
+            if v.is_valid(0) {
+                let col = v.column("pickup_datetime").as_primitive::<TimestampMicrosecondType>();
+                prop_assert!(col.is_valid(0), "{}", text);
+                let micros = col.value(0);
+                prop_assert!(timestamp::in_range(micros), "{} is {}", text, micros);
+                let stored = timestamp::format(micros);
+                prop_assert_eq!(stored.len(), 27, "{}", stored);
+                prop_assert_eq!(timestamp::parse_plain(&stored), Some(micros), "{}", stored);
+            } else {
+                prop_assert!(v.reasons[0].iter().all(|r| r.starts_with("pickup_datetime: ")), "{:?}", v.reasons[0]);
+                prop_assert!(v.column("pickup_datetime").is_null(0), "{}", text);
+            }
+        }
+    }
+
     fn check(records: &[&str]) -> Validated {
         validate(&decode(records.iter().map(|r| r.as_bytes()))).unwrap()
     }
@@ -389,6 +440,16 @@ mod tests {
         let v = check(&[&bare_date, START]);
         assert_eq!(v.reasons[0], ["pickup_datetime: not ISO 8601: \"2024-05-25\""]);
         assert!(v.is_valid(1), "{:?}", v.reasons[1]);
+    }
+
+    #[test]
+    fn lower_case_t_and_z_are_taken_as_rfc_3339_allows() {
+        let v = check(&[&START.replace("2024-05-25 13:19:00", "2024-05-25t13:19:00.5z")]);
+        assert!(v.is_valid(0), "{:?}", v.reasons);
+        assert_eq!(v.timestamp_text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.500000Z");
+        let v = check(&[&START.replace("2024-05-25 13:19:00", "2024-05-25x13:19:00")]);
+        assert_eq!(v.reasons[0], ["pickup_datetime: not ISO 8601: \"2024-05-25x13:19:00\""]);
+        assert!(v.column("pickup_datetime").is_null(0), "a rejected value is not kept");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod bad_records;
 mod cli;
 mod common;
+mod counts;
 mod crash;
 mod end_to_end;
 mod golden;
