@@ -26,8 +26,9 @@ use crate::{Result, cast, decimal, timestamp};
 pub const MAX_TRIP_ID_BYTES: usize = 1024;
 
 /// What a datetime must look like before it is parsed: date, `T` or space, time, optional
-/// fraction, optional `Z` or offset. `t` and `z` are taken too, as RFC 3339 allows. Compiled once: Arrow's `regexp_is_match_scalar`
-/// compiles its pattern on every call, an eighth of decode + validate in `perf`.
+/// fraction, optional `Z` or offset; `t` and `z` are taken too, as RFC 3339 allows.
+/// Compiled once: Arrow's `regexp_is_match_scalar` compiles its pattern on every call,
+/// an eighth of decode + validate in `perf`.
 static ISO_8601: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$")
         .expect("a valid pattern")
