@@ -3,10 +3,10 @@
 SELECT
     trip_date,
     COUNT(*) AS total_trips,
-    CAST(ROUND(SUM(fare_amount), 2) AS DECIMAL(20, 2)) AS total_fare,
-    CAST(ROUND(MIN(fare_amount), 2) AS DECIMAL(20, 2)) AS min_fare,
-    CAST(ROUND(MAX(fare_amount), 2) AS DECIMAL(20, 2)) AS max_fare,
-    CAST(ROUND(AVG(fare_amount), 2) AS DECIMAL(20, 2)) AS avg_fare
+    CAST(ROUND(SUM(CAST(fare_amount AS DECIMAL(76, 18))), 2) AS DECIMAL(38, 2)) AS total_fare,
+    CAST(ROUND(MIN(fare_amount), 2) AS DECIMAL(38, 2)) AS min_fare,
+    CAST(ROUND(MAX(fare_amount), 2) AS DECIMAL(38, 2)) AS max_fare,
+    CAST(ROUND(AVG(CAST(fare_amount AS DECIMAL(76, 18))), 2) AS DECIMAL(38, 2)) AS avg_fare
 FROM trips
 WHERE trip_completed
 GROUP BY trip_date

@@ -4,7 +4,7 @@ SELECT
     trip_date,
     CAST(date_part('hour', pickup_datetime) AS BIGINT) AS pickup_hour,
     COUNT(*) AS trips,
-    CAST(ROUND(AVG(fare_amount), 2) AS DECIMAL(20, 2)) AS avg_fare
+    CAST(ROUND(AVG(CAST(fare_amount AS DECIMAL(76, 18))), 2) AS DECIMAL(38, 2)) AS avg_fare
 FROM trips
 WHERE trip_completed
 GROUP BY trip_date, CAST(date_part('hour', pickup_datetime) AS BIGINT)

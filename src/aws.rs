@@ -108,7 +108,7 @@ impl Aws {
         match client.head_bucket().bucket(bucket).send().await {
             Ok(_) => return Ok(false),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
-            Err(e) => return Err(Error::Output(format!("cannot check S3 bucket {bucket}: {}", describe(&e)))),
+            Err(e) => return Err(Error::output(format!("cannot check S3 bucket {bucket}: {}", describe(&e)))),
         }
         let mut req = client.create_bucket().bucket(bucket);
         if let Some(region) = self.sdk.region().map(|r| r.as_ref()).filter(|r| *r != "us-east-1") {
@@ -121,7 +121,7 @@ impl Aws {
         match req.send().await {
             Ok(_) => Ok(true),
             Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(false),
-            Err(e) => Err(Error::Output(format!("cannot create S3 bucket {bucket}: {}", describe(&e)))),
+            Err(e) => Err(Error::output(format!("cannot create S3 bucket {bucket}: {}", describe(&e)))),
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
+use crate::error::{Context, Stage};
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
 use crate::kpi::{self, Formats, KpiReport, OutputLocation};
 use crate::location::{Kind, Location};
@@ -96,6 +97,25 @@ fn parse_positive(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// A size: plain bytes, or a whole number of KiB, MiB or GiB (`64MiB`, `512KiB`).
+fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return Err(format!("{s:?} is not a size; write bytes or a whole number of KiB, MiB or GiB, as 64MiB")),
+    };
+    n.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("{s:?} is not a size above zero that fits this machine; write one as 64MiB"))
+}
+
 fn tuning(stream: Option<&StreamArgs>, store: Option<&StoreArgs>) -> AwsTuning {
     let mut t = AwsTuning::default();
     if let Some(s) = stream {
@@ -137,6 +157,9 @@ pub struct BatchArgs {
     /// Flush a micro-batch at this many records...
     #[arg(long, env = "TRIPFLOW_BATCH_ROWS", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch_rows: u64,
+    /// ...or at this many bytes of record data (64MiB; also KiB, MiB, GiB or plain bytes)...
+    #[arg(long, env = "TRIPFLOW_BATCH_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub batch_bytes: usize,
     /// ...or when its first record has waited this long.
     #[arg(long, env = "TRIPFLOW_BATCH_LINGER_MS", default_value_t = 100)]
     pub batch_linger_ms: u64,
@@ -375,6 +398,7 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
 fn ingest_options(batch: &BatchArgs) -> IngestOptions {
     IngestOptions {
         batch_rows: batch.batch_rows as usize,
+        batch_bytes: batch.batch_bytes,
         linger: Duration::from_millis(batch.batch_linger_ms),
         ..Default::default()
     }
@@ -413,7 +437,8 @@ fn print_not_sent(report: &ProduceReport) {
 fn print_kpis(report: &KpiReport, out: &OutputLocation) -> Result<()> {
     match report.default_results() {
         Some(batches) if batches.iter().any(|b| b.num_rows() > 0) => {
-            println!("{}", arrow::util::pretty::pretty_format_batches(batches)?);
+            let table = arrow::util::pretty::pretty_format_batches(batches).stage(Stage::Output, "the KPI table")?;
+            println!("{table}");
         }
         _ => println!("no completed trips for the dates asked; no KPI file written"),
     }
@@ -448,158 +473,177 @@ fn stop_on_signal() -> Arc<AtomicBool> {
     stop
 }
 
-/// Runs a parsed command.
+/// Runs a parsed command line.
 ///
 /// # Errors
-/// Whatever stops the command; the message says what is wrong and what to do.
+/// Whatever the command fails with; [`Error::Config`] and [`Error::Input`] mean the
+/// command line or an input file is wrong (exit code 2 in the binary).
 pub async fn execute(cli: Cli) -> Result<()> {
     let aws = AwsEnv::default();
-    let aws = &aws;
     match cli.command {
-        Command::Setup(a) => setup(&a, aws).await?,
-        Command::Run(a) => {
-            let settings = RunSettings {
-                start: config::input_file(&a.input.start, "--start")?,
-                end: config::input_file(&a.input.end, "--end")?,
-                home: Home::new(&a.home.home)?,
-                stream: StreamUrl::parse(a.stream.stream.as_deref())?,
-                store: StoreUrl::parse(a.store.store.as_deref())?,
-                dead_letter: a.dead_letter.dead_letter.clone(),
-                tuning: tuning(Some(&a.stream), Some(&a.store)),
-                shards: a.input.shards,
-                out: config::open_output(&a.kpi.out, aws).await?,
-                queries: a.kpi.queries.clone(),
-                ingest: ingest_options(&a.batch),
-                formats: Formats { parquet: a.kpi.parquet },
-            };
-            let (report, kpi) = pipeline::run(&settings, aws).await?;
-            for line in &report.not_sent {
-                eprintln!("warning: {line}");
-            }
-            print_kpis(&kpi, &settings.out)?;
-            print_counts(&report.ingest, &report.dead_letter_file);
-            let t = &report.stages;
-            println!(
-                "produce {:.2} s ({} events/s) beside ingest {:.2} s ({} events/s), then kpi {:.2} s ({} trips/s)",
-                t.produce_s, t.produce_events_per_s, t.ingest_s, t.ingest_events_per_s, t.kpi_s, t.kpi_trips_per_s
-            );
-            if let Some(path) = &a.batch.report {
-                pipeline::write_report(path, &report)?;
-            }
-        }
-        Command::Produce(a) => {
-            let home = Home::new(&a.home.home)?;
-            let url = StreamUrl::parse(a.stream.stream.as_deref())?;
-            let inputs = match &a.ndjson {
-                Some(path) => Err(config::input_file(path, "--ndjson")?),
-                None => {
-                    Ok((config::input_file(&a.input.start, "--start")?, config::input_file(&a.input.end, "--end")?))
-                }
-            };
-            let opened = config::open_stream(&url, &home, a.input.shards, aws, &tuning(Some(&a.stream), None)).await?;
-            let report = match inputs {
-                Err(ndjson) => produce::produce_ndjson(opened.stream.as_ref(), &ndjson).await?,
-                Ok((start, end)) => produce::produce_csv(opened.stream.as_ref(), &start, &end).await?,
-            };
-            print_not_sent(&report);
-            println!("sent {} records; {} not sent", report.sent, report.not_sent.len());
-        }
-        Command::Ingest(a) => {
-            let home = Home::new(&a.home.home)?;
-            let t = tuning(Some(&a.stream), Some(&a.store));
-            let opened =
-                config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
-            let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, &home, aws, &t).await?;
-            let (dead_letters, dead_letter_file) =
-                config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), &home, aws).await?;
-            let mut opts = ingest_options(&a.batch);
-            opts.follow = a.follow;
-            opts.consumer = a.consumer.clone();
-            opts.initial_position = parse_position(&a.initial_position)?;
-            opts.stop = stop_on_signal();
-            let began = std::time::Instant::now();
-            let counts = Ingest {
-                source: opened.stream.as_ref(),
-                checkpoints: opened.checkpoints.as_ref(),
-                store: store.as_ref(),
-                dead_letters: dead_letters.as_ref(),
-            }
-            .run(&opts)
-            .await?;
-            print_counts(&counts, &dead_letter_file);
-            if let Some(path) = &a.batch.report {
-                #[derive(serde::Serialize)]
-                struct Report {
-                    #[serde(flatten)]
-                    counts: IngestCounts,
-                    elapsed_s: f64,
-                }
-                pipeline::write_report(path, &Report { counts, elapsed_s: began.elapsed().as_secs_f64() })?;
-            }
-        }
-        Command::Kpi(a) => {
-            let home = Home::new(&a.home.home)?;
-            let flags = config::DateFlags {
-                dates: a.date.clone(),
-                from: a.from.clone(),
-                to: a.to.clone(),
-                all: a.all,
-                lookback: a.lookback,
-            };
-            let dates = config::date_selection(&flags, chrono::Utc::now().date_naive())?;
-            let queries = kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
-            let out = config::open_output(&a.kpi.out, aws).await?;
-            let store = config::open_store(
-                &StoreUrl::parse(a.store.store.as_deref())?,
-                &home,
-                aws,
-                &tuning(None, Some(&a.store)),
-            )
-            .await?;
-            let report = kpi::run(store.as_ref(), &queries, &dates, &out, Formats { parquet: a.kpi.parquet }).await?;
-            print_kpis(&report, &out)?;
-        }
-        Command::Schedule(a) => {
-            let schedule = crate::schedule::Schedule::parse(&a.cron)?;
-            let home = Home::new(&a.home.home)?;
-            let out = config::open_output(&a.kpi.out, aws).await?;
-            let store_url = StoreUrl::parse(a.store.store.as_deref())?;
-            let t = tuning(None, Some(&a.store));
-            kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
-            let stop = stop_on_signal();
-            let formats = Formats { parquet: a.kpi.parquet };
-            let (home, out, queries, lookback, store_url, t) =
-                (&home, &out, a.kpi.queries.as_deref(), a.lookback, &store_url, &t);
-            crate::schedule::run(&schedule, &crate::schedule::SystemClock, &stop, |at| async move {
-                // Queries are read at each run, so an edited file takes effect at the next one.
-                let queries = kpi::queries::load_or_builtin(queries)?;
-                let flags = config::DateFlags { lookback, ..Default::default() };
-                let dates = config::date_selection(&flags, at.date_naive())?;
-                let store = config::open_store(store_url, home, aws, t).await?;
-                let report = kpi::run(store.as_ref(), &queries, &dates, out, formats).await?;
-                Ok(format!("{} files for {} dates", report.files.len(), report.dates.len()))
-            })
-            .await?;
-        }
-        Command::Sql(a) => {
-            let query = a.query()?;
-            let aws = if a.snapshots.starts_with("s3://") { Some(aws.get().await?) } else { None };
-            let session = crate::sql::SqlSession::open(&a.snapshots, aws).await?;
-            match query {
-                Some(q) => print!("{}", crate::sql::render(&session.query(&q).await?, a.format)?),
-                None => crate::sql::repl(&session, a.format).await?,
-            }
-        }
-        Command::Gen(a) => {
-            crate::synthetic::generate(a.trips, a.seed, &a.out)?;
-            println!(
-                "wrote {} trips to {} and {}",
-                a.trips,
-                a.out.join("trip_start.csv").display(),
-                a.out.join("trip_end.csv").display()
-            );
-        }
+        Command::Setup(a) => setup(&a, &aws).await,
+        Command::Run(a) => run(&a, &aws).await,
+        Command::Produce(a) => produce(&a, &aws).await,
+        Command::Ingest(a) => ingest(&a, &aws).await,
+        Command::Kpi(a) => kpi(&a, &aws).await,
+        Command::Schedule(a) => schedule(&a, &aws).await,
+        Command::Sql(a) => sql(&a, &aws).await,
+        Command::Gen(a) => gen_data(&a),
     }
+}
+
+/// `tripflow run`.
+async fn run(a: &RunArgs, aws: &AwsEnv) -> Result<()> {
+    let settings = RunSettings {
+        start: config::input_file(&a.input.start, "--start")?,
+        end: config::input_file(&a.input.end, "--end")?,
+        home: Home::new(&a.home.home)?,
+        stream: StreamUrl::parse(a.stream.stream.as_deref())?,
+        store: StoreUrl::parse(a.store.store.as_deref())?,
+        dead_letter: a.dead_letter.dead_letter.clone(),
+        tuning: tuning(Some(&a.stream), Some(&a.store)),
+        shards: a.input.shards,
+        out: config::open_output(&a.kpi.out, aws).await?,
+        queries: a.kpi.queries.clone(),
+        ingest: ingest_options(&a.batch),
+        formats: Formats { parquet: a.kpi.parquet },
+    };
+    let (report, kpi) = pipeline::run(&settings, aws).await?;
+    for line in &report.not_sent {
+        eprintln!("warning: {line}");
+    }
+    print_kpis(&kpi, &settings.out)?;
+    print_counts(&report.ingest, &report.dead_letter_file);
+    let t = &report.stages;
+    println!(
+        "produce {:.2} s ({} events/s) beside ingest {:.2} s ({} events/s), then kpi {:.2} s ({} trips/s)",
+        t.produce_s, t.produce_events_per_s, t.ingest_s, t.ingest_events_per_s, t.kpi_s, t.kpi_trips_per_s
+    );
+    if let Some(path) = &a.batch.report {
+        pipeline::write_report(path, &report)?;
+    }
+    Ok(())
+}
+
+/// `tripflow produce`.
+async fn produce(a: &ProduceArgs, aws: &AwsEnv) -> Result<()> {
+    let home = Home::new(&a.home.home)?;
+    let url = StreamUrl::parse(a.stream.stream.as_deref())?;
+    let inputs = match &a.ndjson {
+        Some(path) => Err(config::input_file(path, "--ndjson")?),
+        None => Ok((config::input_file(&a.input.start, "--start")?, config::input_file(&a.input.end, "--end")?)),
+    };
+    let opened = config::open_stream(&url, &home, a.input.shards, aws, &tuning(Some(&a.stream), None)).await?;
+    let report = match inputs {
+        Err(ndjson) => produce::produce_ndjson(opened.stream.as_ref(), &ndjson).await?,
+        Ok((start, end)) => produce::produce_csv(opened.stream.as_ref(), &start, &end).await?,
+    };
+    print_not_sent(&report);
+    println!("sent {} records; {} not sent", report.sent, report.not_sent.len());
+    Ok(())
+}
+
+/// `tripflow ingest`.
+async fn ingest(a: &IngestArgs, aws: &AwsEnv) -> Result<()> {
+    let home = Home::new(&a.home.home)?;
+    let t = tuning(Some(&a.stream), Some(&a.store));
+    let opened = config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
+    let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, &home, aws, &t).await?;
+    let (dead_letters, dead_letter_file) =
+        config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), &home, aws).await?;
+    let mut opts = ingest_options(&a.batch);
+    opts.follow = a.follow;
+    opts.consumer = a.consumer.clone();
+    opts.initial_position = parse_position(&a.initial_position)?;
+    opts.stop = stop_on_signal();
+    let began = std::time::Instant::now();
+    let counts = Ingest {
+        source: opened.stream.as_ref(),
+        checkpoints: opened.checkpoints.as_ref(),
+        store: store.as_ref(),
+        dead_letters: dead_letters.as_ref(),
+    }
+    .run(&opts)
+    .await?;
+    print_counts(&counts, &dead_letter_file);
+    if let Some(path) = &a.batch.report {
+        #[derive(serde::Serialize)]
+        struct Report {
+            #[serde(flatten)]
+            counts: IngestCounts,
+            elapsed_s: f64,
+        }
+        pipeline::write_report(path, &Report { counts, elapsed_s: began.elapsed().as_secs_f64() })?;
+    }
+    Ok(())
+}
+
+/// `tripflow kpi`.
+async fn kpi(a: &KpiArgs, aws: &AwsEnv) -> Result<()> {
+    let home = Home::new(&a.home.home)?;
+    let flags = config::DateFlags {
+        dates: a.date.clone(),
+        from: a.from.clone(),
+        to: a.to.clone(),
+        all: a.all,
+        lookback: a.lookback,
+    };
+    let dates = config::date_selection(&flags, chrono::Utc::now().date_naive())?;
+    let queries = kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
+    let out = config::open_output(&a.kpi.out, aws).await?;
+    let store_url = StoreUrl::parse(a.store.store.as_deref())?;
+    let store = config::open_store(&store_url, &home, aws, &tuning(None, Some(&a.store))).await?;
+    let report = kpi::run(store.as_ref(), &queries, &dates, &out, Formats { parquet: a.kpi.parquet }).await?;
+    print_kpis(&report, &out)
+}
+
+/// `tripflow schedule`: the KPI job at every cron time until a signal.
+async fn schedule(a: &ScheduleArgs, aws: &AwsEnv) -> Result<()> {
+    let schedule = crate::schedule::Schedule::parse(&a.cron)?;
+    let home = Home::new(&a.home.home)?;
+    let out = config::open_output(&a.kpi.out, aws).await?;
+    let store_url = StoreUrl::parse(a.store.store.as_deref())?;
+    let t = tuning(None, Some(&a.store));
+    // Planned now, so a broken query fails at start, not at 23:59.
+    kpi::check(&kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?).await?;
+    let stop = stop_on_signal();
+    let formats = Formats { parquet: a.kpi.parquet };
+    let (home, out, queries, lookback, store_url, t) =
+        (&home, &out, a.kpi.queries.as_deref(), a.lookback, &store_url, &t);
+    crate::schedule::run(&schedule, &crate::schedule::SystemClock, &stop, |at| async move {
+        // Queries are read at each run, so an edited file takes effect at the next one.
+        let queries = kpi::queries::load_or_builtin(queries)?;
+        let flags = config::DateFlags { lookback, ..Default::default() };
+        let dates = config::date_selection(&flags, at.date_naive())?;
+        let store = config::open_store(store_url, home, aws, t).await?;
+        let report = kpi::run(store.as_ref(), &queries, &dates, out, formats).await?;
+        Ok(format!("{} files for {} dates", report.files.len(), report.dates.len()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// `tripflow sql`: one query, or the prompt.
+async fn sql(a: &SqlArgs, aws: &AwsEnv) -> Result<()> {
+    let query = a.query()?;
+    let aws = if a.snapshots.starts_with("s3://") { Some(aws.get().await?) } else { None };
+    let session = crate::sql::SqlSession::open(&a.snapshots, aws).await?;
+    match query {
+        Some(q) => print!("{}", crate::sql::render(&session.query(&q).await?, a.format)?),
+        None => crate::sql::repl(&session, a.format).await?,
+    }
+    Ok(())
+}
+
+/// `tripflow gen`.
+fn gen_data(a: &GenArgs) -> Result<()> {
+    crate::synthetic::generate(a.trips, a.seed, &a.out)?;
+    println!(
+        "wrote {} trips to {} and {}",
+        a.trips,
+        a.out.join("trip_start.csv").display(),
+        a.out.join("trip_end.csv").display()
+    );
     Ok(())
 }
 
@@ -612,6 +656,18 @@ mod tests {
         match cli.command {
             Command::Sql(a) => a,
             other => panic!("not sql: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes_read_with_binary_units() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("512 kib"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        for bad in ["", "0", "MiB", "1.5MiB", "-1", "12 parsecs", "99999999999999999999GiB"] {
+            let e = parse_bytes(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains("64MiB"), "{bad}: {e}");
         }
     }
 

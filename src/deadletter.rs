@@ -1,13 +1,20 @@
 //! The dead-letter output: every rejected record, with its raw bytes, its position in
 //! the stream and every reason it failed.
 //!
+//! A letter's position is its stream's identity, its shard and its sequence number: two
+//! streams (the embedded one and a Kinesis one, say) have shards of the same names and
+//! overlapping sequence numbers.
+//!
 //! The embedded sink is an NDJSON file under `--home`. A write is appended and synced
 //! before the ingest checkpoint moves. After a crash the records since the checkpoint are
-//! replayed; the sink remembers the positions it holds, so a replayed rejection is not
-//! written twice, and a line torn by the crash is cut off when the file is reopened.
+//! replayed. A shard's records are read, and so rejected, in sequence order, so the sink
+//! keeps only the highest sequence number it holds per stream and shard: a replayed
+//! rejection is at or below it and is not written twice, and the check's memory grows
+//! with the shards, not with the history of the file. A line torn by the crash is cut
+//! off when the file is reopened.
 //! On S3 each letter is one object keyed by its position, so a replay overwrites it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -21,13 +28,16 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+use crate::error::{Context, Stage};
 use crate::stream::{SequenceNumber, ShardId};
 use crate::{Error, Result};
 
 /// One rejected record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// Shard it was read from (or the input file, for records refused by `produce`).
+    /// The [identity](crate::stream::StreamSource::identity) of the stream it was read from.
+    pub stream: String,
+    /// Shard it was read from.
     pub shard: ShardId,
     /// Its sequence number in the shard.
     pub sequence_number: SequenceNumber,
@@ -43,6 +53,9 @@ pub struct DeadLetter {
 /// `raw_base64` otherwise.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeadLetterLine {
+    /// The stream's identity (empty in files written before it was recorded).
+    #[serde(default)]
+    pub stream: String,
     /// Shard.
     pub shard: String,
     /// Sequence number.
@@ -66,6 +79,7 @@ impl From<&DeadLetter> for DeadLetterLine {
             Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&d.raw))),
         };
         DeadLetterLine {
+            stream: d.stream.clone(),
             shard: d.shard.clone(),
             sequence_number: d.sequence_number.0.clone(),
             partition_key: d.partition_key.clone(),
@@ -79,18 +93,54 @@ impl From<&DeadLetter> for DeadLetterLine {
 /// Where rejected records go.
 #[async_trait]
 pub trait DeadLetterSink: Send + Sync {
-    /// Durably stores the letters; a letter already stored (same shard and sequence
-    /// number) is not stored again.
+    /// Durably stores the letters; a letter already stored (same stream, shard and
+    /// sequence number) is not stored again. Within a call, a shard's letters come in
+    /// sequence order, as the shard was read.
     ///
     /// # Errors
     /// When the output cannot be written; nothing is then known to be stored.
     async fn write(&self, letters: &[DeadLetter]) -> Result<()>;
+
+    /// Every letter stored, ordered by stream, shard and sequence number: for audits,
+    /// replays and the conformance suite.
+    ///
+    /// # Errors
+    /// When the output cannot be read, or holds something that is not a dead letter.
+    async fn letters(&self) -> Result<Vec<DeadLetterLine>>;
 }
+
+/// Orders letters by their position.
+fn sort_by_position(letters: &mut [DeadLetterLine]) {
+    letters.sort_by(|a, b| {
+        (&a.stream, &a.shard)
+            .cmp(&(&b.stream, &b.shard))
+            .then_with(|| SequenceNumber(a.sequence_number.clone()).cmp(&SequenceNumber(b.sequence_number.clone())))
+    });
+}
+
+/// The highest sequence number held, per stream and shard.
+type HighWater = HashMap<(String, ShardId), SequenceNumber>;
 
 /// Dead letters in an NDJSON file.
 pub struct FileDeadLetters {
     path: PathBuf,
-    state: Mutex<(File, HashSet<(ShardId, SequenceNumber)>)>,
+    state: Mutex<(File, HighWater)>,
+}
+
+/// Raises the mark of `letter`'s shard to its sequence number; false when the letter is
+/// at or below the mark already (a replay).
+fn advance(marks: &mut HighWater, stream: &str, shard: &str, seq: &SequenceNumber) -> bool {
+    match marks.get_mut(&(stream.to_owned(), shard.to_owned())) {
+        Some(mark) if *mark >= *seq => false,
+        Some(mark) => {
+            *mark = seq.clone();
+            true
+        }
+        None => {
+            marks.insert((stream.to_owned(), shard.to_owned()), seq.clone());
+            true
+        }
+    }
 }
 
 impl FileDeadLetters {
@@ -100,13 +150,14 @@ impl FileDeadLetters {
     /// When the file cannot be opened, read or repaired.
     pub fn open(path: &Path) -> Result<Self> {
         let fail = |e: std::io::Error| {
-            Error::Output(format!("dead letters {}: {e}; choose a writable --dead-letter or --home", path.display()))
+            Stage::Output
+                .error(format!("dead letters {} (choose a writable --dead-letter or --home)", path.display()), e)
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(fail)?;
-        let mut seen = HashSet::new();
+        let mut marks = HighWater::new();
         let mut good_len = 0u64;
         let mut reader = BufReader::new(&file);
         let mut line = Vec::new();
@@ -117,7 +168,7 @@ impl FileDeadLetters {
                 break;
             }
             if let Ok(d) = serde_json::from_slice::<DeadLetterLine>(&line) {
-                seen.insert((d.shard, SequenceNumber(d.sequence_number)));
+                advance(&mut marks, &d.stream, &d.shard, &SequenceNumber(d.sequence_number));
             }
             good_len += n as u64;
         }
@@ -127,7 +178,7 @@ impl FileDeadLetters {
             file.sync_all().map_err(fail)?;
         }
         file.seek(SeekFrom::End(0)).map_err(fail)?;
-        Ok(FileDeadLetters { path: path.to_owned(), state: Mutex::new((file, seen)) })
+        Ok(FileDeadLetters { path: path.to_owned(), state: Mutex::new((file, marks)) })
     }
 
     /// The file.
@@ -152,32 +203,39 @@ impl FileDeadLetters {
 impl DeadLetterSink for FileDeadLetters {
     async fn write(&self, letters: &[DeadLetter]) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, seen) = &mut *state;
+        let (file, marks) = &mut *state;
+        // The marks move only once the lines are on disk.
+        let mut moved = marks.clone();
         let mut buf = Vec::new();
-        let mut added = Vec::new();
         for d in letters {
-            let key = (d.shard.clone(), d.sequence_number.clone());
-            if seen.contains(&key) || added.contains(&key) {
+            if !advance(&mut moved, &d.stream, &d.shard, &d.sequence_number) {
                 continue;
             }
-            serde_json::to_writer(&mut buf, &DeadLetterLine::from(d)).map_err(|e| Error::Output(e.to_string()))?;
+            serde_json::to_writer(&mut buf, &DeadLetterLine::from(d))
+                .map_err(|e| Stage::Output.error("a dead letter as JSON", e))?;
             buf.push(b'\n');
-            added.push(key);
         }
         if buf.is_empty() {
             return Ok(());
         }
-        let fail = |e: std::io::Error| Error::Output(format!("dead letters {}: {e}", self.path.display()));
-        file.write_all(&buf).map_err(fail)?;
-        file.sync_data().map_err(fail)?;
-        seen.extend(added);
+        let context = || format!("dead letters {}", self.path.display());
+        file.write_all(&buf).stage(Stage::Output, context())?;
+        file.sync_data().stage(Stage::Output, context())?;
+        *marks = moved;
         Ok(())
+    }
+
+    async fn letters(&self) -> Result<Vec<DeadLetterLine>> {
+        let mut letters = Self::read_all(&self.path)?;
+        sort_by_position(&mut letters);
+        Ok(letters)
     }
 }
 
 /// Dead letters in an object store (`--dead-letter s3://bucket/prefix`): one object per
-/// rejected record, `<prefix>/dead_letters/<shard>/<sequence number>.json`, holding its
-/// NDJSON line. Keys are the record's position, so a replay rewrites the same object.
+/// rejected record, `<prefix>/dead_letters/<stream>/<shard>/<sequence number>.json`
+/// (`<stream>` as `kinesis:NAME`), holding its NDJSON line. Keys are the record's
+/// position, so a replay rewrites the same object.
 pub struct ObjectDeadLetters {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
@@ -198,20 +256,20 @@ impl DeadLetterSink for ObjectDeadLetters {
         futures::stream::iter(0..letters.len())
             .map(|i| async move {
                 let d = &letters[i];
-                let mut line =
-                    serde_json::to_vec(&DeadLetterLine::from(d)).map_err(|e| Error::Output(e.to_string()))?;
+                let mut line = serde_json::to_vec(&DeadLetterLine::from(d))
+                    .map_err(|e| Stage::Output.error("a dead letter as JSON", e))?;
                 line.push(b'\n');
                 let path = self
                     .prefix
                     .clone()
                     .join("dead_letters")
+                    .join(d.stream.as_str())
                     .join(d.shard.as_str())
                     .join(format!("{}.json", d.sequence_number));
                 self.store.put(&path, PutPayload::from(line)).await.map_err(|e| {
-                    Error::Output(format!(
-                        "cannot write a dead letter under {}: {e}; choose a writable --dead-letter",
-                        self.display
-                    ))
+                    let context =
+                        format!("cannot write a dead letter under {} (choose a writable --dead-letter)", self.display);
+                    Stage::Output.error(context, e)
                 })?;
                 Ok::<(), Error>(())
             })
@@ -219,6 +277,24 @@ impl DeadLetterSink for ObjectDeadLetters {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+
+    async fn letters(&self) -> Result<Vec<DeadLetterLine>> {
+        let fail = |e: object_store::Error| {
+            Stage::Output.error(format!("cannot read the dead letters under {}", self.display), e)
+        };
+        let root = self.prefix.clone().join("dead_letters");
+        let objects: Vec<_> = self.store.list(Some(&root)).try_collect().await.map_err(fail)?;
+        let mut letters = Vec::with_capacity(objects.len());
+        for object in objects {
+            let bytes = self.store.get(&object.location).await.map_err(fail)?.bytes().await.map_err(fail)?;
+            let letter = serde_json::from_slice(&bytes).map_err(|e| {
+                Stage::Output.error(format!("{} under {} is not a dead letter", object.location, self.display), e)
+            })?;
+            letters.push(letter);
+        }
+        sort_by_position(&mut letters);
+        Ok(letters)
     }
 }
 
@@ -228,6 +304,7 @@ mod tests {
 
     fn letter(seq: u64, raw: &[u8]) -> DeadLetter {
         DeadLetter {
+            stream: "embedded:0123456789abcdef".into(),
             shard: "shardId-000000000000".into(),
             sequence_number: SequenceNumber::from_u64(seq),
             partition_key: "k".into(),

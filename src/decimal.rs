@@ -6,6 +6,10 @@
 //! every other form (an exponent, a leading `+` or `.`, more fraction digits than the
 //! scale, too many digits) goes through the kernel, so the results are the kernel's
 //! wherever it is defined (tested against it).
+//!
+//! The kernel does not read exponents, which JSON numbers may carry (`1E+19`, or
+//! `1.234e-05` from a float): [`parse_exponent`] reads those exactly, rounding digits
+//! past the scale half away from zero as the kernel rounds plain text.
 
 use arrow::array::{Decimal128Array, StringArray};
 use arrow::compute::CastOptions;
@@ -74,9 +78,67 @@ pub fn parse_plain(text: &str, precision: u8, scale: i8) -> Option<i128> {
     Some(if negative { -value } else { value })
 }
 
+/// Text with an exponent (`[+-]digits[.digits](e|E)[+-]digits`) as the integer of a
+/// `Decimal128(precision, scale)`: exact, with digits past `scale` rounded half away from
+/// zero; `None` for any other form or a value beyond the precision.
+pub fn parse_exponent(text: &str, precision: u8, scale: i8) -> Option<i128> {
+    let (mantissa, exponent) = text.split_once(['e', 'E'])?;
+    let (negative, mantissa) = match mantissa.as_bytes().first()? {
+        b'-' => (true, &mantissa[1..]),
+        b'+' => (false, &mantissa[1..]),
+        _ => (false, mantissa),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if int.len() + frac.len() == 0 || !all_digits(int) || !all_digits(frac) {
+        return None;
+    }
+    let exp_digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+    if exp_digits.is_empty() || !all_digits(exp_digits) {
+        return None;
+    }
+    // Saturates: beyond ±10^9 every nonzero value overflows or rounds to zero anyway.
+    let magnitude = match exp_digits.trim_start_matches('0') {
+        "" => 0,
+        digits => digits.parse::<i64>().unwrap_or(i64::MAX).min(1_000_000_000),
+    };
+    let exponent = if exponent.starts_with('-') { -magnitude } else { magnitude };
+    // The value is digits × 10^shift at the target scale.
+    let digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').skip_while(|&d| d == 0).collect();
+    let shift = exponent - frac.len() as i64 + i64::from(scale);
+    let (kept, round_up) = if shift >= 0 {
+        if digits.is_empty() {
+            return Some(0);
+        }
+        if digits.len() as i64 + shift > i64::from(precision) {
+            return None;
+        }
+        (&digits[..], false)
+    } else {
+        // -shift digits are dropped; the first of them decides the rounding.
+        match usize::try_from(-shift) {
+            Ok(cut) if cut <= digits.len() => (&digits[..digits.len() - cut], digits[digits.len() - cut] >= 5),
+            _ => return Some(0),
+        }
+    };
+    if kept.len() > usize::from(precision) {
+        return None;
+    }
+    let mut value = kept.iter().fold(0i128, |v, &d| v * 10 + i128::from(d));
+    if shift > 0 {
+        value *= POW10[shift as usize];
+    }
+    value += i128::from(round_up);
+    if value >= POW10[usize::from(precision)] {
+        return None;
+    }
+    Some(if negative { -value } else { value })
+}
+
 /// Casts text to `Decimal128(precision, scale)` as Arrow's `cast_with_options` would
 /// with `options` (a value that does not convert is null when `options.safe`, an error
-/// otherwise), reading plain text with [`parse_plain`].
+/// otherwise), reading plain text with [`parse_plain`] and exponents, which the kernel
+/// does not read, with [`parse_exponent`].
 ///
 /// # Errors
 /// When `options.safe` is false and a value does not convert.
@@ -87,7 +149,8 @@ pub fn cast_text(
     options: &CastOptions<'_>,
 ) -> Result<Decimal128Array, ArrowError> {
     let to = DataType::Decimal128(precision, scale);
-    Ok(crate::cast::cast_text(text, &to, options, |v| parse_plain(v, precision, scale))?.0)
+    let fast = |v: &str| parse_plain(v, precision, scale).or_else(|| parse_exponent(v, precision, scale));
+    Ok(crate::cast::cast_text(text, &to, options, fast)?.0)
 }
 
 #[cfg(test)]
@@ -124,10 +187,63 @@ mod tests {
 
     #[test]
     fn other_forms_go_through_the_kernel() {
-        let texts = ["1.5e2", "+7", ".5", "1.", " 3", "12,5", "x", "0.1234567890123456789", "-0", "007.50"];
+        let texts = ["+7", ".5", "1.", " 3", "12,5", "x", "0.1234567890123456789", "-0", "007.50"];
         assert_eq!(ours(&texts, 38, 18), by_kernel(&texts, 38, 18));
         assert_eq!(parse_plain("40.09620692463166", 38, 18), Some(40_096_206_924_631_660_000));
         assert_eq!(parse_plain("1.5e2", 38, 18), None);
+    }
+
+    /// `m × 10^e` spelt out as plain text, for the kernel to read.
+    fn expanded(negative: bool, digits: &str, exp: i32) -> String {
+        let sign = if negative { "-" } else { "" };
+        if exp >= 0 {
+            return format!("{sign}{digits}{}", "0".repeat(exp as usize));
+        }
+        let point = digits.len() as i32 + exp;
+        if point > 0 {
+            format!("{sign}{}.{}", &digits[..point as usize], &digits[point as usize..])
+        } else {
+            format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
+        }
+    }
+
+    proptest! {
+        /// An exponent is read as the same value spelt out in plain text is read by the
+        /// kernel: exact, rounded half away from zero past the scale, null past the
+        /// precision.
+        #[test]
+        fn exponents_read_as_their_plain_spelling(
+            negative in any::<bool>(),
+            digits in "[1-9][0-9]{0,24}",
+            exp in -45i32..45,
+            e in prop_oneof![Just("e"), Just("E")],
+            plus in any::<bool>(),
+            zeros in "0{0,2}",
+        ) {
+            let exp_sign = if exp < 0 { "-" } else if plus { "+" } else { "" };
+            let text = format!("{}{digits}{e}{exp_sign}{zeros}{}", if negative { "-" } else { "" }, exp.abs());
+            let plain = expanded(negative, &digits, exp);
+            prop_assert_eq!(ours(&[&text], 38, 18), by_kernel(&[&plain], 38, 18), "{} as {}", text, plain);
+        }
+    }
+
+    #[test]
+    fn exponent_edges() {
+        let p = |t: &str| parse_exponent(t, 38, 18);
+        assert_eq!(p("1E+19"), Some(10i128.pow(37)));
+        assert_eq!(p("1e20"), None, "10^20 is past DECIMAL(38, 18)");
+        assert_eq!(p("9.9999999999999999999999999999999999999e19"), Some(10i128.pow(38) - 1));
+        assert_eq!(p("1.234e-05"), Some(12_340_000_000_000));
+        assert_eq!(p("5e-19"), Some(1), "half away from zero");
+        assert_eq!(p("-5e-19"), Some(-1));
+        assert_eq!(p("4.9e-19"), Some(0));
+        assert_eq!(p("1e-999999999999999999999"), Some(0));
+        assert_eq!(p("0e999999999999"), Some(0));
+        assert_eq!(p("-0e0"), Some(0));
+        assert_eq!(p("1e999999999999"), None);
+        for bad in ["e5", "1e", "1e+", "1.e", "--1e2", "1e2.5", "1e2e3", "0x1e2", "1 e2", "NaN"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
     }
 
     #[test]

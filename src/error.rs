@@ -3,8 +3,18 @@
 //! A bad *record* is never an error: it is data for the dead-letter output. These variants
 //! are for what stops a command: bad settings, unreadable inputs, a broken backend, a
 //! query that does not plan, an output that cannot be written.
+//!
+//! As in object_store and DataFusion, a message is complete on its own (it names the
+//! thing, the cause in readable words and what to do), and the error that caused it is
+//! kept as its [`source`](std::error::Error::source) for a program that wants to
+//! inspect it. There are no blanket conversions from a backend's error type: SQLite
+//! holds both the embedded stream and the embedded store, and Arrow runs in ingest as in
+//! the queries, so each call site names its own stage.
 
 use std::path::PathBuf;
+
+/// A cause kept inside an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can stop a tripflow command.
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +30,34 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
-    /// The stream backend failed.
-    #[error("stream: {0}")]
-    Stream(String),
-    /// The trip store failed.
-    #[error("store: {0}")]
-    Store(String),
+    /// The stream backend (records, shards, checkpoints) failed.
+    #[error("stream: {message}")]
+    Stream {
+        /// What failed.
+        message: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The trip store failed, or a stored value could not be read.
+    #[error("store: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Decoding or validating a micro-batch failed inside an Arrow kernel: a bug, not
+    /// bad data (bad data is dead-lettered).
+    #[error("ingest: {message}")]
+    Ingest {
+        /// What failed.
+        message: String,
+        /// The kernel's error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A KPI query failed to parse, plan or run.
     #[error("query {file}: {message}")]
     Query {
@@ -33,48 +65,112 @@ pub enum Error {
         file: String,
         /// DataFusion's message.
         message: String,
+        /// DataFusion's error.
+        #[source]
+        source: Option<BoxError>,
     },
     /// An output (KPI files, dead letters) could not be written.
-    #[error("output: {0}")]
-    Output(String),
-    /// A fault injected by a test hook; never raised in normal operation.
-    #[error("injected fault: {0}")]
-    InjectedFault(&'static str),
+    #[error("output: {message}")]
+    Output {
+        /// What failed.
+        message: String,
+        /// The writer's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 impl Error {
     /// The stage that failed, as one word: `config`, `input`, `stream`, `store`,
-    /// `query`, `output` (or `injected` for a test's fault).
+    /// `ingest`, `query` or `output`.
     pub fn stage(&self) -> &'static str {
         match self {
             Error::Config(_) => "config",
             Error::Input { .. } => "input",
-            Error::Stream(_) => "stream",
-            Error::Store(_) => "store",
+            Error::Stream { .. } => "stream",
+            Error::Store { .. } => "store",
+            Error::Ingest { .. } => "ingest",
             Error::Query { .. } => "query",
-            Error::Output(_) => "output",
-            Error::InjectedFault(_) => "injected",
+            Error::Output { .. } => "output",
         }
+    }
+
+    /// A stream failure with no underlying error.
+    pub fn stream(message: impl Into<String>) -> Self {
+        Error::Stream { message: message.into(), source: None }
+    }
+
+    /// A store failure with no underlying error.
+    pub fn store(message: impl Into<String>) -> Self {
+        Error::Store { message: message.into(), source: None }
+    }
+
+    /// An output failure with no underlying error.
+    pub fn output(message: impl Into<String>) -> Self {
+        Error::Output { message: message.into(), source: None }
+    }
+}
+
+/// Labels a backend's error with the stage it failed in, keeping it as the source:
+/// `conn.execute(…).stage(Stage::Stream, "put to stream.db")?`.
+pub trait Context<T> {
+    /// On error: `stage: context: <the error>`, with the error as the source.
+    ///
+    /// # Errors
+    /// When `self` is an error.
+    fn stage(self, stage: Stage, context: impl std::fmt::Display) -> Result<T>;
+}
+
+/// A stage an underlying error can be labelled with (see [`Context`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// [`Error::Stream`].
+    Stream,
+    /// [`Error::Store`].
+    Store,
+    /// [`Error::Ingest`].
+    Ingest,
+    /// [`Error::Output`].
+    Output,
+}
+
+impl Stage {
+    /// The error of this stage, with `cause` kept as its source.
+    pub fn error(self, context: impl std::fmt::Display, cause: impl Into<BoxError>) -> Error {
+        let source: BoxError = cause.into();
+        let message = format!("{context}: {source}");
+        let source = Some(source);
+        match self {
+            Stage::Stream => Error::Stream { message, source },
+            Stage::Store => Error::Store { message, source },
+            Stage::Ingest => Error::Ingest { message, source },
+            Stage::Output => Error::Output { message, source },
+        }
+    }
+}
+
+impl<T, E: Into<BoxError>> Context<T> for std::result::Result<T, E> {
+    fn stage(self, stage: Stage, context: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| stage.error(context, e))
     }
 }
 
 /// `Result` with the library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error::Store(e.to_string())
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
 
-impl From<arrow::error::ArrowError> for Error {
-    fn from(e: arrow::error::ArrowError) -> Self {
-        Error::Query { file: "<arrow>".into(), message: e.to_string() }
-    }
-}
+    use super::*;
 
-impl From<object_store::Error> for Error {
-    fn from(e: object_store::Error) -> Self {
-        Error::Output(e.to_string())
+    #[test]
+    fn a_labelled_error_keeps_its_cause() {
+        let cause = rusqlite::Error::InvalidQuery;
+        let err = Err::<(), _>(cause).stage(Stage::Stream, "put to stream.db").unwrap_err();
+        assert_eq!(err.stage(), "stream");
+        assert!(err.to_string().starts_with("stream: put to stream.db: "), "{err}");
+        let source = err.source().expect("the cause is kept");
+        assert!(source.downcast_ref::<rusqlite::Error>().is_some());
     }
 }

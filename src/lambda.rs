@@ -207,12 +207,30 @@ impl IngestFunction {
         let records = event.records.len() as u64;
         let mut shards: Vec<ShardId> = Vec::new();
         let mut batch = Vec::with_capacity(event.records.len());
+        // The same identity as `tripflow ingest` gives the stream: one invocation's
+        // records all come from one event source mapping, so one stream.
+        let stream = event
+            .records
+            .first()
+            .and_then(|r| r.event_source_arn.as_deref())
+            .and_then(|arn| arn.rsplit_once(":stream/"))
+            .map(|(_, name)| format!("kinesis:{name}"));
+        let stream = match (stream, event.records.is_empty()) {
+            (Some(stream), _) => stream,
+            (None, true) => String::new(),
+            (None, false) => {
+                return Err(Error::stream(
+                    "a Kinesis event record has no eventSourceARN \"arn:aws:kinesis:…:stream/NAME\"; \
+                     is the function wired to a Kinesis event source mapping?",
+                ));
+            }
+        };
         for (i, r) in event.records.into_iter().enumerate() {
             // eventID is "shardId-000000000000:<sequence number>".
             let shard = r.event_id.as_deref().and_then(|id| id.split_once(':')).map(|(shard, _)| shard.to_owned());
             let sequence_number = r.kinesis.sequence_number;
             let (Some(shard), false) = (shard, sequence_number.is_empty()) else {
-                return Err(Error::Stream(format!(
+                return Err(Error::stream(format!(
                     "Kinesis event record {i} has no eventID \"shardId-…:SEQUENCE\" or no sequenceNumber; \
                      is the function wired to a Kinesis event source mapping?"
                 )));
@@ -244,7 +262,7 @@ impl IngestFunction {
             }
             let chunk: Vec<Pending> = rest.by_ref().take(self.chunk_records.max(1)).collect();
             let (chunk_counts, _) =
-                merge_batch(self.store.as_ref(), self.dead_letters.as_ref(), &shards, chunk).await?;
+                merge_batch(self.store.as_ref(), self.dead_letters.as_ref(), &stream, &shards, chunk).await?;
             counts.add(&chunk_counts);
             longest = longest.max(now().duration_since(began).unwrap_or_default());
         }
@@ -428,6 +446,7 @@ mod tests {
                 serde_json::json!({
                     "eventID": format!("shardId-000000000000:{:056}", i + 1),
                     "eventSource": "aws:kinesis",
+                    "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/bolt_streams",
                     "kinesis": {
                         "approximateArrivalTimestamp": 1716643140.5,
                         "data": base64::engine::general_purpose::STANDARD.encode(data),
@@ -488,10 +507,28 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(tmp.path()).unwrap());
         let dead = Arc::new(FileDeadLetters::open(&tmp.path().join("dead.ndjson")).unwrap());
-        let f = IngestFunction::new(store, dead);
+        let f = IngestFunction::new(store.clone(), dead);
         let mut e = event(&[("a", start("a"))]);
         e.records[0].event_id = None;
         let err = f.handle(e, SystemTime::now() + Duration::from_secs(60), SystemTime::now).await.unwrap_err();
         assert!(err.to_string().contains("eventID"), "{err}");
+        let mut e = event(&[("a", start("a"))]);
+        e.records[0].event_source_arn = None;
+        let err = f.handle(e, SystemTime::now() + Duration::from_secs(60), SystemTime::now).await.unwrap_err();
+        assert!(err.to_string().contains("eventSourceARN"), "{err}");
+        assert!(store.get("a").await.unwrap().is_none(), "nothing merged");
+    }
+
+    #[tokio::test]
+    async fn dead_letters_carry_the_stream_named_by_the_event_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(tmp.path()).unwrap());
+        let path = tmp.path().join("dead.ndjson");
+        let f = IngestFunction::new(store, Arc::new(FileDeadLetters::open(&path).unwrap()));
+        let e = event(&[("a", "not json".into())]);
+        f.handle(e, SystemTime::now() + Duration::from_secs(60), SystemTime::now).await.unwrap();
+        let letters = FileDeadLetters::read_all(&path).unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].stream, "kinesis:bolt_streams", "as tripflow ingest names a Kinesis stream");
     }
 }

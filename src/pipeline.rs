@@ -103,7 +103,9 @@ fn rate(n: u64, seconds: f64) -> f64 {
 /// When an input, a backend, a query or an output fails; bad records are not errors.
 pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, KpiReport)> {
     let began = Instant::now();
+    // The queries first: a broken one fails the run before produce and ingest start.
     let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
+    kpi::check(&queries).await?;
     let opened = config::open_stream(&settings.stream, &settings.home, settings.shards, aws, &settings.tuning).await?;
     let store = config::open_store(&settings.store, &settings.home, aws, &settings.tuning).await?;
     let (dead_letters, dead_letter_file) =
@@ -142,7 +144,7 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     .run(&options)
     .await?;
     let (produced, produce_s) =
-        (&mut producer.0).await.map_err(|e| Error::Stream(format!("the producer task failed: {e}")))?;
+        (&mut producer.0).await.map_err(|e| Error::stream(format!("the producer task failed: {e}")))?;
     let ProduceReport { sent, not_sent } = produced?;
     let ingest_s = stage.elapsed().as_secs_f64();
     let stage = Instant::now();
@@ -174,8 +176,8 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
 /// # Errors
 /// When the file cannot be written.
 pub fn write_report(path: &std::path::Path, report: &impl Serialize) -> Result<()> {
-    let json = serde_json::to_string_pretty(report).map_err(|e| Error::Output(e.to_string()))?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| Error::output(e.to_string()))?;
     std::fs::write(path, json + "\n").map_err(|e| {
-        Error::Output(format!("cannot write the report {}: {e}; choose a writable --report path", path.display()))
+        Error::output(format!("cannot write the report {}: {e}; choose a writable --report path", path.display()))
     })
 }

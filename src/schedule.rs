@@ -143,7 +143,7 @@ mod tests {
                 stop.store(true, Ordering::Relaxed);
             }
             let fail = fired.len() == 1;
-            async move { if fail { Err(Error::Output("disk full".into())) } else { Ok("ok".into()) } }
+            async move { if fail { Err(Error::output("disk full")) } else { Ok("ok".into()) } }
         })
         .await
         .unwrap();

@@ -49,8 +49,9 @@ pub fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }
 
-fn sql_error(e: impl std::fmt::Display) -> Error {
-    Error::Query { file: "<sql>".into(), message: e.to_string() }
+fn sql_error(e: impl Into<crate::error::BoxError>) -> Error {
+    let source = e.into();
+    Error::Query { file: "<sql>".into(), message: source.to_string(), source: Some(source) }
 }
 
 /// Where the outputs are: a local folder, or a bucket and prefix of an object store.
@@ -190,9 +191,10 @@ impl SqlSession {
                 Error::Query {
                     file: "<sql>".into(),
                     message: "tripflow sql is read-only: only queries (SELECT, WITH, EXPLAIN…) are allowed".into(),
+                    source: Some(e.into()),
                 }
             } else {
-                sql_error(msg)
+                sql_error(e)
             }
         })?;
         df.collect().await.map_err(sql_error)

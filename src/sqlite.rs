@@ -12,18 +12,45 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use crate::error::Stage;
 use crate::{Error, Result};
 
-/// A connection shared by an embedded backend.
+/// A connection shared by an embedded backend, whose SQLite errors are labelled with
+/// that backend's stage and file.
 #[derive(Clone)]
 pub(crate) struct Db {
     conn: Arc<Mutex<Connection>>,
+    stage: Stage,
+    file: Arc<str>,
 }
+
+/// An error inside a [`Db::call`]: SQLite's own (labelled with the backend's stage and
+/// file as it leaves the call), or one of tripflow's.
+pub(crate) enum DbError {
+    Sqlite(rusqlite::Error),
+    Tripflow(Error),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::Sqlite(e)
+    }
+}
+
+impl From<Error> for DbError {
+    fn from(e: Error) -> Self {
+        DbError::Tripflow(e)
+    }
+}
+
+/// The result of the work done in a [`Db::call`].
+pub(crate) type DbResult<T> = std::result::Result<T, DbError>;
 
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies `schema`, with a
-    /// page cache of `cache_mib` MiB.
-    pub(crate) fn open(path: &Path, schema: &str, cache_mib: i64) -> Result<Self> {
+    /// page cache of `cache_mib` MiB. Its errors are `stage` errors.
+    pub(crate) fn open(path: &Path, schema: &str, cache_mib: i64, stage: Stage) -> Result<Self> {
+        let file: Arc<str> = path.display().to_string().into();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::Config(format!("cannot create directory {}: {e}; choose a writable --home", dir.display()))
@@ -31,7 +58,7 @@ impl Db {
         }
         let conn = Connection::open(path)
             .map_err(|e| Error::Config(format!("cannot open {}: {e}; choose a writable --home", path.display())))?;
-        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(|e| stage.error(&file, e))?;
         // Two processes creating the same file at once (a producer and a consumer started
         // together) can get SQLITE_BUSY from the switch to WAL or the schema, which do
         // not always wait on the busy handler: try again for a while.
@@ -49,10 +76,10 @@ impl Db {
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(stage.error(&file, e)),
             }
         }
-        Ok(Db { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Db { conn: Arc::new(Mutex::new(conn)), stage, file })
     }
 
     /// The connection, for set-up work outside the async runtime.
@@ -64,14 +91,23 @@ impl Db {
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
     {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&mut guard)
         })
         .await
-        .map_err(|e| Error::Store(format!("blocking task failed: {e}")))?
+        .map_err(|e| self.stage.error(&self.file, e))?;
+        done.map_err(|e| self.label(e))
+    }
+
+    /// The tripflow error of a failure inside the database.
+    pub(crate) fn label(&self, e: DbError) -> Error {
+        match e {
+            DbError::Sqlite(e) => self.stage.error(&self.file, e),
+            DbError::Tripflow(e) => e,
+        }
     }
 }

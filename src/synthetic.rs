@@ -47,7 +47,7 @@ fn datetime(t: NaiveDateTime) -> String {
 /// When the folder or the files cannot be written.
 pub fn generate(trips: u64, seed: u64, out: &Path) -> Result<()> {
     let fail = |e: std::io::Error| {
-        Error::Output(format!("cannot write generated data to {}: {e}; choose a writable --out", out.display()))
+        Error::output(format!("cannot write generated data to {}: {e}; choose a writable --out", out.display()))
     };
     std::fs::create_dir_all(out).map_err(fail)?;
     let mut starts = BufWriter::new(File::create(out.join("trip_start.csv")).map_err(fail)?);

@@ -1,5 +1,7 @@
 //! The micro-batcher: a batch is flushed when it is full or has waited long enough
-//! (`rows >= batch_rows || elapsed >= linger`), whichever comes first.
+//! (`rows >= batch_rows || bytes >= batch_bytes || elapsed >= linger`), whichever comes
+//! first. The byte bound keeps memory flat under hostile input: 65,536 records of 1 MiB
+//! are never held at once.
 
 use std::time::{Duration, Instant};
 
@@ -14,24 +16,43 @@ pub struct Pending {
     pub record: StreamRecord,
 }
 
-/// Accumulates records up to a row bound, remembering when the first one arrived.
+/// Accumulates records up to a row and a byte bound, remembering when the first one
+/// arrived.
 #[derive(Debug)]
 pub struct Batcher {
     rows: usize,
+    max_bytes: usize,
     linger: Duration,
     pending: Vec<Pending>,
+    bytes: usize,
     since: Option<Instant>,
 }
 
 impl Batcher {
-    /// A batcher flushing at `rows` records or after `linger`.
-    pub fn new(rows: usize, linger: Duration) -> Self {
-        Batcher { rows, linger, pending: Vec::with_capacity(rows), since: None }
+    /// A batcher flushing at `rows` records, at `max_bytes` bytes of record data, or
+    /// after `linger`.
+    pub fn new(rows: usize, max_bytes: usize, linger: Duration) -> Self {
+        Batcher { rows, max_bytes, linger, pending: Vec::new(), bytes: 0, since: None }
     }
 
     /// How many more records fit.
     pub fn room(&self) -> usize {
-        self.rows.saturating_sub(self.pending.len())
+        if self.is_full() { 0 } else { self.rows - self.pending.len() }
+    }
+
+    /// How many more bytes of record data fit.
+    pub fn byte_room(&self) -> usize {
+        self.max_bytes.saturating_sub(self.bytes)
+    }
+
+    /// True when the batch holds `rows` records or `max_bytes` bytes.
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= self.rows || self.bytes >= self.max_bytes
+    }
+
+    /// Bytes of record data pending.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// True when nothing is pending.
@@ -42,7 +63,10 @@ impl Batcher {
     /// Adds records.
     pub fn extend(&mut self, records: impl IntoIterator<Item = Pending>) {
         let before = self.pending.len();
-        self.pending.extend(records);
+        for p in records {
+            self.bytes += p.record.data.len();
+            self.pending.push(p);
+        }
         if before == 0 && !self.pending.is_empty() {
             self.since = Some(Instant::now());
         }
@@ -50,7 +74,7 @@ impl Batcher {
 
     /// True when the batch is full, or non-empty and has lingered long enough.
     pub fn ready(&self, now: Instant) -> bool {
-        self.pending.len() >= self.rows || self.time_left(now) == Some(Duration::ZERO)
+        self.is_full() || self.time_left(now) == Some(Duration::ZERO)
     }
 
     /// Time until a non-empty batch has lingered long enough.
@@ -61,7 +85,8 @@ impl Batcher {
     /// Takes the pending records, leaving the batcher empty.
     pub fn take(&mut self) -> Vec<Pending> {
         self.since = None;
-        std::mem::replace(&mut self.pending, Vec::with_capacity(self.rows))
+        self.bytes = 0;
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -71,12 +96,16 @@ mod tests {
     use crate::stream::SequenceNumber;
 
     fn rec(n: u64) -> Pending {
+        sized(n, 0)
+    }
+
+    fn sized(n: u64, bytes: usize) -> Pending {
         Pending {
             shard: 0,
             record: StreamRecord {
                 sequence_number: SequenceNumber::from_u64(n),
                 partition_key: "k".into(),
-                data: vec![],
+                data: vec![b'x'; bytes],
                 arrival: Default::default(),
             },
         }
@@ -84,7 +113,7 @@ mod tests {
 
     #[test]
     fn flushes_when_full_or_lingered() {
-        let mut b = Batcher::new(2, Duration::from_millis(50));
+        let mut b = Batcher::new(2, usize::MAX, Duration::from_millis(50));
         let t0 = Instant::now();
         assert!(!b.ready(t0) && b.time_left(t0).is_none());
         b.extend([rec(1)]);
@@ -95,5 +124,17 @@ mod tests {
         assert!(b.ready(Instant::now()), "full");
         assert_eq!(b.take().len(), 2);
         assert!(b.is_empty() && b.time_left(Instant::now()).is_none());
+    }
+
+    #[test]
+    fn flushes_at_the_byte_bound_whatever_the_row_bound() {
+        let mut b = Batcher::new(65_536, 3 << 20, Duration::from_secs(60));
+        b.extend([sized(1, 1 << 20), sized(2, 1 << 20)]);
+        assert!(!b.ready(Instant::now()) && b.byte_room() == 1 << 20 && b.room() == 65_534);
+        b.extend([sized(3, (1 << 20) + 1)]);
+        assert!(b.is_full() && b.ready(Instant::now()), "over the byte bound");
+        assert_eq!((b.room(), b.byte_room(), b.bytes()), (0, 0, (3 << 20) + 1));
+        assert_eq!(b.take().len(), 3);
+        assert_eq!((b.bytes(), b.room()), (0, 65_536));
     }
 }

@@ -37,6 +37,10 @@ pub struct IngestOptions {
     pub batch_rows: usize,
     /// ...or when its first record has waited this long.
     pub linger: Duration,
+    /// Flush a micro-batch once its records hold this many bytes, whatever its row
+    /// count. A read never asks for more than the bytes left (on Kinesis one
+    /// GetRecords response, at most 10 MiB, can go past it).
+    pub batch_bytes: usize,
     /// Keep reading after catching up, until `stop` is set.
     pub follow: bool,
     /// Where to start in a shard that has no checkpoint yet.
@@ -50,15 +54,25 @@ pub struct IngestOptions {
     /// then only full batches are flushed: throughput matters there, not latency.
     pub drain: Option<Arc<AtomicBool>>,
     /// Test hook: fail after the merge and dead letters of this many batches, before
-    /// their checkpoint, as a crash would.
+    /// their checkpoint, as a crash would. The error is a stream error whose source is
+    /// [`InjectedCrash`].
+    #[doc(hidden)]
     pub crash_after_batches: Option<u64>,
 }
+
+/// The cause of the error that [`IngestOptions::crash_after_batches`] raises; never
+/// raised otherwise.
+#[doc(hidden)]
+#[derive(Debug, thiserror::Error)]
+#[error("crash injected by a test after the merge, before the checkpoint")]
+pub struct InjectedCrash;
 
 impl Default for IngestOptions {
     fn default() -> Self {
         IngestOptions {
             consumer: DEFAULT_CONSUMER.into(),
             batch_rows: 65_536,
+            batch_bytes: DEFAULT_BATCH_BYTES,
             linger: Duration::from_millis(100),
             follow: false,
             initial_position: StartPosition::TrimHorizon,
@@ -69,6 +83,10 @@ impl Default for IngestOptions {
         }
     }
 }
+
+/// The default byte bound of a micro-batch: 64 MiB, three times what 65,536 typical
+/// 320-byte events hold, so it only acts on unusually large records.
+pub const DEFAULT_BATCH_BYTES: usize = 64 << 20;
 
 /// What an ingest run did, in records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -168,10 +186,14 @@ impl Ingest<'_> {
         if opts.batch_rows == 0 {
             return Err(Error::Config("--batch-rows must be at least 1".into()));
         }
+        if opts.batch_bytes == 0 {
+            return Err(Error::Config("--batch-bytes must be at least 1".into()));
+        }
         let mut readers = Readers { waiting: self.source.shards().await?, ..Default::default() };
         readers.known = readers.waiting.iter().map(|s| s.id.clone()).collect();
         readers.open_ready(self, opts).await?;
-        let mut batcher = Batcher::new(opts.batch_rows, opts.linger);
+        let mut batcher = Batcher::new(opts.batch_rows, opts.batch_bytes, opts.linger);
+        let stream = self.source.identity();
         let mut totals = IngestCounts::default();
 
         // Each round starts at the next shard, so a busy shard cannot starve the others.
@@ -192,7 +214,7 @@ impl Ingest<'_> {
                 if room == 0 {
                     break;
                 }
-                let read = self.source.read(&readers.iterators[i], room).await?;
+                let read = self.source.read(&readers.iterators[i], room, batcher.byte_room()).await?;
                 readers.iterators[i] = read.next;
                 readers.caught_up[i] = read.caught_up;
                 batcher.extend(read.records.into_iter().map(|record| Pending { shard: i, record }));
@@ -209,7 +231,7 @@ impl Ingest<'_> {
             let due = batcher.room() == 0 || (may_linger && batcher.ready(Instant::now()));
             if due || (!batcher.is_empty() && (all_caught_up && !following || stopping)) {
                 let batch = batcher.take();
-                let counts = self.process(&readers.ids, batch, opts, totals.batches).await?;
+                let counts = self.process(&stream, &readers.ids, batch, opts, totals.batches).await?;
                 totals.add(&counts);
                 // The batch is freed now; without this the resident size creeps up.
                 crate::memory::release_freed();
@@ -236,15 +258,16 @@ impl Ingest<'_> {
 
     async fn process(
         &self,
+        stream: &str,
         shards: &[String],
         batch: Vec<Pending>,
         opts: &IngestOptions,
         done_batches: u64,
     ) -> Result<IngestCounts> {
-        let (counts, last) = merge_batch(self.store, self.dead_letters, shards, batch).await?;
+        let (counts, last) = merge_batch(self.store, self.dead_letters, stream, shards, batch).await?;
 
         if opts.crash_after_batches.is_some_and(|n| done_batches + 1 >= n) {
-            return Err(Error::InjectedFault("after merge, before checkpoint"));
+            return Err(crate::error::Stage::Stream.error("checkpoint", InjectedCrash));
         }
 
         for (shard, seq) in shards.iter().zip(&last) {
@@ -258,8 +281,9 @@ impl Ingest<'_> {
 
 /// One micro-batch through every stage but the checkpoint: decode into Arrow, validate
 /// column-wise, coalesce each trip's events, merge them into `store` with the conditional
-/// write, and dead-letter the rejected records. `shards` names the shard of each
-/// [`Pending::shard`] index. `tripflow ingest` and the Lambda ingest handler both call
+/// write, and dead-letter the rejected records. `stream` is the stream's
+/// [identity](crate::stream::StreamSource::identity), and `shards` names the shard of
+/// each [`Pending::shard`] index. `tripflow ingest` and the Lambda ingest handler both call
 /// this, so the two cannot drift apart.
 ///
 /// Returns the batch's counts and, per shard, the last sequence number it held: once
@@ -272,6 +296,7 @@ impl Ingest<'_> {
 pub async fn merge_batch(
     store: &dyn TripStore,
     dead_letters: &dyn DeadLetterSink,
+    stream: &str,
     shards: &[ShardId],
     batch: Vec<Pending>,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>)> {
@@ -289,6 +314,7 @@ pub async fn merge_batch(
         .zip(std::mem::take(&mut validated.reasons))
         .filter(|(_, reasons)| !reasons.is_empty())
         .map(|(p, reasons)| DeadLetter {
+            stream: stream.to_owned(),
             shard: shards[p.shard].clone(),
             sequence_number: p.record.sequence_number.clone(),
             partition_key: p.record.partition_key.clone(),
@@ -387,7 +413,11 @@ mod tests {
             Ok(ShardIterator { shard: shard.clone(), position: "0".into() })
         }
 
-        async fn read(&self, it: &ShardIterator, limit: usize) -> Result<ReadResult> {
+        fn identity(&self) -> String {
+            "test:resharded".into()
+        }
+
+        async fn read(&self, it: &ShardIterator, limit: usize, _max_bytes: usize) -> Result<ReadResult> {
             self.reads.lock().unwrap().push(it.shard.clone());
             let at: usize = it.position.parse().unwrap();
             let all = contents(&it.shard);

@@ -17,10 +17,14 @@ use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, Schem
 use regex::Regex;
 
 use super::decode::{COLUMNS, Decoded, is_blank, quote};
+use crate::error::{Context, Stage};
 use crate::event::{
     DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type, timestamp_type,
 };
-use crate::{Result, cast, decimal, timestamp};
+use crate::{cast, decimal, timestamp};
+
+/// The kernels' errors, inside validation; [`validate`] labels them with the stage.
+type Result<T, E = arrow::error::ArrowError> = std::result::Result<T, E>;
 
 /// Longest accepted `trip_id`, in bytes (DynamoDB allows 2048 for a partition key).
 pub const MAX_TRIP_ID_BYTES: usize = 1024;
@@ -143,7 +147,11 @@ fn safe() -> CastOptions<'static> {
 ///
 /// # Errors
 /// Only when an Arrow kernel fails, which would be a bug, not bad data.
-pub fn validate(decoded: &Decoded) -> Result<Validated> {
+pub fn validate(decoded: &Decoded) -> crate::Result<Validated> {
+    validate_columns(decoded).stage(Stage::Ingest, "validating a micro-batch")
+}
+
+fn validate_columns(decoded: &Decoded) -> Result<Validated> {
     let is_start = &decoded.is_start;
     let is_end = &decoded.is_end;
     let any_kind = or(is_start, is_end)?;
@@ -354,7 +362,17 @@ mod tests {
         ) {
             let text = format!("{sign}{int}{dot}{frac}{other}");
             let ours = integers(&StringArray::from(vec![text.as_str()])).unwrap();
-            prop_assert_eq!(ours[0], integer_by_kernels(&text), "{}", text);
+            // The kernel reads no exponent: it reads `e3` spelt out, the point moved.
+            let spelt = if other == "e3" && !(int.is_empty() && frac.is_empty()) {
+                // Without a dot, the "fraction" digits are more of the integer's.
+                let (int, frac) = if dot.is_empty() { (format!("{int}{frac}"), String::new()) } else { (int.clone(), frac.clone()) };
+                let frac = format!("{frac:0<3}");
+                let rest = &frac[3..];
+                format!("{sign}{int}{}{}{rest}", &frac[..3], if rest.is_empty() { "" } else { "." })
+            } else {
+                text.clone()
+            };
+            prop_assert_eq!(ours[0], integer_by_kernels(&spelt), "{} as {}", text, spelt);
         }
     }
 

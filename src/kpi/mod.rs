@@ -28,6 +28,7 @@ use tracing::info;
 
 pub use self::output::OutputLocation;
 pub use self::queries::{DEFAULT_QUERY, KpiQuery};
+use crate::error::{Context, Stage};
 use crate::event::TRIP_SCHEMA;
 use crate::store::{Projection, TripStore};
 use crate::{Error, Result};
@@ -73,7 +74,7 @@ impl KpiReport {
 }
 
 /// Names the file, and the line where DataFusion can tell it, of a failed query.
-fn query_error(q: &KpiQuery, e: &datafusion::error::DataFusionError) -> Error {
+fn query_error(q: &KpiQuery, e: datafusion::error::DataFusionError) -> Error {
     let line = e.diagnostic().and_then(|d| d.span).map(|span| span.start.line).or_else(|| {
         // Parser errors carry the position in their text: "at Line: 3, Column: 5".
         let text = e.to_string();
@@ -84,7 +85,7 @@ fn query_error(q: &KpiQuery, e: &datafusion::error::DataFusionError) -> Error {
         Some(line) => format!("{}:{line}", q.path.display()),
         None => q.path.display().to_string(),
     };
-    Error::Query { file, message: e.to_string() }
+    Error::Query { file, message: e.to_string(), source: Some(e.into()) }
 }
 
 /// Which columns of the trip table the KPI job exports.
@@ -101,7 +102,7 @@ async fn plan_all<'q>(ctx: &SessionContext, queries: &'q [KpiQuery]) -> Result<V
     let read_only = crate::sql::read_only();
     let mut planned = Vec::with_capacity(queries.len());
     for q in queries {
-        let df = ctx.sql_with_options(&q.sql, read_only).await.map_err(|e| query_error(q, &e))?;
+        let df = ctx.sql_with_options(&q.sql, read_only).await.map_err(|e| query_error(q, e))?;
         planned.push((q, df));
     }
     Ok(planned)
@@ -118,8 +119,8 @@ fn context_over(schema: SchemaRef, batches: &[RecordBatch]) -> Result<SessionCon
         let n = partitions.len();
         partitions[i % n].push(b.clone());
     }
-    let table = MemTable::try_new(schema, partitions).map_err(|e| Error::Store(format!("export: {e}")))?;
-    ctx.register_table("trips", Arc::new(table)).map_err(|e| Error::Store(format!("export: {e}")))?;
+    let table = MemTable::try_new(schema, partitions).map_err(|e| Error::store(format!("export: {e}")))?;
+    ctx.register_table("trips", Arc::new(table)).map_err(|e| Error::store(format!("export: {e}")))?;
     Ok(ctx)
 }
 
@@ -129,7 +130,7 @@ fn read_columns(planned: &[(&KpiQuery, DataFrame)]) -> Result<Option<BTreeSet<us
     let mut read = BTreeSet::new();
     let mut all = false;
     for (q, df) in planned {
-        let plan = df.clone().into_optimized_plan().map_err(|e| query_error(q, &e))?;
+        let plan = df.clone().into_optimized_plan().map_err(|e| query_error(q, e))?;
         plan.apply_with_subqueries(|node| {
             if let LogicalPlan::TableScan(scan) = node
                 && scan.table_name.table() == "trips"
@@ -144,9 +145,20 @@ fn read_columns(planned: &[(&KpiQuery, DataFrame)]) -> Result<Option<BTreeSet<us
             }
             Ok(TreeNodeRecursion::Continue)
         })
-        .map_err(|e| query_error(q, &e))?;
+        .map_err(|e| query_error(q, e))?;
     }
     Ok((!all).then_some(read))
+}
+
+/// Plans every query against an empty `trips` table, naming the file (and line) of the
+/// first that does not parse or plan. `tripflow run` and `tripflow schedule` call it
+/// before any long work, so a typo costs seconds, not a night.
+///
+/// # Errors
+/// The first query that does not plan.
+pub async fn check(queries: &[KpiQuery]) -> Result<()> {
+    let probe = context_over(TRIP_SCHEMA.clone(), &[])?;
+    plan_all(&probe, queries).await.map(drop)
 }
 
 /// Runs the queries over the exported table and returns their results with the export.
@@ -186,7 +198,7 @@ pub async fn run_queries(
     let mut results = Vec::with_capacity(planned.len());
     for (q, df) in planned {
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(|e| query_error(q, &e))?;
+        let batches = df.collect().await.map_err(|e| query_error(q, e))?;
         results.push(QueryResult { query: q.clone(), schema, batches });
     }
     Ok((results, batches))
@@ -251,15 +263,19 @@ async fn write_snapshots(export: &[RecordBatch], out: &OutputLocation) -> Result
     let mut dates = std::collections::BTreeSet::new();
     for b in export {
         let col = b.column_by_name("trip_date").expect("trip table has trip_date");
-        let f = ArrayFormatter::try_new(col.as_ref(), &Default::default())?;
+        let f = ArrayFormatter::try_new(col.as_ref(), &Default::default()).stage(Stage::Output, "snapshot dates")?;
         dates.extend((0..b.num_rows()).filter(|&i| col.is_valid(i)).map(|i| f.value(i).to_string()));
     }
     let keep = snapshot_columns();
-    let schema = Arc::new(TRIP_SCHEMA.project(&keep)?);
+    let schema = Arc::new(TRIP_SCHEMA.project(&keep).stage(Stage::Output, "snapshot columns")?);
     let mut files = Vec::new();
     for date in dates {
         let rows = output::rows_of_date(export, "trip_date", &date)?;
-        let rows = rows.iter().map(|b| b.project(&keep)).collect::<Result<Vec<_>, _>>()?;
+        let rows = rows
+            .iter()
+            .map(|b| b.project(&keep))
+            .collect::<Result<Vec<_>, _>>()
+            .stage(Stage::Output, "snapshot rows")?;
         let bytes = output::parquet_bytes(schema.clone(), &rows)?;
         files.push(out.put(&format!("snapshots/trip_date={date}/trips.parquet"), bytes).await?);
     }
@@ -290,7 +306,8 @@ fn render(results: &[QueryResult]) -> Result<Rendered> {
         for b in &r.batches {
             let f = output::formatters(b)?;
             let date_array = b.column(date_col);
-            let date_fmt = ArrayFormatter::try_new(date_array.as_ref(), &Default::default())?;
+            let date_fmt =
+                ArrayFormatter::try_new(date_array.as_ref(), &Default::default()).stage(Stage::Output, "trip_date")?;
             for row in 0..b.num_rows() {
                 if date_array.is_null(row) {
                     continue;

@@ -19,6 +19,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::aws::Aws;
+use crate::error::{Context, Stage};
 use crate::location::{Kind, Location};
 use crate::{Error, Result};
 
@@ -50,10 +51,10 @@ impl OutputLocation {
             _ => unreachable!("--out takes local paths and s3:// URLs only"),
         };
         std::fs::create_dir_all(&path).map_err(|e| {
-            Error::Output(format!("cannot create output directory {}: {e}; choose a writable --out", path.display()))
+            Error::output(format!("cannot create output directory {}: {e}; choose a writable --out", path.display()))
         })?;
         let store = LocalFileSystem::new_with_prefix(&path)
-            .map_err(|e| Error::Output(format!("cannot use output directory {}: {e}", path.display())))?;
+            .map_err(|e| Error::output(format!("cannot use output directory {}: {e}", path.display())))?;
         Ok(OutputLocation {
             store: Arc::new(store),
             prefix: ObjectPath::default(),
@@ -73,7 +74,7 @@ impl OutputLocation {
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<String> {
         let path = key.split('/').fold(self.prefix.clone(), |p, part| p.clone().join(part));
         self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| {
-            Error::Output(format!("cannot write {key} under {}: {e}; choose a writable --out", self.display))
+            Error::output(format!("cannot write {key} under {}: {e}; choose a writable --out", self.display))
         })?;
         Ok(format!("{}/{key}", self.display.trim_end_matches('/')))
     }
@@ -91,10 +92,11 @@ impl OutputLocation {
 pub fn rows_of_date(batches: &[RecordBatch], column: &str, value: &str) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for b in batches {
-        let col = b.column_by_name(column).ok_or_else(|| Error::Output(format!("no column {column}")))?;
-        let wanted = cast(&StringArray::from(vec![value]), col.data_type())?;
-        let mask = eq(col, &Scalar::new(wanted))?;
-        let rows = filter_record_batch(b, &mask)?;
+        let col = b.column_by_name(column).ok_or_else(|| Error::output(format!("no column {column}")))?;
+        let context = || format!("the rows of {column} {value}");
+        let wanted = cast(&StringArray::from(vec![value]), col.data_type()).stage(Stage::Output, context())?;
+        let mask = eq(col, &Scalar::new(wanted)).stage(Stage::Output, context())?;
+        let rows = filter_record_batch(b, &mask).stage(Stage::Output, context())?;
         if rows.num_rows() > 0 {
             out.push(rows);
         }
@@ -108,7 +110,7 @@ pub fn rows_of_date(batches: &[RecordBatch], column: &str, value: &str) -> Resul
 /// When the writer fails.
 pub fn parquet_bytes(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
-    let fail = |e: parquet::errors::ParquetError| Error::Output(format!("parquet: {e}"));
+    let fail = |e: parquet::errors::ParquetError| Error::output(format!("parquet: {e}"));
     let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(fail)?;
     for b in batches {
         writer.write(b).map_err(fail)?;
@@ -144,7 +146,11 @@ pub fn json_value(array: &dyn Array, formatter: &ArrayFormatter<'_>, row: usize)
 pub fn formatters(batch: &RecordBatch) -> Result<Vec<ArrayFormatter<'_>>> {
     static OPTIONS: std::sync::LazyLock<FormatOptions<'static>> =
         std::sync::LazyLock::new(|| FormatOptions::default().with_display_error(false));
-    batch.columns().iter().map(|c| Ok(ArrayFormatter::try_new(c.as_ref(), &OPTIONS)?)).collect()
+    batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &OPTIONS).stage(Stage::Output, "a column"))
+        .collect()
 }
 
 /// One row as a JSON object `{"col": value, …}` on one line, leaving out `skip`.

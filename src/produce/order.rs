@@ -54,7 +54,7 @@ impl Run {
 }
 
 fn spill_error(e: std::io::Error) -> Error {
-    Error::Output(format!(
+    Error::output(format!(
         "cannot sort rows through a temporary file in {}: {e}; set TMPDIR to a folder with room",
         std::env::temp_dir().display()
     ))

@@ -39,6 +39,7 @@ use super::{
     TripUpdate,
 };
 use crate::aws::{Aws, describe};
+use crate::error::{Context, Stage};
 use crate::event::{END_FIELDS, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
 
@@ -223,11 +224,11 @@ fn stored_versions(item: Option<&HashMap<String, AttributeValue>>) -> StoredVers
 
 /// A stored item as a [`TripItem`].
 fn trip_item(item: &HashMap<String, AttributeValue>) -> Result<TripItem> {
-    let trip_id = text(item, "trip_id").ok_or_else(|| Error::Store("an item has no trip_id".into()))?;
+    let trip_id = text(item, "trip_id").ok_or_else(|| Error::store("an item has no trip_id"))?;
     let int = |name: &str| -> Result<i64> {
         text(item, name)
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::Store(format!("trip {trip_id}: {name} is missing or not an integer")))
+            .ok_or_else(|| Error::store(format!("trip {trip_id}: {name} is missing or not an integer")))
     };
     let start = match text(item, "pickup_datetime") {
         None => None,
@@ -248,7 +249,7 @@ fn trip_item(item: &HashMap<String, AttributeValue>) -> Result<TripItem> {
             passenger_count: text(item, "passenger_count"),
             trip_distance: text(item, "trip_distance"),
             fare_amount: text(item, "fare_amount")
-                .ok_or_else(|| Error::Store(format!("trip {trip_id}: fare_amount is missing")))?,
+                .ok_or_else(|| Error::store(format!("trip {trip_id}: fare_amount is missing")))?,
             tip_amount: text(item, "tip_amount"),
             payment_type: text(item, "payment_type"),
             trip_type: text(item, "trip_type"),
@@ -259,15 +260,15 @@ fn trip_item(item: &HashMap<String, AttributeValue>) -> Result<TripItem> {
 
 /// Rows sorted by `trip_id`.
 fn sorted(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let all = concat_batches(&TRIP_SCHEMA, batches)?;
-    let order = sort_to_indices(all.column(0), None, None)?;
-    Ok(take_record_batch(&all, &order)?)
+    let all = concat_batches(&TRIP_SCHEMA, batches).stage(Stage::Store, "export")?;
+    let order = sort_to_indices(all.column(0), None, None).stage(Stage::Store, "export")?;
+    take_record_batch(&all, &order).stage(Stage::Store, "export")
 }
 
 /// Cuts rows into batches of [`EXPORT_BATCH_ROWS`], the shape the embedded store
 /// exports, so both backends give the same files.
 fn chunked(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
-    let all = concat_batches(&TRIP_SCHEMA, batches)?;
+    let all = concat_batches(&TRIP_SCHEMA, batches).stage(Stage::Store, "export")?;
     if all.num_rows() == 0 {
         return Ok(vec![all]);
     }
@@ -323,7 +324,7 @@ impl DynamoStore {
             AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
         };
         let key = |name: &str, ty: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(ty).build();
-        let build = |e: aws_smithy_types::error::operation::BuildError| Error::Store(e.to_string());
+        let build = |e: aws_smithy_types::error::operation::BuildError| Error::store(e.to_string());
         let index_keys =
             vec![key("trip_date", KeyType::Hash).map_err(build)?, key("trip_id", KeyType::Range).map_err(build)?];
         let projection = Projection::builder().projection_type(ProjectionType::All).build();
@@ -349,7 +350,7 @@ impl DynamoStore {
             Ok(_) => true,
             Err(e) if e.code() == Some("ResourceInUseException") => false,
             Err(e) => {
-                return Err(Error::Store(format!("cannot create DynamoDB table {}: {}", self.table, describe(&e))));
+                return Err(Error::store(format!("cannot create DynamoDB table {}: {}", self.table, describe(&e))));
             }
         };
         if wait_until(&self.client, &self.table, &Statuses::table_active, TABLE_WAIT).await?.index.is_some() {
@@ -376,7 +377,7 @@ impl DynamoStore {
             )
             .send()
             .await
-            .map_err(|e| Error::Store(format!("cannot add {DATE_INDEX} to {}: {}", self.table, describe(&e))))?;
+            .map_err(|e| Error::store(format!("cannot add {DATE_INDEX} to {}: {}", self.table, describe(&e))))?;
         wait_until(&self.client, &self.table, &Statuses::index_active, INDEX_WAIT).await?;
         Ok(true)
     }
@@ -428,7 +429,7 @@ impl DynamoStore {
                     }
                     _ if err.code() == Some("ResourceNotFoundException") => return Err(not_found(&self.table)),
                     _ => {
-                        return Err(Error::Store(format!(
+                        return Err(Error::store(format!(
                             "UpdateItem of trip {} in {}: {}",
                             u.trip_id,
                             self.table,
@@ -438,7 +439,7 @@ impl DynamoStore {
                 },
             }
         }
-        Err(Error::Store(format!(
+        Err(Error::store(format!(
             "trip {} in {} changed under {MAX_CONDITION_RETRIES} writes in a row; is another writer replaying the same events?",
             u.trip_id, self.table
         )))
@@ -458,7 +459,7 @@ impl DynamoStore {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::Store(format!("Scan of {}: {}", self.table, describe(&e))))?;
+            let page = page.map_err(|e| Error::store(format!("Scan of {}: {}", self.table, describe(&e))))?;
             page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
@@ -483,7 +484,7 @@ impl DynamoStore {
             .send();
         while let Some(page) = pages.next().await {
             let page =
-                page.map_err(|e| Error::Store(format!("Query of {} on {DATE_INDEX}: {}", self.table, describe(&e))))?;
+                page.map_err(|e| Error::store(format!("Query of {} on {DATE_INDEX}: {}", self.table, describe(&e))))?;
             page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
@@ -514,7 +515,7 @@ async fn statuses(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Stat
         if e.code() == Some("ResourceNotFoundException") {
             not_found(table)
         } else {
-            Error::Store(format!("cannot describe DynamoDB table {table}: {}", describe(&e)))
+            Error::store(format!("cannot describe DynamoDB table {table}: {}", describe(&e)))
         }
     })?;
     let t = out.table();
@@ -545,7 +546,7 @@ async fn wait_until(
             return Ok(now);
         }
         if began.elapsed() > limit {
-            return Err(Error::Store(format!(
+            return Err(Error::store(format!(
                 "DynamoDB table {table} (or its index {DATE_INDEX}) is not active after {} s",
                 limit.as_secs()
             )));
@@ -561,7 +562,7 @@ async fn wait_until(
 /// When DynamoDB refuses.
 pub async fn create_key_table(aws: &Aws, table: &str, hash: &str, range: Option<&str>) -> Result<bool> {
     let client = aws.dynamodb();
-    let build = |e: aws_smithy_types::error::operation::BuildError| Error::Store(e.to_string());
+    let build = |e: aws_smithy_types::error::operation::BuildError| Error::store(e.to_string());
     let mut req = client.create_table().table_name(table).billing_mode(BillingMode::PayPerRequest);
     for (name, ty) in std::iter::once((hash, KeyType::Hash)).chain(range.map(|r| (r, KeyType::Range))) {
         req = req
@@ -577,7 +578,7 @@ pub async fn create_key_table(aws: &Aws, table: &str, hash: &str, range: Option<
     let created = match req.send().await {
         Ok(_) => true,
         Err(e) if e.code() == Some("ResourceInUseException") => false,
-        Err(e) => return Err(Error::Store(format!("cannot create DynamoDB table {table}: {}", describe(&e)))),
+        Err(e) => return Err(Error::store(format!("cannot create DynamoDB table {table}: {}", describe(&e)))),
     };
     wait_until(&client, table, &Statuses::table_active, TABLE_WAIT).await?;
     Ok(created)
@@ -607,7 +608,7 @@ impl TripStore for DynamoStore {
                 if e.code() == Some("ResourceNotFoundException") {
                     not_found(&self.table)
                 } else {
-                    Error::Store(format!("GetItem {trip_id} from {}: {}", self.table, describe(&e)))
+                    Error::store(format!("GetItem {trip_id} from {}: {}", self.table, describe(&e)))
                 }
             })?;
         out.item().map(trip_item).transpose()
@@ -636,7 +637,11 @@ impl TripStore for DynamoStore {
             }
         };
         // Whole items come back either way; the kept columns are cut out at the end.
-        let out = chunked(&rows)?.iter().map(|b| b.project(columns.columns())).collect::<Result<Vec<_>, _>>()?;
+        let out = chunked(&rows)?
+            .iter()
+            .map(|b| b.project(columns.columns()))
+            .collect::<Result<Vec<_>, _>>()
+            .stage(Stage::Store, "export")?;
         debug!(rows = out.iter().map(RecordBatch::num_rows).sum::<usize>(), "Exported the table.");
         Ok(out)
     }

@@ -17,6 +17,7 @@ use arrow::compute::CastOptions;
 use arrow::datatypes::{Decimal128Type, SchemaRef, TimestampMicrosecondType};
 
 use super::TripItem;
+use crate::error::{Context, Stage};
 use crate::event::{
     DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC,
     timestamp_type,
@@ -257,7 +258,7 @@ impl ExportBuilder {
     pub fn finish(&mut self) -> Result<RecordBatch> {
         let arrays = self.columns.iter_mut().map(Column::finish).collect();
         self.rows = 0;
-        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+        RecordBatch::try_new(self.schema.clone(), arrays).stage(Stage::Store, "export")
     }
 }
 
@@ -283,7 +284,7 @@ impl Unreadable {
             Cell::Null => String::new(),
         };
         let field = TRIP_SCHEMA.field(self.index);
-        Error::Store(format!(
+        Error::store(format!(
             "trip {trip_id:?}: stored {} {:?} cannot be read as {}; an older build wrote it or it was edited by \
              hand. Rewrite that attribute in the trip table (or delete the item and replay its events), then run \
              the KPI job again",

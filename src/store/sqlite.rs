@@ -24,8 +24,9 @@ use super::{
     Cell, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem, TripStore,
     TripUpdate,
 };
+use crate::error::Stage;
 use crate::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};
-use crate::sqlite::Db;
+use crate::sqlite::{Db, DbResult};
 use crate::{Error, Result};
 
 const SCHEMA: &str = "
@@ -70,7 +71,10 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or created.
     pub fn open(home: &Path) -> Result<Self> {
-        Ok(SqliteStore { db: Db::open(&home.join("trips.sqlite"), SCHEMA, CACHE_MIB)?, writes: Arc::default() })
+        Ok(SqliteStore {
+            db: Db::open(&home.join("trips.sqlite"), SCHEMA, CACHE_MIB, Stage::Store)?,
+            writes: Arc::default(),
+        })
     }
 }
 
@@ -142,9 +146,9 @@ fn cell(value: ValueRef<'_>, column: usize) -> Result<Cell<'_>> {
         ValueRef::Integer(v) => Ok(Cell::Int(v)),
         ValueRef::Text(t) => std::str::from_utf8(t)
             .map(Cell::Text)
-            .map_err(|_| Error::Store(format!("stored {} is not UTF-8 text", TRIP_SCHEMA.field(column).name()))),
+            .map_err(|_| Error::store(format!("stored {} is not UTF-8 text", TRIP_SCHEMA.field(column).name()))),
         ValueRef::Real(_) | ValueRef::Blob(_) => {
-            Err(Error::Store(format!("stored {} is not text or an integer", TRIP_SCHEMA.field(column).name())))
+            Err(Error::store(format!("stored {} is not text or an integer", TRIP_SCHEMA.field(column).name())))
         }
     }
 }
@@ -222,7 +226,7 @@ impl TripStore for SqliteStore {
                 let order = if columns.is_all() { " ORDER BY trip_id" } else { "" };
                 let mut builder = ExportBuilder::new(columns);
                 let mut batches = Vec::new();
-                let mut scan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<()> {
+                let mut scan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> DbResult<()> {
                     let mut stmt = conn.prepare(sql)?;
                     let mut rows = stmt.query(params)?;
                     while let Some(row) = rows.next()? {

@@ -30,7 +30,7 @@ pub struct DynamoCheckpoints {
 fn order_key(seq: &SequenceNumber) -> Result<String> {
     let digits = seq.0.trim_start_matches('0');
     if !seq.0.bytes().all(|b| b.is_ascii_digit()) || digits.len() > ORDER_WIDTH {
-        return Err(Error::Stream(format!("{seq:?} is not a Kinesis sequence number")));
+        return Err(Error::stream(format!("{seq:?} is not a Kinesis sequence number")));
     }
     Ok(format!("{digits:0>ORDER_WIDTH$}"))
 }
@@ -80,7 +80,7 @@ impl CheckpointStore for DynamoCheckpoints {
                 if e.code() == Some("ResourceNotFoundException") {
                     self.missing_table()
                 } else {
-                    Error::Stream(format!("reading the checkpoint of {consumer} in {shard}: {}", describe(&e)))
+                    Error::stream(format!("reading the checkpoint of {consumer} in {shard}: {}", describe(&e)))
                 }
             })?;
         Ok(out.item().and_then(|i| i.get("seq")).and_then(|v| v.as_s().ok()).map(|s| SequenceNumber(s.clone())))
@@ -107,7 +107,7 @@ impl CheckpointStore for DynamoCheckpoints {
                 Ok(())
             }
             Err(e) if e.code() == Some("ResourceNotFoundException") => Err(self.missing_table()),
-            Err(e) => Err(Error::Stream(format!("writing the checkpoint of {consumer} in {shard}: {}", describe(&e)))),
+            Err(e) => Err(Error::stream(format!("writing the checkpoint of {consumer} in {shard}: {}", describe(&e)))),
         }
     }
 }

@@ -16,6 +16,7 @@ use super::{
     CheckpointStore, PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition,
     StreamRecord, StreamSink, StreamSource, refusal, shard_index, shard_name,
 };
+use crate::error::Stage;
 use crate::sqlite::Db;
 use crate::{Error, Result};
 
@@ -51,6 +52,7 @@ pub struct EmbeddedStream {
     db: Db,
     shard_count: u32,
     path: PathBuf,
+    id: String,
 }
 
 impl EmbeddedStream {
@@ -65,20 +67,24 @@ impl EmbeddedStream {
             return Err(Error::Config("--shards must be at least 1".into()));
         }
         let path = home.join("stream.sqlite");
-        let db = Db::open(&path, SCHEMA, CACHE_MIB)?;
+        let db = Db::open(&path, SCHEMA, CACHE_MIB, Stage::Stream)?;
         let want = shards.unwrap_or(DEFAULT_SHARDS);
-        let shard_count = {
+        // A new stream file draws its identity once; the first writer's draw stays.
+        let new_id = format!("{:016x}", rand::random::<u64>());
+        let meta = || -> rusqlite::Result<(String, String)> {
             let conn = db.blocking();
-            conn.execute(
-                "INSERT OR IGNORE INTO stream_meta (key, value) VALUES ('shard_count', ?1)",
-                [want.to_string()],
-            )?;
-            let stored: String =
-                conn.query_row("SELECT value FROM stream_meta WHERE key = 'shard_count'", [], |row| row.get(0))?;
-            stored
-                .parse::<u32>()
-                .map_err(|_| Error::Stream(format!("{} holds a bad shard count {stored:?}", path.display())))?
+            let get = |key: &str| {
+                conn.query_row("SELECT value FROM stream_meta WHERE key = ?1", [key], |row| row.get::<_, String>(0))
+            };
+            let put = "INSERT OR IGNORE INTO stream_meta (key, value) VALUES (?1, ?2)";
+            conn.execute(put, ["shard_count", &want.to_string()])?;
+            conn.execute(put, ["stream_id", &new_id])?;
+            Ok((get("shard_count")?, get("stream_id")?))
         };
+        let (stored, id) = meta().map_err(|e| db.label(e.into()))?;
+        let shard_count = stored
+            .parse::<u32>()
+            .map_err(|_| Error::stream(format!("{} holds a bad shard count {stored:?}", path.display())))?;
         if let Some(asked) = shards
             && asked != shard_count
         {
@@ -88,7 +94,7 @@ impl EmbeddedStream {
                 home.display()
             )));
         }
-        Ok(EmbeddedStream { db, shard_count, path })
+        Ok(EmbeddedStream { db, shard_count, path, id })
     }
 
     /// Number of shards.
@@ -107,11 +113,11 @@ fn shard_number(shard: &ShardId, count: u32) -> Result<u32> {
         .strip_prefix("shardId-")
         .and_then(|n| n.parse::<u32>().ok())
         .filter(|&n| n < count)
-        .ok_or_else(|| Error::Stream(format!("no shard {shard:?} in the embedded stream")))
+        .ok_or_else(|| Error::stream(format!("no shard {shard:?} in the embedded stream")))
 }
 
 fn parse_position(it: &ShardIterator) -> Result<i64> {
-    it.position.parse().map_err(|_| Error::Stream(format!("bad embedded iterator {:?}", it.position)))
+    it.position.parse().map_err(|_| Error::stream(format!("bad embedded iterator {:?}", it.position)))
 }
 
 #[async_trait]
@@ -144,13 +150,17 @@ impl StreamSink for EmbeddedStream {
                 Ok(())
             })
             .await
-            .map_err(|e| Error::Stream(format!("put to {}: {e}", self.path.display())))?;
+            .map_err(|e| Error::stream(format!("put to {}: {e}", self.path.display())))?;
         Ok(refused)
     }
 }
 
 #[async_trait]
 impl StreamSource for EmbeddedStream {
+    fn identity(&self) -> String {
+        format!("embedded:{}", self.id)
+    }
+
     async fn shards(&self) -> Result<Vec<Shard>> {
         Ok((0..self.shard_count).map(|i| Shard::root(shard_name(i))).collect())
     }
@@ -164,7 +174,7 @@ impl StreamSource for EmbeddedStream {
                 Ok(match start {
                     StartPosition::TrimHorizon => 0,
                     StartPosition::AfterSequenceNumber(seq) => {
-                        seq.as_u64().ok_or_else(|| Error::Stream(format!("bad embedded sequence number {seq}")))? as i64
+                        seq.as_u64().ok_or_else(|| Error::stream(format!("bad embedded sequence number {seq}")))? as i64
                     }
                     StartPosition::Latest => {
                         conn.query_row("SELECT coalesce(max(seq), 0) FROM records WHERE shard = ?1", [n], |row| {
@@ -182,32 +192,42 @@ impl StreamSource for EmbeddedStream {
         Ok(ShardIterator { shard: shard.clone(), position: after.to_string() })
     }
 
-    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadResult> {
+    async fn read(&self, iterator: &ShardIterator, limit: usize, max_bytes: usize) -> Result<ReadResult> {
         let n = shard_number(&iterator.shard, self.shard_count)?;
         let after = parse_position(iterator)?;
-        let records = self
+        // Rows are stepped one by one, so a read that reaches `max_bytes` leaves the
+        // rest of the shard on disk.
+        let (records, full) = self
             .db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT seq, partition_key, data, arrival_ms FROM records \
                      WHERE shard = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )?;
-                let rows = stmt.query_map(params![n, after, limit as i64], |row| {
+                let mut rows = stmt.query(params![n, after, limit as i64])?;
+                let (mut records, mut bytes) = (Vec::new(), 0usize);
+                while let Some(row) = rows.next()? {
                     let seq: i64 = row.get(0)?;
                     let arrival_ms: i64 = row.get(3)?;
-                    Ok(StreamRecord {
+                    let data: Vec<u8> = row.get(2)?;
+                    bytes += data.len();
+                    records.push(StreamRecord {
                         sequence_number: SequenceNumber::from_u64(seq as u64),
                         partition_key: row.get(1)?,
-                        data: row.get(2)?,
+                        data,
                         arrival: Utc.timestamp_millis_opt(arrival_ms).single().unwrap_or_default(),
-                    })
-                })?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                    });
+                    if bytes >= max_bytes {
+                        break;
+                    }
+                }
+                let full = records.len() == limit || bytes >= max_bytes;
+                Ok((records, full))
             })
             .await?;
         let next_after = records.last().and_then(|r| r.sequence_number.as_u64()).map_or(after, |s| s as i64);
         Ok(ReadResult {
-            caught_up: records.len() < limit,
+            caught_up: !full,
             closed: false,
             records,
             next: ShardIterator { shard: iterator.shard.clone(), position: next_after.to_string() },
@@ -236,7 +256,7 @@ impl CheckpointStore for EmbeddedStream {
     async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()> {
         let (consumer, shard, seq) = (consumer.to_owned(), shard.clone(), seq.clone());
         let padded =
-            SequenceNumber::from_u64(seq.as_u64().ok_or_else(|| Error::Stream(format!("bad sequence number {seq}")))?);
+            SequenceNumber::from_u64(seq.as_u64().ok_or_else(|| Error::stream(format!("bad sequence number {seq}")))?);
         self.db
             .call(move |conn| {
                 // Sequence numbers are zero-padded, so text order is number order and the
@@ -265,5 +285,18 @@ mod tests {
         assert_eq!(EmbeddedStream::open(dir.path(), None).unwrap().shard_count(), 2);
         let err = EmbeddedStream::open(dir.path(), Some(3)).err().unwrap().to_string();
         assert!(err.contains("has 2 shards") && err.contains("--shards"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_failure_is_a_stream_error_that_keeps_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStream::open(dir.path(), Some(1)).unwrap();
+        s.db.blocking().execute_batch("DROP TABLE records").unwrap();
+        let it = ShardIterator { shard: shard_name(0), position: "0".into() };
+        let err = s.read(&it, 10, usize::MAX).await.unwrap_err();
+        assert_eq!(err.stage(), "stream", "{err}");
+        assert!(err.to_string().starts_with("stream: ") && err.to_string().contains("stream.sqlite"), "{err}");
+        let cause = std::error::Error::source(&err).expect("the SQLite error is kept");
+        assert!(cause.downcast_ref::<rusqlite::Error>().is_some(), "{cause:?}");
     }
 }

@@ -67,7 +67,7 @@ impl Resume {
     }
 
     fn decode(position: &str) -> Result<(Resume, &str)> {
-        let bad = || Error::Stream(format!("not a Kinesis iterator position: {position:?}"));
+        let bad = || Error::stream(format!("not a Kinesis iterator position: {position:?}"));
         let (resume, iterator) = position.split_once('\n').ok_or_else(bad)?;
         let resume = match resume.split_once(':') {
             None if resume == "trim" => Resume::TrimHorizon,
@@ -112,7 +112,7 @@ impl KinesisStream {
             Ok(_) => true,
             Err(e) if e.code() == Some("ResourceInUseException") => false,
             Err(e) => {
-                return Err(Error::Stream(format!("cannot create Kinesis stream {}: {}", self.name, describe(&e))));
+                return Err(Error::stream(format!("cannot create Kinesis stream {}: {}", self.name, describe(&e))));
             }
         };
         let began = Instant::now();
@@ -121,7 +121,7 @@ impl KinesisStream {
                 return Ok(created);
             }
             if began.elapsed() > Duration::from_secs(120) {
-                return Err(Error::Stream(format!("Kinesis stream {} is not active after two minutes", self.name)));
+                return Err(Error::stream(format!("Kinesis stream {} is not active after two minutes", self.name)));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -132,7 +132,7 @@ impl KinesisStream {
         match self.client.describe_stream_summary().stream_name(&self.name).send().await {
             Ok(out) => Ok(out.stream_description_summary().map(|s| s.stream_status().clone())),
             Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
-            Err(e) => Err(Error::Stream(format!("cannot describe Kinesis stream {}: {}", self.name, describe(&e)))),
+            Err(e) => Err(Error::stream(format!("cannot describe Kinesis stream {}: {}", self.name, describe(&e)))),
         }
     }
 
@@ -161,12 +161,12 @@ impl KinesisStream {
                         .partition_key(&r.partition_key)
                         .data(Blob::new(r.data.clone()))
                         .build()
-                        .map_err(|e| Error::Stream(format!("PutRecords entry: {e}")))
+                        .map_err(|e| Error::stream(format!("PutRecords entry: {e}")))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let out =
                 self.client.put_records().stream_name(&self.name).set_records(Some(entries)).send().await.map_err(
-                    |e| Error::Stream(format!("PutRecords to Kinesis stream {}: {}", self.name, describe(&e))),
+                    |e| Error::stream(format!("PutRecords to Kinesis stream {}: {}", self.name, describe(&e))),
                 )?;
             if out.failed_record_count().unwrap_or(0) == 0 {
                 return Ok(());
@@ -179,7 +179,7 @@ impl KinesisStream {
                 .collect();
             let first_error = out.records().iter().find_map(|r| r.error_code()).unwrap_or("unknown").to_owned();
             if attempt + 1 >= MAX_PUT_ATTEMPTS {
-                return Err(Error::Stream(format!(
+                return Err(Error::stream(format!(
                     "PutRecords to {}: {} records still failing after {MAX_PUT_ATTEMPTS} attempts ({first_error})",
                     self.name,
                     failed.len()
@@ -224,10 +224,10 @@ impl KinesisStream {
         let out = req
             .send()
             .await
-            .map_err(|e| Error::Stream(format!("GetShardIterator for {} {shard}: {}", self.name, describe(&e))))?;
+            .map_err(|e| Error::stream(format!("GetShardIterator for {} {shard}: {}", self.name, describe(&e))))?;
         let iterator = out
             .shard_iterator()
-            .ok_or_else(|| Error::Stream(format!("GetShardIterator for {} {shard} returned no iterator", self.name)))?;
+            .ok_or_else(|| Error::stream(format!("GetShardIterator for {} {shard} returned no iterator", self.name)))?;
         Ok(ShardIterator { shard: shard.clone(), position: resume.encode(iterator) })
     }
 }
@@ -276,6 +276,10 @@ impl StreamSink for KinesisStream {
 
 #[async_trait]
 impl StreamSource for KinesisStream {
+    fn identity(&self) -> String {
+        format!("kinesis:{}", self.name)
+    }
+
     async fn shards(&self) -> Result<Vec<Shard>> {
         let mut shards = Vec::new();
         let mut token: Option<String> = None;
@@ -291,7 +295,7 @@ impl StreamSource for KinesisStream {
                         self.name, self.name
                     ))
                 } else {
-                    Error::Stream(format!("ListShards of {}: {}", self.name, describe(&e)))
+                    Error::stream(format!("ListShards of {}: {}", self.name, describe(&e)))
                 }
             })?;
             for s in out.shards() {
@@ -320,7 +324,7 @@ impl StreamSource for KinesisStream {
         self.open(shard, resume, false).await
     }
 
-    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadResult> {
+    async fn read(&self, iterator: &ShardIterator, limit: usize, _max_bytes: usize) -> Result<ReadResult> {
         let (mut resume, first) = Resume::decode(&iterator.position)?;
         let mut current = first.to_owned();
         let shard = &iterator.shard;
@@ -351,7 +355,7 @@ impl StreamSource for KinesisStream {
                     });
                 }
                 Err(e) => {
-                    return Err(Error::Stream(format!("GetRecords from {} {shard}: {}", self.name, describe(&e))));
+                    return Err(Error::stream(format!("GetRecords from {} {shard}: {}", self.name, describe(&e))));
                 }
             };
             let records: Vec<StreamRecord> = out

@@ -167,6 +167,12 @@ pub trait StreamSink: Send + Sync {
 /// Reads the records of a stream, shard by shard.
 #[async_trait]
 pub trait StreamSource: Send + Sync {
+    /// What tells this stream apart from every other, stable across runs:
+    /// `kinesis:NAME`, or `embedded:ID` with the ID the stream file was created with.
+    /// Dead letters are keyed by it with the shard and sequence number, as two streams'
+    /// sequence numbers can be equal.
+    fn identity(&self) -> String;
+
     /// The stream's shards, parents before children, in a stable order.
     ///
     /// # Errors
@@ -179,11 +185,14 @@ pub trait StreamSource: Send + Sync {
     /// When the shard does not exist or the backend fails.
     async fn iterator(&self, shard: &ShardId, start: &StartPosition) -> Result<ShardIterator>;
 
-    /// Reads up to `limit` records after the iterator's position.
+    /// Reads up to `limit` records after the iterator's position, stopping after the
+    /// record that brings their data to `max_bytes` where the backend can (the embedded
+    /// stream; a Kinesis GetRecords call has no byte limit, and returns at most 10 MiB).
+    /// At least one record is returned when there is one.
     ///
     /// # Errors
     /// When the backend fails.
-    async fn read(&self, iterator: &ShardIterator, limit: usize) -> Result<ReadResult>;
+    async fn read(&self, iterator: &ShardIterator, limit: usize, max_bytes: usize) -> Result<ReadResult>;
 }
 
 /// A stream that can be both written and read.

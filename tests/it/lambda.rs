@@ -205,7 +205,7 @@ async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
     for shard in stream.shards().await.unwrap() {
         let mut it = stream.iterator(&shard.id, &StartPosition::TrimHorizon).await.unwrap();
         loop {
-            let read = stream.read(&it, 10_000).await.unwrap();
+            let read = stream.read(&it, 10_000, usize::MAX).await.unwrap();
             records.extend(read.records.into_iter().map(|r| (shard.id.clone(), r.partition_key, r.data)));
             it = read.next;
             if read.caught_up {
@@ -348,7 +348,9 @@ async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
     let letters = s3_tree(&aws, &bucket, "tripflow/dead_letters").await;
     assert_eq!(letters.len(), 2, "{:?}", letters.keys());
     for seq in &bad_seqs {
-        let line: Value = serde_json::from_slice(&letters[&format!("shardId-000000000000/{seq}.json")]).unwrap();
+        let line: Value =
+            serde_json::from_slice(&letters[&format!("kinesis:bolt_streams/shardId-000000000000/{seq}.json")]).unwrap();
+        assert_eq!(line["stream"], "kinesis:bolt_streams", "{line}");
         assert!(!line["reasons"].as_array().unwrap().is_empty(), "{line}");
     }
     let log = ingest.log();

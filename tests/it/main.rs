@@ -1,6 +1,6 @@
 //! tripflow's integration tests, in one binary so they link once.
 //!
-//! The conformance suites (`stream_suite`, `store_suite`) hold one body per behaviour,
+//! The conformance suites (`stream_suite`, `store_suite`, `deadletter_suite`) hold one body per behaviour,
 //! written against the traits; each backend's tests call them. The AWS backends' tests
 //! need the emulator (`moto`): `bash .ci/run` starts it, and without it they fail. The
 //! `lambda` tests run the real `tripflow-lambda` binary against a Runtime API served here.
@@ -10,9 +10,12 @@ mod cli;
 mod common;
 mod counts;
 mod crash;
+mod deadletter_suite;
+mod edge_values;
 mod end_to_end;
 mod golden;
 mod lambda;
+mod memory;
 mod merge_props;
 mod moto;
 mod on_aws;

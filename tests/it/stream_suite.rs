@@ -14,7 +14,7 @@ async fn read_all(source: &dyn StreamSource, start: &StartPosition) -> Vec<(Stri
     for shard in source.shards().await.unwrap().into_iter().map(|s| s.id) {
         let mut it = source.iterator(&shard, start).await.unwrap();
         loop {
-            let r = source.read(&it, 3).await.unwrap();
+            let r = source.read(&it, 3, usize::MAX).await.unwrap();
             it = r.next;
             out.extend(
                 r.records
@@ -67,7 +67,7 @@ pub async fn start_positions(sink: &dyn StreamSink, source: &dyn StreamSource) {
     sink.put_records(&records(&["k"], "new")).await.unwrap();
     let since = read_all(source, &StartPosition::AtTimestamp(cut)).await;
     assert_eq!(since.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(), ["k:new"]);
-    let r = source.read(&latest, 10).await.unwrap();
+    let r = source.read(&latest, 10, usize::MAX).await.unwrap();
     assert_eq!(r.records.len(), 1, "an iterator opened at latest sees what comes after");
 }
 
@@ -126,6 +126,41 @@ mod embedded {
     async fn checkpoints_only_move_forward() {
         let tmp = tempfile::tempdir().unwrap();
         super::checkpoints_only_move_forward(&open(tmp.path()), "shardId-000000000001").await;
+    }
+
+    #[tokio::test]
+    async fn a_read_stops_at_its_byte_bound_after_at_least_one_record() {
+        use tripflow::stream::{StartPosition, StreamSink, StreamSource};
+        let tmp = tempfile::tempdir().unwrap();
+        let s = open(tmp.path());
+        // Four records of 12 bytes ("k:0123456789") on the shard of key "k".
+        for _ in 0..4 {
+            assert!(s.put_records(&super::records(&["k"], "0123456789")).await.unwrap().is_empty());
+        }
+        let shard = format!("shardId-{:012}", tripflow::stream::shard_index("k", 3));
+        let it = s.iterator(&shard, &StartPosition::TrimHorizon).await.unwrap();
+        let two = s.read(&it, 10, 13).await.unwrap();
+        assert_eq!((two.records.len(), two.caught_up), (2, false), "12 bytes leave room, 24 reach 13");
+        let one = s.read(&two.next, 10, 1).await.unwrap();
+        assert_eq!((one.records.len(), one.caught_up), (1, false), "at least one record, however small the bound");
+        let rest = s.read(&one.next, 10, usize::MAX).await.unwrap();
+        assert_eq!((rest.records.len(), rest.caught_up), (1, true));
+        let seqs: Vec<_> = [&two.records[..], &one.records[..], &rest.records[..]]
+            .concat()
+            .into_iter()
+            .map(|r| r.sequence_number)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none skipped or repeated: {seqs:?}");
+    }
+
+    #[tokio::test]
+    async fn the_identity_is_the_files_own_and_survives_a_reopen() {
+        use tripflow::stream::StreamSource;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = open(a.path()).identity();
+        assert!(first.starts_with("embedded:") && first.len() > "embedded:".len(), "{first}");
+        assert_eq!(EmbeddedStream::open(a.path(), None).unwrap().identity(), first);
+        assert_ne!(open(b.path()).identity(), first, "two streams, two identities");
     }
 
     #[tokio::test]
