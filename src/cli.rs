@@ -331,29 +331,26 @@ impl SqlArgs {
 pub struct SetupArgs {
     #[command(flatten)]
     home: HomeArgs,
-    /// The stream to create: kinesis://NAME (with its checkpoint table); without it, the embedded stream.
-    #[arg(long, env = "TRIPFLOW_STREAM")]
-    stream: Option<String>,
-    /// DynamoDB table of the Kinesis consumer checkpoints.
-    #[arg(long, env = "TRIPFLOW_CHECKPOINT_TABLE", default_value = crate::stream::checkpoints_dynamodb::DEFAULT_TABLE)]
-    checkpoint_table: String,
+    /// The stream (with its checkpoint table on Kinesis), the trip table (with its
+    /// trip_date index on DynamoDB) and the dead-letter bucket: the flags the other
+    /// commands take, so one set of TRIPFLOW_* variables serves them all.
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    dead_letter: DeadLetterArgs,
     /// Shards of a new stream.
     #[arg(long, env = "TRIPFLOW_SHARDS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     shards: Option<u32>,
-    /// The trip table to create: dynamodb://TABLE (with its trip_date index); without it, the embedded table.
-    #[arg(long, env = "TRIPFLOW_STORE")]
-    store: Option<String>,
     /// The KPI output whose bucket to create, when it is s3://bucket/prefix.
     #[arg(long, env = "TRIPFLOW_OUT")]
     out: Option<String>,
-    /// The dead-letter output whose bucket to create, when it is s3://bucket/prefix.
-    #[arg(long, env = "TRIPFLOW_DEAD_LETTER")]
-    dead_letter: Option<String>,
 }
 
 async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
     let said = |created: bool| if created { "created" } else { "exists " };
-    match StreamUrl::parse(a.stream.as_deref())? {
+    match StreamUrl::parse(a.stream.stream.as_deref())? {
         StreamUrl::Embedded => {
             let s = Home::new(&a.home.home)?.stream(a.shards)?;
             println!("ready    embedded stream {} ({} shards)", s.path().display(), s.shard_count());
@@ -367,13 +364,12 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
                 said(created),
                 if created { format!(" ({shards} shards)") } else { String::new() }
             );
-            let created =
-                crate::stream::checkpoints_dynamodb::DynamoCheckpoints::create_if_missing(aws, &a.checkpoint_table)
-                    .await?;
-            println!("{}  DynamoDB table {} (checkpoints)", said(created), a.checkpoint_table);
+            let table = &a.stream.checkpoint_table;
+            let created = crate::stream::checkpoints_dynamodb::DynamoCheckpoints::create_if_missing(aws, table).await?;
+            println!("{}  DynamoDB table {table} (checkpoints)", said(created));
         }
     }
-    match StoreUrl::parse(a.store.as_deref())? {
+    match StoreUrl::parse(a.store.store.as_deref())? {
         StoreUrl::Embedded => {
             Home::new(&a.home.home)?.store()?;
             println!("ready    embedded trip table {}", a.home.home.join("trips.sqlite").display());
@@ -384,7 +380,7 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
             println!("{}  DynamoDB table {table} with index {}", said(created), crate::store::dynamodb::DATE_INDEX);
         }
     }
-    for (flag, url) in [("--out", &a.out), ("--dead-letter", &a.dead_letter)] {
+    for (flag, url) in [("--out", &a.out), ("--dead-letter", &a.dead_letter.dead_letter)] {
         if let Location::S3 { bucket, .. } =
             Location::parse(flag, url.as_deref(), &[Kind::Embedded, Kind::Local, Kind::S3])?
         {
@@ -479,6 +475,7 @@ fn stop_on_signal() -> Arc<AtomicBool> {
 /// Whatever the command fails with; [`Error::Config`] and [`Error::Input`] mean the
 /// command line or an input file is wrong (exit code 2 in the binary).
 pub async fn execute(cli: Cli) -> Result<()> {
+    check_flags(&cli)?;
     let aws = AwsEnv::default();
     match cli.command {
         Command::Setup(a) => setup(&a, &aws).await,
@@ -489,6 +486,66 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Schedule(a) => schedule(&a, &aws).await,
         Command::Sql(a) => sql(&a, &aws).await,
         Command::Gen(a) => gen_data(&a),
+    }
+}
+
+/// Checks every flag value of the command that can be checked without touching a file
+/// or a service (URLs, dates, positions, the cron expression), so that a bad one is
+/// reported before any work starts.
+///
+/// # Errors
+/// The first bad value, as [`Error::Config`].
+#[doc(hidden)]
+pub fn check_flags(cli: &Cli) -> Result<()> {
+    let urls = |stream: Option<&StreamArgs>, store: Option<&StoreArgs>, dead_letter: Option<&DeadLetterArgs>| {
+        if let Some(s) = stream {
+            StreamUrl::parse(s.stream.as_deref())?;
+        }
+        if let Some(s) = store {
+            StoreUrl::parse(s.store.as_deref())?;
+        }
+        if let Some(d) = dead_letter {
+            Location::parse("--dead-letter", d.dead_letter.as_deref(), &[Kind::Embedded, Kind::Local, Kind::S3])?;
+        }
+        Ok::<(), Error>(())
+    };
+    let out = |out: &str| Location::parse("--out", Some(out), &[Kind::Local, Kind::S3]).map(drop);
+    match &cli.command {
+        Command::Run(a) => {
+            urls(Some(&a.stream), Some(&a.store), Some(&a.dead_letter))?;
+            out(&a.kpi.out)
+        }
+        Command::Produce(a) => urls(Some(&a.stream), None, None),
+        Command::Ingest(a) => {
+            urls(Some(&a.stream), Some(&a.store), Some(&a.dead_letter))?;
+            parse_position(&a.initial_position).map(drop)
+        }
+        Command::Kpi(a) => {
+            urls(None, Some(&a.store), None)?;
+            out(&a.kpi.out)?;
+            let flags = config::DateFlags {
+                dates: a.date.clone(),
+                from: a.from.clone(),
+                to: a.to.clone(),
+                all: a.all,
+                lookback: a.lookback,
+            };
+            config::date_selection(&flags, chrono::Utc::now().date_naive()).map(drop)
+        }
+        Command::Schedule(a) => {
+            urls(None, Some(&a.store), None)?;
+            out(&a.kpi.out)?;
+            crate::schedule::Schedule::parse(&a.cron)?;
+            // The earliest run's lookback must be representable too.
+            let flags = config::DateFlags { lookback: a.lookback, ..Default::default() };
+            config::date_selection(&flags, chrono::Utc::now().date_naive()).map(drop)
+        }
+        Command::Setup(a) => {
+            urls(Some(&a.stream), Some(&a.store), Some(&a.dead_letter))?;
+            Location::parse("--out", a.out.as_deref(), &[Kind::Embedded, Kind::Local, Kind::S3]).map(drop)
+        }
+        Command::Sql(a) => Location::parse("--snapshots", Some(&a.snapshots), &[Kind::Local, Kind::S3]).map(drop),
+        Command::Gen(_) => Ok(()),
     }
 }
 

@@ -36,6 +36,8 @@ pub mod deadletter;
 pub mod decimal;
 pub mod error;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod kpi;
 pub mod lambda;

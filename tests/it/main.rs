@@ -13,6 +13,7 @@ mod crash;
 mod deadletter_suite;
 mod edge_values;
 mod end_to_end;
+mod fuzz_corpus;
 mod golden;
 mod lambda;
 mod memory;
