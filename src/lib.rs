@@ -18,7 +18,8 @@
 //! - [`store`]: the [`store::TripStore`] trait and its conditional merge; `store::sqlite`
 //!   is the embedded trip table.
 //! - [`deadletter`]: where rejected records go, with every reason.
-//! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion.
+//! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion;
+//!   [`sql`] asks ad-hoc SQL of its outputs; [`tables`] holds what the two share.
 //! - [`lambda`]: the ingest and KPI stages as AWS Lambda functions (`tripflow-lambda`).
 //! - [`synthetic`]: deterministic synthetic input shaped like the real exports.
 //! - [`event`]: event kinds, field names and the Arrow schemas shared by all stages;
@@ -51,6 +52,7 @@ mod sqlite;
 pub mod store;
 pub mod stream;
 pub mod synthetic;
+pub mod tables;
 pub mod timestamp;
 
 pub use error::{Error, Result};

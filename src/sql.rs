@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
-use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
@@ -22,6 +21,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use crate::aws::Aws;
 use crate::event::TRIP_SCHEMA;
 use crate::location::{Kind, Location};
+use crate::tables::{read_only, snapshot_columns};
 use crate::{Error, Result};
 
 /// How results are printed.
@@ -41,12 +41,6 @@ pub enum Format {
 pub struct SqlSession {
     ctx: SessionContext,
     tables: Vec<&'static str>,
-}
-
-/// Options that let only queries through: no DDL, no DML, no `SET` or other statements.
-/// The KPI job and `tripflow sql` both plan with them.
-pub fn read_only() -> SQLOptions {
-    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }
 
 fn sql_error(e: impl Into<crate::error::BoxError>) -> Error {
@@ -157,7 +151,7 @@ impl SqlSession {
             let Some((sample_schema, url)) = location.sample(dir, !trips).await? else { continue };
             let schema = match sample_schema {
                 Some(schema) => schema,
-                None => TRIP_SCHEMA.project(&crate::kpi::snapshot_columns()).map_err(sql_error)?,
+                None => TRIP_SCHEMA.project(&snapshot_columns()).map_err(sql_error)?,
             };
             let options = ParquetReadOptions::default()
                 .schema(&schema)

@@ -99,7 +99,7 @@ pub enum ExportColumns {
 
 /// Plans every query on `ctx`, naming the file of the first that does not plan.
 async fn plan_all<'q>(ctx: &SessionContext, queries: &'q [KpiQuery]) -> Result<Vec<(&'q KpiQuery, DataFrame)>> {
-    let read_only = crate::sql::read_only();
+    let read_only = crate::tables::read_only();
     let mut planned = Vec::with_capacity(queries.len());
     for q in queries {
         let df = ctx.sql_with_options(&q.sql, read_only).await.map_err(|e| query_error(q, e))?;
@@ -250,13 +250,6 @@ pub struct Formats {
     pub parquet: bool,
 }
 
-/// The columns of [`TRIP_SCHEMA`] a snapshot file holds: all but `trip_date`, which its
-/// path carries.
-pub fn snapshot_columns() -> Vec<usize> {
-    let date_col = TRIP_SCHEMA.index_of("trip_date").expect("trip table has trip_date");
-    (0..TRIP_SCHEMA.fields().len()).filter(|&i| i != date_col).collect()
-}
-
 /// Writes the exported trips that have a `trip_date` as one Parquet file per date, in
 /// the hive layout (`trip_date` is in the path, not in the file).
 async fn write_snapshots(export: &[RecordBatch], out: &OutputLocation) -> Result<Vec<String>> {
@@ -266,7 +259,7 @@ async fn write_snapshots(export: &[RecordBatch], out: &OutputLocation) -> Result
         let f = ArrayFormatter::try_new(col.as_ref(), &Default::default()).stage(Stage::Output, "snapshot dates")?;
         dates.extend((0..b.num_rows()).filter(|&i| col.is_valid(i)).map(|i| f.value(i).to_string()));
     }
-    let keep = snapshot_columns();
+    let keep = crate::tables::snapshot_columns();
     let schema = Arc::new(TRIP_SCHEMA.project(&keep).stage(Stage::Output, "snapshot columns")?);
     let mut files = Vec::new();
     for date in dates {

@@ -90,6 +90,28 @@ fn bad_flags_are_one_line() {
     assert_one_line_error(&tripflow(tmp.path(), &["frobnicate"]), 2, &["frobnicate"]);
     assert_one_line_error(&tripflow(tmp.path(), &["sql", "--formt", "csv"]), 2, &["--formt"]);
     assert_one_line_error(&tripflow(tmp.path(), &["sql", "--file", "nope.sql"]), 2, &["nope.sql", "--file"]);
+    assert_one_line_error(&tripflow(tmp.path(), &["ingest", "--batch-bytes", "0"]), 2, &["--batch-bytes", "64MiB"]);
+    assert_one_line_error(&tripflow(tmp.path(), &["kpi", "--lookback", "4000000000"]), 2, &["--lookback"]);
+    assert_one_line_error(&tripflow(tmp.path(), &["schedule", "--cron", "at noon"]), 2, &["cron"]);
+    // Checked before any work: no home is made for a run whose --stream is wrong.
+    assert_one_line_error(&tripflow(tmp.path(), &["run", "--stream", "gs://bolt"]), 2, &["--stream", "gs://bolt"]);
+    assert!(!tmp.path().join("tripflow-data").exists() && !tmp.path().join("tripflow-out").exists());
+}
+
+#[test]
+fn a_broken_query_stops_run_before_produce_and_ingest() {
+    let tmp = tempfile::tempdir().unwrap();
+    crate::common::copy_dir(&queries_dir(), &tmp.path().join("q"));
+    std::fs::write(tmp.path().join("q/broken.sql"), "SELECT trip_date,\nFROM trips GROUP BY AS x\n").unwrap();
+    let data = crate::common::data_dir();
+    let (start, end) = (data.join("trip_start.csv"), data.join("trip_end.csv"));
+    let out = tripflow(
+        tmp.path(),
+        &["run", "--home", "h", "--queries", "q", "--start", start.to_str().unwrap(), "--end", end.to_str().unwrap()],
+    );
+    assert_one_line_error(&out, 1, &["query", "broken.sql"]);
+    assert!(!tmp.path().join("h/stream.sqlite").exists(), "nothing was produced");
+    assert!(!tmp.path().join("h/trips.sqlite").exists(), "nothing was ingested");
 }
 
 #[test]
