@@ -1,5 +1,5 @@
-//! The fuzz corpus, kept in `tests/fuzz/<target>/` (seeds so far; later the minimised
-//! corpus of each campaign, and any input that once crashed a target), replayed through
+//! The fuzz corpus, kept in `tests/fuzz/<target>/` (the seeds, what the campaigns in
+//! the README added, and any input that ever crashed a target), replayed through
 //! the targets' bodies (`tripflow::fuzzing`) on the stable toolchain: an input that found
 //! a bug stays a regression test.
 
