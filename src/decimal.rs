@@ -193,20 +193,6 @@ mod tests {
         assert_eq!(parse_plain("1.5e2", 38, 18), None);
     }
 
-    /// `m × 10^e` spelt out as plain text, for the kernel to read.
-    fn expanded(negative: bool, digits: &str, exp: i32) -> String {
-        let sign = if negative { "-" } else { "" };
-        if exp >= 0 {
-            return format!("{sign}{digits}{}", "0".repeat(exp as usize));
-        }
-        let point = digits.len() as i32 + exp;
-        if point > 0 {
-            format!("{sign}{}.{}", &digits[..point as usize], &digits[point as usize..])
-        } else {
-            format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
-        }
-    }
-
     proptest! {
         /// An exponent is read as the same value spelt out in plain text is read by the
         /// kernel: exact, rounded half away from zero past the scale, null past the
@@ -222,7 +208,7 @@ mod tests {
         ) {
             let exp_sign = if exp < 0 { "-" } else if plus { "+" } else { "" };
             let text = format!("{}{digits}{e}{exp_sign}{zeros}{}", if negative { "-" } else { "" }, exp.abs());
-            let plain = expanded(negative, &digits, exp);
+            let plain = crate::fuzzing::spelt_out(negative, &digits, i64::from(exp));
             prop_assert_eq!(ours(&[&text], 38, 18), by_kernel(&[&plain], 38, 18), "{} as {}", text, plain);
         }
     }

@@ -67,20 +67,6 @@ fn integer() -> impl Strategy<Value = Edge<i64>> {
     })
 }
 
-/// `digits × 10^exp` in plain text.
-fn spelt_out(negative: bool, digits: &str, exp: i32) -> String {
-    let sign = if negative { "-" } else { "" };
-    if exp >= 0 {
-        return format!("{sign}{digits}{}", "0".repeat(exp as usize));
-    }
-    let point = digits.len() as i32 + exp;
-    if point > 0 {
-        format!("{sign}{}.{}", &digits[..point as usize], &digits[point as usize..])
-    } else {
-        format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
-    }
-}
-
 /// What Arrow's cast kernel makes of plain text as `DECIMAL(38, 18)`.
 fn by_kernel(plain: &str) -> Option<i128> {
     let safe = CastOptions { safe: true, ..Default::default() };
@@ -104,7 +90,7 @@ fn decimal() -> impl Strategy<Value = Edge<i128>> {
     prop_oneof![
         4 => (any::<bool>(), digits, -40i32..24, any::<bool>(), any::<bool>()).prop_map(
             |(negative, digits, exp, exponent_form, as_string)| {
-                let plain = spelt_out(negative, &digits, exp);
+                let plain = tripflow::fuzzing::spelt_out(negative, &digits, i64::from(exp));
                 let text = if exponent_form {
                     format!("{}{digits}e{exp}", if negative { "-" } else { "" })
                 } else {
