@@ -266,6 +266,19 @@ pub struct KpiArgs {
     lookback: u32,
 }
 
+impl KpiArgs {
+    /// The date flags, for [`config::date_selection`].
+    fn date_flags(&self) -> config::DateFlags {
+        config::DateFlags {
+            dates: self.date.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            all: self.all,
+            lookback: self.lookback,
+        }
+    }
+}
+
 /// `tripflow gen`.
 #[derive(Debug, Args)]
 pub struct GenArgs {
@@ -523,14 +536,7 @@ pub fn check_flags(cli: &Cli) -> Result<()> {
         Command::Kpi(a) => {
             urls(None, Some(&a.store), None)?;
             out(&a.kpi.out)?;
-            let flags = config::DateFlags {
-                dates: a.date.clone(),
-                from: a.from.clone(),
-                to: a.to.clone(),
-                all: a.all,
-                lookback: a.lookback,
-            };
-            config::date_selection(&flags, chrono::Utc::now().date_naive()).map(drop)
+            config::date_selection(&a.date_flags(), chrono::Utc::now().date_naive()).map(drop)
         }
         Command::Schedule(a) => {
             urls(None, Some(&a.store), None)?;
@@ -638,14 +644,7 @@ async fn ingest(a: &IngestArgs, aws: &AwsEnv) -> Result<()> {
 /// `tripflow kpi`.
 async fn kpi(a: &KpiArgs, aws: &AwsEnv) -> Result<()> {
     let home = Home::new(&a.home.home)?;
-    let flags = config::DateFlags {
-        dates: a.date.clone(),
-        from: a.from.clone(),
-        to: a.to.clone(),
-        all: a.all,
-        lookback: a.lookback,
-    };
-    let dates = config::date_selection(&flags, chrono::Utc::now().date_naive())?;
+    let dates = config::date_selection(&a.date_flags(), chrono::Utc::now().date_naive())?;
     let queries = kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
     let out = config::open_output(&a.kpi.out, aws).await?;
     let store_url = StoreUrl::parse(a.store.store.as_deref())?;
