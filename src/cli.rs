@@ -384,8 +384,9 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
     }
     match StoreUrl::parse(a.store.store.as_deref())? {
         StoreUrl::Embedded => {
-            Home::new(&a.home.home)?.store()?;
-            println!("ready    embedded trip table {}", a.home.home.join("trips.sqlite").display());
+            let home = Home::new(&a.home.home)?;
+            home.store()?;
+            println!("ready    embedded trip table {}", home.store_path().display());
         }
         StoreUrl::DynamoDb(table) => {
             let created =

@@ -14,6 +14,7 @@ use crate::kpi::{DateSelection, OutputLocation};
 use crate::location::{Kind, Location};
 use crate::store::TripStore;
 use crate::store::dynamodb::DynamoStore;
+use crate::store::lsm::{self, LsmStore};
 use crate::store::sqlite::SqliteStore;
 use crate::stream::checkpoints_dynamodb::DynamoCheckpoints;
 use crate::stream::embedded::EmbeddedStream;
@@ -22,7 +23,8 @@ use crate::stream::{CheckpointStore, Stream};
 use crate::{Error, Result};
 
 /// The embedded backends' folder (`--home`): `stream.sqlite` (stream and checkpoints),
-/// `trips.sqlite` (trip table) and `dead_letters.ndjson`.
+/// `trips/` (the trip table, an LSM tree) and `dead_letters.ndjson`. A home made before
+/// the LSM table keeps its SQLite one, `trips.sqlite`.
 #[derive(Debug, Clone)]
 pub struct Home {
     dir: PathBuf,
@@ -57,12 +59,27 @@ impl Home {
         EmbeddedStream::open(&self.dir, shards)
     }
 
-    /// Opens the embedded trip table.
+    /// Opens the embedded trip table: the LSM table in `trips/`, or the SQLite table
+    /// `trips.sqlite` of a home that has one and no LSM table (made by an older build).
     ///
     /// # Errors
-    /// See [`SqliteStore::open`].
-    pub fn store(&self) -> Result<SqliteStore> {
-        SqliteStore::open(&self.dir)
+    /// See [`LsmStore::open`] and [`SqliteStore::open`].
+    pub fn store(&self) -> Result<Arc<dyn TripStore>> {
+        Ok(match self.sqlite_table() {
+            Some(_) => Arc::new(SqliteStore::open(&self.dir)?),
+            None => Arc::new(LsmStore::open(&self.dir)?),
+        })
+    }
+
+    /// Where the embedded trip table is (it may not exist yet).
+    pub fn store_path(&self) -> PathBuf {
+        self.sqlite_table().unwrap_or_else(|| self.dir.join(lsm::FOLDER))
+    }
+
+    /// The SQLite trip table of an older home, if this home has one and no LSM table.
+    fn sqlite_table(&self) -> Option<PathBuf> {
+        let sqlite = self.dir.join("trips.sqlite");
+        (sqlite.exists() && !self.dir.join(lsm::FOLDER).exists()).then_some(sqlite)
     }
 
     /// The dead-letter file.
@@ -113,7 +130,7 @@ pub enum StreamUrl {
 /// Where the trip table is: `--store` (absent: the embedded table under `--home`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
-    /// `<home>/trips.sqlite`.
+    /// The embedded table under `--home` (see [`Home::store`]).
     Embedded,
     /// `dynamodb://TABLE`.
     DynamoDb(String),
@@ -216,7 +233,7 @@ pub async fn open_stream(
 /// When it does not exist or cannot be opened.
 pub async fn open_store(url: &StoreUrl, home: &Home, aws: &AwsEnv, tuning: &AwsTuning) -> Result<Arc<dyn TripStore>> {
     match url {
-        StoreUrl::Embedded => Ok(Arc::new(home.store()?)),
+        StoreUrl::Embedded => home.store(),
         StoreUrl::DynamoDb(table) => {
             let store = DynamoStore::new(aws.get().await?, table)
                 .with_write_concurrency(tuning.write_concurrency)

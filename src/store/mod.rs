@@ -8,6 +8,7 @@
 
 pub mod dynamodb;
 pub mod export;
+pub mod lsm;
 pub mod sqlite;
 
 use arrow::array::RecordBatch;

@@ -4,7 +4,6 @@
 use tripflow::config::Home;
 use tripflow::deadletter::FileDeadLetters;
 use tripflow::ingest::IngestOptions;
-use tripflow::store::TripStore;
 
 use crate::common::{end_event, ingest, kpi_files, put_raw, start_event};
 

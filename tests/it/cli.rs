@@ -111,7 +111,7 @@ fn a_broken_query_stops_run_before_produce_and_ingest() {
     );
     assert_one_line_error(&out, 1, &["query", "broken.sql"]);
     assert!(!tmp.path().join("h/stream.sqlite").exists(), "nothing was produced");
-    assert!(!tmp.path().join("h/trips.sqlite").exists(), "nothing was ingested");
+    assert!(!tmp.path().join("h/trips").exists(), "nothing was ingested");
 }
 
 #[test]
@@ -183,24 +183,39 @@ fn ingest_follows_a_producer_in_another_process_and_stops_cleanly_on_sigterm() {
         tripflow(tmp.path(), &["produce", "--start", start.to_str().unwrap(), "--end", end.to_str().unwrap()]);
     assert!(produced.status.success(), "{}", text(&produced.stderr));
 
-    // Wait until the follower has merged every trip, then ask it to stop.
-    let trips = std::fs::read_to_string(&start).unwrap().lines().count() - 1;
+    // Wait until the follower has checkpointed the last record of every shard (so every
+    // trip is merged), then ask it to stop. The trip table is the follower's alone while
+    // it runs; the stream file is shared.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let db = tmp.path().join("tripflow-data/trips.sqlite");
+    let stream = tmp.path().join("tripflow-data/stream.sqlite");
+    let caught_up = "SELECT count(*) FROM (SELECT shard, max(seq) AS last FROM records GROUP BY shard) r \
+                     WHERE NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.shard = printf('shardId-%012d', r.shard) \
+                     AND CAST(c.seq AS INTEGER) >= r.last)";
     loop {
-        let done = rusqlite::Connection::open(&db)
-            .and_then(|c| c.query_row("SELECT count(*) FROM trips WHERE trip_completed", [], |r| r.get::<_, i64>(0)))
-            .unwrap_or(0);
-        if done as usize == trips {
+        let behind = rusqlite::Connection::open(&stream)
+            .and_then(|c| c.query_row(caught_up, [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(-1);
+        if behind == 0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the follower merged {done} of {trips} trips in 60 s");
+        assert!(std::time::Instant::now() < deadline, "the follower is {behind} shards behind after 60 s");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // A second process gets one line saying whose the table is, and changes nothing.
+    let beside = tripflow(tmp.path(), &["kpi", "--all"]);
+    assert_one_line_error(&beside, 1, &["store:", "open in another tripflow process"]);
     let killed = Command::new("kill").args(["-TERM", &follower.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let out = follower.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let trips = std::fs::read_to_string(&start).unwrap().lines().count() - 1;
     let expected = format!("read {n} = applied {n} + duplicate_or_stale 0 + dead_lettered 0", n = 2 * trips);
     assert!(text(&out.stdout).contains(&expected), "{}", text(&out.stdout));
+
+    // The table is free again, and holds every trip, completed.
+    let kpi = tripflow(tmp.path(), &["kpi", "--all"]);
+    assert!(kpi.status.success(), "{}", text(&kpi.stderr));
+    let reported: usize =
+        text(&kpi.stdout).lines().filter_map(|l| l.split('|').nth(2)?.trim().parse::<usize>().ok()).sum();
+    assert_eq!(reported, trips, "{}", text(&kpi.stdout));
 }

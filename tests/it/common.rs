@@ -23,8 +23,9 @@ pub fn queries_dir() -> PathBuf {
 pub async fn ingest(home: &Home, opts: &IngestOptions) -> tripflow::Result<IngestCounts> {
     let stream = home.stream(None)?;
     let store = home.store()?;
+    let store = &*store;
     let dead = home.dead_letters()?;
-    Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead }.run(opts).await
+    Ingest { source: &stream, checkpoints: &stream, store, dead_letters: &dead }.run(opts).await
 }
 
 /// Runs the KPI job (JSON and Parquet) over `home` for all dates into `out`, returning
@@ -33,7 +34,7 @@ pub async fn kpi_files(home: &Home, out: &Path) -> BTreeMap<String, Vec<u8>> {
     let queries = kpi::queries::load(&queries_dir()).unwrap();
     let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
     let formats = kpi::Formats { parquet: true };
-    kpi::run(&home.store().unwrap(), &queries, &DateSelection::All, &location, formats).await.unwrap();
+    kpi::run(&*home.store().unwrap(), &queries, &DateSelection::All, &location, formats).await.unwrap();
     read_tree(out)
 }
 

@@ -23,7 +23,7 @@ use tripflow::config::Home;
 use tripflow::deadletter::DeadLetterSink;
 use tripflow::ingest::IngestOptions;
 use tripflow::kpi::{self, DateSelection};
-use tripflow::store::{Projection, TripStore};
+use tripflow::store::Projection;
 
 use crate::common::{ingest, put_raw};
 
@@ -323,7 +323,7 @@ fn check(trips: Vec<Trip>, rt: &tokio::runtime::Runtime) -> Result<(), TestCaseE
 
         // And no accepted value stops the KPI job.
         let queries = kpi::queries::builtin();
-        let run = kpi::run_queries(&store, &queries, &DateSelection::All, kpi::ExportColumns::Queried).await;
+        let run = kpi::run_queries(&*store, &queries, &DateSelection::All, kpi::ExportColumns::Queried).await;
         prop_assert!(run.is_ok(), "the KPI queries failed: {}", run.err().unwrap());
         Ok(())
     })

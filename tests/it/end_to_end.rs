@@ -131,7 +131,7 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
     let out = OutputLocation::parse(tmp.path().join("out").to_str().unwrap(), None).unwrap();
     let loaded = tripflow::kpi::queries::load(&queries).unwrap();
     let all = tripflow::kpi::DateSelection::All;
-    let report = tripflow::kpi::run(&home.store().unwrap(), &loaded, &all, &out, Default::default()).await.unwrap();
+    let report = tripflow::kpi::run(&*home.store().unwrap(), &loaded, &all, &out, Default::default()).await.unwrap();
 
     let date = report.dates[0];
     let path = tmp.path().join(format!("out/kpi_output/date={date}/kpi.json"));

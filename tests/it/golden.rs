@@ -72,7 +72,7 @@ async fn every_query_matches_its_snapshot_and_an_independent_computation() {
 
     let queries = kpi::queries::load(&queries_dir()).unwrap();
     let (results, _) =
-        kpi::run_queries(&home.store().unwrap(), &queries, &DateSelection::All, kpi::ExportColumns::Queried)
+        kpi::run_queries(&*home.store().unwrap(), &queries, &DateSelection::All, kpi::ExportColumns::Queried)
             .await
             .unwrap();
 

@@ -4,7 +4,6 @@
 use proptest::prelude::*;
 use tripflow::config::Home;
 use tripflow::ingest::IngestOptions;
-use tripflow::store::TripStore;
 
 use crate::common::{end_event, ingest, put_raw, start_event};
 

@@ -26,7 +26,7 @@ async fn parquet_outputs(dir: &Path) -> (Home, std::path::PathBuf, Vec<chrono::N
     let out = dir.join("out");
     let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
     let queries = kpi::queries::load(&queries_dir()).unwrap();
-    let report = kpi::run(&home.store().unwrap(), &queries, &DateSelection::All, &location, Formats { parquet: true })
+    let report = kpi::run(&*home.store().unwrap(), &queries, &DateSelection::All, &location, Formats { parquet: true })
         .await
         .unwrap();
     (home, out, report.dates)
@@ -122,7 +122,7 @@ async fn broken_query_files_are_named_with_their_line_and_nothing_is_written() {
         let out = tmp.path().join(format!("out-{file}"));
         let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
         let loaded = kpi::queries::load(&queries).unwrap();
-        let err = kpi::run(&home.store().unwrap(), &loaded, &DateSelection::All, &location, Formats::default())
+        let err = kpi::run(&*home.store().unwrap(), &loaded, &DateSelection::All, &location, Formats::default())
             .await
             .unwrap_err()
             .to_string();

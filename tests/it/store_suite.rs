@@ -1,6 +1,6 @@
 //! The `TripStore` conformance suite: one body per behaviour of DESIGN §3, written
-//! against the trait. Every backend runs all of it (see the `embedded` and `dynamodb`
-//! modules below).
+//! against the trait. Every backend runs all of it (see the `lsm`, `sqlite` and
+//! `dynamodb` modules below).
 
 use chrono::NaiveDate;
 use tripflow::store::{EndGroup, MergeOutcome, Projection, StartGroup, TripStore, TripUpdate};
@@ -117,7 +117,58 @@ pub async fn export_by_date(store: &dyn TripStore) {
     assert_eq!(some, expected);
 }
 
-mod embedded {
+/// A newer end on another day moves the trip to that day's export, and out of the old
+/// day's: the date index follows the stored end.
+pub async fn a_newer_end_moves_the_trip_to_its_day(store: &dyn TripStore) {
+    let on = |day: &str| EndGroup { dropoff_datetime: format!("{day}T23:59:00.000000Z"), ..end("00:00", "3") };
+    store.merge(vec![update("m", Some(start("10:00", 1)), Some(on("2024-05-25")))]).await.unwrap();
+    store.merge(vec![update("m", None, Some(on("2024-05-27")))]).await.unwrap();
+    let rows = async |day: u32| {
+        let date = NaiveDate::from_ymd_opt(2024, 5, day).unwrap();
+        store.export(Some(vec![date]), &Projection::all()).await.unwrap().iter().map(|b| b.num_rows()).sum::<usize>()
+    };
+    assert_eq!(rows(25).await, 0, "the old day no longer has the trip");
+    assert_eq!(rows(27).await, 1);
+    // A stale end from the first day does not move it back.
+    store.merge(vec![update("m", None, Some(on("2024-05-25")))]).await.unwrap();
+    assert_eq!((rows(25).await, rows(27).await), (0, 1));
+}
+
+mod lsm {
+    use tripflow::store::lsm::LsmStore;
+
+    async fn with_store(body: impl AsyncFnOnce(&LsmStore)) {
+        let tmp = tempfile::tempdir().unwrap();
+        body(&LsmStore::open(tmp.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn newer_wins_per_group() {
+        with_store(async |s| super::newer_wins_per_group(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn groups_are_independent() {
+        with_store(async |s| super::groups_are_independent(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn one_write_per_trip_per_batch() {
+        with_store(async |s| super::one_write_per_trip_per_batch(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn export_by_date() {
+        with_store(async |s| super::export_by_date(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_newer_end_moves_the_trip_to_its_day() {
+        with_store(async |s| super::a_newer_end_moves_the_trip_to_its_day(s).await).await;
+    }
+}
+
+mod sqlite {
     use tripflow::store::sqlite::SqliteStore;
 
     async fn with_store(body: impl AsyncFnOnce(&SqliteStore)) {
@@ -143,6 +194,11 @@ mod embedded {
     #[tokio::test]
     async fn export_by_date() {
         with_store(async |s| super::export_by_date(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_newer_end_moves_the_trip_to_its_day() {
+        with_store(async |s| super::a_newer_end_moves_the_trip_to_its_day(s).await).await;
     }
 }
 
@@ -176,5 +232,10 @@ mod dynamodb {
     #[tokio::test]
     async fn export_by_date() {
         with_store(async |s| super::export_by_date(s).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_newer_end_moves_the_trip_to_its_day() {
+        with_store(async |s| super::a_newer_end_moves_the_trip_to_its_day(s).await).await;
     }
 }
