@@ -319,7 +319,15 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
             return Err(Error::Config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26".into()));
         }
         (None, None) => {
-            let from = today.checked_sub_days(chrono::Days::new(u64::from(flags.lookback))).ok_or_else(|| {
+            if i64::from(flags.lookback) >= MAX_RANGE_DAYS {
+                return Err(Error::Config(format!(
+                    "--lookback {} covers more than {MAX_RANGE_DAYS} days (100 years), which the KPI job would \
+                     look up one by one; give --all for every date, or fewer days such as 1",
+                    flags.lookback
+                )));
+            }
+            let days = chrono::Days::new(u64::from(flags.lookback));
+            let from = today.checked_sub_days(days).ok_or_else(|| {
                 Error::Config(format!(
                     "--lookback {} reaches before the first representable date; give a number of days such as 1",
                     flags.lookback
@@ -331,8 +339,20 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
     if from > to {
         return Err(Error::Config(format!("--from {from} is after --to {to}; swap them")));
     }
+    let span = (to - from).num_days() + 1;
+    if span > MAX_RANGE_DAYS {
+        return Err(Error::Config(format!(
+            "--from {from} --to {to} covers {span} days, more than the {MAX_RANGE_DAYS} (100 years) the KPI job \
+             looks up one by one; give --all for every date, or a shorter range"
+        )));
+    }
     Ok(DateSelection::Dates(from.iter_days().take_while(|d| *d <= to).collect()))
 }
+
+/// The most days a range or lookback may cover: each is one look-up (a DynamoDB Query),
+/// and `--all` is the way to ask for every date. A `--lookback` of 25,502,422 once
+/// took over 10 s to refuse (the fuzzer's timeout), listing 70,000 years of days.
+pub const MAX_RANGE_DAYS: i64 = 36_525;
 
 /// Checks that an input file exists and is a file, before any work starts.
 ///
@@ -385,6 +405,13 @@ mod tests {
         assert!(sel(DateFlags { from: s("2024-05-27"), to: s("2024-05-25"), ..Default::default() }).is_err());
         let far = sel(DateFlags { lookback: 4_000_000_000, ..Default::default() }).unwrap_err().to_string();
         assert!(far.contains("--lookback 4000000000"), "a huge lookback is an error, not a panic: {far}");
+        // The fuzzer's timeout: refused, not answered with a list of 70,000 years of days.
+        let long = sel(DateFlags { lookback: 25_502_422, ..Default::default() }).unwrap_err().to_string();
+        assert!(long.contains("--lookback 25502422 covers more than 36525 days") && long.contains("--all"), "{long}");
+        let century = sel(DateFlags { lookback: 36_524, ..Default::default() }).unwrap();
+        assert!(matches!(century, DateSelection::Dates(d) if d.len() == 36_525), "100 years is still a range");
+        let wide = DateFlags { from: s("0001-01-01"), to: s("9999-12-31"), ..Default::default() };
+        assert!(sel(wide).unwrap_err().to_string().contains("covers 3652059 days"));
     }
 
     #[test]
