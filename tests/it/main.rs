@@ -16,7 +16,6 @@ mod end_to_end;
 mod fuzz_corpus;
 mod golden;
 mod lambda;
-mod memory;
 mod merge_props;
 mod moto;
 mod on_aws;
