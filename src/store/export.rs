@@ -260,6 +260,18 @@ impl ExportBuilder {
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), arrays).stage(Stage::Store, "export")
     }
+
+    /// Ends an export: the pending rows join `batches`, and an export of no rows is one
+    /// empty batch, so the caller always has the schema.
+    ///
+    /// # Errors
+    /// See [`ExportBuilder::finish`].
+    pub fn finish_into(mut self, mut batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        if !self.is_empty() || batches.is_empty() {
+            batches.push(self.finish()?);
+        }
+        Ok(batches)
+    }
 }
 
 /// A stored value its column's type cannot hold: which column, and the value.

@@ -381,10 +381,7 @@ impl TripStore for LsmStore {
                     }
                 }
             }
-            if !builder.is_empty() || batches.is_empty() {
-                batches.push(builder.finish()?);
-            }
-            Ok(batches)
+            builder.finish_into(batches)
         })
         .await
     }

@@ -249,10 +249,7 @@ impl TripStore for SqliteStore {
                         }
                     }
                 }
-                if !builder.is_empty() || batches.is_empty() {
-                    batches.push(builder.finish()?);
-                }
-                Ok(batches)
+                Ok(builder.finish_into(batches)?)
             })
             .await
     }
