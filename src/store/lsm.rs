@@ -9,7 +9,7 @@
 //!
 //! Two keyspaces, written together by one atomic batch per merge call, made durable
 //! (fsync) before the call returns:
-//! - `trips`: `trip_id` → the item's two groups ([`encode`]);
+//! - `trips`: `trip_id` → the item's two groups (see `encode`);
 //! - `by_date`: `YYYY-MM-DD` + `trip_id` → nothing, for every trip with an end group:
 //!   the date index a date-filtered export walks, like the DynamoDB backend's sparse
 //!   index.
