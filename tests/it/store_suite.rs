@@ -134,6 +134,26 @@ pub async fn a_newer_end_moves_the_trip_to_its_day(store: &dyn TripStore) {
     assert_eq!((rows(25).await, rows(27).await), (0, 1));
 }
 
+/// One `#[tokio::test]` per body above, each on a new store from the calling module's
+/// `with_store`: every backend runs the whole suite, and a new body is added here once.
+macro_rules! every_body {
+    () => {
+        every_body!(
+            newer_wins_per_group,
+            groups_are_independent,
+            one_write_per_trip_per_batch,
+            export_by_date,
+            a_newer_end_moves_the_trip_to_its_day,
+        );
+    };
+    ($($body:ident),+ $(,)?) => {$(
+        #[tokio::test]
+        async fn $body() {
+            with_store(async |s| super::$body(s).await).await;
+        }
+    )+};
+}
+
 mod lsm {
     use tripflow::store::lsm::LsmStore;
 
@@ -142,30 +162,7 @@ mod lsm {
         body(&LsmStore::open(tmp.path()).unwrap()).await;
     }
 
-    #[tokio::test]
-    async fn newer_wins_per_group() {
-        with_store(async |s| super::newer_wins_per_group(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn groups_are_independent() {
-        with_store(async |s| super::groups_are_independent(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn one_write_per_trip_per_batch() {
-        with_store(async |s| super::one_write_per_trip_per_batch(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn export_by_date() {
-        with_store(async |s| super::export_by_date(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn a_newer_end_moves_the_trip_to_its_day() {
-        with_store(async |s| super::a_newer_end_moves_the_trip_to_its_day(s).await).await;
-    }
+    every_body!();
 }
 
 mod sqlite {
@@ -176,30 +173,7 @@ mod sqlite {
         body(&SqliteStore::open(tmp.path()).unwrap()).await;
     }
 
-    #[tokio::test]
-    async fn newer_wins_per_group() {
-        with_store(async |s| super::newer_wins_per_group(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn groups_are_independent() {
-        with_store(async |s| super::groups_are_independent(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn one_write_per_trip_per_batch() {
-        with_store(async |s| super::one_write_per_trip_per_batch(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn export_by_date() {
-        with_store(async |s| super::export_by_date(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn a_newer_end_moves_the_trip_to_its_day() {
-        with_store(async |s| super::a_newer_end_moves_the_trip_to_its_day(s).await).await;
-    }
+    every_body!();
 }
 
 mod dynamodb {
@@ -214,28 +188,5 @@ mod dynamodb {
         body(&store).await;
     }
 
-    #[tokio::test]
-    async fn newer_wins_per_group() {
-        with_store(async |s| super::newer_wins_per_group(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn groups_are_independent() {
-        with_store(async |s| super::groups_are_independent(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn one_write_per_trip_per_batch() {
-        with_store(async |s| super::one_write_per_trip_per_batch(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn export_by_date() {
-        with_store(async |s| super::export_by_date(s).await).await;
-    }
-
-    #[tokio::test]
-    async fn a_newer_end_moves_the_trip_to_its_day() {
-        with_store(async |s| super::a_newer_end_moves_the_trip_to_its_day(s).await).await;
-    }
+    every_body!();
 }
