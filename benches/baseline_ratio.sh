@@ -12,24 +12,14 @@ set -euo pipefail
 trips=${1:?give the number of trips}
 rounds=${2:-3}
 here=$(dirname "$0")
-bin=${TRIPFLOW:-$here/../target/release/tripflow}
 python=${PYTHON:-/tmp/baseline/bin/python}
-work=${WORK:-$(mktemp -d /tmp/tripflow-baseline.XXXXXX)}
-mkdir -p "$work"
-data=$work/data-$trips
-if [ ! -f "$data/trip_end.csv" ]; then
-  "$bin" gen --trips "$trips" --seed 1 --out "$data" >/dev/null
-fi
-files=(--start "$data/trip_start.csv" --end "$data/trip_end.csv")
+. "$here/common.sh"
 
 # timed NAME COMMAND...: runs it, appends "NAME wall" to $work/times, prints a line.
 timed() {
-  local name=$1
-  shift
-  /usr/bin/time -f '%e %M' -o "$work/time" "$@" >"$work/stdout"
-  read -r wall rss <"$work/time"
-  echo "$name $wall" >>"$work/times"
-  awk -v n="$name" -v w="$wall" -v r="$rss" 'BEGIN { printf "%-18s %7.1f s, peak %5.0f MiB\n", n, w, r / 1024 }'
+  run_timed "$@"
+  echo "$1 $wall" >>"$work/times"
+  awk -v n="$1" -v w="$wall" -v r="$rss" 'BEGIN { printf "%-18s %7.1f s, peak %5.0f MiB\n", n, w, r / 1024 }'
 }
 
 : >"$work/times"

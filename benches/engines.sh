@@ -17,22 +17,12 @@ set -euo pipefail
 trips=${1:?give the number of trips}
 rounds=${2:-1}
 engines=${3:-"lsm sqlite"}
-bin=${TRIPFLOW:-$(dirname "$0")/../target/release/tripflow}
-work=${WORK:-$(mktemp -d /tmp/tripflow-engines.XXXXXX)}
-mkdir -p "$work"
-data=$work/data-$trips
-if [ ! -f "$data/trip_end.csv" ]; then
-  "$bin" gen --trips "$trips" --seed 1 --out "$data" >/dev/null
-fi
-files=(--start "$data/trip_start.csv" --end "$data/trip_end.csv")
+. "$(dirname "$0")/common.sh"
 
 # timed NAME COMMAND...: runs it, prints "NAME wall s, peak MiB".
 timed() {
-  local name=$1
-  shift
-  /usr/bin/time -f '%e %M' -o "$work/time" "$@" >"$work/stdout"
-  read -r wall rss <"$work/time"
-  awk -v n="$name" -v w="$wall" -v r="$rss" 'BEGIN { printf "%s %.1f s, %.0f MiB", n, w, r / 1024 }'
+  run_timed "$@"
+  awk -v n="$1" -v w="$wall" -v r="$rss" 'BEGIN { printf "%s %.1f s, %.0f MiB", n, w, r / 1024 }'
 }
 
 new_home() {
