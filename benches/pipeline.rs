@@ -137,7 +137,16 @@ fn export_and_kpis(c: &mut Criterion) {
                 let store = store();
                 b.iter(|| {
                     let all = tripflow::kpi::DateSelection::All;
-                    black_box(rt.block_on(tripflow::kpi::run_queries(store, &queries, &all, columns)).unwrap())
+                    black_box(
+                        rt.block_on(tripflow::kpi::run_queries(
+                            store,
+                            &queries,
+                            &all,
+                            columns,
+                            &tripflow::progress::Quiet,
+                        ))
+                        .unwrap(),
+                    )
                 })
             });
         }

@@ -388,7 +388,9 @@ impl KpiFunction {
         })?;
         let requested = self.dates(&request)?;
         let selection = DateSelection::Dates(requested.clone());
-        let report = kpi::run(self.store.as_ref(), &self.queries, &selection, &self.out, self.formats).await?;
+        let report =
+            kpi::run(self.store.as_ref(), &self.queries, &selection, &self.out, self.formats, &crate::progress::Quiet)
+                .await?;
         info!(requested = requested.len(), dates = report.dates.len(), files = report.files.len(), "KPI run done.");
         Ok(KpiSummary { requested, dates: report.dates, files: report.files, exported_rows: report.exported_rows })
     }

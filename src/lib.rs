@@ -19,14 +19,16 @@
 //!   is the embedded trip table.
 //! - [`deadletter`]: where rejected records go, with every reason.
 //! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion;
-//!   [`sql`] asks ad-hoc SQL of its outputs; [`tables`] holds what the two share.
+//!   [`sql`] asks ad-hoc SQL of its outputs; [`tables`] holds what the two share;
+//!   [`report`] draws `kpi_output/report.html` from the KPI files.
 //! - [`lambda`]: the ingest and KPI stages as AWS Lambda functions (`tripflow-lambda`).
 //! - [`synthetic`]: deterministic synthetic input shaped like the real exports.
 //! - [`event`]: event kinds, field names and the Arrow schemas shared by all stages;
 //!   [`decimal`] and [`timestamp`]: exact, fast text ↔ Arrow values, for validation,
 //!   the store and export ([`cast`] holds what the two share).
 //! - [`config`]: checked settings shared by the commands, with backends chosen by URL
-//!   through one parser, [`location`]; [`pipeline`] chains the stages for `tripflow run`.
+//!   through one parser, [`location`]; [`pipeline`] chains the stages for `tripflow run`;
+//!   [`progress`] is what long work tells a watcher (the command line's bars).
 #![warn(missing_docs)]
 
 pub mod aws;
@@ -46,6 +48,8 @@ pub mod location;
 pub mod memory;
 pub mod pipeline;
 pub mod produce;
+pub mod progress;
+pub mod report;
 pub mod schedule;
 pub mod sql;
 mod sqlite;

@@ -116,11 +116,16 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     // and everything it put is read.
     let drain = Arc::new(AtomicBool::new(false));
     let producer = {
-        let (stream, start, end, drain) =
-            (opened.stream.clone(), settings.start.clone(), settings.end.clone(), drain.clone());
+        let (stream, start, end, drain, progress) = (
+            opened.stream.clone(),
+            settings.start.clone(),
+            settings.end.clone(),
+            drain.clone(),
+            settings.ingest.progress.clone(),
+        );
         tokio::spawn(async move {
             let began = Instant::now();
-            let produced = produce::produce_csv(stream.as_ref(), &start, &end).await;
+            let produced = produce::produce_csv(stream.as_ref(), &start, &end, progress.as_ref()).await;
             drain.store(true, Ordering::Release);
             (produced, began.elapsed().as_secs_f64())
         })
@@ -148,7 +153,15 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     let ProduceReport { sent, not_sent } = produced?;
     let ingest_s = stage.elapsed().as_secs_f64();
     let stage = Instant::now();
-    let kpi = kpi::run(store.as_ref(), &queries, &DateSelection::All, &settings.out, settings.formats).await?;
+    let kpi = kpi::run(
+        store.as_ref(),
+        &queries,
+        &DateSelection::All,
+        &settings.out,
+        settings.formats,
+        settings.ingest.progress.as_ref(),
+    )
+    .await?;
     let kpi_s = stage.elapsed().as_secs_f64();
     let stages = Stages {
         produce_s,

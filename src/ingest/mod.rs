@@ -21,6 +21,7 @@ use tracing::{debug, info, instrument};
 
 use self::batcher::{Batcher, Pending};
 use crate::deadletter::{DeadLetter, DeadLetterSink};
+use crate::progress::{Progress, Quiet};
 use crate::store::TripStore;
 use crate::stream::{CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource};
 use crate::{Error, Result};
@@ -58,6 +59,8 @@ pub struct IngestOptions {
     /// [`InjectedCrash`].
     #[doc(hidden)]
     pub crash_after_batches: Option<u64>,
+    /// Told the totals and the lag after every batch ([`Progress::ingested`]).
+    pub progress: Arc<dyn Progress>,
 }
 
 /// The cause of the error that [`IngestOptions::crash_after_batches`] raises; never
@@ -80,6 +83,7 @@ impl Default for IngestOptions {
             stop: Arc::default(),
             drain: None,
             crash_after_batches: None,
+            progress: Arc::new(Quiet),
         }
     }
 }
@@ -129,6 +133,7 @@ struct Readers {
     ids: Vec<ShardId>,
     iterators: Vec<ShardIterator>,
     caught_up: Vec<bool>,
+    millis_behind: Vec<Option<u64>>,
     finished: Vec<bool>,
     waiting: Vec<Shard>,
     known: HashSet<ShardId>,
@@ -151,6 +156,7 @@ impl Readers {
             self.iterators.push(ingest.source.iterator(&shard.id, &start).await?);
             self.ids.push(shard.id);
             self.caught_up.push(false);
+            self.millis_behind.push(None);
             self.finished.push(false);
         }
         Ok(())
@@ -217,6 +223,7 @@ impl Ingest<'_> {
                 let read = self.source.read(&readers.iterators[i], room, batcher.byte_room()).await?;
                 readers.iterators[i] = read.next;
                 readers.caught_up[i] = read.caught_up;
+                readers.millis_behind[i] = read.millis_behind;
                 batcher.extend(read.records.into_iter().map(|record| Pending { shard: i, record }));
                 if read.closed {
                     info!(shard = %readers.ids[i], "Shard closed and read to its end; its children may start.");
@@ -233,6 +240,7 @@ impl Ingest<'_> {
                 let batch = batcher.take();
                 let counts = self.process(&stream, &readers.ids, batch, opts, totals.batches).await?;
                 totals.add(&counts);
+                opts.progress.ingested(&totals, readers.millis_behind.iter().flatten().max().copied());
                 // The batch is freed now; without this the resident size creeps up.
                 crate::memory::release_freed();
                 continue;
@@ -246,6 +254,7 @@ impl Ingest<'_> {
                 tokio::time::sleep(wait).await;
             }
         }
+        opts.progress.ingested(&totals, Some(0));
         info!(
             read = totals.read,
             applied = totals.applied,
@@ -431,6 +440,7 @@ mod tests {
                 next: ShardIterator { shard: it.shard.clone(), position: next.to_string() },
                 caught_up: end,
                 closed,
+                millis_behind: None,
             })
         }
     }

@@ -30,6 +30,7 @@ pub use self::output::OutputLocation;
 pub use self::queries::{DEFAULT_QUERY, KpiQuery};
 use crate::error::{Context, Stage};
 use crate::event::TRIP_SCHEMA;
+use crate::progress::Progress;
 use crate::store::{Projection, TripStore};
 use crate::{Error, Result};
 
@@ -58,8 +59,10 @@ pub struct QueryResult {
 pub struct KpiReport {
     /// Dates with a `kpi.json`, in order.
     pub dates: Vec<NaiveDate>,
-    /// Every file written.
+    /// Every KPI file written (JSON, and Parquet when asked).
     pub files: Vec<String>,
+    /// Where the report went: `kpi_output/report.html` under the output location.
+    pub report: String,
     /// Each query's results, in file order.
     pub results: Vec<QueryResult>,
     /// Trips exported to the query engine.
@@ -174,6 +177,7 @@ pub async fn run_queries(
     queries: &[KpiQuery],
     dates: &DateSelection,
     columns: ExportColumns,
+    progress: &dyn Progress,
 ) -> Result<(Vec<QueryResult>, Vec<RecordBatch>)> {
     let wanted = match dates {
         DateSelection::All => None,
@@ -195,8 +199,11 @@ pub async fn run_queries(
             Err(e) => return Err(e),
         }
     };
+    progress.exported(batches.iter().map(|b| b.num_rows() as u64).sum());
     let mut results = Vec::with_capacity(planned.len());
-    for (q, df) in planned {
+    let of = planned.len();
+    for (i, (q, df)) in planned.into_iter().enumerate() {
+        progress.query(&q.stem, i, of);
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(|e| query_error(q, e))?;
         results.push(QueryResult { query: q.clone(), schema, batches });
@@ -204,8 +211,8 @@ pub async fn run_queries(
     Ok((results, batches))
 }
 
-/// Runs the job: queries, then one `kpi.json` per date and one summary file per
-/// date-less query.
+/// Runs the job: queries, then one `kpi.json` per date, one summary file per date-less
+/// query, and the report ([`crate::report`]) over every date under `out`.
 ///
 /// # Errors
 /// When a query fails (nothing is written then) or an output cannot be written.
@@ -215,9 +222,10 @@ pub async fn run(
     dates: &DateSelection,
     out: &OutputLocation,
     formats: Formats,
+    progress: &dyn Progress,
 ) -> Result<KpiReport> {
     let columns = if formats.parquet { ExportColumns::All } else { ExportColumns::Queried };
-    let (results, export) = run_queries(store, queries, dates, columns).await?;
+    let (results, export) = run_queries(store, queries, dates, columns, progress).await?;
     let exported_rows = export.iter().map(RecordBatch::num_rows).sum();
     let (per_date, summaries) = render(&results)?;
     let mut files = Vec::new();
@@ -237,9 +245,11 @@ pub async fn run(
     for (stem, json) in summaries {
         files.push(out.put(&format!("kpi_output/summary/{stem}.json"), json.into_bytes()).await?);
     }
+    // Last, over every date under `out` (this run's and earlier ones').
+    let report = crate::report::write(out).await?;
     let dates = per_date.keys().filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).collect::<Vec<_>>();
     info!(dates = dates.len(), files = files.len(), exported_rows, "KPI job done.");
-    Ok(KpiReport { dates, files, results, exported_rows })
+    Ok(KpiReport { dates, files, report, results, exported_rows })
 }
 
 /// Which files the job writes besides `kpi.json`.

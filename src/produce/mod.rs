@@ -22,6 +22,7 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::event::EventKind;
+use crate::progress::Progress;
 use crate::stream::{PutRecord, StreamSink};
 use crate::{Error, Result};
 
@@ -46,16 +47,26 @@ pub struct ProduceReport {
 ///
 /// # Errors
 /// When a file cannot be opened or its header is unusable, or the stream fails.
-pub async fn produce_csv(sink: &dyn StreamSink, start: &Path, end: &Path) -> Result<ProduceReport> {
+pub async fn produce_csv(
+    sink: &dyn StreamSink,
+    start: &Path,
+    end: &Path,
+    progress: &dyn Progress,
+) -> Result<ProduceReport> {
     let mut report = ProduceReport::default();
     let files = [CsvFile::open(start, EventKind::Start)?, CsvFile::open(end, EventKind::End)?];
     // First pass: where each row is and when it happened (24 bytes a row), in runs
     // sorted by time; the second pass reads the rows again in the merged order (a start
     // ahead of an end at the same time), a batch at a time.
     let mut order = TimeOrder::default();
+    let mut total = 0;
     for (i, f) in files.iter().enumerate() {
-        f.index_each(&mut report.not_sent, |k| order.push(i as u8, k))?;
+        f.index_each(&mut report.not_sent, |k| {
+            total += 1;
+            order.push(i as u8, k)
+        })?;
     }
+    progress.produce_total(total);
     let mut scratch = Scratch::default();
     let mut failed = None;
     let events = order.into_sorted()?.map_while(|next| {
@@ -67,7 +78,7 @@ pub async fn produce_csv(sink: &dyn StreamSink, start: &Path, end: &Path) -> Res
             }
         }
     });
-    send(sink, events, &mut report).await?;
+    send(sink, events, &mut report, progress).await?;
     if let Some(e) = failed {
         return Err(e);
     }
@@ -80,7 +91,7 @@ pub async fn produce_csv(sink: &dyn StreamSink, start: &Path, end: &Path) -> Res
 ///
 /// # Errors
 /// When the file cannot be read, or the stream fails.
-pub async fn produce_ndjson(sink: &dyn StreamSink, path: &Path) -> Result<ProduceReport> {
+pub async fn produce_ndjson(sink: &dyn StreamSink, path: &Path, progress: &dyn Progress) -> Result<ProduceReport> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::Input { path: path.into(), message: format!("cannot open: {e}") })?;
     let mut reader = std::io::BufReader::new(file);
@@ -106,7 +117,8 @@ pub async fn produce_ndjson(sink: &dyn StreamSink, path: &Path) -> Result<Produc
         records.push((format!("{}:{number}", path.display()), PutRecord { partition_key, data: line.clone() }));
     }
     let mut report = ProduceReport::default();
-    send(sink, records.into_iter(), &mut report).await?;
+    progress.produce_total(records.len() as u64);
+    send(sink, records.into_iter(), &mut report, progress).await?;
     Ok(report)
 }
 
@@ -126,7 +138,9 @@ async fn send(
     sink: &dyn StreamSink,
     records: impl Iterator<Item = (String, PutRecord)>,
     report: &mut ProduceReport,
+    progress: &dyn Progress,
 ) -> Result<()> {
+    let mut put = 0;
     let mut origins = Vec::with_capacity(PUT_BATCH);
     let mut batch = Vec::with_capacity(PUT_BATCH);
     let mut records = records.peekable();
@@ -142,6 +156,8 @@ async fn send(
             report.not_sent.push(format!("{}: {}; not sent", origins[r.index], r.reason));
         }
         report.sent += (batch.len() - refused.len()) as u64;
+        put += batch.len() as u64;
+        progress.produced(put);
     }
     Ok(())
 }

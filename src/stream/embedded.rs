@@ -197,7 +197,7 @@ impl StreamSource for EmbeddedStream {
         let after = parse_position(iterator)?;
         // Rows are stepped one by one, so a read that reaches `max_bytes` leaves the
         // rest of the shard on disk.
-        let (records, full) = self
+        let (records, full, millis_behind) = self
             .db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
@@ -222,13 +222,29 @@ impl StreamSource for EmbeddedStream {
                     }
                 }
                 let full = records.len() == limit || bytes >= max_bytes;
-                Ok((records, full))
+                // The lag, as Kinesis gives it: from the last record read to the newest
+                // in the shard (one step down the shard's index).
+                let millis_behind = match records.last() {
+                    Some(last) if full => {
+                        let newest: Option<i64> = conn
+                            .query_row(
+                                "SELECT arrival_ms FROM records WHERE shard = ?1 ORDER BY seq DESC LIMIT 1",
+                                [n],
+                                |row| row.get(0),
+                            )
+                            .optional()?;
+                        newest.map(|ms| u64::try_from(ms - last.arrival.timestamp_millis()).unwrap_or(0))
+                    }
+                    _ => Some(0),
+                };
+                Ok((records, full, millis_behind))
             })
             .await?;
         let next_after = records.last().and_then(|r| r.sequence_number.as_u64()).map_or(after, |s| s as i64);
         Ok(ReadResult {
             caught_up: !full,
             closed: false,
+            millis_behind,
             records,
             next: ShardIterator { shard: iterator.shard.clone(), position: next_after.to_string() },
         })
@@ -285,6 +301,21 @@ mod tests {
         assert_eq!(EmbeddedStream::open(dir.path(), None).unwrap().shard_count(), 2);
         let err = EmbeddedStream::open(dir.path(), Some(3)).err().unwrap().to_string();
         assert!(err.contains("has 2 shards") && err.contains("--shards"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_read_says_how_far_behind_the_newest_record_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStream::open(dir.path(), Some(1)).unwrap();
+        let put = |key: &str| PutRecord { partition_key: key.into(), data: b"{}".to_vec() };
+        s.put_records(&[put("a")]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        s.put_records(&[put("b")]).await.unwrap();
+        let it = ShardIterator { shard: shard_name(0), position: "0".into() };
+        let first = s.read(&it, 1, usize::MAX).await.unwrap();
+        assert!(!first.caught_up && first.millis_behind.is_some_and(|ms| ms >= 30), "{:?}", first.millis_behind);
+        let rest = s.read(&first.next, 10, usize::MAX).await.unwrap();
+        assert!(rest.caught_up && rest.millis_behind == Some(0));
     }
 
     #[tokio::test]

@@ -352,6 +352,7 @@ impl StreamSource for KinesisStream {
                         next: ShardIterator { shard: shard.clone(), position: resume.encode(&current) },
                         caught_up: false,
                         closed: false,
+                        millis_behind: None,
                     });
                 }
                 Err(e) => {
@@ -390,6 +391,7 @@ impl StreamSource for KinesisStream {
                 next: ShardIterator { shard: shard.clone(), position },
                 caught_up: caught_up || closed,
                 closed,
+                millis_behind: out.millis_behind_latest().and_then(|ms| u64::try_from(ms).ok()),
             });
         }
         unreachable!("the loop returns")

@@ -142,6 +142,9 @@ pub struct ReadResult {
     /// True when the shard is closed (split or merged) and every record has been read:
     /// its children may now be read.
     pub closed: bool,
+    /// How far behind the newest record of the shard this read ends, in time
+    /// (Kinesis' `MillisBehindLatest`), where the backend can tell.
+    pub millis_behind: Option<u64>,
 }
 
 /// Outcome of a put for one record that the stream refused.

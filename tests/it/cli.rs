@@ -219,3 +219,52 @@ fn ingest_follows_a_producer_in_another_process_and_stops_cleanly_on_sigterm() {
         text(&kpi.stdout).lines().filter_map(|l| l.split('|').nth(2)?.trim().parse::<usize>().ok()).sum();
     assert_eq!(reported, trips, "{}", text(&kpi.stdout));
 }
+
+/// Runs `tripflow args` inside a pseudo-terminal (util-linux `script`), so that stdout
+/// and stderr are a terminal, and returns everything the terminal received.
+fn on_a_terminal(dir: &Path, args: &[&str]) -> String {
+    let line =
+        std::iter::once(env!("CARGO_BIN_EXE_tripflow")).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .current_dir(dir)
+        .env("TERM", "xterm-256color")
+        .output()
+        .expect("util-linux `script` runs the command in a pseudo-terminal");
+    let seen = text(&out.stdout);
+    assert!(out.status.success(), "{seen}{}", text(&out.stderr));
+    seen
+}
+
+#[test]
+fn a_run_on_a_terminal_shows_progress_and_a_piped_or_quiet_run_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let generated = tripflow(tmp.path(), &["gen", "--trips", "20000", "--seed", "3", "--out", "input"]);
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let run = |home: &str| {
+        ["run", "--home", home, "--out", "out", "--start", "input/trip_start.csv", "--end", "input/trip_end.csv"]
+            .map(str::to_owned)
+    };
+
+    let seen = on_a_terminal(tmp.path(), &run("a").iter().map(String::as_str).collect::<Vec<_>>());
+    // The bars: cursor movements and line clears, the produce bar and the ingest line.
+    assert!(seen.contains("\u{1b}["), "no control codes on a terminal: {seen:?}");
+    assert!(seen.contains("produce") && seen.contains("/40,000 events"), "{seen:?}");
+    assert!(seen.contains("ingest ") && seen.contains(" read: "), "{seen:?}");
+    // Cleared before the results, which are printed as without bars.
+    assert!(seen.contains("read 40000 = applied 40000 + duplicate_or_stale 0 + dead_lettered 0"), "{seen:?}");
+
+    let piped = tripflow(tmp.path(), &run("b").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(piped.status.success(), "{}", text(&piped.stderr));
+    for (name, bytes) in [("stdout", &piped.stdout), ("stderr", &piped.stderr)] {
+        let t = text(bytes);
+        assert!(!t.contains('\u{1b}') && !t.contains('\r'), "control codes on a piped {name}: {t:?}");
+    }
+    assert!(text(&piped.stderr).is_empty(), "a piped run logs nothing at the default level");
+
+    let mut quiet = run("c").to_vec();
+    quiet.push("--quiet".into());
+    let seen = on_a_terminal(tmp.path(), &quiet.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!seen.contains('\u{1b}'), "--quiet drew bars: {seen:?}");
+    assert!(seen.contains("read 40000 = applied 40000"), "{seen:?}");
+}

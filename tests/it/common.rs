@@ -34,7 +34,9 @@ pub async fn kpi_files(home: &Home, out: &Path) -> BTreeMap<String, Vec<u8>> {
     let queries = kpi::queries::load(&queries_dir()).unwrap();
     let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
     let formats = kpi::Formats { parquet: true };
-    kpi::run(&*home.store().unwrap(), &queries, &DateSelection::All, &location, formats).await.unwrap();
+    kpi::run(&*home.store().unwrap(), &queries, &DateSelection::All, &location, formats, &tripflow::progress::Quiet)
+        .await
+        .unwrap();
     read_tree(out)
 }
 

@@ -323,7 +323,14 @@ fn check(trips: Vec<Trip>, rt: &tokio::runtime::Runtime) -> Result<(), TestCaseE
 
         // And no accepted value stops the KPI job.
         let queries = kpi::queries::builtin();
-        let run = kpi::run_queries(&*store, &queries, &DateSelection::All, kpi::ExportColumns::Queried).await;
+        let run = kpi::run_queries(
+            &*store,
+            &queries,
+            &DateSelection::All,
+            kpi::ExportColumns::Queried,
+            &tripflow::progress::Quiet,
+        )
+        .await;
         prop_assert!(run.is_ok(), "the KPI queries failed: {}", run.err().unwrap());
         Ok(())
     })

@@ -124,14 +124,28 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
     std::fs::write(queries.join("totals.sql"), "SELECT COUNT(*) AS trips FROM trips").unwrap();
     let home = Home::new(tmp.path().join("home")).unwrap();
     let stream = home.stream(Some(1)).unwrap();
-    tripflow::produce::produce_csv(&stream, &data_dir().join("trip_start.csv"), &data_dir().join("trip_end.csv"))
-        .await
-        .unwrap();
+    tripflow::produce::produce_csv(
+        &stream,
+        &data_dir().join("trip_start.csv"),
+        &data_dir().join("trip_end.csv"),
+        &tripflow::progress::Quiet,
+    )
+    .await
+    .unwrap();
     crate::common::ingest(&home, &IngestOptions::default()).await.unwrap();
     let out = OutputLocation::parse(tmp.path().join("out").to_str().unwrap(), None).unwrap();
     let loaded = tripflow::kpi::queries::load(&queries).unwrap();
     let all = tripflow::kpi::DateSelection::All;
-    let report = tripflow::kpi::run(&*home.store().unwrap(), &loaded, &all, &out, Default::default()).await.unwrap();
+    let report = tripflow::kpi::run(
+        &*home.store().unwrap(),
+        &loaded,
+        &all,
+        &out,
+        Default::default(),
+        &tripflow::progress::Quiet,
+    )
+    .await
+    .unwrap();
 
     let date = report.dates[0];
     let path = tmp.path().join(format!("out/kpi_output/date={date}/kpi.json"));
@@ -153,7 +167,9 @@ async fn kpi_files_are_byte_identical_whatever_batches_shards_and_order_built_th
 
     // A: one shard, big batches, events in time order.
     let a = Home::new(tmp.path().join("a")).unwrap();
-    tripflow::produce::produce_csv(&a.stream(Some(1)).unwrap(), &start, &end).await.unwrap();
+    tripflow::produce::produce_csv(&a.stream(Some(1)).unwrap(), &start, &end, &tripflow::progress::Quiet)
+        .await
+        .unwrap();
     crate::common::ingest(&a, &IngestOptions { batch_rows: 20_000, ..Default::default() }).await.unwrap();
 
     // B: five shards, tiny batches, events reversed, every tenth one twice, keys that

@@ -65,16 +65,28 @@ async fn every_query_matches_its_snapshot_and_an_independent_computation() {
 
     let home = Home::new(tmp.path().join("home")).unwrap();
     let stream = home.stream(Some(2)).unwrap();
-    tripflow::produce::produce_csv(&stream, &input.join("trip_start.csv"), &input.join("trip_end.csv")).await.unwrap();
+    tripflow::produce::produce_csv(
+        &stream,
+        &input.join("trip_start.csv"),
+        &input.join("trip_end.csv"),
+        &tripflow::progress::Quiet,
+    )
+    .await
+    .unwrap();
     put_raw(&stream, &extra.into_iter().map(String::into_bytes).collect::<Vec<_>>()).await;
     let counts = ingest(&home, &IngestOptions { batch_rows: 97, ..Default::default() }).await.unwrap();
     assert_eq!(counts.dead_lettered, 0, "every golden input is valid");
 
     let queries = kpi::queries::load(&queries_dir()).unwrap();
-    let (results, _) =
-        kpi::run_queries(&*home.store().unwrap(), &queries, &DateSelection::All, kpi::ExportColumns::Queried)
-            .await
-            .unwrap();
+    let (results, _) = kpi::run_queries(
+        &*home.store().unwrap(),
+        &queries,
+        &DateSelection::All,
+        kpi::ExportColumns::Queried,
+        &tripflow::progress::Quiet,
+    )
+    .await
+    .unwrap();
 
     let python = tmp.path().join("python");
     std::fs::create_dir(&python).unwrap();

@@ -19,6 +19,7 @@ mod lambda;
 mod merge_props;
 mod moto;
 mod on_aws;
+mod report;
 mod sql;
 mod store_suite;
 mod stream_suite;

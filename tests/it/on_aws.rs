@@ -267,6 +267,8 @@ fn setup_then_run_with_aws_urls_from_the_command_line() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let files = rt.block_on(s3_tree(&moto::aws(), &bucket, "kpi_output"));
     assert!(files.keys().any(|k| k.ends_with("/kpi.json")), "{:?}", files.keys());
+    let report = String::from_utf8_lossy(&files["report.html"]);
+    assert!(report.contains("<svg") && report.contains("<table id=\"daily\">"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,9 +14,14 @@ use crate::common::{data_dir, ingest, queries_dir};
 async fn home_from_data(dir: &Path) -> Home {
     let home = Home::new(dir.join("home")).unwrap();
     let stream = home.stream(Some(2)).unwrap();
-    tripflow::produce::produce_csv(&stream, &data_dir().join("trip_start.csv"), &data_dir().join("trip_end.csv"))
-        .await
-        .unwrap();
+    tripflow::produce::produce_csv(
+        &stream,
+        &data_dir().join("trip_start.csv"),
+        &data_dir().join("trip_end.csv"),
+        &tripflow::progress::Quiet,
+    )
+    .await
+    .unwrap();
     ingest(&home, &IngestOptions::default()).await.unwrap();
     home
 }
@@ -26,9 +31,16 @@ async fn parquet_outputs(dir: &Path) -> (Home, std::path::PathBuf, Vec<chrono::N
     let out = dir.join("out");
     let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
     let queries = kpi::queries::load(&queries_dir()).unwrap();
-    let report = kpi::run(&*home.store().unwrap(), &queries, &DateSelection::All, &location, Formats { parquet: true })
-        .await
-        .unwrap();
+    let report = kpi::run(
+        &*home.store().unwrap(),
+        &queries,
+        &DateSelection::All,
+        &location,
+        Formats { parquet: true },
+        &tripflow::progress::Quiet,
+    )
+    .await
+    .unwrap();
     (home, out, report.dates)
 }
 
@@ -122,10 +134,17 @@ async fn broken_query_files_are_named_with_their_line_and_nothing_is_written() {
         let out = tmp.path().join(format!("out-{file}"));
         let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
         let loaded = kpi::queries::load(&queries).unwrap();
-        let err = kpi::run(&*home.store().unwrap(), &loaded, &DateSelection::All, &location, Formats::default())
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = kpi::run(
+            &*home.store().unwrap(),
+            &loaded,
+            &DateSelection::All,
+            &location,
+            Formats::default(),
+            &tripflow::progress::Quiet,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains(file) && err.contains(expect), "{err}");
         assert!(crate::common::read_tree(&out).is_empty(), "a broken file writes nothing");
     }

@@ -2,7 +2,9 @@
 //!
 //! Every flag has a `TRIPFLOW_*` environment equivalent, and every default works from
 //! the repository root, so `tripflow run` with no flags runs the whole pipeline on the
-//! embedded backends.
+//! embedded backends. On a terminal, long commands draw progress bars ([`bars`]).
+
+pub mod bars;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use crate::produce::{self, ProduceReport};
 use crate::stream::StartPosition;
 use crate::{Error, Result};
 
+use self::bars::Watch;
+
 /// tripflow: ride-hailing trip events into a consistent trip table and nightly KPI reports.
 #[derive(Debug, Parser)]
 #[command(name = "tripflow", version, about, propagate_version = true)]
@@ -28,6 +32,9 @@ pub struct Cli {
     /// Log progress to stderr (-v: info, -vv: debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// No progress bars (they are drawn only when stdout and stderr are a terminal).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +59,16 @@ pub enum Command {
     Sql(SqlArgs),
     /// Create the stream, tables and bucket the URLs name, where missing (idempotent).
     Setup(SetupArgs),
+    /// Rebuild kpi_output/report.html from the kpi.json files under --out.
+    Report(ReportArgs),
+}
+
+/// `tripflow report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Output location of an earlier KPI run: a directory, file:// or s3://bucket/prefix URL.
+    #[arg(long, env = "TRIPFLOW_OUT", default_value = "./tripflow-out")]
+    pub out: String,
 }
 
 /// `--stream`.
@@ -458,6 +475,7 @@ fn print_kpis(report: &KpiReport, out: &OutputLocation) -> Result<()> {
         report.dates.len(),
         out.display().trim_end_matches('/')
     );
+    println!("report: {}", report.report);
     Ok(())
 }
 
@@ -491,15 +509,17 @@ fn stop_on_signal() -> Arc<AtomicBool> {
 pub async fn execute(cli: Cli) -> Result<()> {
     check_flags(&cli)?;
     let aws = AwsEnv::default();
+    let watch = Watch::new(bars::wanted(cli.quiet, cli.verbose));
     match cli.command {
         Command::Setup(a) => setup(&a, &aws).await,
-        Command::Run(a) => run(&a, &aws).await,
-        Command::Produce(a) => produce(&a, &aws).await,
-        Command::Ingest(a) => ingest(&a, &aws).await,
-        Command::Kpi(a) => kpi(&a, &aws).await,
+        Command::Run(a) => run(&a, &aws, &watch).await,
+        Command::Produce(a) => produce(&a, &aws, &watch).await,
+        Command::Ingest(a) => ingest(&a, &aws, &watch).await,
+        Command::Kpi(a) => kpi(&a, &aws, &watch).await,
         Command::Schedule(a) => schedule(&a, &aws).await,
         Command::Sql(a) => sql(&a, &aws).await,
         Command::Gen(a) => gen_data(&a),
+        Command::Report(a) => rebuild_report(&a, &aws).await,
     }
 }
 
@@ -552,12 +572,13 @@ pub fn check_flags(cli: &Cli) -> Result<()> {
             Location::parse("--out", a.out.as_deref(), &[Kind::Embedded, Kind::Local, Kind::S3]).map(drop)
         }
         Command::Sql(a) => Location::parse("--snapshots", Some(&a.snapshots), &[Kind::Local, Kind::S3]).map(drop),
+        Command::Report(a) => out(&a.out),
         Command::Gen(_) => Ok(()),
     }
 }
 
 /// `tripflow run`.
-async fn run(a: &RunArgs, aws: &AwsEnv) -> Result<()> {
+async fn run(a: &RunArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
     let settings = RunSettings {
         start: config::input_file(&a.input.start, "--start")?,
         end: config::input_file(&a.input.end, "--end")?,
@@ -569,10 +590,11 @@ async fn run(a: &RunArgs, aws: &AwsEnv) -> Result<()> {
         shards: a.input.shards,
         out: config::open_output(&a.kpi.out, aws).await?,
         queries: a.kpi.queries.clone(),
-        ingest: ingest_options(&a.batch),
+        ingest: IngestOptions { progress: watch.progress(), ..ingest_options(&a.batch) },
         formats: Formats { parquet: a.kpi.parquet },
     };
     let (report, kpi) = pipeline::run(&settings, aws).await?;
+    watch.done();
     for line in &report.not_sent {
         eprintln!("warning: {line}");
     }
@@ -590,7 +612,7 @@ async fn run(a: &RunArgs, aws: &AwsEnv) -> Result<()> {
 }
 
 /// `tripflow produce`.
-async fn produce(a: &ProduceArgs, aws: &AwsEnv) -> Result<()> {
+async fn produce(a: &ProduceArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
     let home = Home::new(&a.home.home)?;
     let url = StreamUrl::parse(a.stream.stream.as_deref())?;
     let inputs = match &a.ndjson {
@@ -598,17 +620,19 @@ async fn produce(a: &ProduceArgs, aws: &AwsEnv) -> Result<()> {
         None => Ok((config::input_file(&a.input.start, "--start")?, config::input_file(&a.input.end, "--end")?)),
     };
     let opened = config::open_stream(&url, &home, a.input.shards, aws, &tuning(Some(&a.stream), None)).await?;
+    let progress = watch.progress();
     let report = match inputs {
-        Err(ndjson) => produce::produce_ndjson(opened.stream.as_ref(), &ndjson).await?,
-        Ok((start, end)) => produce::produce_csv(opened.stream.as_ref(), &start, &end).await?,
+        Err(ndjson) => produce::produce_ndjson(opened.stream.as_ref(), &ndjson, progress.as_ref()).await?,
+        Ok((start, end)) => produce::produce_csv(opened.stream.as_ref(), &start, &end, progress.as_ref()).await?,
     };
+    watch.done();
     print_not_sent(&report);
     println!("sent {} records; {} not sent", report.sent, report.not_sent.len());
     Ok(())
 }
 
 /// `tripflow ingest`.
-async fn ingest(a: &IngestArgs, aws: &AwsEnv) -> Result<()> {
+async fn ingest(a: &IngestArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
     let home = Home::new(&a.home.home)?;
     let t = tuning(Some(&a.stream), Some(&a.store));
     let opened = config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
@@ -620,6 +644,7 @@ async fn ingest(a: &IngestArgs, aws: &AwsEnv) -> Result<()> {
     opts.consumer = a.consumer.clone();
     opts.initial_position = parse_position(&a.initial_position)?;
     opts.stop = stop_on_signal();
+    opts.progress = watch.progress();
     let began = std::time::Instant::now();
     let counts = Ingest {
         source: opened.stream.as_ref(),
@@ -629,6 +654,7 @@ async fn ingest(a: &IngestArgs, aws: &AwsEnv) -> Result<()> {
     }
     .run(&opts)
     .await?;
+    watch.done();
     print_counts(&counts, &dead_letter_file);
     if let Some(path) = &a.batch.report {
         #[derive(serde::Serialize)]
@@ -643,14 +669,16 @@ async fn ingest(a: &IngestArgs, aws: &AwsEnv) -> Result<()> {
 }
 
 /// `tripflow kpi`.
-async fn kpi(a: &KpiArgs, aws: &AwsEnv) -> Result<()> {
+async fn kpi(a: &KpiArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
     let home = Home::new(&a.home.home)?;
     let dates = config::date_selection(&a.date_flags(), chrono::Utc::now().date_naive())?;
     let queries = kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
     let out = config::open_output(&a.kpi.out, aws).await?;
     let store_url = StoreUrl::parse(a.store.store.as_deref())?;
     let store = config::open_store(&store_url, &home, aws, &tuning(None, Some(&a.store))).await?;
-    let report = kpi::run(store.as_ref(), &queries, &dates, &out, Formats { parquet: a.kpi.parquet }).await?;
+    let formats = Formats { parquet: a.kpi.parquet };
+    let report = kpi::run(store.as_ref(), &queries, &dates, &out, formats, watch.progress().as_ref()).await?;
+    watch.done();
     print_kpis(&report, &out)
 }
 
@@ -673,7 +701,7 @@ async fn schedule(a: &ScheduleArgs, aws: &AwsEnv) -> Result<()> {
         let flags = config::DateFlags { lookback, ..Default::default() };
         let dates = config::date_selection(&flags, at.date_naive())?;
         let store = config::open_store(store_url, home, aws, t).await?;
-        let report = kpi::run(store.as_ref(), &queries, &dates, out, formats).await?;
+        let report = kpi::run(store.as_ref(), &queries, &dates, out, formats, &crate::progress::Quiet).await?;
         Ok(format!("{} files for {} dates", report.files.len(), report.dates.len()))
     })
     .await?;
@@ -689,6 +717,18 @@ async fn sql(a: &SqlArgs, aws: &AwsEnv) -> Result<()> {
         Some(q) => print!("{}", crate::sql::render(&session.query(&q).await?, a.format)?),
         None => crate::sql::repl(&session, a.format).await?,
     }
+    Ok(())
+}
+
+/// `tripflow report`: the report again, from the KPI files alone.
+async fn rebuild_report(a: &ReportArgs, aws: &AwsEnv) -> Result<()> {
+    let out = config::open_output(&a.out, aws).await?;
+    let inputs = crate::report::read(&out).await?;
+    for (file, why) in &inputs.skipped {
+        eprintln!("warning: skipped {file}: {why}");
+    }
+    let path = out.put(crate::report::REPORT_KEY, crate::report::render(&inputs).into_bytes()).await?;
+    println!("report over {} date(s): {path}", inputs.days.len());
     Ok(())
 }
 
