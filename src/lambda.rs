@@ -33,6 +33,7 @@ use crate::kpi::{self, DateSelection, Formats, KpiQuery, OutputLocation};
 use crate::location::{Kind, Location};
 use crate::store::TripStore;
 use crate::stream::{SequenceNumber, ShardId, StreamRecord};
+use crate::telemetry::{self, BatchTimes};
 use crate::{Error, Result};
 
 /// Records merged between two looks at the deadline.
@@ -251,6 +252,7 @@ impl IngestFunction {
         let mut response = KinesisEventResponse::default();
         let mut counts = IngestCounts::default();
         let mut longest = Duration::ZERO;
+        let mut times = BatchTimes::default();
         let mut rest = batch.into_iter().peekable();
         while rest.peek().is_some() {
             let began = now();
@@ -261,9 +263,11 @@ impl IngestFunction {
                 break;
             }
             let chunk: Vec<Pending> = rest.by_ref().take(self.chunk_records.max(1)).collect();
-            let (chunk_counts, _) =
+            let (chunk_counts, _, chunk_times) =
                 merge_batch(self.store.as_ref(), self.dead_letters.as_ref(), &stream, &shards, chunk).await?;
             counts.add(&chunk_counts);
+            times.decode_validate += chunk_times.decode_validate;
+            times.merge += chunk_times.merge;
             longest = longest.max(now().duration_since(began).unwrap_or_default());
         }
         let summary = IngestSummary { records, counts };
@@ -277,6 +281,8 @@ impl IngestFunction {
             stopped_at = response.batch_item_failures.first().and_then(|f| f.item_identifier.as_deref()),
             "Merged Kinesis batch."
         );
+        // The same figures as `tripflow ingest --metrics-addr` serves, for CloudWatch.
+        println!("{}", telemetry::emf_line("ingest", &counts, &times, now()));
         Ok((response, summary))
     }
 }

@@ -28,7 +28,8 @@
 //!   the store and export ([`cast`] holds what the two share).
 //! - [`config`]: checked settings shared by the commands, with backends chosen by URL
 //!   through one parser, [`location`]; [`pipeline`] chains the stages for `tripflow run`;
-//!   [`progress`] is what long work tells a watcher (the command line's bars).
+//!   [`progress`] is what long work tells a watcher (the command line's bars), and
+//!   [`telemetry`] the live metrics of ingest (Prometheus, or CloudWatch EMF on Lambda).
 #![warn(missing_docs)]
 
 pub mod aws;
@@ -57,6 +58,7 @@ pub mod store;
 pub mod stream;
 pub mod synthetic;
 pub mod tables;
+pub mod telemetry;
 pub mod timestamp;
 
 pub use error::{Error, Result};

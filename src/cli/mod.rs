@@ -255,6 +255,9 @@ pub struct IngestArgs {
     /// Name the checkpoints are kept under.
     #[arg(long, env = "TRIPFLOW_CONSUMER", default_value = crate::ingest::DEFAULT_CONSUMER)]
     consumer: String,
+    /// Serve live metrics as Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "TRIPFLOW_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `tripflow kpi`.
@@ -645,6 +648,10 @@ async fn ingest(a: &IngestArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
     opts.initial_position = parse_position(&a.initial_position)?;
     opts.stop = stop_on_signal();
     opts.progress = watch.progress();
+    if let Some(addr) = a.metrics_addr {
+        crate::telemetry::serve(addr)?;
+        opts.count_records_behind = true;
+    }
     let began = std::time::Instant::now();
     let counts = Ingest {
         source: opened.stream.as_ref(),

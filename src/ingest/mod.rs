@@ -24,6 +24,7 @@ use crate::deadletter::{DeadLetter, DeadLetterSink};
 use crate::progress::{Progress, Quiet};
 use crate::store::TripStore;
 use crate::stream::{CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource};
+use crate::telemetry::{self, BatchTimes};
 use crate::{Error, Result};
 
 /// Default consumer name under which checkpoints are kept.
@@ -61,6 +62,10 @@ pub struct IngestOptions {
     pub crash_after_batches: Option<u64>,
     /// Told the totals and the lag after every batch ([`Progress::ingested`]).
     pub progress: Arc<dyn Progress>,
+    /// After every batch, ask the stream how many records each shard has left
+    /// ([`StreamSource::records_behind`]) for the metrics: a query per shard, so only
+    /// when someone scrapes them.
+    pub count_records_behind: bool,
 }
 
 /// The cause of the error that [`IngestOptions::crash_after_batches`] raises; never
@@ -84,6 +89,7 @@ impl Default for IngestOptions {
             drain: None,
             crash_after_batches: None,
             progress: Arc::new(Quiet),
+            count_records_behind: false,
         }
     }
 }
@@ -224,6 +230,7 @@ impl Ingest<'_> {
                 readers.iterators[i] = read.next;
                 readers.caught_up[i] = read.caught_up;
                 readers.millis_behind[i] = read.millis_behind;
+                telemetry::shard_lag(&readers.ids[i], read.millis_behind, None);
                 batcher.extend(read.records.into_iter().map(|record| Pending { shard: i, record }));
                 if read.closed {
                     info!(shard = %readers.ids[i], "Shard closed and read to its end; its children may start.");
@@ -241,6 +248,11 @@ impl Ingest<'_> {
                 let counts = self.process(&stream, &readers.ids, batch, opts, totals.batches).await?;
                 totals.add(&counts);
                 opts.progress.ingested(&totals, readers.millis_behind.iter().flatten().max().copied());
+                if opts.count_records_behind {
+                    for (id, it) in readers.ids.iter().zip(&readers.iterators) {
+                        telemetry::shard_lag(id, None, self.source.records_behind(it).await?);
+                    }
+                }
                 // The batch is freed now; without this the resident size creeps up.
                 crate::memory::release_freed();
                 continue;
@@ -273,7 +285,7 @@ impl Ingest<'_> {
         opts: &IngestOptions,
         done_batches: u64,
     ) -> Result<IngestCounts> {
-        let (counts, last) = merge_batch(self.store, self.dead_letters, stream, shards, batch).await?;
+        let (counts, last, _) = merge_batch(self.store, self.dead_letters, stream, shards, batch).await?;
 
         if opts.crash_after_batches.is_some_and(|n| done_batches + 1 >= n) {
             return Err(crate::error::Stage::Stream.error("checkpoint", InjectedCrash));
@@ -284,6 +296,7 @@ impl Ingest<'_> {
                 self.checkpoints.set(&opts.consumer, shard, seq).await?;
             }
         }
+        telemetry::checkpointed();
         Ok(counts)
     }
 }
@@ -295,9 +308,10 @@ impl Ingest<'_> {
 /// each [`Pending::shard`] index. `tripflow ingest` and the Lambda ingest handler both call
 /// this, so the two cannot drift apart.
 ///
-/// Returns the batch's counts and, per shard, the last sequence number it held: once
-/// this returns, every record up to that position is merged or dead-lettered, so a
-/// checkpoint may move there.
+/// Returns the batch's counts, per shard the last sequence number it held, and the time
+/// each phase took (also recorded as [metrics](crate::telemetry)): once this returns,
+/// every record up to that position is merged or dead-lettered, so a checkpoint may
+/// move there.
 ///
 /// # Errors
 /// When the store or the dead-letter output fails (after its own retries). Part of the
@@ -308,11 +322,13 @@ pub async fn merge_batch(
     stream: &str,
     shards: &[ShardId],
     batch: Vec<Pending>,
-) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>)> {
+) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
     let read = batch.len() as u64;
+    let began = Instant::now();
     let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
     let mut validated = validate::validate(&decoded)?;
     drop(decoded);
+    let validated_at = Instant::now();
     let coalesced = coalesce::coalesce(&validated);
     let groups: u64 = coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
     // What the records are still needed for, the dead letters and each shard's last
@@ -357,7 +373,9 @@ pub async fn merge_batch(
         dead_lettered = counts.dead_lettered,
         "Flushed batch."
     );
-    Ok((counts, last))
+    let times = BatchTimes { decode_validate: validated_at - began, merge: validated_at.elapsed() };
+    telemetry::batch(&counts, &times);
+    Ok((counts, last, times))
 }
 
 #[cfg(test)]

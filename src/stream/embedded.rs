@@ -192,6 +192,25 @@ impl StreamSource for EmbeddedStream {
         Ok(ShardIterator { shard: shard.clone(), position: after.to_string() })
     }
 
+    async fn records_behind(&self, iterator: &ShardIterator) -> Result<Option<u64>> {
+        let n = shard_number(&iterator.shard, self.shard_count)?;
+        let after = parse_position(iterator)?;
+        let cap = crate::telemetry::RECORDS_BEHIND_CAP as i64;
+        // Sequence numbers are shared by the shards, so the records are counted, along
+        // the shard's index and no further than the cap.
+        let behind: i64 = self
+            .db
+            .call(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT count(*) FROM (SELECT 1 FROM records WHERE shard = ?1 AND seq > ?2 LIMIT ?3)",
+                    )?
+                    .query_row(params![n, after, cap], |row| row.get(0))?)
+            })
+            .await?;
+        Ok(Some(behind.unsigned_abs()))
+    }
+
     async fn read(&self, iterator: &ShardIterator, limit: usize, max_bytes: usize) -> Result<ReadResult> {
         let n = shard_number(&iterator.shard, self.shard_count)?;
         let after = parse_position(iterator)?;
@@ -314,8 +333,11 @@ mod tests {
         let it = ShardIterator { shard: shard_name(0), position: "0".into() };
         let first = s.read(&it, 1, usize::MAX).await.unwrap();
         assert!(!first.caught_up && first.millis_behind.is_some_and(|ms| ms >= 30), "{:?}", first.millis_behind);
+        assert_eq!(s.records_behind(&it).await.unwrap(), Some(2));
+        assert_eq!(s.records_behind(&first.next).await.unwrap(), Some(1));
         let rest = s.read(&first.next, 10, usize::MAX).await.unwrap();
         assert!(rest.caught_up && rest.millis_behind == Some(0));
+        assert_eq!(s.records_behind(&rest.next).await.unwrap(), Some(0));
     }
 
     #[tokio::test]

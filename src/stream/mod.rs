@@ -176,6 +176,16 @@ pub trait StreamSource: Send + Sync {
     /// sequence numbers can be equal.
     fn identity(&self) -> String;
 
+    /// How many records the shard holds after `iterator`'s position, where the backend
+    /// can count them cheaply (the embedded stream, up to
+    /// [`crate::telemetry::RECORDS_BEHIND_CAP`]); Kinesis cannot, and says `None`.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn records_behind(&self, _iterator: &ShardIterator) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// The stream's shards, parents before children, in a stable order.
     ///
     /// # Errors

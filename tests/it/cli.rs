@@ -268,3 +268,113 @@ fn a_run_on_a_terminal_shows_progress_and_a_piped_or_quiet_run_does_not() {
     assert!(!seen.contains('\u{1b}'), "--quiet drew bars: {seen:?}");
     assert!(seen.contains("read 40000 = applied 40000"), "{seen:?}");
 }
+
+/// `GET /metrics` from a Prometheus endpoint, as text (HTTP/1.0: the body is plain).
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let ok = head.split(' ').nth(1) == Some("200");
+    ok.then(|| body.to_owned())
+}
+
+/// The value of the sample `name` (with its labels, if any) in Prometheus text.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn ingest_serves_live_metrics_that_equal_its_run_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (start, end) = (data_dir().join("trip_start.csv"), data_dir().join("trip_end.csv"));
+    let (start, end) = (start.to_str().unwrap(), end.to_str().unwrap());
+    // Every event twice, and three bad records: all three outcomes are counted.
+    for _ in 0..2 {
+        let produced = tripflow(tmp.path(), &["produce", "--start", start, "--end", end]);
+        assert!(produced.status.success(), "{}", text(&produced.stderr));
+    }
+    let bad = "{\"event_type\":\"trip_start\"}\nnot json\n{\"event_type\":\"trip_end\",\"trip_id\":\"x\"}\n";
+    std::fs::write(tmp.path().join("bad.ndjson"), bad).unwrap();
+    assert!(tripflow(tmp.path(), &["produce", "--ndjson", "bad.ndjson"]).status.success());
+    let expected = 2 * 10_000 + 3;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let follower = Command::new(env!("CARGO_BIN_EXE_tripflow"))
+        .current_dir(tmp.path())
+        .args(["ingest", "--follow", "--batch-rows", "1000", "--report", "report.json", "--metrics-addr", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Scraped while ingest runs, until it has read everything.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut scrapes = 0;
+    let last = loop {
+        if let Some(m) = scrape(port) {
+            scrapes += 1;
+            if sample(&m, "tripflow_ingest_records_read_total") == Some(f64::from(expected))
+                && sample(&m, "tripflow_ingest_last_checkpoint_timestamp_seconds").is_some()
+            {
+                break m;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "ingest did not report {expected} records read in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(scrapes >= 1);
+    // Stopped once caught up: the checkpoint after the last batch is written by then.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let last = scrape(port).unwrap_or(last);
+    assert!(Command::new("kill").args(["-TERM", &follower.id().to_string()]).status().unwrap().success());
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["read"], expected);
+    assert_eq!((report["applied"].as_u64(), report["dead_lettered"].as_u64()), (Some(10_000), Some(3)));
+    for (metric, field) in [
+        ("tripflow_ingest_records_read_total", "read"),
+        ("tripflow_ingest_records_applied_total", "applied"),
+        ("tripflow_ingest_records_duplicate_or_stale_total", "duplicate_or_stale"),
+        ("tripflow_ingest_records_dead_lettered_total", "dead_lettered"),
+        ("tripflow_ingest_store_writes_total", "store_writes"),
+        ("tripflow_ingest_batches_total", "batches"),
+    ] {
+        assert_eq!(sample(&last, metric), report[field].as_f64(), "{metric} against the report's {field}:\n{last}");
+    }
+    // One observation per batch and phase; every shard caught up; the build.
+    let batches = report["batches"].as_f64().unwrap();
+    for phase in ["decode_validate", "merge"] {
+        let count = format!("tripflow_ingest_batch_seconds_count{{phase=\"{phase}\"}}");
+        assert_eq!(sample(&last, &count), Some(batches), "{last}");
+        assert!(last.contains(&format!("tripflow_ingest_batch_seconds_bucket{{phase=\"{phase}\",le=\"0.1\"}}")));
+    }
+    for shard in 0..4 {
+        for gauge in ["tripflow_ingest_shard_records_behind", "tripflow_ingest_shard_millis_behind_latest"] {
+            let name = format!("{gauge}{{shard=\"shardId-{shard:012}\"}}");
+            assert_eq!(sample(&last, &name), Some(0.0), "{name}:\n{last}");
+        }
+    }
+    let checkpoint = sample(&last, "tripflow_ingest_last_checkpoint_timestamp_seconds").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - 120.0..=now).contains(&checkpoint), "{checkpoint}");
+    let build = format!("tripflow_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(sample(&last, &build), Some(1.0), "{last}");
+}
+
+#[test]
+fn a_metrics_address_in_use_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = tripflow(tmp.path(), &["ingest", "--metrics-addr", &addr]);
+    assert_one_line_error(&out, 2, &["--metrics-addr", &addr, "choose a free address"]);
+    let out = tripflow(tmp.path(), &["ingest", "--metrics-addr", "localhost"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--metrics-addr"), "{}", text(&out.stderr));
+}

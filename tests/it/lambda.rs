@@ -360,6 +360,25 @@ async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
     let log = ingest.log();
     assert!(log.contains("Merged Kinesis batch.") && log.contains("dead_lettered=2"), "one line per batch:\n{log}");
     assert_eq!(log.matches("Merged Kinesis batch.").count(), batches + batches.div_ceil(4) + 2, "{log}");
+    // And one CloudWatch Embedded Metric Format line per batch, with the same figures.
+    let emf: Vec<Value> =
+        log.lines().filter(|l| l.starts_with("{\"_aws\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(emf.len(), batches + batches.div_ceil(4) + 2, "{log}");
+    let last = emf.last().unwrap();
+    assert_eq!(
+        (last["function"].as_str(), last["read"].as_u64(), last["dead_lettered"].as_u64()),
+        (Some("ingest"), Some(2), Some(2))
+    );
+    assert_eq!(last["_aws"]["CloudWatchMetrics"][0]["Namespace"], "tripflow");
+    let read: u64 = emf.iter().map(|l| l["read"].as_u64().unwrap()).sum();
+    assert_eq!(
+        read,
+        emf.iter()
+            .map(|l| l["applied"].as_u64().unwrap()
+                + l["duplicate_or_stale"].as_u64().unwrap()
+                + l["dead_lettered"].as_u64().unwrap())
+            .sum::<u64>()
+    );
     drop(ingest);
 
     // The KPI function, for every date the CLI reported, writes the same bytes.

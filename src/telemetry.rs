@@ -1,0 +1,167 @@
+//! Live metrics of ingest, through the `metrics` facade.
+//!
+//! Ingest records its figures here once per batch, never per record. Nothing is kept
+//! unless a recorder is installed: `tripflow ingest --metrics-addr` installs the
+//! Prometheus exporter ([`serve`]), which serves them as text at `/metrics`. The Lambda
+//! ingest function has no server to scrape, so it writes the same figures as one
+//! CloudWatch Embedded Metric Format log line per batch ([`emf_line`]).
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::ingest::IngestCounts;
+use crate::{Error, Result};
+
+/// Records read from the stream.
+pub const READ: &str = "tripflow_ingest_records_read_total";
+/// Records whose group was stored.
+pub const APPLIED: &str = "tripflow_ingest_records_applied_total";
+/// Records already stored, or older than what is.
+pub const DUPLICATE_OR_STALE: &str = "tripflow_ingest_records_duplicate_or_stale_total";
+/// Records sent to the dead-letter output.
+pub const DEAD_LETTERED: &str = "tripflow_ingest_records_dead_lettered_total";
+/// Write requests sent to the trip store.
+pub const STORE_WRITES: &str = "tripflow_ingest_store_writes_total";
+/// Micro-batches flushed.
+pub const BATCHES: &str = "tripflow_ingest_batches_total";
+/// Seconds per batch, by `phase`: `decode_validate` or `merge`.
+pub const BATCH_SECONDS: &str = "tripflow_ingest_batch_seconds";
+/// Per `shard`: time between the last record read and the newest one in the shard.
+pub const MILLIS_BEHIND: &str = "tripflow_ingest_shard_millis_behind_latest";
+/// Per `shard`: records in the shard not yet read (the embedded stream; counted up to
+/// [`RECORDS_BEHIND_CAP`]).
+pub const RECORDS_BEHIND: &str = "tripflow_ingest_shard_records_behind";
+/// Unix time of the last checkpoint written.
+pub const LAST_CHECKPOINT: &str = "tripflow_ingest_last_checkpoint_timestamp_seconds";
+/// 1, labelled with the build's `version`.
+pub const BUILD_INFO: &str = "tripflow_build_info";
+
+/// How far the embedded stream counts records behind, so the count stays cheap: a
+/// shard further behind reads as this many.
+pub const RECORDS_BEHIND_CAP: u64 = 100_000;
+
+/// How long one batch spent in each phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchTimes {
+    /// Decoding into Arrow and validating the columns.
+    pub decode_validate: Duration,
+    /// Coalescing, the conditional merge into the store and the dead letters.
+    pub merge: Duration,
+}
+
+/// Records one batch's counts and times.
+pub fn batch(counts: &IngestCounts, times: &BatchTimes) {
+    counter!(READ).increment(counts.read);
+    counter!(APPLIED).increment(counts.applied);
+    counter!(DUPLICATE_OR_STALE).increment(counts.duplicate_or_stale);
+    counter!(DEAD_LETTERED).increment(counts.dead_lettered);
+    counter!(STORE_WRITES).increment(counts.store_writes);
+    counter!(BATCHES).increment(counts.batches);
+    histogram!(BATCH_SECONDS, "phase" => "decode_validate").record(times.decode_validate.as_secs_f64());
+    histogram!(BATCH_SECONDS, "phase" => "merge").record(times.merge.as_secs_f64());
+}
+
+/// Records how far behind `shard` is, as far as the stream can tell.
+pub fn shard_lag(shard: &str, millis: Option<u64>, records: Option<u64>) {
+    if let Some(ms) = millis {
+        gauge!(MILLIS_BEHIND, "shard" => shard.to_owned()).set(ms as f64);
+    }
+    if let Some(n) = records {
+        gauge!(RECORDS_BEHIND, "shard" => shard.to_owned()).set(n as f64);
+    }
+}
+
+/// Records that checkpoints were just written.
+pub fn checkpointed() {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    gauge!(LAST_CHECKPOINT).set(now.as_secs_f64());
+}
+
+/// Serves every metric as Prometheus text at `http://ADDR/metrics`, from now until the
+/// process ends. Call it once, inside the Tokio runtime.
+///
+/// # Errors
+/// When the address cannot be bound, or a recorder is already installed.
+pub fn serve(addr: SocketAddr) -> Result<()> {
+    let buckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.to_owned()), &buckets)
+        .and_then(|b| b.install())
+        .map_err(|e| {
+            Error::Config(format!("--metrics-addr {addr}: cannot serve metrics: {e}; choose a free address and port"))
+        })?;
+    describe_counter!(READ, "Records read from the stream.");
+    describe_counter!(APPLIED, "Records whose group was stored (absent before, or older).");
+    describe_counter!(DUPLICATE_OR_STALE, "Records whose version was already stored, or older than the stored one.");
+    describe_counter!(DEAD_LETTERED, "Records rejected to the dead-letter output.");
+    describe_counter!(STORE_WRITES, "Write requests sent to the trip store.");
+    describe_counter!(BATCHES, "Micro-batches flushed.");
+    describe_histogram!(BATCH_SECONDS, metrics::Unit::Seconds, "Seconds per micro-batch, by phase.");
+    describe_gauge!(MILLIS_BEHIND, "Milliseconds between the last record read and the newest in the shard.");
+    describe_gauge!(RECORDS_BEHIND, "Records in the shard not yet read (embedded stream; capped at 100000).");
+    describe_gauge!(LAST_CHECKPOINT, metrics::Unit::Seconds, "Unix time of the last checkpoint written.");
+    describe_gauge!(BUILD_INFO, "1, labelled with the tripflow version.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(())
+}
+
+/// One CloudWatch Embedded Metric Format log line of a batch: CloudWatch Logs turns it
+/// into metrics in the `tripflow` namespace, by `function`.
+pub fn emf_line(function: &str, counts: &IngestCounts, times: &BatchTimes, at: SystemTime) -> String {
+    let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let count = |name: &str| serde_json::json!({ "Name": name, "Unit": "Count" });
+    let seconds = |name: &str| serde_json::json!({ "Name": name, "Unit": "Seconds" });
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": millis,
+            "CloudWatchMetrics": [{
+                "Namespace": "tripflow",
+                "Dimensions": [["function"]],
+                "Metrics": [
+                    count("read"), count("applied"), count("duplicate_or_stale"), count("dead_lettered"),
+                    count("store_writes"), seconds("decode_validate_seconds"), seconds("merge_seconds"),
+                ],
+            }],
+        },
+        "function": function,
+        "read": counts.read,
+        "applied": counts.applied,
+        "duplicate_or_stale": counts.duplicate_or_stale,
+        "dead_lettered": counts.dead_lettered,
+        "store_writes": counts.store_writes,
+        "decode_validate_seconds": times.decode_validate.as_secs_f64(),
+        "merge_seconds": times.merge.as_secs_f64(),
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emf_line_names_every_figure_it_carries() {
+        let counts =
+            IngestCounts { read: 5, applied: 3, duplicate_or_stale: 1, dead_lettered: 1, batches: 1, store_writes: 2 };
+        let times = BatchTimes { decode_validate: Duration::from_millis(2), merge: Duration::from_millis(30) };
+        let line = emf_line("ingest", &counts, &times, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000u64);
+        let names: Vec<&str> = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        for name in &names {
+            assert!(v[name].is_number(), "{name} is declared but not given");
+        }
+        assert_eq!((v["read"].as_u64(), v["dead_lettered"].as_u64()), (Some(5), Some(1)));
+        assert_eq!(v["merge_seconds"].as_f64(), Some(0.03));
+        assert!(!line.contains('\n'), "one line");
+    }
+}
