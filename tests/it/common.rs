@@ -28,6 +28,12 @@ pub async fn ingest(home: &Home, opts: &IngestOptions) -> tripflow::Result<Inges
     Ingest { source: &stream, checkpoints: &stream, store, dead_letters: &dead }.run(opts).await
 }
 
+/// Puts the repository's `data/` CSV files on `stream`, as `tripflow produce` does.
+pub async fn produce_data(stream: &dyn StreamSink) -> tripflow::produce::ProduceReport {
+    let (start, end) = (data_dir().join("trip_start.csv"), data_dir().join("trip_end.csv"));
+    tripflow::produce::produce_csv(stream, &start, &end, &tripflow::progress::Quiet).await.unwrap()
+}
+
 /// Runs the KPI job (JSON and Parquet) over `home` for all dates into `out`, returning
 /// each file's bytes by its path under `out`.
 pub async fn kpi_files(home: &Home, out: &Path) -> BTreeMap<String, Vec<u8>> {

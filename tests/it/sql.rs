@@ -9,19 +9,12 @@ use tripflow::ingest::IngestOptions;
 use tripflow::kpi::{self, DateSelection, Formats, OutputLocation};
 use tripflow::sql::{Format, SqlSession, render};
 
-use crate::common::{data_dir, ingest, queries_dir};
+use crate::common::{ingest, queries_dir};
 
 async fn home_from_data(dir: &Path) -> Home {
     let home = Home::new(dir.join("home")).unwrap();
     let stream = home.stream(Some(2)).unwrap();
-    tripflow::produce::produce_csv(
-        &stream,
-        &data_dir().join("trip_start.csv"),
-        &data_dir().join("trip_end.csv"),
-        &tripflow::progress::Quiet,
-    )
-    .await
-    .unwrap();
+    crate::common::produce_data(&stream).await;
     ingest(&home, &IngestOptions::default()).await.unwrap();
     home
 }
