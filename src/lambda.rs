@@ -266,8 +266,7 @@ impl IngestFunction {
             let (chunk_counts, _, chunk_times) =
                 merge_batch(self.store.as_ref(), self.dead_letters.as_ref(), &stream, &shards, chunk).await?;
             counts.add(&chunk_counts);
-            times.decode_validate += chunk_times.decode_validate;
-            times.merge += chunk_times.merge;
+            times.add(&chunk_times);
             longest = longest.max(now().duration_since(began).unwrap_or_default());
         }
         let summary = IngestSummary { records, counts };

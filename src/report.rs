@@ -20,7 +20,6 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use plotters::prelude::*;
 use serde_json::value::RawValue;
-use tracing::warn;
 
 use crate::kpi::OutputLocation;
 use crate::{Error, Result};
@@ -168,23 +167,31 @@ pub async fn read(out: &OutputLocation) -> Result<Inputs> {
     for (name, day) in read {
         match day {
             Ok(day) => inputs.days.push(day),
-            Err(why) => {
-                warn!(file = %name, %why, "The KPI report skips a file it cannot read.");
-                inputs.skipped.push((name, why));
-            }
+            Err(why) => inputs.skipped.push((name, why)),
         }
     }
     Ok(inputs)
 }
 
+/// What [`write`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// Where the report went.
+    pub path: String,
+    /// How many dates it shows.
+    pub dates: usize,
+    /// `(file, why)` for each `kpi.json` it skipped; the caller says so.
+    pub skipped: Vec<(String, String)>,
+}
+
 /// Reads the KPI files under `out` and writes `kpi_output/report.html` beside them.
-/// Returns where it went.
 ///
 /// # Errors
 /// When the location cannot be listed or written.
-pub async fn write(out: &OutputLocation) -> Result<String> {
+pub async fn write(out: &OutputLocation) -> Result<Written> {
     let inputs = read(out).await?;
-    out.put(REPORT_KEY, render(&inputs).into_bytes()).await
+    let path = out.put(REPORT_KEY, render(&inputs).into_bytes()).await?;
+    Ok(Written { path, dates: inputs.days.len(), skipped: inputs.skipped })
 }
 
 /// An exact sum of decimal texts, at the largest scale among them.
@@ -434,7 +441,7 @@ pub fn render(inputs: &Inputs) -> String {
         html.push_str(&note("fare-range", "Fare per trip, per day", "The files have no <code>min_fare</code>, <code>avg_fare</code> and <code>max_fare</code> (from <code>daily_kpis.sql</code>)."));
     }
 
-    let hours = days.iter().filter_map(|d| d.by_hour.as_ref()).flatten().map(|(h, n)| (h.to_string(), n, None));
+    let hours = days.iter().filter_map(|d| d.by_hour.as_ref()).flatten().map(|(h, n)| (MixKey::Number(*h), n, None));
     html.push_str(&mix_section(
         hours,
         ("pickup-hours", "Trips by hour of pickup (UTC), over all dates", "pickup_hour"),
@@ -442,8 +449,11 @@ pub fn render(inputs: &Inputs) -> String {
         "<code>trips_by_hour</code>",
         true,
     ));
-    let kinds =
-        days.iter().filter_map(|d| d.by_payment.as_ref()).flatten().map(|(k, n, fare)| (k.clone(), n, fare.as_ref()));
+    let kinds = days
+        .iter()
+        .filter_map(|d| d.by_payment.as_ref())
+        .flatten()
+        .map(|(k, n, fare)| (MixKey::of(k), n, fare.as_ref()));
     html.push_str(&mix_section(
         kinds,
         ("payment-types", "Payment-type mix, over all dates", "payment_type"),
@@ -457,7 +467,7 @@ pub fn render(inputs: &Inputs) -> String {
 
 /// A section of trips summed over every date by key, its bar chart and its table.
 fn mix_section<'a>(
-    rows: impl Iterator<Item = (String, &'a Num, Option<&'a Num>)>,
+    rows: impl Iterator<Item = (MixKey, &'a Num, Option<&'a Num>)>,
     (id, title, key): (&str, &str, &str),
     present: bool,
     stem: &str,
@@ -475,7 +485,7 @@ fn mix_section<'a>(
     }
     let mut with_fare = false;
     for (k, trips, fare) in rows {
-        let entry = mix.entry(MixKey::of(&k)).or_default();
+        let entry = mix.entry(k).or_default();
         entry.0.add(&trips.text);
         if let Some(f) = fare {
             entry.1.add(&f.text);

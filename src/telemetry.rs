@@ -52,6 +52,14 @@ pub struct BatchTimes {
     pub merge: Duration,
 }
 
+impl BatchTimes {
+    /// Adds another batch's times to these.
+    pub fn add(&mut self, o: &BatchTimes) {
+        self.decode_validate += o.decode_validate;
+        self.merge += o.merge;
+    }
+}
+
 /// Records one batch's counts and times.
 pub fn batch(counts: &IngestCounts, times: &BatchTimes) {
     counter!(READ).increment(counts.read);

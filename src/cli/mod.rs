@@ -729,13 +729,11 @@ async fn sql(a: &SqlArgs, aws: &AwsEnv) -> Result<()> {
 
 /// `tripflow report`: the report again, from the KPI files alone.
 async fn rebuild_report(a: &ReportArgs, aws: &AwsEnv) -> Result<()> {
-    let out = config::open_output(&a.out, aws).await?;
-    let inputs = crate::report::read(&out).await?;
-    for (file, why) in &inputs.skipped {
+    let written = crate::report::write(&config::open_output(&a.out, aws).await?).await?;
+    for (file, why) in &written.skipped {
         eprintln!("warning: skipped {file}: {why}");
     }
-    let path = out.put(crate::report::REPORT_KEY, crate::report::render(&inputs).into_bytes()).await?;
-    println!("report over {} date(s): {path}", inputs.days.len());
+    println!("report over {} date(s): {}", written.dates, written.path);
     Ok(())
 }
 

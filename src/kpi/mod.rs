@@ -24,7 +24,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use self::output::OutputLocation;
 pub use self::queries::{DEFAULT_QUERY, KpiQuery};
@@ -246,10 +246,13 @@ pub async fn run(
         files.push(out.put(&format!("kpi_output/summary/{stem}.json"), json.into_bytes()).await?);
     }
     // Last, over every date under `out` (this run's and earlier ones').
-    let report = crate::report::write(out).await?;
+    let written = crate::report::write(out).await?;
+    for (file, why) in &written.skipped {
+        warn!(file = %file, %why, "The KPI report skips a file it cannot read.");
+    }
     let dates = per_date.keys().filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).collect::<Vec<_>>();
     info!(dates = dates.len(), files = files.len(), exported_rows, "KPI job done.");
-    Ok(KpiReport { dates, files, report, results, exported_rows })
+    Ok(KpiReport { dates, files, report: written.path, results, exported_rows })
 }
 
 /// Which files the job writes besides `kpi.json`.

@@ -28,9 +28,10 @@ pub async fn ingest(home: &Home, opts: &IngestOptions) -> tripflow::Result<Inges
     Ingest { source: &stream, checkpoints: &stream, store, dead_letters: &dead }.run(opts).await
 }
 
-/// Puts the repository's `data/` CSV files on `stream`, as `tripflow produce` does.
-pub async fn produce_data(stream: &dyn StreamSink) -> tripflow::produce::ProduceReport {
-    let (start, end) = (data_dir().join("trip_start.csv"), data_dir().join("trip_end.csv"));
+/// Puts `dir`'s `trip_start.csv` and `trip_end.csv` on `stream`, as `tripflow produce`
+/// does.
+pub async fn produce_dir(stream: &dyn StreamSink, dir: &Path) -> tripflow::produce::ProduceReport {
+    let (start, end) = (dir.join("trip_start.csv"), dir.join("trip_end.csv"));
     tripflow::produce::produce_csv(stream, &start, &end, &tripflow::progress::Quiet).await.unwrap()
 }
 

@@ -13,14 +13,7 @@ use crate::common::{ingest, kpi_files};
 async fn produce_generated(home: &Home, dir: &std::path::Path, trips: u64) -> u64 {
     tripflow::synthetic::generate(trips, 7, dir).unwrap();
     let stream = home.stream(Some(3)).unwrap();
-    let report = tripflow::produce::produce_csv(
-        &stream,
-        &dir.join("trip_start.csv"),
-        &dir.join("trip_end.csv"),
-        &tripflow::progress::Quiet,
-    )
-    .await
-    .unwrap();
+    let report = crate::common::produce_dir(&stream, dir).await;
     report.sent
 }
 

@@ -124,7 +124,7 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
     std::fs::write(queries.join("totals.sql"), "SELECT COUNT(*) AS trips FROM trips").unwrap();
     let home = Home::new(tmp.path().join("home")).unwrap();
     let stream = home.stream(Some(1)).unwrap();
-    crate::common::produce_data(&stream).await;
+    crate::common::produce_dir(&stream, &data_dir()).await;
     crate::common::ingest(&home, &IngestOptions::default()).await.unwrap();
     let out = OutputLocation::parse(tmp.path().join("out").to_str().unwrap(), None).unwrap();
     let loaded = tripflow::kpi::queries::load(&queries).unwrap();

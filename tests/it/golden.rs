@@ -65,14 +65,7 @@ async fn every_query_matches_its_snapshot_and_an_independent_computation() {
 
     let home = Home::new(tmp.path().join("home")).unwrap();
     let stream = home.stream(Some(2)).unwrap();
-    tripflow::produce::produce_csv(
-        &stream,
-        &input.join("trip_start.csv"),
-        &input.join("trip_end.csv"),
-        &tripflow::progress::Quiet,
-    )
-    .await
-    .unwrap();
+    crate::common::produce_dir(&stream, &input).await;
     put_raw(&stream, &extra.into_iter().map(String::into_bytes).collect::<Vec<_>>()).await;
     let counts = ingest(&home, &IngestOptions { batch_rows: 97, ..Default::default() }).await.unwrap();
     assert_eq!(counts.dead_lettered, 0, "every golden input is valid");

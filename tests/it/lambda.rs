@@ -196,7 +196,7 @@ impl Function {
 async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
     let home = Home::new(tmp.join("produce-home")).unwrap();
     let stream = home.stream(Some(2)).unwrap();
-    let report = crate::common::produce_data(&stream).await;
+    let report = crate::common::produce_dir(&stream, &data_dir()).await;
     assert!(report.not_sent.is_empty());
     let mut records = Vec::new();
     for shard in stream.shards().await.unwrap() {

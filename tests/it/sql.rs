@@ -9,12 +9,12 @@ use tripflow::ingest::IngestOptions;
 use tripflow::kpi::{self, DateSelection, Formats, OutputLocation};
 use tripflow::sql::{Format, SqlSession, render};
 
-use crate::common::{ingest, queries_dir};
+use crate::common::{data_dir, ingest, queries_dir};
 
 async fn home_from_data(dir: &Path) -> Home {
     let home = Home::new(dir.join("home")).unwrap();
     let stream = home.stream(Some(2)).unwrap();
-    crate::common::produce_data(&stream).await;
+    crate::common::produce_dir(&stream, &data_dir()).await;
     ingest(&home, &IngestOptions::default()).await.unwrap();
     home
 }
