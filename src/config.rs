@@ -22,9 +22,10 @@ use crate::stream::kinesis::KinesisStream;
 use crate::stream::{CheckpointStore, Stream};
 use crate::{Error, Result};
 
-/// The embedded backends' folder (`--home`): `stream.sqlite` (stream and checkpoints),
+/// The embedded backends' folder (`--home`): `stream/` (stream and checkpoints),
 /// `trips/` (the trip table, an LSM tree) and `dead_letters.ndjson`. A home made before
-/// the LSM table keeps its SQLite one, `trips.sqlite`.
+/// the log stream or the LSM table keeps its SQLite ones, `stream.sqlite` and
+/// `trips.sqlite`.
 #[derive(Debug, Clone)]
 pub struct Home {
     dir: PathBuf,
@@ -121,7 +122,7 @@ impl AwsEnv {
 /// Where the stream is: `--stream` (absent: the embedded stream under `--home`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamUrl {
-    /// `<home>/stream.sqlite`.
+    /// `<home>/stream/`.
     Embedded,
     /// `kinesis://NAME`.
     Kinesis(String),

@@ -14,8 +14,8 @@ pub struct CsvEvent {
     /// Event time in microseconds (pickup for a start, dropoff for an end); `i64::MIN`
     /// when the cell is not a datetime, so such events go first and fail at ingest.
     pub time: i64,
-    /// `file:line`, for reports.
-    pub origin: String,
+    /// The row's line in its file, for reports.
+    pub line: u32,
     /// The record to put.
     pub record: PutRecord,
 }
@@ -59,6 +59,9 @@ fn is_json_number(s: &str) -> bool {
 /// Event time of a datetime cell, loosely parsed; ingest does the strict check.
 fn event_time(cell: &str) -> i64 {
     let cell = cell.trim();
+    if let Some(micros) = crate::timestamp::parse_plain(cell) {
+        return micros;
+    }
     for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
         if let Ok(t) = NaiveDateTime::parse_from_str(cell, fmt) {
             return t.and_utc().timestamp_micros();
@@ -154,6 +157,11 @@ impl CsvFile {
         Ok(keys)
     }
 
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// [`CsvFile::index`], handing each key to `each` as it is read.
     ///
     /// # Errors
@@ -235,25 +243,28 @@ impl CsvFile {
     }
 
     fn to_event(&self, row: &[&str], key: &RowKey) -> CsvEvent {
-        let mut json = self.prefix.clone();
+        // Sized once: the keys, the cells, and room for quotes and escapes.
+        let size = self.prefix.len() + self.keys.iter().map(|k| k.len() + 2).sum::<usize>() + key.len as usize + 32;
+        let mut json = Vec::with_capacity(size);
+        json.extend_from_slice(self.prefix.as_bytes());
         for (i, (name, cell)) in self.keys.iter().zip(row.iter()).enumerate() {
-            json.push(',');
-            json.push_str(name);
-            json.push(':');
+            json.push(b',');
+            json.extend_from_slice(name.as_bytes());
+            json.push(b':');
             let cell = cell.trim();
             if cell.is_empty() {
-                json.push_str("null");
+                json.extend_from_slice(b"null");
             } else if i != self.id_col && is_json_number(cell) {
-                json.push_str(cell);
+                json.extend_from_slice(cell.as_bytes());
             } else {
-                json.push_str(&serde_json::to_string(cell).unwrap_or_default());
+                serde_json::to_writer(&mut json, cell).expect("a string is written to a Vec");
             }
         }
-        json.push('}');
+        json.push(b'}');
         CsvEvent {
             time: key.time,
-            origin: format!("{}:{}", self.path.display(), key.line),
-            record: PutRecord { partition_key: row[self.id_col].trim().to_owned(), data: json.into_bytes() },
+            line: key.line,
+            record: PutRecord { partition_key: row[self.id_col].trim().to_owned(), data: json },
         }
     }
 }

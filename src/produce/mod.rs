@@ -70,8 +70,13 @@ pub async fn produce_csv(
     let mut scratch = Scratch::default();
     let mut failed = None;
     let events = order.into_sorted()?.map_while(|next| {
-        match next.and_then(|(k, i)| files[usize::from(i)].event(&k, &mut scratch)) {
-            Ok(e) => Some((e.origin, e.record)),
+        let event = next.and_then(|(k, i)| {
+            let file = &files[usize::from(i)];
+            let e = file.event(&k, &mut scratch)?;
+            Ok((Line { path: file.path(), line: e.line }, e.record))
+        });
+        match event {
+            Ok(event) => Some(event),
             Err(e) => {
                 failed = Some(e);
                 None
@@ -122,6 +127,18 @@ pub async fn produce_ndjson(sink: &dyn StreamSink, path: &Path, progress: &dyn P
     Ok(report)
 }
 
+/// Where a CSV row came from, written `file:line` only when a report needs it.
+struct Line<'a> {
+    path: &'a Path,
+    line: u32,
+}
+
+impl std::fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
+}
+
 fn trip_id_of(data: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Key<'a> {
@@ -134,30 +151,35 @@ fn trip_id_of(data: &[u8]) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
-async fn send(
+/// Puts the records a batch at a time. The next batch is read and built while the
+/// stream stores the last one, so the CSV work and the stream's writes (and its sync to
+/// disk) overlap.
+async fn send<O: std::fmt::Display>(
     sink: &dyn StreamSink,
-    records: impl Iterator<Item = (String, PutRecord)>,
+    records: impl Iterator<Item = (O, PutRecord)>,
     report: &mut ProduceReport,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut put = 0;
-    let mut origins = Vec::with_capacity(PUT_BATCH);
-    let mut batch = Vec::with_capacity(PUT_BATCH);
-    let mut records = records.peekable();
-    while records.peek().is_some() {
-        origins.clear();
+    let mut records = records;
+    let mut fill = |batch: &mut Vec<(O, PutRecord)>| {
         batch.clear();
-        for (origin, record) in records.by_ref().take(PUT_BATCH) {
-            origins.push(origin);
-            batch.push(record);
-        }
-        let refused = sink.put_records(&batch).await?;
+        batch.extend(records.by_ref().take(PUT_BATCH));
+    };
+    let (mut batch, mut next) = (Vec::with_capacity(PUT_BATCH), Vec::with_capacity(PUT_BATCH));
+    fill(&mut batch);
+    let mut put = 0;
+    while !batch.is_empty() {
+        let (origins, puts): (Vec<O>, Vec<PutRecord>) = batch.drain(..).unzip();
+        // The put is polled first, so its write is under way before the build runs.
+        let (refused, ()) = futures::join!(sink.put_records(&puts), async { fill(&mut next) });
+        let refused = refused?;
         for r in &refused {
             report.not_sent.push(format!("{}: {}; not sent", origins[r.index], r.reason));
         }
-        report.sent += (batch.len() - refused.len()) as u64;
-        put += batch.len() as u64;
+        report.sent += (puts.len() - refused.len()) as u64;
+        put += puts.len() as u64;
         progress.produced(put);
+        std::mem::swap(&mut batch, &mut next);
     }
     Ok(())
 }

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use tripflow::stream::embedded::EmbeddedStream;
+use tripflow::stream::{CheckpointStore, StartPosition, StreamSource};
+
 use crate::common::{copy_dir, data_dir, queries_dir};
 
 fn tripflow(dir: &Path, args: &[&str]) -> Output {
@@ -42,7 +45,7 @@ fn run_with_no_flags_works_from_the_repository_layout() {
         assert!(report.get(key).is_some(), "report lacks {key}: {report}");
     }
     assert!(tmp.path().join("tripflow-out/kpi_output").is_dir());
-    assert!(tmp.path().join("tripflow-data/stream.sqlite").is_file());
+    assert!(tmp.path().join("tripflow-data/stream/shard-000000000000").is_dir());
 
     // Running again replays nothing: the stream is read from its checkpoints, and the
     // second produce's copies are duplicates.
@@ -110,7 +113,7 @@ fn a_broken_query_stops_run_before_produce_and_ingest() {
         &["run", "--home", "h", "--queries", "q", "--start", start.to_str().unwrap(), "--end", end.to_str().unwrap()],
     );
     assert_one_line_error(&out, 1, &["query", "broken.sql"]);
-    assert!(!tmp.path().join("h/stream.sqlite").exists(), "nothing was produced");
+    assert!(!tmp.path().join("h/stream").exists(), "nothing was produced");
     assert!(!tmp.path().join("h/trips").exists(), "nothing was ingested");
 }
 
@@ -187,14 +190,24 @@ fn ingest_follows_a_producer_in_another_process_and_stops_cleanly_on_sigterm() {
     // trip is merged), then ask it to stop. The trip table is the follower's alone while
     // it runs; the stream file is shared.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let stream = tmp.path().join("tripflow-data/stream.sqlite");
-    let caught_up = "SELECT count(*) FROM (SELECT shard, max(seq) AS last FROM records GROUP BY shard) r \
-                     WHERE NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.shard = printf('shardId-%012d', r.shard) \
-                     AND CAST(c.seq AS INTEGER) >= r.last)";
+    let stream = EmbeddedStream::open(&tmp.path().join("tripflow-data"), None).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shards_behind = || {
+        runtime.block_on(async {
+            let mut behind = 0;
+            for shard in stream.shards().await.unwrap() {
+                let Some(done) = stream.get(tripflow::ingest::DEFAULT_CONSUMER, &shard.id).await.unwrap() else {
+                    behind += 1;
+                    continue;
+                };
+                let it = stream.iterator(&shard.id, &StartPosition::AfterSequenceNumber(done)).await.unwrap();
+                behind += usize::from(stream.records_behind(&it).await.unwrap() != Some(0));
+            }
+            behind
+        })
+    };
     loop {
-        let behind = rusqlite::Connection::open(&stream)
-            .and_then(|c| c.query_row(caught_up, [], |r| r.get::<_, i64>(0)))
-            .unwrap_or(-1);
+        let behind = shards_behind();
         if behind == 0 {
             break;
         }

@@ -94,86 +94,102 @@ pub async fn checkpoints_only_move_forward(checkpoints: &dyn CheckpointStore, sh
     assert_eq!(checkpoints.get("c2", &shard).await.unwrap(), None);
 }
 
-mod embedded {
-    use tripflow::stream::embedded::EmbeddedStream;
+/// The suite and the embedded stream's own tests, for a stream of 3 shards made by `$open`.
+macro_rules! embedded_suite {
+    ($name:ident, $open:expr) => {
+        mod $name {
+            use tripflow::stream::embedded::EmbeddedStream;
 
-    fn open(dir: &std::path::Path) -> EmbeddedStream {
-        EmbeddedStream::open(dir, Some(3)).unwrap()
-    }
+            fn open(dir: &std::path::Path) -> EmbeddedStream {
+                let open: fn(&std::path::Path) -> EmbeddedStream = $open;
+                open(dir)
+            }
 
-    #[tokio::test]
-    async fn keys_keep_their_shard_and_order() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = open(tmp.path());
-        super::keys_keep_their_shard_and_order(&s, &s).await;
-    }
+            #[tokio::test]
+            async fn keys_keep_their_shard_and_order() {
+                let tmp = tempfile::tempdir().unwrap();
+                let s = open(tmp.path());
+                super::keys_keep_their_shard_and_order(&s, &s).await;
+            }
 
-    #[tokio::test]
-    async fn start_positions() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = open(tmp.path());
-        super::start_positions(&s, &s).await;
-    }
+            #[tokio::test]
+            async fn start_positions() {
+                let tmp = tempfile::tempdir().unwrap();
+                let s = open(tmp.path());
+                super::start_positions(&s, &s).await;
+            }
 
-    #[tokio::test]
-    async fn oversized_records_are_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = open(tmp.path());
-        super::oversized_records_are_refused(&s, &s).await;
-    }
+            #[tokio::test]
+            async fn oversized_records_are_refused() {
+                let tmp = tempfile::tempdir().unwrap();
+                let s = open(tmp.path());
+                super::oversized_records_are_refused(&s, &s).await;
+            }
 
-    #[tokio::test]
-    async fn checkpoints_only_move_forward() {
-        let tmp = tempfile::tempdir().unwrap();
-        super::checkpoints_only_move_forward(&open(tmp.path()), "shardId-000000000001").await;
-    }
+            #[tokio::test]
+            async fn checkpoints_only_move_forward() {
+                let tmp = tempfile::tempdir().unwrap();
+                super::checkpoints_only_move_forward(&open(tmp.path()), "shardId-000000000001").await;
+            }
 
-    #[tokio::test]
-    async fn a_read_stops_at_its_byte_bound_after_at_least_one_record() {
-        use tripflow::stream::{StartPosition, StreamSink, StreamSource};
-        let tmp = tempfile::tempdir().unwrap();
-        let s = open(tmp.path());
-        // Four records of 12 bytes ("k:0123456789") on the shard of key "k".
-        for _ in 0..4 {
-            assert!(s.put_records(&super::records(&["k"], "0123456789")).await.unwrap().is_empty());
+            #[tokio::test]
+            async fn a_read_stops_at_its_byte_bound_after_at_least_one_record() {
+                use tripflow::stream::{StartPosition, StreamSink, StreamSource};
+                let tmp = tempfile::tempdir().unwrap();
+                let s = open(tmp.path());
+                // Four records of 12 bytes ("k:0123456789") on the shard of key "k".
+                for _ in 0..4 {
+                    assert!(s.put_records(&super::records(&["k"], "0123456789")).await.unwrap().is_empty());
+                }
+                let shard = format!("shardId-{:012}", tripflow::stream::shard_index("k", 3));
+                let it = s.iterator(&shard, &StartPosition::TrimHorizon).await.unwrap();
+                let two = s.read(&it, 10, 13).await.unwrap();
+                assert_eq!((two.records.len(), two.caught_up), (2, false), "12 bytes leave room, 24 reach 13");
+                let one = s.read(&two.next, 10, 1).await.unwrap();
+                assert_eq!(
+                    (one.records.len(), one.caught_up),
+                    (1, false),
+                    "at least one record, however small the bound"
+                );
+                let rest = s.read(&one.next, 10, usize::MAX).await.unwrap();
+                assert_eq!((rest.records.len(), rest.caught_up), (1, true));
+                let seqs: Vec<_> = [&two.records[..], &one.records[..], &rest.records[..]]
+                    .concat()
+                    .into_iter()
+                    .map(|r| r.sequence_number)
+                    .collect();
+                assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none skipped or repeated: {seqs:?}");
+            }
+
+            #[tokio::test]
+            async fn the_identity_is_the_files_own_and_survives_a_reopen() {
+                use tripflow::stream::StreamSource;
+                let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+                let first = open(a.path()).identity();
+                assert!(first.starts_with("embedded:") && first.len() > "embedded:".len(), "{first}");
+                assert_eq!(EmbeddedStream::open(a.path(), None).unwrap().identity(), first);
+                assert_ne!(open(b.path()).identity(), first, "two streams, two identities");
+            }
+
+            #[tokio::test]
+            async fn a_second_process_sees_what_the_first_put() {
+                // Two handles on one file stand in for a producer and a consumer process.
+                let tmp = tempfile::tempdir().unwrap();
+                let producer = open(tmp.path());
+                let consumer = EmbeddedStream::open(tmp.path(), None).unwrap();
+                use tripflow::stream::StreamSink;
+                producer.put_records(&super::records(&["x", "y"], "1")).await.unwrap();
+                assert_eq!(super::read_all(&consumer, &tripflow::stream::StartPosition::TrimHorizon).await.len(), 2);
+            }
         }
-        let shard = format!("shardId-{:012}", tripflow::stream::shard_index("k", 3));
-        let it = s.iterator(&shard, &StartPosition::TrimHorizon).await.unwrap();
-        let two = s.read(&it, 10, 13).await.unwrap();
-        assert_eq!((two.records.len(), two.caught_up), (2, false), "12 bytes leave room, 24 reach 13");
-        let one = s.read(&two.next, 10, 1).await.unwrap();
-        assert_eq!((one.records.len(), one.caught_up), (1, false), "at least one record, however small the bound");
-        let rest = s.read(&one.next, 10, usize::MAX).await.unwrap();
-        assert_eq!((rest.records.len(), rest.caught_up), (1, true));
-        let seqs: Vec<_> = [&two.records[..], &one.records[..], &rest.records[..]]
-            .concat()
-            .into_iter()
-            .map(|r| r.sequence_number)
-            .collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none skipped or repeated: {seqs:?}");
-    }
-
-    #[tokio::test]
-    async fn the_identity_is_the_files_own_and_survives_a_reopen() {
-        use tripflow::stream::StreamSource;
-        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let first = open(a.path()).identity();
-        assert!(first.starts_with("embedded:") && first.len() > "embedded:".len(), "{first}");
-        assert_eq!(EmbeddedStream::open(a.path(), None).unwrap().identity(), first);
-        assert_ne!(open(b.path()).identity(), first, "two streams, two identities");
-    }
-
-    #[tokio::test]
-    async fn a_second_process_sees_what_the_first_put() {
-        // Two handles on one file stand in for a producer and a consumer process.
-        let tmp = tempfile::tempdir().unwrap();
-        let producer = open(tmp.path());
-        let consumer = EmbeddedStream::open(tmp.path(), None).unwrap();
-        use tripflow::stream::StreamSink;
-        producer.put_records(&super::records(&["x", "y"], "1")).await.unwrap();
-        assert_eq!(super::read_all(&consumer, &tripflow::stream::StartPosition::TrimHorizon).await.len(), 2);
-    }
+    };
 }
+
+embedded_suite!(embedded, |dir| EmbeddedStream::open(dir, Some(3)).unwrap());
+// Segments of 40 bytes: about one record each, so every test crosses segments.
+embedded_suite!(embedded_small_segments, |dir| EmbeddedStream::open(dir, Some(3)).unwrap().with_segment_bytes(40));
+// The format of a home made before the log.
+embedded_suite!(embedded_sqlite, |dir| EmbeddedStream::open_sqlite(dir, Some(3)).unwrap());
 
 mod kinesis {
     use std::time::Duration;
