@@ -9,6 +9,8 @@ use tripflow::kpi::ExportColumns;
 use tripflow::store::TripStore;
 use tripflow::store::lsm::LsmStore;
 use tripflow::store::sqlite::SqliteStore;
+use tripflow::stream::embedded::EmbeddedStream;
+use tripflow::stream::{PutRecord, StartPosition, StreamSink, StreamSource};
 
 /// Opens an engine's table in a folder.
 type Open = fn(&std::path::Path) -> Box<dyn TripStore>;
@@ -36,6 +38,52 @@ fn records(ids: std::ops::Range<usize>) -> Vec<Vec<u8>> {
         ).into_bytes());
     }
     out
+}
+
+/// The embedded stream's formats, by name: the segment log (the default) and the
+/// SQLite table of homes made before it.
+/// Opens a format's stream of a number of shards in a folder.
+type OpenStream = fn(&std::path::Path, u32) -> EmbeddedStream;
+const STREAMS: [(&str, OpenStream); 2] = [
+    ("log", |dir, shards| EmbeddedStream::open(dir, Some(shards)).unwrap()),
+    ("sqlite", |dir, shards| EmbeddedStream::open_sqlite(dir, Some(shards)).unwrap()),
+];
+
+/// A put call as produce makes it (8,192 events over 4 shards, synced), and a read of
+/// 65,536 events as ingest makes it, on each format.
+fn stream(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let puts: Vec<PutRecord> = records(0..4096)
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| PutRecord { partition_key: format!("{:016x}", (i / 2).wrapping_mul(0x9E37_79B9)), data })
+        .collect();
+    let mut g = c.benchmark_group("stream");
+    g.sample_size(20);
+    for (format, open) in STREAMS {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 4);
+        g.throughput(Throughput::Elements(puts.len() as u64));
+        g.bench_function(format!("put_8192_events_{format}"), |b| {
+            b.iter(|| black_box(rt.block_on(s.put_records(&puts)).unwrap()))
+        });
+        let one = tempfile::tempdir().unwrap();
+        let s = open(one.path(), 1);
+        for _ in 0..8 {
+            rt.block_on(s.put_records(&puts)).unwrap();
+        }
+        let shard = "shardId-000000000000".to_string();
+        let it = rt.block_on(s.iterator(&shard, &StartPosition::TrimHorizon)).unwrap();
+        g.throughput(Throughput::Elements(65_536));
+        g.bench_function(format!("read_65536_events_{format}"), |b| {
+            b.iter(|| {
+                let r = rt.block_on(s.read(&it, 65_536, usize::MAX)).unwrap();
+                assert_eq!(r.records.len(), 65_536);
+                black_box(r)
+            })
+        });
+    }
+    g.finish();
 }
 
 fn decode_validate(c: &mut Criterion) {
@@ -154,5 +202,5 @@ fn export_and_kpis(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_validate, merge, export_and_kpis);
+criterion_group!(benches, stream, decode_validate, merge, export_and_kpis);
 criterion_main!(benches);

@@ -23,7 +23,7 @@ use chrono::NaiveDate;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use tracing::{info, warn};
 
 pub use self::output::OutputLocation;
@@ -164,11 +164,23 @@ pub async fn check(queries: &[KpiQuery]) -> Result<()> {
     plan_all(&probe, queries).await.map(drop)
 }
 
+/// What a KPI job's export held.
+#[derive(Debug, Default)]
+pub struct Exported {
+    /// Trips exported.
+    pub rows: usize,
+    /// The exported trips, kept only when every column was exported (the snapshots
+    /// are cut from them); otherwise the export went through a spill ([`Spill`]).
+    pub batches: Vec<RecordBatch>,
+}
+
 /// Runs the queries over the exported table and returns their results with the export.
 ///
 /// Every query is planned first against an empty table, so a broken one fails before
 /// the export; the plans name the columns to export. (With only the columns the default
-/// queries read, a 1M-trip export holds about 60 MB instead of 230.)
+/// queries read, a 1M-trip export holds about 60 MB instead of 230.) Without snapshots
+/// the export is spilled to Arrow files as it is made and the queries read those a
+/// batch at a time, so the job's memory does not grow with the table.
 ///
 /// # Errors
 /// When the export fails, or a query does not plan or run (named by its file).
@@ -178,7 +190,7 @@ pub async fn run_queries(
     dates: &DateSelection,
     columns: ExportColumns,
     progress: &dyn Progress,
-) -> Result<(Vec<QueryResult>, Vec<RecordBatch>)> {
+) -> Result<(Vec<QueryResult>, Exported)> {
     let wanted = match dates {
         DateSelection::All => None,
         DateSelection::Dates(d) => Some(d.clone()),
@@ -189,17 +201,24 @@ pub async fn run_queries(
         (ExportColumns::Queried, Some(read)) => Projection::of(read),
         _ => Projection::all(),
     };
-    let (batches, planned) = loop {
-        let batches = store.export(wanted.clone(), &projection).await?;
-        let ctx = context_over(projection.schema(), &batches)?;
-        match plan_all(&ctx, queries).await {
-            Ok(planned) => break (batches, planned),
-            // A query whose optimised plan dropped a column it names: export them all.
-            Err(_) if !projection.is_all() => projection = Projection::all(),
-            Err(e) => return Err(e),
+    // A query whose optimised plan dropped a column it names needs them all.
+    if !projection.is_all() && plan_all(&context_over(projection.schema(), &[])?, queries).await.is_err() {
+        projection = Projection::all();
+    }
+    let (ctx, exported, spill) = match columns {
+        ExportColumns::All => {
+            let batches = store.export(wanted, &projection).await?;
+            let rows = batches.iter().map(RecordBatch::num_rows).sum();
+            (context_over(projection.schema(), &batches)?, Exported { rows, batches }, None)
+        }
+        ExportColumns::Queried => {
+            let spill = Spill::write(store, wanted, &projection).await?;
+            let ctx = spill.context().await?;
+            (ctx, Exported { rows: spill.rows, batches: Vec::new() }, Some(spill))
         }
     };
-    progress.exported(batches.iter().map(|b| b.num_rows() as u64).sum());
+    progress.exported(exported.rows as u64);
+    let planned = plan_all(&ctx, queries).await?;
     let mut results = Vec::with_capacity(planned.len());
     let of = planned.len();
     for (i, (q, df)) in planned.into_iter().enumerate() {
@@ -208,7 +227,78 @@ pub async fn run_queries(
         let batches = df.collect().await.map_err(|e| query_error(q, e))?;
         results.push(QueryResult { query: q.clone(), schema, batches });
     }
-    Ok((results, batches))
+    // The spill folder goes once every query has read it.
+    drop(spill);
+    Ok((results, exported))
+}
+
+/// A KPI job's export, written as it is made to Arrow IPC files in a temporary folder
+/// (under `$TMPDIR`), one per core, that DataFusion then reads a batch at a time. The
+/// job holds a few batches instead of the table; the folder is removed on drop.
+struct Spill {
+    dir: tempfile::TempDir,
+    schema: SchemaRef,
+    rows: usize,
+}
+
+impl Spill {
+    /// Exports `dates` (or all) of `projection` from `store` into a new spill.
+    async fn write(store: &dyn TripStore, dates: Option<Vec<NaiveDate>>, projection: &Projection) -> Result<Self> {
+        use arrow::ipc::writer::FileWriter;
+        let dir = tempfile::Builder::new()
+            .prefix("tripflow-kpi-")
+            .tempdir()
+            .stage(Stage::Output, "cannot create the KPI job's spill folder; set TMPDIR to a folder with room")?;
+        let schema = projection.schema();
+        let failed = |path: &std::path::Path| {
+            format!("cannot write the KPI job's spill file {}; set TMPDIR to a folder with room", path.display())
+        };
+        let files = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut writers = Vec::with_capacity(files);
+        for i in 0..files {
+            let path = dir.path().join(format!("part-{i}.arrow"));
+            let file = std::fs::File::create(&path).stage(Stage::Output, failed(&path))?;
+            let writer =
+                FileWriter::try_new(std::io::BufWriter::new(file), &schema).stage(Stage::Output, failed(&path))?;
+            writers.push((path, writer));
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let export = store.export_to(dates, projection, tx);
+        let write = async move {
+            let mut rows = 0;
+            let mut next = 0;
+            while let Some(batch) = rx.recv().await {
+                rows += batch.num_rows();
+                let (path, writer) = &mut writers[next % files];
+                writer.write(&batch).stage(Stage::Output, failed(path))?;
+                next += 1;
+            }
+            for (path, mut writer) in writers {
+                writer.finish().stage(Stage::Output, failed(&path))?;
+            }
+            Ok::<_, Error>(rows)
+        };
+        let (exported, written) = tokio::join!(export, write);
+        // The writer's failure first: it is why an export stops early.
+        let rows = written?;
+        exported?;
+        Ok(Spill { dir, schema, rows })
+    }
+
+    /// A context whose `trips` table reads the spill.
+    async fn context(&self) -> Result<SessionContext> {
+        // One partition per file, each read a batch at a time. (A file split into byte
+        // ranges is read range by range, and DataFusion 55 fetches a whole range of an
+        // Arrow file at once: the 10M-trip job went from 110 MiB to 670 MiB that way.)
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_repartition_file_scans(false));
+        let options =
+            datafusion::execution::options::ArrowReadOptions { schema: Some(&self.schema), ..Default::default() };
+        let folder = format!("{}/", self.dir.path().display());
+        ctx.register_arrow("trips", &folder, options)
+            .await
+            .stage(Stage::Output, format!("cannot read the KPI job's spill folder {folder}"))?;
+        Ok(ctx)
+    }
 }
 
 /// Runs the job: queries, then one `kpi.json` per date, one summary file per date-less
@@ -226,7 +316,7 @@ pub async fn run(
 ) -> Result<KpiReport> {
     let columns = if formats.parquet { ExportColumns::All } else { ExportColumns::Queried };
     let (results, export) = run_queries(store, queries, dates, columns, progress).await?;
-    let exported_rows = export.iter().map(RecordBatch::num_rows).sum();
+    let exported_rows = export.rows;
     let (per_date, summaries) = render(&results)?;
     let mut files = Vec::new();
     for (date, json) in &per_date {
@@ -240,7 +330,7 @@ pub async fn run(
                 files.push(out.put(&format!("kpi_output/date={date}/kpi.parquet"), bytes).await?);
             }
         }
-        files.extend(write_snapshots(&export, out).await?);
+        files.extend(write_snapshots(&export.batches, out).await?);
     }
     for (stem, json) in summaries {
         files.push(out.put(&format!("kpi_output/summary/{stem}.json"), json.into_bytes()).await?);

@@ -129,6 +129,56 @@ impl Tables {
         Ok(Tables { db, trips, by_date, path })
     }
 
+    /// Builds every item, or those of `dates`, into batches of `columns`, handing each
+    /// full batch to `out`; returns the builder with the rows of the last, partial
+    /// batch. Keys come in order, so every export is in `trip_id` order (by date first
+    /// when dates are given, as the other backends do).
+    fn scan(
+        &self,
+        dates: Option<Vec<NaiveDate>>,
+        columns: Projection,
+        mut out: impl FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<ExportBuilder> {
+        let mut builder = ExportBuilder::new(columns);
+        let mut full = Vec::with_capacity(1);
+        let mut push = |key: &[u8], value: &[u8]| -> Result<()> {
+            let trip_id = std::str::from_utf8(key)
+                .map_err(|_| Error::store(format!("a stored trip_id in {} is not UTF-8", self.path.display())))?;
+            builder.push_into(&self.cells(trip_id, value)?, &mut full)?;
+            full.drain(..).try_for_each(&mut out)
+        };
+        match dates {
+            None => {
+                for guard in self.trips.iter() {
+                    let (key, value) = guard.into_inner().map_err(|e| self.failed("cannot read the table", e))?;
+                    push(&key, &value)?;
+                }
+            }
+            Some(mut dates) => {
+                dates.sort();
+                dates.dedup();
+                for d in dates {
+                    let prefix = d.format("%Y-%m-%d").to_string();
+                    for guard in self.by_date.prefix(&prefix) {
+                        let (key, _) = guard.into_inner().map_err(|e| self.failed("cannot read the date index", e))?;
+                        let trip_id = &key[prefix.len()..];
+                        let value = self.trips.get(trip_id).map_err(|e| self.failed("cannot read a trip", e))?;
+                        let value = value.ok_or_else(|| {
+                            Error::store(format!(
+                                "the date index of {} names a trip that is not stored ({:?}); delete the \
+                                 folder and ingest the stream again from its start",
+                                self.path.display(),
+                                String::from_utf8_lossy(trip_id)
+                            ))
+                        })?;
+                        push(trip_id, &value)?;
+                    }
+                }
+            }
+        }
+        Ok(builder)
+    }
+
     fn failed(&self, what: &str, e: fjall::Error) -> Error {
         Stage::Store.error(format!("{what} in {}", self.path.display()), e)
     }
@@ -344,45 +394,28 @@ impl TripStore for LsmStore {
     async fn export(&self, dates: Option<Vec<NaiveDate>>, columns: &Projection) -> Result<Vec<RecordBatch>> {
         let columns = columns.clone();
         self.call(move |t| {
-            // Keys come in order, so every export is in `trip_id` order (by date first
-            // when dates are given, as the other backends do).
-            let mut builder = ExportBuilder::new(columns);
             let mut batches = Vec::new();
-            let mut push = |key: &[u8], value: &[u8]| -> Result<()> {
-                let trip_id = std::str::from_utf8(key)
-                    .map_err(|_| Error::store(format!("a stored trip_id in {} is not UTF-8", t.path.display())))?;
-                builder.push_into(&t.cells(trip_id, value)?, &mut batches)
-            };
-            match dates {
-                None => {
-                    for guard in t.trips.iter() {
-                        let (key, value) = guard.into_inner().map_err(|e| t.failed("cannot read the table", e))?;
-                        push(&key, &value)?;
-                    }
-                }
-                Some(mut dates) => {
-                    dates.sort();
-                    dates.dedup();
-                    for d in dates {
-                        let prefix = d.format("%Y-%m-%d").to_string();
-                        for guard in t.by_date.prefix(&prefix) {
-                            let (key, _) = guard.into_inner().map_err(|e| t.failed("cannot read the date index", e))?;
-                            let trip_id = &key[prefix.len()..];
-                            let value = t.trips.get(trip_id).map_err(|e| t.failed("cannot read a trip", e))?;
-                            let value = value.ok_or_else(|| {
-                                Error::store(format!(
-                                    "the date index of {} names a trip that is not stored ({:?}); delete the \
-                                     folder and ingest the stream again from its start",
-                                    t.path.display(),
-                                    String::from_utf8_lossy(trip_id)
-                                ))
-                            })?;
-                            push(trip_id, &value)?;
-                        }
-                    }
-                }
-            }
+            let builder = t.scan(dates, columns, |batch| {
+                batches.push(batch);
+                Ok(())
+            })?;
             builder.finish_into(batches)
+        })
+        .await
+    }
+
+    async fn export_to(
+        &self,
+        dates: Option<Vec<NaiveDate>>,
+        columns: &Projection,
+        sink: tokio::sync::mpsc::Sender<RecordBatch>,
+    ) -> Result<()> {
+        let columns = columns.clone();
+        self.call(move |t| {
+            let send =
+                |batch| sink.blocking_send(batch).map_err(|_| Error::store("export: the reader of the export stopped"));
+            let builder = t.scan(dates, columns, send)?;
+            builder.finish_into(Vec::new())?.into_iter().try_for_each(send)
         })
         .await
     }

@@ -163,6 +163,25 @@ pub trait TripStore: Send + Sync {
     /// When the backend fails.
     async fn export(&self, dates: Option<Vec<NaiveDate>>, columns: &Projection) -> Result<Vec<RecordBatch>>;
 
+    /// [`TripStore::export`], handing each batch to `sink` as it is cut, so the caller
+    /// need not hold the whole table. The embedded LSM table streams; the default
+    /// exports first and then sends. It stops early, with an error, when the receiver
+    /// is dropped.
+    ///
+    /// # Errors
+    /// When the backend fails, or the receiver is gone.
+    async fn export_to(
+        &self,
+        dates: Option<Vec<NaiveDate>>,
+        columns: &Projection,
+        sink: tokio::sync::mpsc::Sender<RecordBatch>,
+    ) -> Result<()> {
+        for batch in self.export(dates, columns).await? {
+            sink.send(batch).await.map_err(|_| crate::Error::store("export: the reader of the export stopped"))?;
+        }
+        Ok(())
+    }
+
     /// Write requests sent so far (one per trip per batch in the common case).
     fn write_requests(&self) -> u64;
 }

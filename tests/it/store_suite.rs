@@ -117,6 +117,37 @@ pub async fn export_by_date(store: &dyn TripStore) {
     assert_eq!(some, expected);
 }
 
+/// `export_to` hands over, batch by batch, what `export` returns, and stops with an
+/// error when its reader is gone.
+pub async fn export_to_sends_what_export_returns(store: &dyn TripStore) {
+    store
+        .merge(vec![
+            update("a", Some(start("10:00", 1)), Some(end("10:30", "7.25"))),
+            update("b", Some(start("11:00", 2)), None),
+        ])
+        .await
+        .unwrap();
+    let every = Projection::all();
+    for dates in [None, Some(vec![NaiveDate::from_ymd_opt(2024, 5, 25).unwrap()])] {
+        let whole = store.export(dates.clone(), &Projection::all()).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let read = async {
+            let mut got = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                got.push(batch);
+            }
+            got
+        };
+        let (sent, got) = tokio::join!(store.export_to(dates, &every, tx), read);
+        sent.unwrap();
+        assert_eq!(got, whole);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(rx);
+    let err = store.export_to(None, &every, tx).await.unwrap_err();
+    assert!(err.to_string().contains("stopped"), "{err}");
+}
+
 /// A newer end on another day moves the trip to that day's export, and out of the old
 /// day's: the date index follows the stored end.
 pub async fn a_newer_end_moves_the_trip_to_its_day(store: &dyn TripStore) {
@@ -143,6 +174,7 @@ macro_rules! every_body {
             groups_are_independent,
             one_write_per_trip_per_batch,
             export_by_date,
+            export_to_sends_what_export_returns,
             a_newer_end_moves_the_trip_to_its_day,
         );
     };
