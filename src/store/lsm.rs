@@ -412,8 +412,7 @@ impl TripStore for LsmStore {
     ) -> Result<()> {
         let columns = columns.clone();
         self.call(move |t| {
-            let send =
-                |batch| sink.blocking_send(batch).map_err(|_| Error::store("export: the reader of the export stopped"));
+            let send = |batch| sink.blocking_send(batch).map_err(|_| super::reader_stopped());
             let builder = t.scan(dates, columns, send)?;
             builder.finish_into(Vec::new())?.into_iter().try_for_each(send)
         })

@@ -137,6 +137,11 @@ impl TripItem {
     }
 }
 
+/// The error of an [`TripStore::export_to`] whose receiver was dropped.
+pub(crate) fn reader_stopped() -> crate::Error {
+    crate::Error::store("export: the reader of the export stopped")
+}
+
 /// A trip table backend.
 #[async_trait]
 pub trait TripStore: Send + Sync {
@@ -177,7 +182,7 @@ pub trait TripStore: Send + Sync {
         sink: tokio::sync::mpsc::Sender<RecordBatch>,
     ) -> Result<()> {
         for batch in self.export(dates, columns).await? {
-            sink.send(batch).await.map_err(|_| crate::Error::store("export: the reader of the export stopped"))?;
+            sink.send(batch).await.map_err(|_| reader_stopped())?;
         }
         Ok(())
     }
