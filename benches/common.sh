@@ -1,4 +1,4 @@
-# Shared by benches/engines.sh and benches/baseline_ratio.sh (sourced, not run):
+# Shared by benches/engines.sh, streams.sh and baseline_ratio.sh (sourced, not run):
 # given $trips, sets $bin, $work, $data and the `files` flags, generating the input once.
 bin=${TRIPFLOW:-$(dirname "$0")/../target/release/tripflow}
 work=${WORK:-$(mktemp -d "/tmp/tripflow-$(basename "$0" .sh).XXXXXX")}
@@ -14,4 +14,13 @@ files=(--start "$data/trip_start.csv" --end "$data/trip_end.csv")
 run_timed() {
   /usr/bin/time -f '%e %M' -o "$work/time" "${@:2}" >"$work/stdout"
   read -r wall rss <"$work/time"
+}
+
+# new_home DIR [FILE]: an empty home at DIR (and no $work/out), holding an empty FILE
+# when given: an empty trips.sqlite or stream.sqlite makes tripflow keep that SQLite
+# format in the home, as in a home made before the LSM table or the log stream.
+new_home() {
+  rm -rf "$1" "$work/out"
+  mkdir -p "$1"
+  if [ -n "${2:-}" ]; then : >"$1/$2"; fi
 }

@@ -25,23 +25,17 @@ timed() {
   awk -v n="$1" -v w="$wall" -v r="$rss" 'BEGIN { printf "%s %.1f s, %.0f MiB", n, w, r / 1024 }'
 }
 
-new_home() {
-  rm -rf "$1" "$work/out"
-  mkdir -p "$1"
-  if [ "$2" = sqlite ]; then : >"$1/trips.sqlite"; fi
-}
-
 for round in $(seq "$rounds"); do
   for engine in $engines; do
     home=$work/home-$engine
-    new_home "$home" "$engine"
+    new_home "$home" "$([ "$engine" = sqlite ] && echo trips.sqlite)"
     line="$engine round $round, $trips trips: $(timed produce "$bin" produce --home "$home" "${files[@]}")"
     line+="; $(timed ingest "$bin" ingest --home "$home" --report "$work/ingest.json")"
     line+=" ($(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("{:,} events, {:,} writes".format(r["read"], r["store_writes"]))' "$work/ingest.json"))"
     line+="; $(timed 'kpi --all' "$bin" kpi --all --home "$home" --out "$work/out")"
     line+="; table $( (du -sm "$home/trips" "$home/trips.sqlite" 2>/dev/null || true) | awk '{s+=$1} END {print s}') MB"
     echo "$line"
-    new_home "$home" "$engine"
+    new_home "$home" "$([ "$engine" = sqlite ] && echo trips.sqlite)"
     echo "$engine round $round, $trips trips: $(timed run "$bin" run --home "$home" --out "$work/out" "${files[@]}" \
       --report "$work/run.json") ($(python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["stages"]; print("produce {:.1f} s beside ingest {:.1f} s, {:,.0f} events/s; kpi {:.1f} s".format(s["produce_s"], s["ingest_s"], s["ingest_events_per_s"], s["kpi_s"]))' "$work/run.json"))"
   done

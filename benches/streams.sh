@@ -19,18 +19,12 @@ rounds=${2:-1}
 formats=${3:-"log sqlite"}
 . "$(dirname "$0")/common.sh"
 
-new_home() {
-  rm -rf "$1" "$work/out"
-  mkdir -p "$1"
-  if [ "$2" = sqlite ]; then : >"$1/stream.sqlite"; fi
-}
-
 rate() { awk -v n="$1" -v w="$2" 'BEGIN { printf "%.1f s (%'"'"'.0f events/s)", w, n / w }'; }
 
 for round in $(seq "$rounds"); do
   for format in $formats; do
     home=$work/home-$format
-    new_home "$home" "$format"
+    new_home "$home" "$([ "$format" = sqlite ] && echo stream.sqlite)"
     run_timed produce "$bin" produce --home "$home" "${files[@]}"
     events=$((2 * trips))
     line="$format round $round, $trips trips: produce $(rate $events "$wall"), $((rss / 1024)) MiB"
@@ -38,7 +32,7 @@ for round in $(seq "$rounds"); do
     run_timed ingest "$bin" ingest --home "$home" --report "$work/ingest.json"
     line+="; ingest $(rate $events "$wall"), $((rss / 1024)) MiB"
     echo "$line"
-    new_home "$home" "$format"
+    new_home "$home" "$([ "$format" = sqlite ] && echo stream.sqlite)"
     run_timed run "$bin" run --home "$home" --out "$work/out" "${files[@]}" --report "$work/run.json"
     echo "$format round $round, $trips trips: run $wall s, $((rss / 1024)) MiB ($(python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["stages"]; print("produce {:.1f} s beside ingest {:.1f} s, {:,.0f} events/s; kpi {:.1f} s".format(s["produce_s"], s["ingest_s"], s["ingest_events_per_s"], s["kpi_s"]))' "$work/run.json"))"
   done

@@ -156,11 +156,10 @@ fn trip_id_of(data: &[u8]) -> Option<String> {
 /// disk) overlap.
 async fn send<O: std::fmt::Display>(
     sink: &dyn StreamSink,
-    records: impl Iterator<Item = (O, PutRecord)>,
+    mut records: impl Iterator<Item = (O, PutRecord)>,
     report: &mut ProduceReport,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut records = records;
     let mut fill = |batch: &mut Vec<(O, PutRecord)>| {
         batch.clear();
         batch.extend(records.by_ref().take(PUT_BATCH));
