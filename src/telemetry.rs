@@ -46,9 +46,9 @@ pub const RECORDS_BEHIND_CAP: u64 = 100_000;
 /// How long one batch spent in each phase.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchTimes {
-    /// Decoding into Arrow and validating the columns.
+    /// Decoding into Arrow, validating the columns and coalescing each trip's events.
     pub decode_validate: Duration,
-    /// Coalescing, the conditional merge into the store and the dead letters.
+    /// The conditional merge into the store and the dead letters.
     pub merge: Duration,
 }
 

@@ -22,7 +22,7 @@ use tracing::{debug, info, instrument};
 use self::batcher::{Batcher, Pending};
 use crate::deadletter::{DeadLetter, DeadLetterSink};
 use crate::progress::{Progress, Quiet};
-use crate::store::TripStore;
+use crate::store::{TripStore, TripUpdate};
 use crate::stream::{CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource};
 use crate::telemetry::{self, BatchTimes};
 use crate::{Error, Result};
@@ -201,16 +201,47 @@ impl Ingest<'_> {
         if opts.batch_bytes == 0 {
             return Err(Error::Config("--batch-bytes must be at least 1".into()));
         }
+        // One batch is merged while the next is read, decoded and validated: the merge
+        // waits on the table's disk writes, the rest is CPU. The hand-over holds one
+        // batch, so at most two are in memory, and batches are merged and checkpointed
+        // in the order they were read.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (read, merged) = tokio::join!(self.read_batches(opts, tx), self.merge_batches(opts, rx));
+        // A failed merge closes the hand-over, which stops the reads without an error of
+        // their own; a failed read lets the batch in flight finish and be checkpointed.
+        let totals = merged?;
+        read?;
+        opts.progress.ingested(&totals, Some(0));
+        info!(
+            read = totals.read,
+            applied = totals.applied,
+            duplicate_or_stale = totals.duplicate_or_stale,
+            dead_lettered = totals.dead_lettered,
+            "Ingest caught up."
+        );
+        Ok(totals)
+    }
+
+    /// Reads the shards into micro-batches and hands each over, prepared, to
+    /// [`Self::merge_batches`]; returns once caught up (or, with `follow`, stopped), or
+    /// when the merges stopped.
+    async fn read_batches(&self, opts: &IngestOptions, tx: tokio::sync::mpsc::Sender<Handover>) -> Result<()> {
         let mut readers = Readers { waiting: self.source.shards().await?, ..Default::default() };
         readers.known = readers.waiting.iter().map(|s| s.id.clone()).collect();
         readers.open_ready(self, opts).await?;
         let mut batcher = Batcher::new(opts.batch_rows, opts.batch_bytes, opts.linger);
         let stream = self.source.identity();
-        let mut totals = IngestCounts::default();
+        // The slot of the next hand-over, taken before its records are read: while the
+        // previous batch waits in the hand-over, no third one is gathered.
+        let mut slot = None;
 
         // Each round starts at the next shard, so a busy shard cannot starve the others.
         let mut first_shard = 0;
         loop {
+            if slot.is_none() {
+                let Ok(permit) = tx.reserve().await else { return Ok(()) };
+                slot = Some(permit);
+            }
             // Read before this round's reads: "caught up" below then covers every record
             // put before the producer said it was done.
             let drained = opts.drain.as_ref().map(|d| d.load(Ordering::Acquire));
@@ -244,21 +275,22 @@ impl Ingest<'_> {
             let stopping = opts.stop.load(Ordering::Relaxed);
             let due = batcher.room() == 0 || (may_linger && batcher.ready(Instant::now()));
             if due || (!batcher.is_empty() && (all_caught_up && !following || stopping)) {
-                let batch = batcher.take();
-                let counts = self.process(&stream, &readers.ids, batch, opts, totals.batches).await?;
-                totals.add(&counts);
-                opts.progress.ingested(&totals, readers.millis_behind.iter().flatten().max().copied());
+                let batch = prepare_batch(&stream, &readers.ids, batcher.take())?;
+                let millis_behind = readers.millis_behind.iter().flatten().max().copied();
+                slot.take().expect("reserved above").send(Handover {
+                    batch,
+                    shards: readers.ids.clone(),
+                    millis_behind,
+                });
                 if opts.count_records_behind {
                     for (id, it) in readers.ids.iter().zip(&readers.iterators) {
                         telemetry::shard_lag(id, None, self.source.records_behind(it).await?);
                     }
                 }
-                // The batch is freed now; without this the resident size creeps up.
-                crate::memory::release_freed();
                 continue;
             }
             if all_caught_up && batcher.is_empty() && (!following || stopping) {
-                break;
+                return Ok(());
             }
             if all_caught_up {
                 let left = batcher.time_left(Instant::now()).filter(|_| may_linger);
@@ -266,39 +298,55 @@ impl Ingest<'_> {
                 tokio::time::sleep(wait).await;
             }
         }
-        opts.progress.ingested(&totals, Some(0));
-        info!(
-            read = totals.read,
-            applied = totals.applied,
-            duplicate_or_stale = totals.duplicate_or_stale,
-            dead_lettered = totals.dead_lettered,
-            "Ingest caught up."
-        );
+    }
+
+    /// Merges each batch handed over, in order, and moves the checkpoints past it;
+    /// returns the totals once the reads are done and the last batch is merged.
+    async fn merge_batches(
+        &self,
+        opts: &IngestOptions,
+        mut rx: tokio::sync::mpsc::Receiver<Handover>,
+    ) -> Result<IngestCounts> {
+        let mut totals = IngestCounts::default();
+        while let Some(Handover { batch, shards, millis_behind }) = rx.recv().await {
+            let (counts, last, _) = merge_prepared(self.store, self.dead_letters, batch).await?;
+            if opts.crash_after_batches.is_some_and(|n| totals.batches + 1 >= n) {
+                return Err(crate::error::Stage::Stream.error("checkpoint", InjectedCrash));
+            }
+            for (shard, seq) in shards.iter().zip(&last) {
+                if let Some(seq) = seq {
+                    self.checkpoints.set(&opts.consumer, shard, seq).await?;
+                }
+            }
+            telemetry::checkpointed();
+            totals.add(&counts);
+            opts.progress.ingested(&totals, millis_behind);
+            // The batch is freed now; without this the resident size creeps up.
+            crate::memory::release_freed();
+        }
         Ok(totals)
     }
+}
 
-    async fn process(
-        &self,
-        stream: &str,
-        shards: &[String],
-        batch: Vec<Pending>,
-        opts: &IngestOptions,
-        done_batches: u64,
-    ) -> Result<IngestCounts> {
-        let (counts, last, _) = merge_batch(self.store, self.dead_letters, stream, shards, batch).await?;
+/// A prepared batch on its way from the reads to the merges, with the shards its
+/// positions are indexed by and how far behind the reads were.
+struct Handover {
+    batch: PreparedBatch,
+    shards: Vec<ShardId>,
+    millis_behind: Option<u64>,
+}
 
-        if opts.crash_after_batches.is_some_and(|n| done_batches + 1 >= n) {
-            return Err(crate::error::Stage::Stream.error("checkpoint", InjectedCrash));
-        }
-
-        for (shard, seq) in shards.iter().zip(&last) {
-            if let Some(seq) = seq {
-                self.checkpoints.set(&opts.consumer, shard, seq).await?;
-            }
-        }
-        telemetry::checkpointed();
-        Ok(counts)
-    }
+/// A micro-batch decoded, validated and coalesced: what its merge, dead letters and
+/// checkpoints need, with the records and their Arrow columns freed.
+pub struct PreparedBatch {
+    read: u64,
+    updates: Vec<TripUpdate>,
+    /// Valid groups among the updates, and valid events superseded inside the batch.
+    groups: u64,
+    superseded: u64,
+    letters: Vec<DeadLetter>,
+    last: Vec<Option<SequenceNumber>>,
+    decode_validate: Duration,
 }
 
 /// One micro-batch through every stage but the checkpoint: decode into Arrow, validate
@@ -323,17 +371,25 @@ pub async fn merge_batch(
     shards: &[ShardId],
     batch: Vec<Pending>,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
+    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch)?).await
+}
+
+/// The CPU half of [`merge_batch`]: decode into Arrow, validate, coalesce, and take the
+/// dead letters and each shard's last position.
+///
+/// # Errors
+/// Only on an Arrow kernel failure, never because of the records' contents.
+pub fn prepare_batch(stream: &str, shards: &[ShardId], batch: Vec<Pending>) -> Result<PreparedBatch> {
     let read = batch.len() as u64;
     let began = Instant::now();
     let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
     let mut validated = validate::validate(&decoded)?;
     drop(decoded);
-    let validated_at = Instant::now();
     let coalesced = coalesce::coalesce(&validated);
     let groups: u64 = coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
     // What the records are still needed for, the dead letters and each shard's last
-    // position, is taken now: the batch and its Arrow columns are freed before the
-    // merge, the longest step, so two batches' worth never meet in memory.
+    // position, is taken now: the records and their Arrow columns are freed before the
+    // merge, the longest step, so a batch waiting for its merge holds only its updates.
     let letters: Vec<DeadLetter> = batch
         .iter()
         .zip(std::mem::take(&mut validated.reasons))
@@ -353,15 +409,38 @@ pub async fn merge_batch(
     }
     drop(validated);
 
+    Ok(PreparedBatch {
+        read,
+        updates: coalesced.updates,
+        groups,
+        superseded: coalesced.superseded as u64,
+        letters,
+        last,
+        decode_validate: began.elapsed(),
+    })
+}
+
+/// The I/O half of [`merge_batch`]: the conditional merge into `store` and the dead
+/// letters.
+///
+/// # Errors
+/// When the store or the dead-letter output fails (after its own retries).
+pub async fn merge_prepared(
+    store: &dyn TripStore,
+    dead_letters: &dyn DeadLetterSink,
+    batch: PreparedBatch,
+) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
+    let PreparedBatch { read, updates, groups, superseded, letters, last, decode_validate } = batch;
+    let began = Instant::now();
     let writes_before = store.write_requests();
-    let outcomes = store.merge(coalesced.updates).await?;
+    let outcomes = store.merge(updates).await?;
     let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
     dead_letters.write(&letters).await?;
 
     let counts = IngestCounts {
         read,
         applied,
-        duplicate_or_stale: coalesced.superseded as u64 + groups - applied,
+        duplicate_or_stale: superseded + groups - applied,
         dead_lettered: letters.len() as u64,
         batches: 1,
         store_writes: store.write_requests() - writes_before,
@@ -373,7 +452,7 @@ pub async fn merge_batch(
         dead_lettered = counts.dead_lettered,
         "Flushed batch."
     );
-    let times = BatchTimes { decode_validate: validated_at - began, merge: validated_at.elapsed() };
+    let times = BatchTimes { decode_validate, merge: began.elapsed() };
     telemetry::batch(&counts, &times);
     Ok((counts, last, times))
 }
@@ -483,5 +562,56 @@ mod tests {
         }
         let parent_checkpoint = checkpoints.get(DEFAULT_CONSUMER, &"shardId-000000000000".to_string()).await.unwrap();
         assert_eq!(parent_checkpoint, Some(SequenceNumber::from_u64(2)));
+    }
+
+    /// One shard whose first read holds two trips' starts and whose second read fails.
+    struct FailsOnSecondRead;
+
+    #[async_trait]
+    impl StreamSource for FailsOnSecondRead {
+        async fn shards(&self) -> Result<Vec<Shard>> {
+            Ok(vec![Shard::root("shardId-000000000000".into())])
+        }
+
+        async fn iterator(&self, shard: &ShardId, _start: &StartPosition) -> Result<ShardIterator> {
+            Ok(ShardIterator { shard: shard.clone(), position: "0".into() })
+        }
+
+        fn identity(&self) -> String {
+            "test:fails".into()
+        }
+
+        async fn read(&self, it: &ShardIterator, _limit: usize, _max_bytes: usize) -> Result<ReadResult> {
+            if it.position != "0" {
+                return Err(Error::stream("the shard went away"));
+            }
+            Ok(ReadResult {
+                records: vec![
+                    record(1, start("t1", "2024-05-25 10:00:00")),
+                    record(2, start("t2", "2024-05-25 10:01:00")),
+                ],
+                next: ShardIterator { shard: it.shard.clone(), position: "2".into() },
+                caught_up: false,
+                closed: false,
+                millis_behind: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_still_merges_and_checkpoints_the_batch_read_before_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoints = EmbeddedStream::open(tmp.path(), Some(1)).unwrap();
+        let store = SqliteStore::open(tmp.path()).unwrap();
+        let dead = FileDeadLetters::open(&tmp.path().join("dead.ndjson")).unwrap();
+        let ingest =
+            Ingest { source: &FailsOnSecondRead, checkpoints: &checkpoints, store: &store, dead_letters: &dead };
+        let err = ingest.run(&IngestOptions { batch_rows: 2, ..Default::default() }).await.unwrap_err();
+        assert!(err.to_string().contains("the shard went away"), "{err}");
+        for trip in ["t1", "t2"] {
+            assert!(store.get(trip).await.unwrap().is_some(), "{trip} was read before the failure but not merged");
+        }
+        let checkpoint = checkpoints.get(DEFAULT_CONSUMER, &"shardId-000000000000".to_string()).await.unwrap();
+        assert_eq!(checkpoint, Some(SequenceNumber::from_u64(2)));
     }
 }
