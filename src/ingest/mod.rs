@@ -238,6 +238,11 @@ impl Ingest<'_> {
         // Each round starts at the next shard, so a busy shard cannot starve the others.
         let mut first_shard = 0;
         loop {
+            // The merges stopped (their error is the run's): a follower waiting for
+            // records would otherwise never come back to the hand-over to see it.
+            if tx.is_closed() {
+                return Ok(());
+            }
             if slot.is_none() {
                 let Ok(permit) = tx.reserve().await else { return Ok(()) };
                 slot = Some(permit);
@@ -613,5 +618,50 @@ mod tests {
         }
         let checkpoint = checkpoints.get(DEFAULT_CONSUMER, &"shardId-000000000000".to_string()).await.unwrap();
         assert_eq!(checkpoint, Some(SequenceNumber::from_u64(2)));
+    }
+
+    /// A table whose every merge fails, after a while.
+    struct FailingStore;
+
+    #[async_trait]
+    impl TripStore for FailingStore {
+        async fn merge(&self, _updates: Vec<crate::store::TripUpdate>) -> Result<Vec<crate::store::MergeOutcome>> {
+            // As a real table's merge does, it returns to the runtime first: the reads
+            // go on meanwhile, into their wait for the next records.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(Error::store("the disk is full"))
+        }
+
+        async fn get(&self, _trip_id: &str) -> Result<Option<crate::store::TripItem>> {
+            Ok(None)
+        }
+
+        async fn export(
+            &self,
+            _dates: Option<Vec<chrono::NaiveDate>>,
+            _columns: &crate::store::Projection,
+        ) -> Result<Vec<arrow::array::RecordBatch>> {
+            Ok(Vec::new())
+        }
+
+        fn write_requests(&self) -> u64 {
+            0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_stops_with_the_merge_error_instead_of_waiting_for_records() {
+        use crate::stream::{PutRecord, StreamSink};
+        let tmp = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(tmp.path(), Some(1)).unwrap();
+        let data = start("t1", "2024-05-25 10:00:00").into_bytes();
+        stream.put_records(&[PutRecord { partition_key: "t1".into(), data }]).await.unwrap();
+        let dead = FileDeadLetters::open(&tmp.path().join("dead.ndjson")).unwrap();
+        let ingest = Ingest { source: &stream, checkpoints: &stream, store: &FailingStore, dead_letters: &dead };
+        let opts = IngestOptions { follow: true, poll_interval: Duration::from_millis(10), ..Default::default() };
+        let run = tokio::time::timeout(Duration::from_secs(20), ingest.run(&opts)).await;
+        let err = run.expect("the follower kept waiting after its merge failed").unwrap_err();
+        assert!(err.to_string().contains("the disk is full"), "{err}");
+        assert_eq!(stream.get(DEFAULT_CONSUMER, &stream.shards().await.unwrap()[0].id).await.unwrap(), None);
     }
 }
