@@ -32,7 +32,7 @@ for round in $(seq "$rounds"); do
     new_home "$home"
     cp -r "$stream/stream" "$home/"
     run_timed ingest "$b" ingest -q --home "$home"
-    line="round $round, $build: ingest $wall s ($(awk -v n=$events -v w="$wall" 'BEGIN { printf "%.0f", n / w }') events/s), $((rss / 1024)) MiB"
+    line="round $round, $build: ingest $(rate $events "$wall"), $((rss / 1024)) MiB"
     new_home "$home"
     run_timed run "$b" run -q --home "$home" --out "$work/out" "${files[@]}"
     echo "$line; run $wall s, $((rss / 1024)) MiB"

@@ -1,4 +1,4 @@
-# Shared by benches/engines.sh, streams.sh and baseline_ratio.sh (sourced, not run):
+# Shared by benches/engines.sh, streams.sh, builds.sh and baseline_ratio.sh (sourced, not run):
 # given $trips, sets $bin, $work, $data and the `files` flags, generating the input once.
 bin=${TRIPFLOW:-$(dirname "$0")/../target/release/tripflow}
 work=${WORK:-$(mktemp -d "/tmp/tripflow-$(basename "$0" .sh).XXXXXX")}
@@ -15,6 +15,9 @@ run_timed() {
   /usr/bin/time -f '%e %M' -o "$work/time" "${@:2}" >"$work/stdout"
   read -r wall rss <"$work/time"
 }
+
+# rate EVENTS SECONDS: "12.3 s (162,602 events/s)".
+rate() { awk -v n="$1" -v w="$2" 'BEGIN { printf "%.1f s (%'"'"'.0f events/s)", w, n / w }'; }
 
 # new_home DIR [FILE]: an empty home at DIR (and no $work/out), holding an empty FILE
 # when given: an empty trips.sqlite or stream.sqlite makes tripflow keep that SQLite

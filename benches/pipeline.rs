@@ -40,10 +40,10 @@ fn records(ids: std::ops::Range<usize>) -> Vec<Vec<u8>> {
     out
 }
 
-/// The embedded stream's formats, by name: the segment log (the default) and the
-/// SQLite table of homes made before it.
 /// Opens a format's stream of a number of shards in a folder.
 type OpenStream = fn(&std::path::Path, u32) -> EmbeddedStream;
+/// The embedded stream's formats, by name: the segment log (the default) and the
+/// SQLite table of homes made before it.
 const STREAMS: [(&str, OpenStream); 2] = [
     ("log", |dir, shards| EmbeddedStream::open(dir, Some(shards)).unwrap()),
     ("sqlite", |dir, shards| EmbeddedStream::open_sqlite(dir, Some(shards)).unwrap()),

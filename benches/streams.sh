@@ -19,8 +19,6 @@ rounds=${2:-1}
 formats=${3:-"log sqlite"}
 . "$(dirname "$0")/common.sh"
 
-rate() { awk -v n="$1" -v w="$2" 'BEGIN { printf "%.1f s (%'"'"'.0f events/s)", w, n / w }'; }
-
 for round in $(seq "$rounds"); do
   for format in $formats; do
     home=$work/home-$format
