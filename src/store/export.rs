@@ -103,6 +103,8 @@ pub enum Cell<'a> {
     Int(i64),
     /// Text (and numbers a backend keeps as text).
     Text(&'a str),
+    /// A datetime a backend keeps as microseconds since the epoch, UTC.
+    Time(i64),
 }
 
 impl<'a> Cell<'a> {
@@ -206,6 +208,7 @@ impl ExportBuilder {
                     Cell::Text(v) => b.append_value(v),
                     Cell::Null => b.append_null(),
                     Cell::Int(v) => b.append_value(v.to_string()),
+                    Cell::Time(v) => b.append_value(timestamp::format(v)),
                 },
                 Column::Int(b) => b.append_option(integer(cells[index], index)?),
                 Column::Time(b) => b.append_option(match index {
@@ -293,6 +296,7 @@ impl Unreadable {
         let trip_id = match trip_id {
             Cell::Text(v) => v.to_owned(),
             Cell::Int(v) => v.to_string(),
+            Cell::Time(v) => timestamp::format(v),
             Cell::Null => String::new(),
         };
         let field = TRIP_SCHEMA.field(self.index);
@@ -316,6 +320,7 @@ fn integer(cell: Cell<'_>, index: usize) -> Result<Option<i64>, Unreadable> {
         Cell::Null => Ok(None),
         Cell::Int(v) => Ok(Some(v)),
         Cell::Text(v) => v.parse().map(Some).map_err(|_| not_convertible(index, v)),
+        Cell::Time(v) => Err(not_convertible(index, &timestamp::format(v))),
     }
 }
 
@@ -325,6 +330,8 @@ fn timestamp(cell: Cell<'_>, index: usize) -> Result<Option<i64>, Unreadable> {
     match cell {
         Cell::Null => Ok(None),
         Cell::Int(v) => Err(not_convertible(index, &v.to_string())),
+        Cell::Time(v) if timestamp::in_range(v) => Ok(Some(v)),
+        Cell::Time(v) => Err(not_convertible(index, &timestamp::format(v))),
         Cell::Text(v) => {
             cast::cast_one::<TimestampMicrosecondType>(v, &timestamp_type(), &strict(), timestamp::parse_plain)
                 .map_err(|_| not_convertible(index, v))
@@ -342,6 +349,7 @@ fn decimal(cell: Cell<'_>, index: usize) -> Result<Option<i128>, Unreadable> {
             decimal::parse_plain(v, DECIMAL_PRECISION, DECIMAL_SCALE)
         })
         .map_err(|_| not_convertible(index, v)),
+        Cell::Time(v) => Err(not_convertible(index, &timestamp::format(v))),
     }
 }
 

@@ -4,8 +4,9 @@
 //! the whole file once the table outgrows its cache: SQLite fell from 55,000 to 26,000
 //! events a second between a 1M- and a 10M-trip table. An LSM tree writes each batch
 //! once, sorted, and merges files in the background. Measured inside tripflow it is
-//! faster, though not yet flat: 42,900 events/s into a 10M-trip table, about half its
-//! 1M rate (the README's Performance section has the figures and what is left to find).
+//! faster, though not yet flat: a 10M-trip ingest runs at about 65,000 events/s, about
+//! half its 1M rate, the rest being compaction (the README's Performance section has
+//! the figures and what is left to find).
 //!
 //! Two keyspaces, written together by one atomic batch per merge call, made durable
 //! (fsync) before the call returns:
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use chrono::NaiveDate;
+use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{
@@ -35,6 +37,7 @@ use super::{
 };
 use crate::error::{Context, Stage};
 use crate::event::{END_FIELDS, START_FIELDS};
+use crate::timestamp;
 use crate::{Error, Result};
 
 /// The folder of the table under `--home`.
@@ -48,13 +51,17 @@ const CACHE_BYTES: u64 = 32 << 20;
 /// 64 MiB; a 1M-trip ingest with it and a 64 MiB cache peaked at 384 MiB).
 const MEMTABLE_BYTES: u64 = 32 << 20;
 
-/// The first byte of every stored value; a later layout gets a new one.
-const LAYOUT: u8 = 1;
+/// The first byte of every stored value: the layout [`encode`] writes. Layout 1, which
+/// earlier builds wrote, is still read (see [`decode`]).
+const LAYOUT: u8 = 2;
+const LAYOUT_1: u8 = 1;
 const HAS_START: u8 = 1;
 const HAS_END: u8 = 2;
 const NULL: u8 = 0;
 const INT: u8 = 1;
 const TEXT: u8 = 2;
+/// Layout 2 only: a datetime in the stored form, as microseconds since the epoch.
+const TIME: u8 = 3;
 
 /// Column positions of the groups among the stored cells.
 const START: std::ops::Range<usize> = 1..1 + START_FIELDS.len();
@@ -120,12 +127,16 @@ impl Tables {
             }
             Err(e) => return Err(Stage::Store.error(format!("cannot open the trip table {}", path.display()), e)),
         };
-        let keyspace = |name: &str| {
-            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
+        let keyspace = |name: &str, options: KeyspaceCreateOptions| {
+            db.keyspace(name, || options.max_memtable_size(MEMTABLE_BYTES))
                 .stage(Stage::Store, format!("cannot open {name} in {}", path.display()))
         };
-        let trips = keyspace("trips")?;
-        let by_date = keyspace("by_date")?;
+        // The merge's point reads go to `trips`, and almost all of them miss (a trip's
+        // start and end mostly arrive in one batch): its bloom filters answer those.
+        // `by_date` is only walked by prefix, which no filter serves, so it builds none
+        // (on every flush and compaction of 10M keys).
+        let trips = keyspace("trips", KeyspaceCreateOptions::default())?;
+        let by_date = keyspace("by_date", KeyspaceCreateOptions::default().filter_policy(FilterPolicy::disabled()))?;
         Ok(Tables { db, trips, by_date, path })
     }
 
@@ -187,7 +198,7 @@ impl Tables {
     fn cells<'a>(&self, trip_id: &'a str, value: &'a [u8]) -> Result<[Cell<'a>; STORED_COLUMNS]> {
         decode(trip_id, value).ok_or_else(|| {
             Error::store(format!(
-                "the stored item of trip_id {trip_id:?} in {} is damaged (not layout {LAYOUT}); delete the \
+                "the stored item of trip_id {trip_id:?} in {} is damaged (not layout {LAYOUT_1} or {LAYOUT}); delete the \
                  folder and ingest the stream again from its start",
                 self.path.display()
             ))
@@ -200,6 +211,7 @@ fn item(cells: &[Cell<'_>; STORED_COLUMNS]) -> TripItem {
     let text = |c: Cell<'_>| match c {
         Cell::Text(t) => Some(t.to_owned()),
         Cell::Int(v) => Some(v.to_string()),
+        Cell::Time(v) => Some(timestamp::format(v)),
         Cell::Null => None,
     };
     let int = |c: Cell<'_>| match c {
@@ -230,22 +242,47 @@ fn item(cells: &[Cell<'_>; STORED_COLUMNS]) -> TripItem {
 
 /// The value stored for a trip: the layout byte, a byte of which groups are present,
 /// then each present group's cells in [`START_FIELDS`] / [`END_FIELDS`] order, each a
-/// tag (null, integer as 8 little-endian bytes, or text as a 4-byte little-endian
-/// length and UTF-8 bytes).
+/// tag and its bytes:
+/// - null: nothing;
+/// - integer: zigzag LEB128 (location and vendor ids take a byte or two);
+/// - datetime in the stored form (`2024-05-25T13:19:00.000000Z`, 27 bytes of text):
+///   8 little-endian bytes of microseconds, which [`timestamp::format`] gives back
+///   exactly; a datetime in any other form is kept as text;
+/// - text: a LEB128 length, then the UTF-8 bytes.
+///
+/// Layout 1 kept every integer in 8 bytes and every value as text behind a 4-byte
+/// length: 185 bytes for a typical complete trip against 73 here, and the table's
+/// background compaction rewrites every byte several times over as it grows.
 fn encode(start: Option<&StartGroup>, end: Option<&EndGroup>, out: &mut Vec<u8>) {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
     fn text(out: &mut Vec<u8>, value: Option<&str>) {
         match value {
             None => out.push(NULL),
             Some(v) => {
                 out.push(TEXT);
-                out.extend_from_slice(&u32::try_from(v.len()).expect("a value under 4 GiB").to_le_bytes());
+                varint(out, v.len() as u64);
                 out.extend_from_slice(v.as_bytes());
             }
         }
     }
+    fn time(out: &mut Vec<u8>, value: Option<&str>) {
+        match value.and_then(stored_micros) {
+            Some(micros) => {
+                out.push(TIME);
+                out.extend_from_slice(&micros.to_le_bytes());
+            }
+            None => text(out, value),
+        }
+    }
     fn int(out: &mut Vec<u8>, value: i64) {
         out.push(INT);
-        out.extend_from_slice(&value.to_le_bytes());
+        varint(out, ((value << 1) ^ (value >> 63)) as u64);
     }
     out.clear();
     out.push(LAYOUT);
@@ -254,12 +291,12 @@ fn encode(start: Option<&StartGroup>, end: Option<&EndGroup>, out: &mut Vec<u8>)
         int(out, s.pickup_location_id);
         int(out, s.dropoff_location_id);
         int(out, s.vendor_id);
-        text(out, Some(&s.pickup_datetime));
-        text(out, s.estimated_dropoff_datetime.as_deref());
+        time(out, Some(&s.pickup_datetime));
+        time(out, s.estimated_dropoff_datetime.as_deref());
         text(out, s.estimated_fare_amount.as_deref());
     }
     if let Some(e) = end {
-        text(out, Some(&e.dropoff_datetime));
+        time(out, Some(&e.dropoff_datetime));
         text(out, e.rate_code.as_deref());
         text(out, e.passenger_count.as_deref());
         text(out, e.trip_distance.as_deref());
@@ -270,34 +307,73 @@ fn encode(start: Option<&StartGroup>, end: Option<&EndGroup>, out: &mut Vec<u8>)
     }
 }
 
-/// The cells of a stored value, or `None` when it is not one [`encode`] wrote.
+/// The microseconds of a datetime in the stored form, when formatting them gives the
+/// same text back (so the item reads back byte for byte); `None` for any other text.
+fn stored_micros(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 27 || b[10] != b'T' || b[19] != b'.' || b[26] != b'Z' {
+        return None;
+    }
+    // With a `T`, six fraction digits and a `Z`, parse_plain reads every digit and
+    // format writes them all back; years 0000-9999 are four digits both ways.
+    timestamp::parse_plain(text)
+}
+
+/// The cells of a stored value of layout 1 or 2, or `None` when it is not one that
+/// [`encode`] or an earlier build wrote.
 fn decode<'a>(trip_id: &'a str, value: &'a [u8]) -> Option<[Cell<'a>; STORED_COLUMNS]> {
+    fn varint(rest: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, after) = rest.split_first()?;
+            *rest = after;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
     let mut cells = [Cell::Null; STORED_COLUMNS];
     cells[0] = Cell::Text(trip_id);
     let (&layout, rest) = value.split_first()?;
     let (&groups, mut rest) = rest.split_first()?;
-    if layout != LAYOUT || groups & !(HAS_START | HAS_END) != 0 {
+    if !matches!(layout, LAYOUT | LAYOUT_1) || groups & !(HAS_START | HAS_END) != 0 {
         return None;
     }
+    let v1 = layout == LAYOUT_1;
     let mut read = |range: std::ops::Range<usize>, cells: &mut [Cell<'a>; STORED_COLUMNS]| -> Option<()> {
         for cell in &mut cells[range] {
             let (&tag, after) = rest.split_first()?;
+            rest = after;
             *cell = match tag {
-                NULL => {
-                    rest = after;
-                    Cell::Null
-                }
-                INT => {
-                    let (bytes, after) = after.split_first_chunk::<8>()?;
+                NULL => Cell::Null,
+                INT if v1 => {
+                    let (bytes, after) = rest.split_first_chunk::<8>()?;
                     rest = after;
                     Cell::Int(i64::from_le_bytes(*bytes))
                 }
+                INT => {
+                    let v = varint(&mut rest)?;
+                    Cell::Int((v >> 1) as i64 ^ -((v & 1) as i64))
+                }
                 TEXT => {
-                    let (len, after) = after.split_first_chunk::<4>()?;
-                    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
-                    let (bytes, after) = (after.get(..len)?, after.get(len..)?);
+                    let len = if v1 {
+                        let (len, after) = rest.split_first_chunk::<4>()?;
+                        rest = after;
+                        u64::from(u32::from_le_bytes(*len))
+                    } else {
+                        varint(&mut rest)?
+                    };
+                    let len = usize::try_from(len).ok()?;
+                    let (bytes, after) = (rest.get(..len)?, rest.get(len..)?);
                     rest = after;
                     Cell::Text(std::str::from_utf8(bytes).ok()?)
+                }
+                TIME if !v1 => {
+                    let (bytes, after) = rest.split_first_chunk::<8>()?;
+                    rest = after;
+                    Cell::Time(i64::from_le_bytes(*bytes))
                 }
                 _ => return None,
             };
@@ -473,7 +549,102 @@ mod tests {
         assert_eq!(again.get("t").await.unwrap().unwrap().end, Some(end), "the merge was durable");
     }
 
+    fn arb_datetime() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (timestamp::MIN..=timestamp::MAX).prop_map(timestamp::format),
+            "[0-9]{4}-[01][0-9]-[0-3][0-9][T ][0-2][0-9]:[0-5][0-9]:[0-6][0-9](\\.[0-9]{0,9})?Z?",
+        ]
+    }
+
+    fn typical_trip() -> (StartGroup, EndGroup) {
+        let start = StartGroup {
+            pickup_location_id: 93,
+            dropoff_location_id: 132,
+            vendor_id: 2,
+            pickup_datetime: "2024-05-25T13:19:00.000000Z".into(),
+            estimated_dropoff_datetime: Some("2024-05-25T13:40:00.000000Z".into()),
+            estimated_fare_amount: Some("31.5".into()),
+        };
+        let end = EndGroup {
+            dropoff_datetime: "2024-05-25T13:43:12.000000Z".into(),
+            rate_code: Some("1".into()),
+            passenger_count: Some("1".into()),
+            trip_distance: Some("7.85".into()),
+            fare_amount: "33.8".into(),
+            tip_amount: Some("5.07".into()),
+            payment_type: Some("1".into()),
+            trip_type: Some("1".into()),
+        };
+        (start, end)
+    }
+
+    #[test]
+    fn a_typical_trip_is_stored_in_73_bytes_and_reads_back() {
+        let (start, end) = typical_trip();
+        let mut value = Vec::new();
+        encode(Some(&start), Some(&end), &mut value);
+        assert_eq!(value.len(), 73, "layout 1 took 185");
+        let cells = decode("t", &value).unwrap();
+        let times = cells.iter().filter(|c| matches!(c, Cell::Time(_))).count();
+        assert_eq!(times, 3, "the three datetimes are kept as microseconds");
+        assert_eq!(item(&cells), TripItem { trip_id: "t".into(), start: Some(start), end: Some(end) });
+    }
+
+    #[test]
+    fn a_value_an_earlier_build_wrote_in_layout_1_still_reads() {
+        // Layout 1: integers in 8 bytes, every other value as text behind a 4-byte length.
+        let mut v1 = vec![LAYOUT_1, HAS_END];
+        let mut text = |v: Option<&str>| match v {
+            None => v1.push(NULL),
+            Some(v) => {
+                v1.push(TEXT);
+                v1.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                v1.extend_from_slice(v.as_bytes());
+            }
+        };
+        let (_, end) = typical_trip();
+        for v in end.values() {
+            text(v.as_deref());
+        }
+        assert_eq!(item(&decode("t", &v1).unwrap()), TripItem { trip_id: "t".into(), start: None, end: Some(end) });
+        let mut with_start = vec![LAYOUT_1, HAS_START];
+        for id in [93i64, 132, 2] {
+            with_start.push(INT);
+            with_start.extend_from_slice(&id.to_le_bytes());
+        }
+        with_start.extend_from_slice(&[NULL, NULL, NULL]);
+        let cells = decode("t", &with_start).expect("layout 1 reads its 8-byte integers");
+        assert_eq!(&cells[1..4], &[Cell::Int(93), Cell::Int(132), Cell::Int(2)]);
+        with_start[0] = 9;
+        assert!(decode("t", &with_start).is_none(), "an unknown layout is refused");
+    }
+
     proptest! {
+        #[test]
+        fn a_datetime_kept_as_microseconds_formats_back_to_its_text(text in arb_datetime()) {
+            if let Some(micros) = stored_micros(&text) {
+                prop_assert_eq!(timestamp::format(micros), text);
+            }
+        }
+
+        #[test]
+        fn every_instant_in_the_stored_form_is_kept_as_microseconds(micros in timestamp::MIN..=timestamp::MAX) {
+            prop_assert_eq!(stored_micros(&timestamp::format(micros)), Some(micros));
+        }
+
+        #[test]
+        fn an_item_with_stored_form_datetimes_decodes_to_itself(id in ".{1,20}", pickup in arb_datetime(),
+                                                               dropoff in arb_datetime(), ids in any::<[i64; 3]>()) {
+            let (mut start, mut end) = typical_trip();
+            start.pickup_datetime = pickup;
+            [start.pickup_location_id, start.dropoff_location_id, start.vendor_id] = ids;
+            end.dropoff_datetime = dropoff;
+            let mut value = Vec::new();
+            encode(Some(&start), Some(&end), &mut value);
+            let cells = decode(&id, &value).expect("what encode wrote decodes");
+            prop_assert_eq!(item(&cells), TripItem { trip_id: id.clone(), start: Some(start), end: Some(end) });
+        }
+
         #[test]
         fn a_stored_item_decodes_to_itself(id in ".{1,20}", start in proptest::option::of(arb_start()),
                                             end in proptest::option::of(arb_end())) {
