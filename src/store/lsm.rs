@@ -336,6 +336,11 @@ fn decode<'a>(trip_id: &'a str, value: &'a [u8]) -> Option<[Cell<'a>; STORED_COL
         }
         None
     }
+    fn take<const N: usize>(rest: &mut &[u8]) -> Option<[u8; N]> {
+        let (bytes, after) = rest.split_first_chunk::<N>()?;
+        *rest = after;
+        Some(*bytes)
+    }
     let mut cells = [Cell::Null; STORED_COLUMNS];
     cells[0] = Cell::Text(trip_id);
     let (&layout, rest) = value.split_first()?;
@@ -346,37 +351,22 @@ fn decode<'a>(trip_id: &'a str, value: &'a [u8]) -> Option<[Cell<'a>; STORED_COL
     let v1 = layout == LAYOUT_1;
     let mut read = |range: std::ops::Range<usize>, cells: &mut [Cell<'a>; STORED_COLUMNS]| -> Option<()> {
         for cell in &mut cells[range] {
-            let (&tag, after) = rest.split_first()?;
-            rest = after;
+            let [tag] = take(&mut rest)?;
             *cell = match tag {
                 NULL => Cell::Null,
-                INT if v1 => {
-                    let (bytes, after) = rest.split_first_chunk::<8>()?;
-                    rest = after;
-                    Cell::Int(i64::from_le_bytes(*bytes))
-                }
+                INT if v1 => Cell::Int(i64::from_le_bytes(take(&mut rest)?)),
                 INT => {
                     let v = varint(&mut rest)?;
                     Cell::Int((v >> 1) as i64 ^ -((v & 1) as i64))
                 }
                 TEXT => {
-                    let len = if v1 {
-                        let (len, after) = rest.split_first_chunk::<4>()?;
-                        rest = after;
-                        u64::from(u32::from_le_bytes(*len))
-                    } else {
-                        varint(&mut rest)?
-                    };
+                    let len = if v1 { u64::from(u32::from_le_bytes(take(&mut rest)?)) } else { varint(&mut rest)? };
                     let len = usize::try_from(len).ok()?;
-                    let (bytes, after) = (rest.get(..len)?, rest.get(len..)?);
+                    let (bytes, after) = rest.split_at_checked(len)?;
                     rest = after;
                     Cell::Text(std::str::from_utf8(bytes).ok()?)
                 }
-                TIME if !v1 => {
-                    let (bytes, after) = rest.split_first_chunk::<8>()?;
-                    rest = after;
-                    Cell::Time(i64::from_le_bytes(*bytes))
-                }
+                TIME if !v1 => Cell::Time(i64::from_le_bytes(take(&mut rest)?)),
                 _ => return None,
             };
         }
