@@ -16,7 +16,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use super::RowKey;
 use crate::{Error, Result};
 
-/// Keys in one run: 12 MiB of them, and 6 MiB more while the run is sorted. In `run`,
+/// Keys in one run: 12 MiB of them, and up to 8 MB more while the stable sort runs. In `run`,
 /// produce's runs share the process with ingest: runs of 2M keys (48 MiB) put the peak
 /// of a 10M-trip `run` where produce's last runs merge beside ingest.
 pub const RUN_KEYS: usize = 1 << 19;
