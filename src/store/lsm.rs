@@ -165,7 +165,7 @@ impl Tables {
                     .max_memtable_size(MEMTABLE_BYTES)
                     .data_block_compression_policy(CompressionPolicy::all(COMPRESSION))
             })
-                .stage(Stage::Store, format!("cannot open {name} in {}", path.display()))
+            .stage(Stage::Store, format!("cannot open {name} in {}", path.display()))
         };
         // Options apply when a keyspace is created; an existing one keeps those it was
         // created with (a table an earlier build made keeps LZ4 below L1, still read).
