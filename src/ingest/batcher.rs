@@ -2,10 +2,6 @@
 //! (`rows >= batch_rows || bytes >= batch_bytes || elapsed >= linger`), whichever comes
 //! first. The byte bound keeps memory flat under hostile input: 65,536 records of 1 MiB
 //! are never held at once.
-//!
-//! A batch may be taken in chunks as it fills ([`Batcher::take_chunk`]): ingest decodes
-//! each chunk and keeps only its coalesced updates, so the records of a large batch are
-//! never all held at once either. The chunks taken still count towards the bounds.
 
 use std::time::{Duration, Instant};
 
@@ -28,12 +24,7 @@ pub struct Batcher {
     max_bytes: usize,
     linger: Duration,
     pending: Vec<Pending>,
-    /// Record data of the whole batch, chunks taken included.
     bytes: usize,
-    /// Record data of `pending`.
-    pending_bytes: usize,
-    /// Records of the batch already taken as chunks.
-    taken: usize,
     since: Option<Instant>,
 }
 
@@ -41,22 +32,12 @@ impl Batcher {
     /// A batcher flushing at `rows` records, at `max_bytes` bytes of record data, or
     /// after `linger`.
     pub fn new(rows: usize, max_bytes: usize, linger: Duration) -> Self {
-        Batcher { rows, max_bytes, linger, pending: Vec::new(), bytes: 0, pending_bytes: 0, taken: 0, since: None }
+        Batcher { rows, max_bytes, linger, pending: Vec::new(), bytes: 0, since: None }
     }
 
     /// How many more records fit.
     pub fn room(&self) -> usize {
-        if self.is_full() { 0 } else { self.rows - self.len() }
-    }
-
-    /// Records in the batch, chunks taken included.
-    pub fn len(&self) -> usize {
-        self.taken + self.pending.len()
-    }
-
-    /// Records held, not yet taken as a chunk, and their bytes of data.
-    pub fn pending(&self) -> (usize, usize) {
-        (self.pending.len(), self.pending_bytes)
+        if self.is_full() { 0 } else { self.rows - self.pending.len() }
     }
 
     /// How many more bytes of record data fit.
@@ -66,28 +47,27 @@ impl Batcher {
 
     /// True when the batch holds `rows` records or `max_bytes` bytes.
     pub fn is_full(&self) -> bool {
-        self.len() >= self.rows || self.bytes >= self.max_bytes
+        self.pending.len() >= self.rows || self.bytes >= self.max_bytes
     }
 
-    /// Bytes of record data in the batch, chunks taken included.
+    /// Bytes of record data pending.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// True when the batch has no records, held or taken.
+    /// True when nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.pending.is_empty()
     }
 
     /// Adds records.
     pub fn extend(&mut self, records: impl IntoIterator<Item = Pending>) {
-        let before = self.len();
+        let before = self.pending.len();
         for p in records {
             self.bytes += p.record.data.len();
-            self.pending_bytes += p.record.data.len();
             self.pending.push(p);
         }
-        if before == 0 && self.len() > 0 {
+        if before == 0 && !self.pending.is_empty() {
             self.since = Some(Instant::now());
         }
     }
@@ -102,20 +82,10 @@ impl Batcher {
         self.since.map(|t| self.linger.saturating_sub(now.duration_since(t)))
     }
 
-    /// Takes the records held as a chunk of the batch: they still count towards its
-    /// bounds and its linger time until [`Batcher::take`].
-    pub fn take_chunk(&mut self) -> Vec<Pending> {
-        self.taken += self.pending.len();
-        self.pending_bytes = 0;
-        std::mem::take(&mut self.pending)
-    }
-
-    /// Takes the records held, ending the batch: the batcher starts the next one empty.
+    /// Takes the pending records, leaving the batcher empty.
     pub fn take(&mut self) -> Vec<Pending> {
         self.since = None;
         self.bytes = 0;
-        self.pending_bytes = 0;
-        self.taken = 0;
         std::mem::take(&mut self.pending)
     }
 }
@@ -166,20 +136,5 @@ mod tests {
         assert_eq!((b.room(), b.byte_room(), b.bytes()), (0, 0, (3 << 20) + 1));
         assert_eq!(b.take().len(), 3);
         assert_eq!((b.bytes(), b.room()), (0, 65_536));
-    }
-
-    #[test]
-    fn chunks_taken_count_towards_the_batch_until_it_is_taken() {
-        let mut b = Batcher::new(4, 100, Duration::from_millis(50));
-        b.extend([sized(1, 10), sized(2, 20)]);
-        assert_eq!(b.take_chunk().len(), 2);
-        assert_eq!((b.len(), b.pending(), b.bytes(), b.room(), b.byte_room()), (2, (0, 0), 30, 2, 70));
-        assert!(!b.is_empty() && b.time_left(Instant::now()).is_some(), "the batch still lingers");
-        b.extend([sized(3, 5), sized(4, 5)]);
-        assert_eq!(b.pending(), (2, 10));
-        assert!(b.is_full() && b.room() == 0, "two held and two taken fill four rows");
-        assert_eq!(b.take().len(), 2);
-        assert!(b.is_empty() && b.time_left(Instant::now()).is_none());
-        assert_eq!((b.room(), b.byte_room()), (4, 100));
     }
 }

@@ -11,7 +11,7 @@ pub mod coalesce;
 pub mod decode;
 pub mod validate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -234,8 +234,6 @@ impl Ingest<'_> {
         // The slot of the next hand-over, taken before its records are read: while the
         // previous batch waits in the hand-over, no third one is gathered.
         let mut slot = None;
-        // The chunks of the batch being read, decoded and coalesced so far.
-        let mut gathered = Gathered::default();
 
         // Each round starts at the next shard, so a busy shard cannot starve the others.
         let mut first_shard = 0;
@@ -260,45 +258,20 @@ impl Ingest<'_> {
                 if readers.finished[i] {
                     continue;
                 }
-                // A shard is read up to the end of the batch, as one read would: a batch
-                // of one shard spans more of each trip's time, so more of its events
-                // coalesce. It is read in chunks, though, each decoded as it fills.
-                loop {
-                    let (rows, bytes) = batcher.pending();
-                    let room = batcher.room().min(CHUNK_ROWS - rows);
-                    if room == 0 {
-                        break;
-                    }
-                    let byte_room = batcher.byte_room().min(CHUNK_BYTES - bytes);
-                    let read = self.source.read(&readers.iterators[i], room, byte_room).await?;
-                    readers.iterators[i] = read.next;
-                    readers.caught_up[i] = read.caught_up;
-                    readers.millis_behind[i] = read.millis_behind;
-                    telemetry::shard_lag(&readers.ids[i], read.millis_behind, None);
-                    // Another read of this shard only when this one stopped at the chunk's
-                    // end, not at the shard's or at its backend's limit (Kinesis returns up
-                    // to 10,000 records a call, and 5 calls a second per shard).
-                    let again = !read.caught_up && !read.closed && {
-                        let got: usize = read.records.iter().map(|r| r.data.len()).sum();
-                        read.records.len() == room || got >= byte_room
-                    };
-                    batcher.extend(read.records.into_iter().map(|record| Pending { shard: i, record }));
-                    // A full chunk is decoded now, and only its coalesced updates are kept.
-                    let (rows, bytes) = batcher.pending();
-                    if rows >= CHUNK_ROWS || bytes >= CHUNK_BYTES {
-                        gathered.add(prepare_batch(&stream, &readers.ids, batcher.take_chunk())?);
-                    }
-                    if read.closed {
-                        info!(shard = %readers.ids[i], "Shard closed and read to its end; its children may start.");
-                        readers.finished[i] = true;
-                        readers.done.insert(readers.ids[i].clone());
-                    }
-                    if !again {
-                        break;
-                    }
-                }
-                if batcher.room() == 0 {
+                let room = batcher.room();
+                if room == 0 {
                     break;
+                }
+                let read = self.source.read(&readers.iterators[i], room, batcher.byte_room()).await?;
+                readers.iterators[i] = read.next;
+                readers.caught_up[i] = read.caught_up;
+                readers.millis_behind[i] = read.millis_behind;
+                telemetry::shard_lag(&readers.ids[i], read.millis_behind, None);
+                batcher.extend(read.records.into_iter().map(|record| Pending { shard: i, record }));
+                if read.closed {
+                    info!(shard = %readers.ids[i], "Shard closed and read to its end; its children may start.");
+                    readers.finished[i] = true;
+                    readers.done.insert(readers.ids[i].clone());
                 }
             }
             readers.open_ready(self, opts).await?;
@@ -307,11 +280,7 @@ impl Ingest<'_> {
             let stopping = opts.stop.load(Ordering::Relaxed);
             let due = batcher.room() == 0 || (may_linger && batcher.ready(Instant::now()));
             if due || (!batcher.is_empty() && (all_caught_up && !following || stopping)) {
-                let rest = batcher.take();
-                if !rest.is_empty() {
-                    gathered.add(prepare_batch(&stream, &readers.ids, rest)?);
-                }
-                let batch = gathered.take().expect("a batch that is not empty");
+                let batch = prepare_batch(&stream, &readers.ids, batcher.take())?;
                 let millis_behind = readers.millis_behind.iter().flatten().max().copied();
                 slot.take().expect("reserved above").send(Handover {
                     batch,
@@ -364,14 +333,6 @@ impl Ingest<'_> {
     }
 }
 
-/// A batch is decoded, validated and coalesced in chunks of at most this many records
-/// as it is read, so that a batch larger than a chunk holds
-/// only its coalesced updates, not every record and its Arrow columns.
-pub const CHUNK_ROWS: usize = 65_536;
-
-/// ...or this many bytes of record data, whichever comes first.
-pub const CHUNK_BYTES: usize = 32 << 20;
-
 /// A prepared batch on its way from the reads to the merges, with the shards its
 /// positions are indexed by and how far behind the reads were.
 struct Handover {
@@ -384,9 +345,7 @@ struct Handover {
 /// checkpoints need, with the records and their Arrow columns freed.
 pub struct PreparedBatch {
     read: u64,
-    /// One update per trip, in slices merged one after another (one per chunk, each
-    /// freed once merged): a trip is in one slice only.
-    updates: Vec<Vec<TripUpdate>>,
+    updates: Vec<TripUpdate>,
     /// Valid groups among the updates, and valid events superseded inside the batch.
     groups: u64,
     superseded: u64,
@@ -457,98 +416,13 @@ pub fn prepare_batch(stream: &str, shards: &[ShardId], batch: Vec<Pending>) -> R
 
     Ok(PreparedBatch {
         read,
-        updates: vec![coalesced.updates],
+        updates: coalesced.updates,
         groups,
         superseded: coalesced.superseded as u64,
         letters,
         last,
         decode_validate: began.elapsed(),
     })
-}
-
-/// A batch being prepared chunk by chunk as it is read: the chunks so far as one
-/// [`PreparedBatch`], and where each trip's update is in it.
-#[derive(Default)]
-struct Gathered {
-    batch: Option<PreparedBatch>,
-    /// The slice and position of each trip's update.
-    index: HashMap<String, (usize, usize)>,
-}
-
-impl Gathered {
-    /// Adds `next`, the next chunk of the batch, as if the chunks had been prepared as
-    /// one: a trip's groups are coalesced across them (the newest version of each kind,
-    /// the earlier of equal ones), and the counts add up.
-    fn add(&mut self, next: PreparedBatch) {
-        let Some(batch) = self.batch.as_mut() else {
-            self.index = (next.updates.iter().enumerate())
-                .flat_map(|(s, slice)| slice.iter().enumerate().map(move |(i, u)| (u.trip_id.clone(), (s, i))))
-                .collect();
-            self.batch = Some(next);
-            return;
-        };
-        batch.read += next.read;
-        batch.superseded += next.superseded;
-        batch.decode_validate += next.decode_validate;
-        batch.letters.extend(next.letters);
-        if batch.last.len() < next.last.len() {
-            batch.last.resize(next.last.len(), None);
-        }
-        for (kept, newer) in batch.last.iter_mut().zip(next.last) {
-            if newer.is_some() {
-                *kept = newer;
-            }
-        }
-        // The chunk's new trips become the next slice, in place: a slice grown by
-        // pushes held up to twice its updates (a quarter of a 1M-trip ingest's heap).
-        let mut slices = next.updates;
-        let mut slice = if slices.len() == 1 { slices.pop().unwrap_or_default() } else { slices.into_iter().flatten().collect() };
-        let s = batch.updates.len();
-        let mut kept_here = 0;
-        slice.retain_mut(|update| {
-            let Some(&(at, i)) = self.index.get(&update.trip_id) else {
-                batch.groups += u64::from(update.start.is_some()) + u64::from(update.end.is_some());
-                self.index.insert(update.trip_id.clone(), (s, kept_here));
-                kept_here += 1;
-                return true;
-            };
-            let kept = &mut batch.updates[at][i];
-            let (start_added, start_superseded) =
-                keep_newer(&mut kept.start, update.start.take(), |s| &s.pickup_datetime);
-            let (end_added, end_superseded) = keep_newer(&mut kept.end, update.end.take(), |e| &e.dropoff_datetime);
-            batch.groups += start_added + end_added;
-            batch.superseded += start_superseded + end_superseded;
-            false
-        });
-        if !slice.is_empty() {
-            slice.shrink_to_fit();
-            batch.updates.push(slice);
-        }
-    }
-
-    /// The batch gathered, if any chunk was added; the gathering starts empty again.
-    fn take(&mut self) -> Option<PreparedBatch> {
-        self.index = HashMap::new();
-        self.batch.take()
-    }
-}
-
-/// Coalesces `incoming` into `kept` (the newer version wins, the kept one on a tie);
-/// returns the groups added and the groups superseded, each 0 or 1.
-fn keep_newer<G>(kept: &mut Option<G>, incoming: Option<G>, version: impl Fn(&G) -> &String) -> (u64, u64) {
-    match (kept.as_ref(), incoming) {
-        (_, None) => (0, 0),
-        (None, Some(g)) => {
-            *kept = Some(g);
-            (1, 0)
-        }
-        (Some(k), Some(g)) => {
-            if version(&g) > version(k) {
-                *kept = Some(g);
-            }
-            (0, 1)
-        }
-    }
 }
 
 /// The I/O half of [`merge_batch`]: the conditional merge into `store` and the dead
@@ -564,11 +438,8 @@ pub async fn merge_prepared(
     let PreparedBatch { read, updates, groups, superseded, letters, last, decode_validate } = batch;
     let began = Instant::now();
     let writes_before = store.write_requests();
-    let mut applied = 0;
-    for slice in updates.into_iter().filter(|slice| !slice.is_empty()) {
-        let outcomes = store.merge(slice).await?;
-        applied += outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum::<u64>();
-    }
+    let outcomes = store.merge(updates).await?;
+    let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
     dead_letters.write(&letters).await?;
 
     let counts = IngestCounts {
@@ -792,50 +663,5 @@ mod tests {
         let err = run.expect("the follower kept waiting after its merge failed").unwrap_err();
         assert!(err.to_string().contains("the disk is full"), "{err}");
         assert_eq!(stream.get(DEFAULT_CONSUMER, &stream.shards().await.unwrap()[0].id).await.unwrap(), None);
-    }
-
-    /// Events of a few trips in shuffled order, with repeats, older and equal versions,
-    /// and a rejected record now and then, over two shards.
-    fn mixed_events(n: u64) -> Vec<Pending> {
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        (1..=n)
-            .map(|seq| {
-                let (trip, minute, fare) = (next() % 40, next() % 5, next() % 3);
-                let at = format!("2024-05-25 10:{minute:02}:00");
-                let data = match next() % 7 {
-                    0 => format!(r#"{{"trip_id":"t{trip}","dropoff_datetime":"10:{minute}","fare_amount":"{fare}"}}"#),
-                    1..=3 => start(&format!("t{trip}"), &at),
-                    _ => format!(r#"{{"trip_id":"t{trip}","dropoff_datetime":"{at}","fare_amount":"1{fare}.5"}}"#),
-                };
-                Pending { shard: (seq % 2) as usize, record: record(seq, data) }
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_batch_prepared_in_chunks_is_the_batch_prepared_at_once() {
-        let shards = vec!["shardId-000000000000".to_string(), "shardId-000000000001".to_string()];
-        let whole = prepare_batch("test", &shards, mixed_events(500)).unwrap();
-        let shape = (whole.superseded, whole.letters.len(), whole.groups);
-        assert!(shape.0 > 100 && shape.1 > 10 && shape.2 > 40, "a batch worth chunking: {shape:?}");
-        for chunk in [1, 7, 64, 499] {
-            let mut events = mixed_events(500).into_iter().peekable();
-            let mut gathered = Gathered::default();
-            while events.peek().is_some() {
-                gathered.add(prepare_batch("test", &shards, events.by_ref().take(chunk).collect()).unwrap());
-            }
-            let chunked = gathered.take().unwrap();
-            assert_eq!(chunked.updates.concat(), whole.updates.concat(), "chunks of {chunk}");
-            let counts = |b: &PreparedBatch| (b.read, b.groups, b.superseded, b.last.clone());
-            assert_eq!(counts(&chunked), counts(&whole), "chunks of {chunk}");
-            assert_eq!(chunked.letters, whole.letters, "chunks of {chunk}");
-            assert!(gathered.take().is_none(), "taking the batch starts the next one");
-        }
     }
 }
