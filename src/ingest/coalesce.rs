@@ -52,7 +52,7 @@ pub fn coalesce(v: &Validated) -> Coalesced {
         .map(|id| {
             let [start, end] = newest[id];
             TripUpdate {
-                trip_id: id.to_owned(),
+                trip_id: id.into(),
                 start: start.map(|r| start_group(v, r)),
                 end: end.map(|r| end_group(v, r)),
             }

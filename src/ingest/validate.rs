@@ -15,6 +15,7 @@ use arrow::compute::kernels::boolean::{and, or};
 use arrow::compute::{CastOptions, is_not_null, is_null};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use regex::Regex;
+use compact_str::CompactString;
 
 use super::decode::{COLUMNS, Decoded, is_blank, quote};
 use crate::error::{Context, Stage};
@@ -81,13 +82,13 @@ impl Validated {
     }
 
     /// A timestamp field of `row` in the stored fixed-width form.
-    pub fn timestamp_text(&self, name: &str, row: usize) -> Option<String> {
+    pub fn timestamp_text(&self, name: &str, row: usize) -> Option<CompactString> {
         let col = self.column(name).as_primitive::<TimestampMicrosecondType>();
-        col.is_valid(row).then(|| timestamp::format(col.value(row)))
+        col.is_valid(row).then(|| timestamp::format(col.value(row)).into())
     }
 
     /// A decimal field of `row` as canonical text.
-    pub fn decimal_text(&self, name: &str, row: usize) -> Option<String> {
+    pub fn decimal_text(&self, name: &str, row: usize) -> Option<CompactString> {
         let col = self.column(name).as_primitive::<Decimal128Type>();
         col.is_valid(row).then(|| decimal_text(col.value(row)))
     }
@@ -100,15 +101,23 @@ impl Validated {
 }
 
 /// Canonical text of a Decimal128 at [`DECIMAL_SCALE`]: no trailing zeros, no exponent.
-pub fn decimal_text(value: i128) -> String {
+/// Up to 24 bytes (any fare, distance or code) are held inline, with no allocation.
+pub fn decimal_text(value: i128) -> CompactString {
+    use std::fmt::Write as _;
     let scale = 10i128.pow(DECIMAL_SCALE as u32);
     let sign = if value < 0 { "-" } else { "" };
-    let (int, frac) = ((value / scale).unsigned_abs(), (value % scale).unsigned_abs());
-    if frac == 0 {
-        return format!("{sign}{int}");
+    let (int, mut frac) = ((value / scale).unsigned_abs(), (value % scale).unsigned_abs());
+    let mut out = CompactString::default();
+    write!(out, "{sign}{int}").expect("writing to a string");
+    if frac != 0 {
+        let mut width = DECIMAL_SCALE as usize;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        write!(out, ".{frac:0width$}").expect("writing to a string");
     }
-    let frac = format!("{frac:0width$}", width = DECIMAL_SCALE as usize);
-    format!("{sign}{int}.{}", frac.trim_end_matches('0'))
+    out
 }
 
 /// Rows where `mask` is true (nulls count as false).

@@ -35,6 +35,7 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use super::{
+    CompactString,
     EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup, TripItem, TripStore,
     TripUpdate,
 };
@@ -70,7 +71,7 @@ enum Other {
     /// The group is stored with a version not newer than the written one.
     NotNewer,
     /// The group is stored with exactly this version.
-    Is(String),
+    Is(CompactString),
 }
 
 /// One conditional write: which groups it writes, and its assumption about the other.
@@ -94,7 +95,7 @@ impl Plan {
     /// The next try after the condition failed against the `stored` versions; `None`
     /// when nothing of the update is newer than what is stored.
     fn after_failure(u: &TripUpdate, stored: &StoredVersions) -> Option<Plan> {
-        let newer = |incoming: Option<&String>, stored: &Option<String>| {
+        let newer = |incoming: Option<&CompactString>, stored: &Option<CompactString>| {
             incoming.is_some_and(|v| stored.as_ref().is_none_or(|s| v > s))
         };
         let start = newer(u.start.as_ref().map(|s| &s.pickup_datetime), &stored.pickup);
@@ -108,8 +109,8 @@ impl Plan {
 /// The versions of a stored item, from a failed condition's ALL_OLD.
 #[derive(Debug, Default)]
 struct StoredVersions {
-    pickup: Option<String>,
-    dropoff: Option<String>,
+    pickup: Option<CompactString>,
+    dropoff: Option<CompactString>,
 }
 
 fn is_number(spec: &FieldSpec) -> bool {
@@ -129,12 +130,12 @@ fn expression(u: &TripUpdate, plan: &Plan) -> Expression {
     let mut remove = Vec::new();
     let mut names = HashMap::new();
     let mut values = HashMap::new();
-    let mut put = |spec: &FieldSpec, value: Option<String>, set: &mut Vec<String>, remove: &mut Vec<String>| {
+    let mut put = |spec: &FieldSpec, value: Option<CompactString>, set: &mut Vec<String>, remove: &mut Vec<String>| {
         names.insert(format!("#{}", spec.name), spec.name.to_owned());
         match value {
             Some(v) => {
                 set.push(format!("#{0} = :{0}", spec.name));
-                let v = if is_number(spec) { AttributeValue::N(v) } else { AttributeValue::S(v) };
+                let v = if is_number(spec) { AttributeValue::N(v.into()) } else { AttributeValue::S(v.into()) };
                 values.insert(format!(":{}", spec.name), v);
             }
             None => remove.push(format!("#{}", spec.name)),
@@ -184,7 +185,7 @@ fn expression(u: &TripUpdate, plan: &Plan) -> Expression {
                 }
                 Other::Is(v) => {
                     condition.push(format!("#{other_field} = :stored_{other_field}"));
-                    values.insert(format!(":stored_{other_field}"), AttributeValue::S(v.clone()));
+                    values.insert(format!(":stored_{other_field}"), AttributeValue::S(v.to_string()));
                     (true, mine.max(v).clone())
                 }
             }
@@ -201,7 +202,7 @@ fn expression(u: &TripUpdate, plan: &Plan) -> Expression {
     names.insert("#trip_completed".into(), "trip_completed".into());
     names.insert("#last_updated".into(), "last_updated".into());
     values.insert(":trip_completed".into(), AttributeValue::Bool(completed));
-    values.insert(":last_updated".into(), AttributeValue::S(last_updated));
+    values.insert(":last_updated".into(), AttributeValue::S(last_updated.into()));
 
     let mut update = format!("SET {}", set.join(", "));
     if !remove.is_empty() {
@@ -210,9 +211,9 @@ fn expression(u: &TripUpdate, plan: &Plan) -> Expression {
     Expression { update, condition: condition.join(" AND "), names, values }
 }
 
-fn text(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
+fn text(item: &HashMap<String, AttributeValue>, name: &str) -> Option<CompactString> {
     match item.get(name)? {
-        AttributeValue::S(s) | AttributeValue::N(s) => Some(s.clone()),
+        AttributeValue::S(s) | AttributeValue::N(s) => Some(s.into()),
         _ => None,
     }
 }
@@ -406,7 +407,7 @@ impl DynamoStore {
                 .client
                 .update_item()
                 .table_name(&self.table)
-                .key("trip_id", AttributeValue::S(u.trip_id.clone()))
+                .key("trip_id", AttributeValue::S(u.trip_id.to_string()))
                 .update_expression(e.update)
                 .condition_expression(e.condition)
                 .set_expression_attribute_names(Some(e.names))

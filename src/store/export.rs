@@ -108,8 +108,8 @@ pub enum Cell<'a> {
 }
 
 impl<'a> Cell<'a> {
-    fn text(value: Option<&'a String>) -> Self {
-        value.map_or(Cell::Null, |v| Cell::Text(v))
+    fn text(value: Option<&'a str>) -> Self {
+        value.map_or(Cell::Null, Cell::Text)
     }
 }
 
@@ -237,19 +237,19 @@ impl ExportBuilder {
             cells[2] = Cell::Int(s.dropoff_location_id);
             cells[3] = Cell::Int(s.vendor_id);
             cells[4] = Cell::Text(&s.pickup_datetime);
-            cells[5] = Cell::text(s.estimated_dropoff_datetime.as_ref());
-            cells[6] = Cell::text(s.estimated_fare_amount.as_ref());
+            cells[5] = Cell::text(s.estimated_dropoff_datetime.as_deref());
+            cells[6] = Cell::text(s.estimated_fare_amount.as_deref());
         }
         if let Some(e) = &item.end {
             let at = DROPOFF;
             cells[at] = Cell::Text(&e.dropoff_datetime);
-            cells[at + 1] = Cell::text(e.rate_code.as_ref());
-            cells[at + 2] = Cell::text(e.passenger_count.as_ref());
-            cells[at + 3] = Cell::text(e.trip_distance.as_ref());
+            cells[at + 1] = Cell::text(e.rate_code.as_deref());
+            cells[at + 2] = Cell::text(e.passenger_count.as_deref());
+            cells[at + 3] = Cell::text(e.trip_distance.as_deref());
             cells[at + 4] = Cell::Text(&e.fare_amount);
-            cells[at + 5] = Cell::text(e.tip_amount.as_ref());
-            cells[at + 6] = Cell::text(e.payment_type.as_ref());
-            cells[at + 7] = Cell::text(e.trip_type.as_ref());
+            cells[at + 5] = Cell::text(e.tip_amount.as_deref());
+            cells[at + 6] = Cell::text(e.payment_type.as_deref());
+            cells[at + 7] = Cell::text(e.trip_type.as_deref());
         }
         self.push_into(&cells, batches)
     }

@@ -32,6 +32,7 @@ use fjall::config::{CompressionPolicy, FilterPolicy};
 use fjall::{AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{
+    CompactString, ToCompactString,
     Cell, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem, TripStore,
     TripUpdate,
 };
@@ -263,9 +264,9 @@ impl Tables {
 /// The item of `cells` as stored: the groups that have a version.
 fn item(cells: &[Cell<'_>; STORED_COLUMNS]) -> TripItem {
     let text = |c: Cell<'_>| match c {
-        Cell::Text(t) => Some(t.to_owned()),
-        Cell::Int(v) => Some(v.to_string()),
-        Cell::Time(v) => Some(timestamp::format(v)),
+        Cell::Text(t) => Some(CompactString::from(t)),
+        Cell::Int(v) => Some(v.to_compact_string()),
+        Cell::Time(v) => Some(timestamp::format(v).into()),
         Cell::Null => None,
     };
     let int = |c: Cell<'_>| match c {
@@ -481,7 +482,7 @@ impl TripStore for LsmStore {
                 let start = if outcome.start_applied { u.start.as_ref() } else { stored_start.as_ref() };
                 let end = if outcome.end_applied { u.end.as_ref() } else { stored_end.as_ref() };
                 encode(start, end, &mut value);
-                batch.insert(&t.trips, &u.trip_id, &value);
+                batch.insert(&t.trips, u.trip_id.as_str(), &value);
                 if outcome.end_applied {
                     let new = u.end.as_ref().map(|e| date_key(&e.dropoff_datetime, &u.trip_id));
                     if let Some(old) = stored_end.as_ref().map(|e| date_key(&e.dropoff_datetime, &u.trip_id))
@@ -548,25 +549,26 @@ impl TripStore for LsmStore {
 
 #[cfg(test)]
 mod tests {
+    use compact_str::format_compact;
     use proptest::prelude::*;
 
     use super::*;
 
-    fn arb_text() -> impl Strategy<Value = Option<String>> {
-        proptest::option::of(".{0,40}")
+    fn arb_text() -> impl Strategy<Value = Option<CompactString>> {
+        proptest::option::of(".{0,40}".prop_map(CompactString::from))
     }
 
     prop_compose! {
         fn arb_start()(ids in any::<[i64; 3]>(), at in "[0-9T:.Z-]{1,30}", a in arb_text(), b in arb_text()) -> StartGroup {
             StartGroup { pickup_location_id: ids[0], dropoff_location_id: ids[1], vendor_id: ids[2],
-                pickup_datetime: at, estimated_dropoff_datetime: a, estimated_fare_amount: b }
+                pickup_datetime: at.into(), estimated_dropoff_datetime: a, estimated_fare_amount: b }
         }
     }
 
     prop_compose! {
         fn arb_end()(at in "[0-9T:.Z-]{10,30}", fare in ".{0,40}", t in proptest::collection::vec(arb_text(), 6)) -> EndGroup {
-            EndGroup { dropoff_datetime: at, rate_code: t[0].clone(), passenger_count: t[1].clone(),
-                trip_distance: t[2].clone(), fare_amount: fare, tip_amount: t[3].clone(),
+            EndGroup { dropoff_datetime: at.into(), rate_code: t[0].clone(), passenger_count: t[1].clone(),
+                trip_distance: t[2].clone(), fare_amount: fare.into(), tip_amount: t[3].clone(),
                 payment_type: t[4].clone(), trip_type: t[5].clone() }
         }
     }
@@ -604,7 +606,7 @@ mod tests {
         let store = LsmStore { tables: Arc::new(tables), writes: Arc::default() };
         let (start, end) = typical_trip();
         let update =
-            |i: usize| TripUpdate { trip_id: format!("{i:036}"), start: Some(start.clone()), end: Some(end.clone()) };
+            |i: usize| TripUpdate { trip_id: format_compact!("{i:036}"), start: Some(start.clone()), end: Some(end.clone()) };
         // About 175 bytes a trip in fjall's count: `full` trips fill a memtable.
         let full = usize::try_from(MEMTABLE_BYTES / 175).unwrap();
         store.merge((0..full / 2).map(update).collect()).await.unwrap();
@@ -744,13 +746,13 @@ mod tests {
         fn an_item_with_stored_form_datetimes_decodes_to_itself(id in ".{1,20}", pickup in arb_datetime(),
                                                                dropoff in arb_datetime(), ids in any::<[i64; 3]>()) {
             let (mut start, mut end) = typical_trip();
-            start.pickup_datetime = pickup;
+            start.pickup_datetime = pickup.into();
             [start.pickup_location_id, start.dropoff_location_id, start.vendor_id] = ids;
-            end.dropoff_datetime = dropoff;
+            end.dropoff_datetime = dropoff.into();
             let mut value = Vec::new();
             encode(Some(&start), Some(&end), &mut value);
             let cells = decode(&id, &value).expect("what encode wrote decodes");
-            prop_assert_eq!(item(&cells), TripItem { trip_id: id.clone(), start: Some(start), end: Some(end) });
+            prop_assert_eq!(item(&cells), TripItem { trip_id: id.as_str().into(), start: Some(start), end: Some(end) });
         }
 
         #[test]
@@ -759,7 +761,7 @@ mod tests {
             let mut value = Vec::new();
             encode(start.as_ref(), end.as_ref(), &mut value);
             let cells = decode(&id, &value).expect("what encode wrote decodes");
-            prop_assert_eq!(item(&cells), TripItem { trip_id: id.clone(), start, end });
+            prop_assert_eq!(item(&cells), TripItem { trip_id: id.as_str().into(), start, end });
         }
 
         #[test]

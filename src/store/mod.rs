@@ -14,6 +14,7 @@ pub mod sqlite;
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use chrono::NaiveDate;
+pub use compact_str::{CompactString, ToCompactString};
 
 pub use self::export::{Cell, EXPORT_BATCH_ROWS, ExportBuilder, Projection, STORED_COLUMNS};
 use crate::Result;
@@ -29,41 +30,41 @@ pub struct StartGroup {
     /// Vendor.
     pub vendor_id: i64,
     /// The group's version.
-    pub pickup_datetime: String,
+    pub pickup_datetime: CompactString,
     /// Optional estimate.
-    pub estimated_dropoff_datetime: Option<String>,
+    pub estimated_dropoff_datetime: Option<CompactString>,
     /// Optional estimate.
-    pub estimated_fare_amount: Option<String>,
+    pub estimated_fare_amount: Option<CompactString>,
 }
 
 /// The end group of a trip, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndGroup {
     /// The group's version; its UTC date is the trip's `trip_date`.
-    pub dropoff_datetime: String,
+    pub dropoff_datetime: CompactString,
     /// Optional code.
-    pub rate_code: Option<String>,
+    pub rate_code: Option<CompactString>,
     /// Optional count.
-    pub passenger_count: Option<String>,
+    pub passenger_count: Option<CompactString>,
     /// Optional distance.
-    pub trip_distance: Option<String>,
+    pub trip_distance: Option<CompactString>,
     /// The fare.
-    pub fare_amount: String,
+    pub fare_amount: CompactString,
     /// Optional tip.
-    pub tip_amount: Option<String>,
+    pub tip_amount: Option<CompactString>,
     /// Optional code.
-    pub payment_type: Option<String>,
+    pub payment_type: Option<CompactString>,
     /// Optional code.
-    pub trip_type: Option<String>,
+    pub trip_type: Option<CompactString>,
 }
 
 impl StartGroup {
     /// Values in [`crate::event::START_FIELDS`] order, as text.
-    pub fn values(&self) -> [Option<String>; 6] {
+    pub fn values(&self) -> [Option<CompactString>; 6] {
         [
-            Some(self.pickup_location_id.to_string()),
-            Some(self.dropoff_location_id.to_string()),
-            Some(self.vendor_id.to_string()),
+            Some(self.pickup_location_id.to_compact_string()),
+            Some(self.dropoff_location_id.to_compact_string()),
+            Some(self.vendor_id.to_compact_string()),
             Some(self.pickup_datetime.clone()),
             self.estimated_dropoff_datetime.clone(),
             self.estimated_fare_amount.clone(),
@@ -73,7 +74,7 @@ impl StartGroup {
 
 impl EndGroup {
     /// Values in [`crate::event::END_FIELDS`] order, as text.
-    pub fn values(&self) -> [Option<String>; 8] {
+    pub fn values(&self) -> [Option<CompactString>; 8] {
         [
             Some(self.dropoff_datetime.clone()),
             self.rate_code.clone(),
@@ -91,7 +92,7 @@ impl EndGroup {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TripUpdate {
     /// The item's key.
-    pub trip_id: String,
+    pub trip_id: CompactString,
     /// The start group, if the batch had a start event.
     pub start: Option<StartGroup>,
     /// The end group, if the batch had an end event.
@@ -111,7 +112,7 @@ pub struct MergeOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TripItem {
     /// Key.
-    pub trip_id: String,
+    pub trip_id: CompactString,
     /// Start group, once stored.
     pub start: Option<StartGroup>,
     /// End group, once stored.

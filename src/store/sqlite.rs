@@ -21,6 +21,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
 use super::{
+    CompactString,
     Cell, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem, TripStore,
     TripUpdate,
 };
@@ -111,8 +112,10 @@ fn select_sql() -> String {
 }
 
 fn read_item(row: &Row<'_>) -> rusqlite::Result<TripItem> {
-    let text = |i: usize| row.get::<_, Option<String>>(i);
-    let start = match row.get::<_, Option<String>>(4)? {
+    let text = |i: usize| -> rusqlite::Result<Option<CompactString>> {
+        Ok(row.get_ref(i)?.as_str_or_null()?.map(CompactString::from))
+    };
+    let start = match text(4)? {
         None => None,
         Some(pickup_datetime) => Some(StartGroup {
             pickup_location_id: row.get(1)?,
@@ -123,7 +126,7 @@ fn read_item(row: &Row<'_>) -> rusqlite::Result<TripItem> {
             estimated_fare_amount: text(6)?,
         }),
     };
-    let end = match row.get::<_, Option<String>>(7)? {
+    let end = match text(7)? {
         None => None,
         Some(dropoff_datetime) => Some(EndGroup {
             dropoff_datetime,
@@ -136,7 +139,7 @@ fn read_item(row: &Row<'_>) -> rusqlite::Result<TripItem> {
             trip_type: text(14)?,
         }),
     };
-    Ok(TripItem { trip_id: row.get(0)?, start, end })
+    Ok(TripItem { trip_id: text(0)?.unwrap_or_default(), start, end })
 }
 
 /// A stored value as the export reads it: integers and text as SQLite holds them.
@@ -173,15 +176,15 @@ impl TripStore for SqliteStore {
                     for &i in &order {
                         let u = &updates[i];
                         let (stored_start, stored_end): (Option<String>, Option<String>) = versions
-                            .query_row([&u.trip_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .query_row([u.trip_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()?
                             .unwrap_or_default();
-                        let newer = |incoming: Option<&String>, stored: &Option<String>| {
-                            incoming.is_some_and(|v| stored.as_ref().is_none_or(|s| v > s))
+                        let newer = |incoming: Option<&str>, stored: &Option<String>| {
+                            incoming.is_some_and(|v| stored.as_deref().is_none_or(|s| v > s))
                         };
                         let outcome = MergeOutcome {
-                            start_applied: newer(u.start.as_ref().map(|s| &s.pickup_datetime), &stored_start),
-                            end_applied: newer(u.end.as_ref().map(|e| &e.dropoff_datetime), &stored_end),
+                            start_applied: newer(u.start.as_ref().map(|s| s.pickup_datetime.as_str()), &stored_start),
+                            end_applied: newer(u.end.as_ref().map(|e| e.dropoff_datetime.as_str()), &stored_end),
                         };
                         if outcome.start_applied || outcome.end_applied {
                             let start = u.start.as_ref().filter(|_| outcome.start_applied);
@@ -189,7 +192,7 @@ impl TripStore for SqliteStore {
                             let values = std::iter::once(Some(u.trip_id.clone()))
                                 .chain(start.map(StartGroup::values).unwrap_or_default())
                                 .chain(end.map(EndGroup::values).unwrap_or_default());
-                            upsert.execute(params_from_iter(values))?;
+                            upsert.execute(params_from_iter(values.map(|v| v.map(String::from))))?;
                             written += 1;
                         }
                         outcomes[i] = outcome;

@@ -10,7 +10,7 @@ fn start(at: &str, vendor: i64) -> StartGroup {
         pickup_location_id: 93,
         dropoff_location_id: 94,
         vendor_id: vendor,
-        pickup_datetime: format!("2024-05-25T{at}:00.000000Z"),
+        pickup_datetime: format!("2024-05-25T{at}:00.000000Z").into(),
         estimated_dropoff_datetime: None,
         estimated_fare_amount: Some("34.18595283806629".into()),
     }
@@ -18,7 +18,7 @@ fn start(at: &str, vendor: i64) -> StartGroup {
 
 fn end(at: &str, fare: &str) -> EndGroup {
     EndGroup {
-        dropoff_datetime: format!("2024-05-25T{at}:00.000000Z"),
+        dropoff_datetime: format!("2024-05-25T{at}:00.000000Z").into(),
         rate_code: Some("5".into()),
         passenger_count: None,
         trip_distance: Some("0.1".into()),
@@ -151,7 +151,7 @@ pub async fn export_to_sends_what_export_returns(store: &dyn TripStore) {
 /// A newer end on another day moves the trip to that day's export, and out of the old
 /// day's: the date index follows the stored end.
 pub async fn a_newer_end_moves_the_trip_to_its_day(store: &dyn TripStore) {
-    let on = |day: &str| EndGroup { dropoff_datetime: format!("{day}T23:59:00.000000Z"), ..end("00:00", "3") };
+    let on = |day: &str| EndGroup { dropoff_datetime: format!("{day}T23:59:00.000000Z").into(), ..end("00:00", "3") };
     store.merge(vec![update("m", Some(start("10:00", 1)), Some(on("2024-05-25")))]).await.unwrap();
     store.merge(vec![update("m", None, Some(on("2024-05-27")))]).await.unwrap();
     let rows = async |day: u32| {
