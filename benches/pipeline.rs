@@ -56,7 +56,10 @@ fn stream(c: &mut Criterion) {
     let puts: Vec<PutRecord> = records(0..4096)
         .into_iter()
         .enumerate()
-        .map(|(i, data)| PutRecord { partition_key: format!("{:016x}", (i / 2).wrapping_mul(0x9E37_79B9)), data })
+        .map(|(i, data)| PutRecord {
+            partition_key: format!("{:016x}", (i / 2).wrapping_mul(0x9E37_79B9)).into(),
+            data,
+        })
         .collect();
     let mut g = c.benchmark_group("stream");
     g.sample_size(20);

@@ -81,7 +81,7 @@ impl From<&DeadLetter> for DeadLetterLine {
         DeadLetterLine {
             stream: d.stream.clone(),
             shard: d.shard.clone(),
-            sequence_number: d.sequence_number.0.clone(),
+            sequence_number: d.sequence_number.0.to_string(),
             partition_key: d.partition_key.clone(),
             reasons: d.reasons.clone(),
             raw,
@@ -112,9 +112,9 @@ pub trait DeadLetterSink: Send + Sync {
 /// Orders letters by their position.
 fn sort_by_position(letters: &mut [DeadLetterLine]) {
     letters.sort_by(|a, b| {
-        (&a.stream, &a.shard)
-            .cmp(&(&b.stream, &b.shard))
-            .then_with(|| SequenceNumber(a.sequence_number.clone()).cmp(&SequenceNumber(b.sequence_number.clone())))
+        (&a.stream, &a.shard).cmp(&(&b.stream, &b.shard)).then_with(|| {
+            SequenceNumber(a.sequence_number.as_str().into()).cmp(&SequenceNumber(b.sequence_number.as_str().into()))
+        })
     });
 }
 
@@ -168,7 +168,7 @@ impl FileDeadLetters {
                 break;
             }
             if let Ok(d) = serde_json::from_slice::<DeadLetterLine>(&line) {
-                advance(&mut marks, &d.stream, &d.shard, &SequenceNumber(d.sequence_number));
+                advance(&mut marks, &d.stream, &d.shard, &SequenceNumber(d.sequence_number.into()));
             }
             good_len += n as u64;
         }

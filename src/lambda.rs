@@ -241,8 +241,8 @@ impl IngestFunction {
                 shards.len() - 1
             });
             let record = StreamRecord {
-                sequence_number: SequenceNumber(sequence_number),
-                partition_key: r.kinesis.partition_key,
+                sequence_number: SequenceNumber(sequence_number.into()),
+                partition_key: r.kinesis.partition_key.into(),
                 data: r.kinesis.data.0,
                 arrival: r.kinesis.approximate_arrival_timestamp.0,
             };

@@ -21,7 +21,7 @@ async fn put_raw(stream: &tripflow::stream::embedded::EmbeddedStream, records: &
     let puts: Vec<PutRecord> = records
         .iter()
         .enumerate()
-        .map(|(i, data)| PutRecord { partition_key: format!("k{i}"), data: data.clone() })
+        .map(|(i, data)| PutRecord { partition_key: format!("k{i}").into(), data: data.clone() })
         .collect();
     let refused = stream.put_records(&puts).await.unwrap();
     assert!(refused.is_empty(), "{refused:?}");

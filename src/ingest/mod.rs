@@ -403,7 +403,7 @@ pub fn prepare_batch(stream: &str, shards: &[ShardId], batch: Vec<Pending>) -> R
             stream: stream.to_owned(),
             shard: shards[p.shard].clone(),
             sequence_number: p.record.sequence_number.clone(),
-            partition_key: p.record.partition_key.clone(),
+            partition_key: p.record.partition_key.to_string(),
             raw: p.record.data.clone(),
             reasons,
         })

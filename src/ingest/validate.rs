@@ -14,8 +14,8 @@ use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::compute::kernels::boolean::{and, or};
 use arrow::compute::{CastOptions, is_not_null, is_null};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
-use regex::Regex;
 use compact_str::CompactString;
+use regex::Regex;
 
 use super::decode::{COLUMNS, Decoded, is_blank, quote};
 use crate::error::{Context, Stage};

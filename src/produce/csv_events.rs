@@ -264,7 +264,7 @@ impl CsvFile {
         CsvEvent {
             time: key.time,
             line: key.line,
-            record: PutRecord { partition_key: row[self.id_col].trim().to_owned(), data: json },
+            record: PutRecord { partition_key: row[self.id_col].trim().into(), data: json },
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod order;
 use std::io::BufRead;
 use std::path::Path;
 
+use compact_str::format_compact;
 use serde::Serialize;
 use tracing::info;
 
@@ -118,7 +119,7 @@ pub async fn produce_ndjson(sink: &dyn StreamSink, path: &Path, progress: &dyn P
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let partition_key = trip_id_of(&line).unwrap_or_else(|| format!("line-{number}"));
+        let partition_key = trip_id_of(&line).map_or_else(|| format_compact!("line-{number}"), Into::into);
         records.push((format!("{}:{number}", path.display()), PutRecord { partition_key, data: line.clone() }));
     }
     let mut report = ProduceReport::default();

@@ -35,9 +35,8 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use super::{
-    CompactString,
-    EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup, TripItem, TripStore,
-    TripUpdate,
+    CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup,
+    TripItem, TripStore, TripUpdate,
 };
 use crate::aws::{Aws, describe};
 use crate::error::{Context, Stage};

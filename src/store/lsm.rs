@@ -32,9 +32,8 @@ use fjall::config::{CompressionPolicy, FilterPolicy};
 use fjall::{AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{
-    CompactString, ToCompactString,
-    Cell, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem, TripStore,
-    TripUpdate,
+    Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
+    ToCompactString, TripItem, TripStore, TripUpdate,
 };
 use crate::error::{Context, Stage};
 use crate::event::{END_FIELDS, START_FIELDS};
@@ -605,8 +604,11 @@ mod tests {
         let tables = Tables::open_with_workers(tmp.path().join(FOLDER), 0).unwrap();
         let store = LsmStore { tables: Arc::new(tables), writes: Arc::default() };
         let (start, end) = typical_trip();
-        let update =
-            |i: usize| TripUpdate { trip_id: format_compact!("{i:036}"), start: Some(start.clone()), end: Some(end.clone()) };
+        let update = |i: usize| TripUpdate {
+            trip_id: format_compact!("{i:036}"),
+            start: Some(start.clone()),
+            end: Some(end.clone()),
+        };
         // About 175 bytes a trip in fjall's count: `full` trips fill a memtable.
         let full = usize::try_from(MEMTABLE_BYTES / 175).unwrap();
         store.merge((0..full / 2).map(update).collect()).await.unwrap();

@@ -21,9 +21,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
 use super::{
-    CompactString,
-    Cell, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem, TripStore,
-    TripUpdate,
+    Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem,
+    TripStore, TripUpdate,
 };
 use crate::error::Stage;
 use crate::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};

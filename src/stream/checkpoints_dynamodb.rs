@@ -83,7 +83,7 @@ impl CheckpointStore for DynamoCheckpoints {
                     Error::stream(format!("reading the checkpoint of {consumer} in {shard}: {}", describe(&e)))
                 }
             })?;
-        Ok(out.item().and_then(|i| i.get("seq")).and_then(|v| v.as_s().ok()).map(|s| SequenceNumber(s.clone())))
+        Ok(out.item().and_then(|i| i.get("seq")).and_then(|v| v.as_s().ok()).map(|s| SequenceNumber(s.as_str().into())))
     }
 
     async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()> {

@@ -158,7 +158,7 @@ impl KinesisStream {
                 .iter()
                 .map(|r| {
                     PutRecordsRequestEntry::builder()
-                        .partition_key(&r.partition_key)
+                        .partition_key(r.partition_key.as_str())
                         .data(Blob::new(r.data.clone()))
                         .build()
                         .map_err(|e| Error::stream(format!("PutRecords entry: {e}")))
@@ -363,8 +363,8 @@ impl StreamSource for KinesisStream {
                 .records()
                 .iter()
                 .map(|r| StreamRecord {
-                    sequence_number: SequenceNumber(r.sequence_number().to_owned()),
-                    partition_key: r.partition_key().to_owned(),
+                    sequence_number: SequenceNumber(r.sequence_number().into()),
+                    partition_key: r.partition_key().into(),
                     data: r.data().as_ref().to_vec(),
                     arrival: r
                         .approximate_arrival_timestamp()
@@ -374,7 +374,7 @@ impl StreamSource for KinesisStream {
                 })
                 .collect();
             if let Some(last) = records.last() {
-                resume = Resume::After(last.sequence_number.0.clone());
+                resume = Resume::After(last.sequence_number.0.to_string());
             }
             // A full read may have stopped just short of more records; only a short read
             // at zero lag is caught up.

@@ -12,6 +12,7 @@ pub mod kinesis;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 
 use crate::Result;
 
@@ -21,7 +22,7 @@ pub type ShardId = String;
 /// A Kinesis-style sequence number: decimal digits, compared as numbers (so leading
 /// zeros do not matter).
 #[derive(Debug, Clone)]
-pub struct SequenceNumber(pub String);
+pub struct SequenceNumber(pub CompactString);
 
 impl PartialEq for SequenceNumber {
     fn eq(&self, other: &Self) -> bool {
@@ -40,7 +41,7 @@ impl std::hash::Hash for SequenceNumber {
 impl SequenceNumber {
     /// The sequence number of an embedded record, zero-padded so text order is number order.
     pub fn from_u64(n: u64) -> Self {
-        SequenceNumber(format!("{n:020}"))
+        SequenceNumber(compact_str::format_compact!("{n:020}"))
     }
 
     /// The value as `u64`, when it fits (always, for the embedded stream).
@@ -86,7 +87,7 @@ pub enum StartPosition {
 #[derive(Debug, Clone)]
 pub struct PutRecord {
     /// Chooses the shard; tripflow uses the trip id.
-    pub partition_key: String,
+    pub partition_key: CompactString,
     /// The record's bytes, sent and stored as they are.
     pub data: Vec<u8>,
 }
@@ -97,7 +98,7 @@ pub struct StreamRecord {
     /// Its position in the shard.
     pub sequence_number: SequenceNumber,
     /// The partition key it was put with.
-    pub partition_key: String,
+    pub partition_key: CompactString,
     /// The bytes as put.
     pub data: Vec<u8>,
     /// When the stream accepted it.

@@ -70,7 +70,7 @@ pub async fn put_raw(stream: &EmbeddedStream, records: &[Vec<u8>]) {
     let puts: Vec<PutRecord> = records
         .iter()
         .enumerate()
-        .map(|(i, data)| PutRecord { partition_key: format!("k{i}"), data: data.clone() })
+        .map(|(i, data)| PutRecord { partition_key: format!("k{i}").into(), data: data.clone() })
         .collect();
     let refused = stream.put_records(&puts).await.unwrap();
     assert!(refused.is_empty(), "{refused:?}");

@@ -203,7 +203,7 @@ async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
         let mut it = stream.iterator(&shard.id, &StartPosition::TrimHorizon).await.unwrap();
         loop {
             let read = stream.read(&it, 10_000, usize::MAX).await.unwrap();
-            records.extend(read.records.into_iter().map(|r| (shard.id.clone(), r.partition_key, r.data)));
+            records.extend(read.records.into_iter().map(|r| (shard.id.clone(), r.partition_key.into(), r.data)));
             it = read.next;
             if read.caught_up {
                 break;

@@ -75,7 +75,7 @@ pub async fn start_positions(sink: &dyn StreamSink, source: &dyn StreamSource) {
 pub async fn oversized_records_are_refused(sink: &dyn StreamSink, source: &dyn StreamSource) {
     let mut batch = records(&["a"], "ok");
     batch.push(PutRecord { partition_key: "b".into(), data: vec![b'x'; 1024 * 1024 + 1] });
-    batch.push(PutRecord { partition_key: String::new(), data: b"x".to_vec() });
+    batch.push(PutRecord { partition_key: "".into(), data: b"x".to_vec() });
     let refused = sink.put_records(&batch).await.unwrap();
     assert_eq!(refused.iter().map(|r| r.index).collect::<Vec<_>>(), [1, 2]);
     assert!(refused[0].reason.contains("1 MiB"), "{}", refused[0].reason);

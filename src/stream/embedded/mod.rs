@@ -218,7 +218,7 @@ impl StreamSink for EmbeddedStream {
             Records::Sqlite => {
                 let rows: Vec<(u32, String, Vec<u8>)> = rows
                     .iter()
-                    .map(|&(shard, i)| (shard, records[i].partition_key.clone(), records[i].data.clone()))
+                    .map(|&(shard, i)| (shard, records[i].partition_key.to_string(), records[i].data.clone()))
                     .collect();
                 sqlite::put(&self.db, rows).await?;
             }
@@ -378,7 +378,7 @@ mod sqlite {
                 bytes += data.len();
                 records.push(StreamRecord {
                     sequence_number: SequenceNumber::from_u64(seq as u64),
-                    partition_key: row.get(1)?,
+                    partition_key: row.get::<_, String>(1)?.into(),
                     data,
                     arrival: Utc.timestamp_millis_opt(arrival_ms).single().unwrap_or_default(),
                 });
@@ -418,10 +418,9 @@ impl CheckpointStore for EmbeddedStream {
                     .query_row(
                         "SELECT seq FROM checkpoints WHERE consumer = ?1 AND shard = ?2",
                         params![consumer, shard],
-                        |row| row.get::<_, String>(0),
+                        |row| Ok(SequenceNumber(row.get_ref(0)?.as_str()?.into())),
                     )
-                    .optional()?
-                    .map(SequenceNumber))
+                    .optional()?)
             })
             .await
     }
@@ -438,7 +437,7 @@ impl CheckpointStore for EmbeddedStream {
                     "INSERT INTO checkpoints (consumer, shard, seq) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (consumer, shard) DO UPDATE SET seq = excluded.seq \
                      WHERE excluded.seq > checkpoints.seq",
-                    params![consumer, shard, padded.0],
+                    params![consumer, shard, padded.0.as_str()],
                 )?;
                 Ok(())
             })

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::{TimeZone, Utc};
+use compact_str::CompactString;
 
 use crate::error::{Context, Stage};
 use crate::stream::{SequenceNumber, StreamRecord};
@@ -124,7 +125,7 @@ struct Tail {
 struct Frame {
     seq: u64,
     arrival_ms: i64,
-    key: String,
+    key: CompactString,
     data: Vec<u8>,
 }
 
@@ -486,7 +487,7 @@ impl Frames<'_> {
         let Ok(key) = std::str::from_utf8(&f[FRAME_HEADER..FRAME_HEADER + key_len]) else {
             return Ok(Next::Damaged("a partition key is not UTF-8"));
         };
-        let frame = Frame { seq, arrival_ms, key: key.to_owned(), data: f[FRAME_HEADER + key_len..].to_vec() };
+        let frame = Frame { seq, arrival_ms, key: key.into(), data: f[FRAME_HEADER + key_len..].to_vec() };
         self.at += 4 + len;
         Ok(Next::Frame(frame))
     }
