@@ -16,7 +16,7 @@ use arrow::array::{
 use arrow::compute::CastOptions;
 use arrow::datatypes::{Decimal128Type, SchemaRef, TimestampMicrosecondType};
 
-use super::TripItem;
+use super::{EndGroup, StartGroup, TripItem};
 use crate::error::{Context, Stage};
 use crate::event::{
     DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC,
@@ -111,6 +111,37 @@ impl<'a> Cell<'a> {
     fn text(value: Option<&'a str>) -> Self {
         value.map_or(Cell::Null, Cell::Text)
     }
+}
+
+/// A trip's cells as [`ExportBuilder::push_into`] takes them: `trip_id`, then each
+/// group's values (all null for a group that is `None`).
+pub(crate) fn cells_of<'a>(
+    trip_id: &'a str,
+    start: Option<&'a StartGroup>,
+    end: Option<&'a EndGroup>,
+) -> [Cell<'a>; STORED_COLUMNS] {
+    let mut cells = [Cell::Null; STORED_COLUMNS];
+    cells[0] = Cell::Text(trip_id);
+    if let Some(s) = start {
+        cells[1] = Cell::Int(s.pickup_location_id);
+        cells[2] = Cell::Int(s.dropoff_location_id);
+        cells[3] = Cell::Int(s.vendor_id);
+        cells[4] = Cell::Text(&s.pickup_datetime);
+        cells[5] = Cell::text(s.estimated_dropoff_datetime.as_deref());
+        cells[6] = Cell::text(s.estimated_fare_amount.as_deref());
+    }
+    if let Some(e) = end {
+        let at = DROPOFF;
+        cells[at] = Cell::Text(&e.dropoff_datetime);
+        cells[at + 1] = Cell::text(e.rate_code.as_deref());
+        cells[at + 2] = Cell::text(e.passenger_count.as_deref());
+        cells[at + 3] = Cell::text(e.trip_distance.as_deref());
+        cells[at + 4] = Cell::Text(&e.fare_amount);
+        cells[at + 5] = Cell::text(e.tip_amount.as_deref());
+        cells[at + 6] = Cell::text(e.payment_type.as_deref());
+        cells[at + 7] = Cell::text(e.trip_type.as_deref());
+    }
+    cells
 }
 
 enum Column {
@@ -230,28 +261,7 @@ impl ExportBuilder {
     /// # Errors
     /// See [`ExportBuilder::push_into`].
     pub fn push_item_into(&mut self, item: &TripItem, batches: &mut Vec<RecordBatch>) -> Result<()> {
-        let mut cells = [Cell::Null; STORED_COLUMNS];
-        cells[0] = Cell::Text(&item.trip_id);
-        if let Some(s) = &item.start {
-            cells[1] = Cell::Int(s.pickup_location_id);
-            cells[2] = Cell::Int(s.dropoff_location_id);
-            cells[3] = Cell::Int(s.vendor_id);
-            cells[4] = Cell::Text(&s.pickup_datetime);
-            cells[5] = Cell::text(s.estimated_dropoff_datetime.as_deref());
-            cells[6] = Cell::text(s.estimated_fare_amount.as_deref());
-        }
-        if let Some(e) = &item.end {
-            let at = DROPOFF;
-            cells[at] = Cell::Text(&e.dropoff_datetime);
-            cells[at + 1] = Cell::text(e.rate_code.as_deref());
-            cells[at + 2] = Cell::text(e.passenger_count.as_deref());
-            cells[at + 3] = Cell::text(e.trip_distance.as_deref());
-            cells[at + 4] = Cell::Text(&e.fare_amount);
-            cells[at + 5] = Cell::text(e.tip_amount.as_deref());
-            cells[at + 6] = Cell::text(e.payment_type.as_deref());
-            cells[at + 7] = Cell::text(e.trip_type.as_deref());
-        }
-        self.push_into(&cells, batches)
+        self.push_into(&cells_of(&item.trip_id, item.start.as_ref(), item.end.as_ref()), batches)
     }
 
     /// The pending rows as one batch.
