@@ -17,8 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::event::{END_CSV_HEADER, START_CSV_HEADER};
 use crate::{Error, Result};
 
-/// Days the pickups are spread over.
-pub const DAYS: i64 = 3;
+/// Days the pickups are spread over unless told otherwise.
+pub const DAYS: u32 = 3;
 const MASK40: u64 = (1 << 40) - 1;
 
 /// First day of generated pickups.
@@ -41,11 +41,25 @@ fn datetime(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-/// Writes `trip_start.csv` and `trip_end.csv` for `trips` trips into `out`.
+/// Writes `trip_start.csv` and `trip_end.csv` for `trips` trips into `out`, their
+/// pickups spread over [`DAYS`] days.
 ///
 /// # Errors
 /// When the folder or the files cannot be written.
 pub fn generate(trips: u64, seed: u64, out: &Path) -> Result<()> {
+    generate_over(trips, seed, DAYS, out)
+}
+
+/// [`generate`], with the pickups spread over `days` days from [`first_day`]: the same
+/// trips, only further apart. A bigger table at the density of a smaller one keeps as
+/// many of each trip's events within one micro-batch.
+///
+/// # Errors
+/// When `days` is 0, or the folder or the files cannot be written.
+pub fn generate_over(trips: u64, seed: u64, days: u32, out: &Path) -> Result<()> {
+    if days == 0 {
+        return Err(Error::Config("--days must be at least 1".into()));
+    }
     let fail = |e: std::io::Error| {
         Error::output(format!("cannot write generated data to {}: {e}; choose a writable --out", out.display()))
     };
@@ -57,7 +71,7 @@ pub fn generate(trips: u64, seed: u64, out: &Path) -> Result<()> {
 
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let origin = first_day().and_hms_opt(0, 0, 0).expect("midnight");
-    let span_secs = DAYS * 86_400;
+    let span_secs = i64::from(days) * 86_400;
     for i in 0..trips {
         let id = trip_id(i, seed);
         // Pickups move forward through the days, jittered by up to ten minutes.
@@ -145,5 +159,28 @@ mod tests {
             .zip(ends.lines().skip(1))
             .filter(|(s, e)| s.split(',').nth(4).unwrap()[..10] != e[..10]);
         assert!(crosses.count() > 0, "some trips end after midnight");
+    }
+
+    #[test]
+    fn days_spread_the_same_trips_further_apart() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        generate(3000, 5, a.path()).unwrap();
+        generate_over(3000, 5, 30, b.path()).unwrap();
+        let rows = |d: &Path| -> Vec<Vec<String>> {
+            let text = std::fs::read_to_string(d.join("trip_start.csv")).unwrap();
+            text.lines().skip(1).map(|l| l.split(',').map(str::to_owned).collect()).collect()
+        };
+        let (three, thirty) = (rows(a.path()), rows(b.path()));
+        let ids = |rows: &[Vec<String>]| rows.iter().map(|r| (r[0].clone(), r[6].clone())).collect::<Vec<_>>();
+        assert_eq!(ids(&three), ids(&thirty), "the same trips and fares, in the same order");
+        let dates = |rows: &[Vec<String>]| rows.iter().map(|r| r[4][..10].to_owned()).collect::<HashSet<_>>();
+        // The last pickups are jittered up to ten minutes past the last day.
+        assert!((3..=4).contains(&dates(&three).len()));
+        let spread = dates(&thirty);
+        assert!((30..=31).contains(&spread.len()), "{spread:?}");
+        assert!(spread.contains("2024-06-22"), "the 30th day");
+        assert!(spread.iter().all(|d| d.as_str() <= "2024-06-23"), "{spread:?}");
+        let err = generate_over(10, 5, 0, a.path()).unwrap_err().to_string();
+        assert!(err.contains("--days must be at least 1"), "{err}");
     }
 }

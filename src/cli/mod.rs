@@ -308,6 +308,9 @@ pub struct GenArgs {
     /// Seed; the same seed gives the same bytes.
     #[arg(long, env = "TRIPFLOW_GEN_SEED", default_value_t = 42)]
     seed: u64,
+    /// Days the pickups are spread over, from 2024-05-24.
+    #[arg(long, env = "TRIPFLOW_GEN_DAYS", default_value_t = crate::synthetic::DAYS)]
+    days: u32,
     /// Folder for trip_start.csv and trip_end.csv.
     #[arg(long, env = "TRIPFLOW_GEN_OUT", default_value = "data")]
     out: PathBuf,
@@ -739,7 +742,7 @@ async fn rebuild_report(a: &ReportArgs, aws: &AwsEnv) -> Result<()> {
 
 /// `tripflow gen`.
 fn gen_data(a: &GenArgs) -> Result<()> {
-    crate::synthetic::generate(a.trips, a.seed, &a.out)?;
+    crate::synthetic::generate_over(a.trips, a.seed, a.days, &a.out)?;
     println!(
         "wrote {} trips to {} and {}",
         a.trips,
