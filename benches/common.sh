@@ -1,11 +1,14 @@
 # Shared by benches/engines.sh, streams.sh, builds.sh and baseline_ratio.sh (sourced, not run):
 # given $trips, sets $bin, $work, $data and the `files` flags, generating the input once.
+# $DAYS (default 3, as `gen`) spreads the pickups over that many days.
 bin=${TRIPFLOW:-$(dirname "$0")/../target/release/tripflow}
 work=${WORK:-$(mktemp -d "/tmp/tripflow-$(basename "$0" .sh).XXXXXX")}
 mkdir -p "$work"
+days=${DAYS:-3}
 data=$work/data-$trips
+if [ "$days" != 3 ]; then data=$data-${days}d; fi
 if [ ! -f "$data/trip_end.csv" ]; then
-  "$bin" gen --trips "$trips" --seed 1 --out "$data" >/dev/null
+  "$bin" gen --trips "$trips" --seed 1 --days "$days" --out "$data" >/dev/null
 fi
 files=(--start "$data/trip_start.csv" --end "$data/trip_end.csv")
 
