@@ -36,7 +36,7 @@ use tracing::debug;
 
 use super::{
     CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup,
-    TripItem, TripStore, TripUpdate,
+    TripItem, TripStore, TripUpdate, is_newer,
 };
 use crate::aws::{Aws, describe};
 use crate::error::{Context, Stage};
@@ -94,11 +94,8 @@ impl Plan {
     /// The next try after the condition failed against the `stored` versions; `None`
     /// when nothing of the update is newer than what is stored.
     fn after_failure(u: &TripUpdate, stored: &StoredVersions) -> Option<Plan> {
-        let newer = |incoming: Option<&CompactString>, stored: &Option<CompactString>| {
-            incoming.is_some_and(|v| stored.as_ref().is_none_or(|s| v > s))
-        };
-        let start = newer(u.start.as_ref().map(|s| &s.pickup_datetime), &stored.pickup);
-        let end = newer(u.end.as_ref().map(|e| &e.dropoff_datetime), &stored.dropoff);
+        let start = is_newer(u.start.as_ref().map(|s| s.pickup_datetime.as_str()), stored.pickup.as_deref());
+        let end = is_newer(u.end.as_ref().map(|e| e.dropoff_datetime.as_str()), stored.dropoff.as_deref());
         let other_stored = if start { &stored.dropoff } else { &stored.pickup };
         let other = other_stored.clone().map_or(Other::Absent, Other::Is);
         (start || end).then_some(Plan { start, end, other })

@@ -34,7 +34,7 @@ use fjall::{AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOpt
 use super::export::cells_of;
 use super::{
     Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
-    ToCompactString, TripItem, TripStore, TripUpdate,
+    ToCompactString, TripItem, TripStore, TripUpdate, is_newer,
 };
 use crate::error::{Context, Stage};
 use crate::event::{END_FIELDS, START_FIELDS};
@@ -350,16 +350,18 @@ fn encode(cells: &[Cell<'_>; STORED_COLUMNS], out: &mut Vec<u8>) {
     }
 }
 
-/// Whether `incoming`, a version in the stored form, is newer than the `stored` one
-/// (absent when null), as the text of both compares; no text is made for a version
-/// kept as microseconds, which compare as their stored-form texts do.
+/// [`is_newer`] against a stored cell. No text is made for a version kept as
+/// microseconds when the incoming one has the stored form too: their microseconds
+/// compare as their texts do.
 fn newer(incoming: Option<&str>, stored: Cell<'_>) -> bool {
-    let Some(v) = incoming else { return false };
     match stored {
-        Cell::Null => true,
-        Cell::Text(s) => v > s,
-        Cell::Time(m) => stored_micros(v).map_or_else(|| v > timestamp::format(m).as_str(), |i| i > m),
-        Cell::Int(n) => v > n.to_string().as_str(),
+        Cell::Null => is_newer(incoming, None),
+        Cell::Text(s) => is_newer(incoming, Some(s)),
+        Cell::Time(m) => match incoming.and_then(stored_micros) {
+            Some(i) => i > m,
+            None => is_newer(incoming, Some(&timestamp::format(m))),
+        },
+        Cell::Int(n) => is_newer(incoming, Some(&n.to_string())),
     }
 }
 

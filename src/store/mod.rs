@@ -99,6 +99,13 @@ pub struct TripUpdate {
     pub end: Option<EndGroup>,
 }
 
+/// The merge rule for one group (DESIGN §3): an `incoming` version is written when
+/// nothing is stored, or when it is newer than the `stored` one. Versions are compared as
+/// their stored-form text, whose order is the order of time.
+pub(crate) fn is_newer(incoming: Option<&str>, stored: Option<&str>) -> bool {
+    incoming.is_some_and(|v| stored.is_none_or(|s| v > s))
+}
+
 /// Which groups of an update were stored (the rest were duplicates or stale).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MergeOutcome {

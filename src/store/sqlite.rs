@@ -22,7 +22,7 @@ use rusqlite::{OptionalExtension, Row, params_from_iter};
 
 use super::{
     Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem,
-    TripStore, TripUpdate,
+    TripStore, TripUpdate, is_newer,
 };
 use crate::error::Stage;
 use crate::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};
@@ -178,12 +178,15 @@ impl TripStore for SqliteStore {
                             .query_row([u.trip_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()?
                             .unwrap_or_default();
-                        let newer = |incoming: Option<&str>, stored: &Option<String>| {
-                            incoming.is_some_and(|v| stored.as_deref().is_none_or(|s| v > s))
-                        };
                         let outcome = MergeOutcome {
-                            start_applied: newer(u.start.as_ref().map(|s| s.pickup_datetime.as_str()), &stored_start),
-                            end_applied: newer(u.end.as_ref().map(|e| e.dropoff_datetime.as_str()), &stored_end),
+                            start_applied: is_newer(
+                                u.start.as_ref().map(|s| s.pickup_datetime.as_str()),
+                                stored_start.as_deref(),
+                            ),
+                            end_applied: is_newer(
+                                u.end.as_ref().map(|e| e.dropoff_datetime.as_str()),
+                                stored_end.as_deref(),
+                            ),
                         };
                         if outcome.start_applied || outcome.end_applied {
                             let start = u.start.as_ref().filter(|_| outcome.start_applied);
