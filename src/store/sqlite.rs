@@ -191,10 +191,11 @@ impl TripStore for SqliteStore {
                         if outcome.start_applied || outcome.end_applied {
                             let start = u.start.as_ref().filter(|_| outcome.start_applied);
                             let end = u.end.as_ref().filter(|_| outcome.end_applied);
-                            let values = std::iter::once(Some(u.trip_id.clone()))
+                            let values: Vec<Option<CompactString>> = std::iter::once(Some(u.trip_id.clone()))
                                 .chain(start.map(StartGroup::values).unwrap_or_default())
-                                .chain(end.map(EndGroup::values).unwrap_or_default());
-                            upsert.execute(params_from_iter(values.map(|v| v.map(String::from))))?;
+                                .chain(end.map(EndGroup::values).unwrap_or_default())
+                                .collect();
+                            upsert.execute(params_from_iter(values.iter().map(|v| v.as_deref())))?;
                             written += 1;
                         }
                         outcomes[i] = outcome;
