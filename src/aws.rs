@@ -67,7 +67,13 @@ impl Aws {
     /// A configuration that sends every service to `endpoint` (an emulator such as
     /// moto) with fixed test credentials, whatever the environment says.
     pub fn for_endpoint(endpoint: &str) -> Self {
-        let credentials = Credentials::new("testing", "testing", None, None, "tripflow-endpoint");
+        Self::for_endpoint_as(endpoint, "testing", "testing")
+    }
+
+    /// A configuration that sends every service to `endpoint` with the given access key
+    /// (an emulator's IAM user, say, when it enforces IAM).
+    pub fn for_endpoint_as(endpoint: &str, access_key_id: &str, secret_access_key: &str) -> Self {
+        let credentials = Credentials::new(access_key_id, secret_access_key, None, None, "tripflow-endpoint");
         let sdk = SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -200,10 +206,11 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Describes an SDK error in one line: its code and message, or the transport failure.
-pub fn describe<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> String
+pub fn describe<E>(
+    e: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> String
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     use aws_smithy_runtime_api::client::result::SdkError;
     match e {
@@ -212,7 +219,14 @@ where
             match (err.code(), err.message()) {
                 (Some(code), Some(msg)) => format!("{code}: {msg}"),
                 (Some(code), None) => code.to_owned(),
-                _ => err.to_string(),
+                // An answer the SDK could not read as an error of its service (a proxy's,
+                // or an emulator's in another format): its status and the start of its body.
+                _ => {
+                    let raw = s.raw();
+                    let body = raw.body().bytes().unwrap_or_default();
+                    let body = String::from_utf8_lossy(&body[..body.len().min(300)]);
+                    format!("{err} (HTTP {}: {})", raw.status().as_u16(), body.trim())
+                }
             }
         }
         SdkError::TimeoutError(_) => "the request timed out; check AWS_ENDPOINT_URL and the network".to_owned(),

@@ -391,12 +391,21 @@ impl KpiFunction {
                  not {request}"
             ))
         })?;
+        // `{"dates": []}` is a smoke test after a deploy: the function starts and answers.
+        if matches!(&request, KpiRequest::Dates { dates } if dates.is_empty()) {
+            info!("No dates asked for; nothing to do.");
+            return Ok(KpiSummary { requested: Vec::new(), dates: Vec::new(), files: Vec::new(), exported_rows: 0 });
+        }
+        let began = std::time::Instant::now();
         let requested = self.dates(&request)?;
         let selection = DateSelection::Dates(requested.clone());
         let report =
             kpi::run(self.store.as_ref(), &self.queries, &selection, &self.out, self.formats, &crate::progress::Quiet)
                 .await?;
         info!(requested = requested.len(), dates = report.dates.len(), files = report.files.len(), "KPI run done.");
+        // For the alarm on a missed night, and the run's figures.
+        let emf = telemetry::kpi_emf_line(report.dates.len(), report.exported_rows, began.elapsed(), SystemTime::now());
+        println!("{emf}");
         Ok(KpiSummary { requested, dates: report.dates, files: report.files, exported_rows: report.exported_rows })
     }
 }

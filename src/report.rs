@@ -21,6 +21,7 @@ use object_store::path::Path as ObjectPath;
 use plotters::prelude::*;
 use serde_json::value::RawValue;
 
+use crate::error::Stage;
 use crate::kpi::OutputLocation;
 use crate::{Error, Result};
 
@@ -135,8 +136,9 @@ fn date_of(relative: &str) -> Option<&str> {
 /// Reads every `kpi.json` under `out`, in date order.
 ///
 /// # Errors
-/// When the location cannot be listed. A file that cannot be read or parsed is skipped
-/// and named in [`Inputs::skipped`].
+/// When the location cannot be listed, or a listed file cannot be read (S3 refuses it,
+/// say: the report would silently lose its days). A file that is gone by the time it is
+/// read, or that does not parse, is skipped and named in [`Inputs::skipped`].
 pub async fn read(out: &OutputLocation) -> Result<Inputs> {
     let (store, prefix) = out.store();
     let listing = prefix.clone().join("kpi_output");
@@ -155,19 +157,27 @@ pub async fn read(out: &OutputLocation) -> Result<Inputs> {
         .map(|(date, path)| async move {
             let name = format!("kpi_output/date={date}/kpi.json");
             let bytes = match store.get(&path).await {
-                Ok(got) => got.bytes().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(got) => got.bytes().await,
+                Err(e) => Err(e),
             };
-            (name, bytes.and_then(|b| parse_day(&date, &b)))
+            match bytes {
+                Ok(b) => Ok((name, parse_day(&date, &b))),
+                Err(object_store::Error::NotFound { .. }) => {
+                    Ok((name, Err("deleted while the report was read".into())))
+                }
+                Err(e) => {
+                    Err(Stage::Output.error(format!("cannot read {}/{name}", out.display().trim_end_matches('/')), e))
+                }
+            }
         })
         .buffered(READ_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     let mut inputs = Inputs::default();
-    for (name, day) in read {
-        match day {
-            Ok(day) => inputs.days.push(day),
-            Err(why) => inputs.skipped.push((name, why)),
+    for read in read {
+        match read? {
+            (_, Ok(day)) => inputs.days.push(day),
+            (name, Err(why)) => inputs.skipped.push((name, why)),
         }
     }
     Ok(inputs)

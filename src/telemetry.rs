@@ -147,6 +147,34 @@ pub fn emf_line(function: &str, counts: &IngestCounts, times: &BatchTimes, at: S
     .to_string()
 }
 
+/// One CloudWatch Embedded Metric Format log line of a KPI run that wrote its files and
+/// the report: `KpiRunSucceeded` (1; the template's alarm fires when no run succeeded in
+/// 25 hours), and the run's dates, trips and seconds, in the `tripflow` namespace by
+/// `function`.
+pub fn kpi_emf_line(dates: usize, trips: usize, took: Duration, at: SystemTime) -> String {
+    let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let count = |name: &str| serde_json::json!({ "Name": name, "Unit": "Count" });
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": millis,
+            "CloudWatchMetrics": [{
+                "Namespace": "tripflow",
+                "Dimensions": [["function"]],
+                "Metrics": [
+                    count("KpiRunSucceeded"), count("dates"), count("trips"),
+                    serde_json::json!({ "Name": "seconds", "Unit": "Seconds" }),
+                ],
+            }],
+        },
+        "function": "kpi",
+        "KpiRunSucceeded": 1,
+        "dates": dates,
+        "trips": trips,
+        "seconds": took.as_secs_f64(),
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +199,14 @@ mod tests {
         assert_eq!((v["read"].as_u64(), v["dead_lettered"].as_u64()), (Some(5), Some(1)));
         assert_eq!(v["merge_seconds"].as_f64(), Some(0.03));
         assert!(!line.contains('\n'), "one line");
+
+        let kpi: serde_json::Value =
+            serde_json::from_str(&kpi_emf_line(3, 1200, Duration::from_millis(1500), UNIX_EPOCH)).unwrap();
+        let metrics = kpi["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap();
+        for m in metrics {
+            assert!(kpi[m["Name"].as_str().unwrap()].is_number(), "{m} is declared but not given");
+        }
+        assert_eq!((kpi["KpiRunSucceeded"].as_u64(), kpi["trips"].as_u64()), (Some(1), Some(1200)));
+        assert_eq!(kpi["seconds"].as_f64(), Some(1.5));
     }
 }

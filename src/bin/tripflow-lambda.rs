@@ -62,9 +62,16 @@ async fn report_init_error(error: &tripflow::Error) {
 #[tokio::main]
 async fn main() -> ExitCode {
     tripflow::memory::map_large_blocks();
-    // CloudWatch stamps each line; colours would show as escape codes there.
+    // CloudWatch stamps each line; colours would show as escape codes there. With the
+    // function's LogFormat JSON (Lambda sets AWS_LAMBDA_LOG_FORMAT), one JSON object a
+    // line, with the invocation's span and so its requestId, as Powertools logs.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).without_time().init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).without_time();
+    if std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+    } else {
+        logs.init();
+    }
 
     let function = match init().await {
         Ok(f) => f,

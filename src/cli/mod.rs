@@ -379,6 +379,16 @@ pub struct SetupArgs {
     /// Shards of a new stream.
     #[arg(long, env = "TRIPFLOW_SHARDS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     shards: Option<u32>,
+    /// Shards of a new DynamoDB trip table's date index: a day's writes spread over this
+    /// many partition keys (DynamoDB takes about 1,000 writes/s per key), and a KPI run
+    /// reads a day with this many Queries in parallel. An existing table keeps its index.
+    #[arg(
+        long,
+        env = "TRIPFLOW_DATE_INDEX_SHARDS",
+        default_value_t = crate::store::dynamodb::DEFAULT_DATE_SHARDS,
+        value_parser = clap::value_parser!(u32).range(1..=crate::store::dynamodb::MAX_DATE_SHARDS as i64)
+    )]
+    date_index_shards: u32,
     /// The KPI output whose bucket to create, when it is s3://bucket/prefix.
     #[arg(long, env = "TRIPFLOW_OUT")]
     out: Option<String>,
@@ -412,9 +422,10 @@ async fn setup(a: &SetupArgs, aws: &AwsEnv) -> Result<()> {
             println!("ready    embedded trip table {}", home.store_path().display());
         }
         StoreUrl::DynamoDb(table) => {
-            let created =
-                crate::store::dynamodb::DynamoStore::new(aws.get().await?, &table).create_if_missing().await?;
-            println!("{}  DynamoDB table {table} with index {}", said(created), crate::store::dynamodb::DATE_INDEX);
+            let store = crate::store::dynamodb::DynamoStore::new(aws.get().await?, &table)
+                .with_date_shards(a.date_index_shards);
+            let created = store.create_if_missing().await?;
+            println!("{}  DynamoDB table {table} with index {}", said(created), store.date_index().await?.name());
         }
     }
     for (flag, url) in [("--out", &a.out), ("--dead-letter", &a.dead_letter.dead_letter)] {

@@ -23,7 +23,9 @@ use self::batcher::{Batcher, Pending};
 use crate::deadletter::{DeadLetter, DeadLetterSink};
 use crate::progress::{Progress, Quiet};
 use crate::store::{TripStore, TripUpdate};
-use crate::stream::{CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource};
+use crate::stream::{
+    Checkpoint, CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource,
+};
 use crate::telemetry::{self, BatchTimes};
 use crate::{Error, Result};
 
@@ -139,33 +141,90 @@ struct Readers {
     ids: Vec<ShardId>,
     iterators: Vec<ShardIterator>,
     caught_up: Vec<bool>,
+    /// Set for a shard listed as closed by a reshard: caught up only once read to its end.
+    ending: Vec<Option<SequenceNumber>>,
+    /// The last record read (or checkpointed before this run) of each open shard.
+    last: Vec<Option<SequenceNumber>>,
     millis_behind: Vec<Option<u64>>,
     finished: Vec<bool>,
     waiting: Vec<Shard>,
     known: HashSet<ShardId>,
     done: HashSet<ShardId>,
+    /// Shards read to their end in this run, whose [`Checkpoint::ShardEnd`] goes with the
+    /// next hand-over: after the batch that holds their last records.
+    ended: Vec<ShardId>,
 }
 
 impl Readers {
-    /// Opens every waiting shard whose parents are read to their end (or were never
-    /// listed: expired past the retention period), from its checkpoint.
-    async fn open_ready(&mut self, ingest: &Ingest<'_>, opts: &IngestOptions) -> Result<()> {
-        let (ready, waiting): (Vec<Shard>, Vec<Shard>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|s| s.parents.iter().all(|p| self.done.contains(p) || !self.known.contains(p)));
-        self.waiting = waiting;
-        for shard in ready {
-            let start = match ingest.checkpoints.get(&opts.consumer, &shard.id).await? {
-                Some(seq) => StartPosition::AfterSequenceNumber(seq),
-                None => opts.initial_position.clone(),
-            };
-            self.iterators.push(ingest.source.iterator(&shard.id, &start).await?);
-            self.ids.push(shard.id);
-            self.caught_up.push(false);
-            self.millis_behind.push(None);
-            self.finished.push(false);
+    /// Adds the shards the stream lists that this run has not seen (the children of a
+    /// reshard made while it runs), and marks the open ones that are now closed.
+    async fn discover(&mut self, source: &dyn StreamSource) -> Result<()> {
+        for shard in source.shards().await? {
+            if let Some(i) = self.ids.iter().position(|id| *id == shard.id) {
+                self.ending[i] = self.ending[i].take().or(shard.ending_sequence_number);
+            } else if let Some(w) = self.waiting.iter_mut().find(|w| w.id == shard.id) {
+                w.ending_sequence_number = w.ending_sequence_number.take().or(shard.ending_sequence_number);
+            } else if self.known.insert(shard.id.clone()) {
+                debug!(shard = %shard.id, parents = ?shard.parents, "A new shard is listed.");
+                self.waiting.push(shard);
+            }
         }
         Ok(())
+    }
+
+    /// Opens every waiting shard whose parents are read to their end (or were never
+    /// listed: expired past the retention period), from its checkpoint. A shard whose
+    /// checkpoint is [`Checkpoint::ShardEnd`] is done without being opened, which may
+    /// make its children ready in turn. A child of a shard this run knows starts at its
+    /// trim horizon when it has no checkpoint, whatever the initial position: its
+    /// parents' records were read, and its own follow them.
+    async fn open_ready(&mut self, ingest: &Ingest<'_>, opts: &IngestOptions) -> Result<()> {
+        loop {
+            let (ready, waiting): (Vec<Shard>, Vec<Shard>) = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|s| s.parents.iter().all(|p| self.done.contains(p) || !self.known.contains(p)));
+            self.waiting = waiting;
+            let mut ended_before = false;
+            for shard in ready {
+                let checkpoint = ingest.checkpoints.get(&opts.consumer, &shard.id).await?;
+                let last = match &checkpoint {
+                    Some(Checkpoint::At(seq)) => Some(seq.clone()),
+                    _ => None,
+                };
+                let start = match checkpoint {
+                    Some(Checkpoint::ShardEnd) => {
+                        debug!(shard = %shard.id, "Read to its end by an earlier run.");
+                        self.done.insert(shard.id);
+                        ended_before = true;
+                        continue;
+                    }
+                    Some(Checkpoint::At(seq)) => StartPosition::AfterSequenceNumber(seq),
+                    None if shard.parents.iter().any(|p| self.known.contains(p)) => StartPosition::TrimHorizon,
+                    None => opts.initial_position.clone(),
+                };
+                self.iterators.push(ingest.source.iterator(&shard.id, &start).await?);
+                self.ids.push(shard.id);
+                self.caught_up.push(false);
+                self.ending.push(shard.ending_sequence_number);
+                self.last.push(last);
+                self.millis_behind.push(None);
+                self.finished.push(false);
+            }
+            if !ended_before {
+                return Ok(());
+            }
+        }
+    }
+
+    /// True when shard `i` is closed and a record at its ending sequence number was read.
+    /// Before any record, the position counts as 0, which no record has: a closed shard
+    /// that ends at 0 holds nothing (moto lists an empty closed shard so).
+    fn read_to_ending(&self, i: usize) -> bool {
+        let Some(end) = &self.ending[i] else { return false };
+        match &self.last[i] {
+            Some(last) => last >= end,
+            None => end.0.trim_start_matches('0').is_empty(),
+        }
     }
 
     /// True when every open shard has been read to what it holds now.
@@ -253,6 +312,7 @@ impl Ingest<'_> {
             let following = opts.follow && drained != Some(true);
             let may_linger = drained != Some(false);
             let n = readers.ids.len();
+            let mut closed_now = false;
             for k in 0..n {
                 let i = (first_shard + k) % n;
                 if readers.finished[i] {
@@ -264,15 +324,26 @@ impl Ingest<'_> {
                 }
                 let read = self.source.read(&readers.iterators[i], room, batcher.byte_room()).await?;
                 readers.iterators[i] = read.next;
-                readers.caught_up[i] = read.caught_up;
+                if let Some(r) = read.records.last() {
+                    readers.last[i] = Some(r.sequence_number.clone());
+                }
+                // An empty page of a closed shard is not its end (see
+                // `Shard::ending_sequence_number`).
+                readers.caught_up[i] = read.caught_up && readers.ending[i].is_none();
                 readers.millis_behind[i] = read.millis_behind;
                 telemetry::shard_lag(&readers.ids[i], read.millis_behind, None);
                 batcher.extend(read.records.into_iter().map(|record| Pending { shard: i, record }));
-                if read.closed {
+                if read.closed || readers.read_to_ending(i) {
                     info!(shard = %readers.ids[i], "Shard closed and read to its end; its children may start.");
                     readers.finished[i] = true;
                     readers.done.insert(readers.ids[i].clone());
+                    readers.ended.push(readers.ids[i].clone());
+                    closed_now = true;
                 }
+            }
+            if closed_now {
+                // The children of a reshard made during this run are not listed yet.
+                readers.discover(self.source).await?;
             }
             readers.open_ready(self, opts).await?;
             first_shard = (first_shard + 1) % readers.ids.len().max(1);
@@ -283,8 +354,9 @@ impl Ingest<'_> {
                 let batch = prepare_batch(&stream, &readers.ids, batcher.take())?;
                 let millis_behind = readers.millis_behind.iter().flatten().max().copied();
                 slot.take().expect("reserved above").send(Handover {
-                    batch,
+                    batch: Some(batch),
                     shards: readers.ids.clone(),
+                    ended: std::mem::take(&mut readers.ended),
                     millis_behind,
                 });
                 if opts.count_records_behind {
@@ -292,6 +364,17 @@ impl Ingest<'_> {
                         telemetry::shard_lag(id, None, self.source.records_behind(it).await?);
                     }
                 }
+                continue;
+            }
+            if batcher.is_empty() && !readers.ended.is_empty() {
+                // Shards ended after their last records were handed over: their ends go
+                // on their own, behind those records' batches.
+                slot.take().expect("reserved above").send(Handover {
+                    batch: None,
+                    shards: readers.ids.clone(),
+                    ended: std::mem::take(&mut readers.ended),
+                    millis_behind: None,
+                });
                 continue;
             }
             if all_caught_up && batcher.is_empty() && (!following || stopping) {
@@ -313,31 +396,40 @@ impl Ingest<'_> {
         mut rx: tokio::sync::mpsc::Receiver<Handover>,
     ) -> Result<IngestCounts> {
         let mut totals = IngestCounts::default();
-        while let Some(Handover { batch, shards, millis_behind }) = rx.recv().await {
-            let (counts, last, _) = merge_prepared(self.store, self.dead_letters, batch).await?;
-            if opts.crash_after_batches.is_some_and(|n| totals.batches + 1 >= n) {
-                return Err(crate::error::Stage::Stream.error("checkpoint", InjectedCrash));
-            }
-            for (shard, seq) in shards.iter().zip(&last) {
-                if let Some(seq) = seq {
-                    self.checkpoints.set(&opts.consumer, shard, seq).await?;
+        while let Some(Handover { batch, shards, ended, millis_behind }) = rx.recv().await {
+            if let Some(batch) = batch {
+                let (counts, last, _) = merge_prepared(self.store, self.dead_letters, batch).await?;
+                if opts.crash_after_batches.is_some_and(|n| totals.batches + 1 >= n) {
+                    return Err(crate::error::Stage::Stream.error("checkpoint", InjectedCrash));
                 }
+                for (shard, seq) in shards.iter().zip(last) {
+                    if let Some(seq) = seq {
+                        self.checkpoints.set(&opts.consumer, shard, &Checkpoint::At(seq)).await?;
+                    }
+                }
+                telemetry::checkpointed();
+                totals.add(&counts);
+                opts.progress.ingested(&totals, millis_behind);
+                // The batch is freed now; without this the resident size creeps up.
+                crate::memory::release_freed();
             }
-            telemetry::checkpointed();
-            totals.add(&counts);
-            opts.progress.ingested(&totals, millis_behind);
-            // The batch is freed now; without this the resident size creeps up.
-            crate::memory::release_freed();
+            // Every record of these shards is checkpointed above or in an earlier batch.
+            for shard in &ended {
+                self.checkpoints.set(&opts.consumer, shard, &Checkpoint::ShardEnd).await?;
+                info!(shard = %shard, "Recorded the end of a closed shard.");
+            }
         }
         Ok(totals)
     }
 }
 
 /// A prepared batch on its way from the reads to the merges, with the shards its
-/// positions are indexed by and how far behind the reads were.
+/// positions are indexed by, the shards read to their end with it (or, without a batch,
+/// after the batches before it), and how far behind the reads were.
 struct Handover {
-    batch: PreparedBatch,
+    batch: Option<PreparedBatch>,
     shards: Vec<ShardId>,
+    ended: Vec<ShardId>,
     millis_behind: Option<u64>,
 }
 
@@ -475,7 +567,9 @@ mod tests {
     use crate::stream::{ReadResult, StreamRecord};
 
     /// A resharded stream: shard 0 was split into 1 and 2. Each shard holds events of
-    /// one trip; a child holds the later event of a trip its parent started.
+    /// one trip; a child holds the later event of a trip its parent started. At its end
+    /// the parent first answers an empty page at zero lag with an iterator, as Kinesis
+    /// may, and only then says it is closed.
     struct Resharded {
         reads: Mutex<Vec<String>>,
     }
@@ -514,14 +608,21 @@ mod tests {
         async fn shards(&self) -> Result<Vec<Shard>> {
             let parent = "shardId-000000000000".to_string();
             Ok(vec![
-                Shard::root(parent.clone()),
-                Shard { id: "shardId-000000000001".into(), parents: vec![parent.clone()] },
-                Shard { id: "shardId-000000000002".into(), parents: vec![parent] },
+                // Past its records' numbers, as Kinesis' ending sequence numbers can be.
+                Shard { ending_sequence_number: Some(SequenceNumber::from_u64(99)), ..Shard::root(parent.clone()) },
+                Shard { parents: vec![parent.clone()], ..Shard::root("shardId-000000000001".into()) },
+                Shard { parents: vec![parent], ..Shard::root("shardId-000000000002".into()) },
             ])
         }
 
-        async fn iterator(&self, shard: &ShardId, _start: &StartPosition) -> Result<ShardIterator> {
-            Ok(ShardIterator { shard: shard.clone(), position: "0".into() })
+        async fn iterator(&self, shard: &ShardId, start: &StartPosition) -> Result<ShardIterator> {
+            let at = match start {
+                StartPosition::AfterSequenceNumber(seq) => {
+                    contents(shard).iter().take_while(|r| r.sequence_number <= *seq).count()
+                }
+                _ => 0,
+            };
+            Ok(ShardIterator { shard: shard.clone(), position: at.to_string() })
         }
 
         fn identity(&self) -> String {
@@ -530,19 +631,24 @@ mod tests {
 
         async fn read(&self, it: &ShardIterator, limit: usize, _max_bytes: usize) -> Result<ReadResult> {
             self.reads.lock().unwrap().push(it.shard.clone());
+            let parent = it.shard.ends_with('0');
+            // The parent's empty page at its end has been answered.
+            if let Some(at) = it.position.strip_suffix(" empty page") {
+                let next = ShardIterator { shard: it.shard.clone(), position: at.into() };
+                return Ok(ReadResult { records: vec![], next, caught_up: true, closed: true, millis_behind: Some(0) });
+            }
             let at: usize = it.position.parse().unwrap();
             let all = contents(&it.shard);
             let records: Vec<StreamRecord> = all.into_iter().skip(at).take(limit.min(1)).collect();
             let next = at + records.len();
             let end = next == contents(&it.shard).len();
-            // The parent is closed: once read to its end, it says so.
-            let closed = end && it.shard.ends_with('0');
+            let position = if parent && records.is_empty() { format!("{next} empty page") } else { next.to_string() };
             Ok(ReadResult {
                 records,
-                next: ShardIterator { shard: it.shard.clone(), position: next.to_string() },
+                next: ShardIterator { shard: it.shard.clone(), position },
                 caught_up: end,
-                closed,
-                millis_behind: None,
+                closed: false,
+                millis_behind: Some(0),
             })
         }
     }
@@ -566,7 +672,18 @@ mod tests {
             assert!(store.get(trip).await.unwrap().unwrap().trip_completed());
         }
         let parent_checkpoint = checkpoints.get(DEFAULT_CONSUMER, &"shardId-000000000000".to_string()).await.unwrap();
-        assert_eq!(parent_checkpoint, Some(SequenceNumber::from_u64(2)));
+        assert_eq!(parent_checkpoint, Some(Checkpoint::ShardEnd), "the parent's end is recorded");
+        for child in ["shardId-000000000001", "shardId-000000000002"] {
+            let at = checkpoints.get(DEFAULT_CONSUMER, &child.to_string()).await.unwrap();
+            assert!(matches!(at, Some(Checkpoint::At(_))), "{child}: {at:?}");
+        }
+
+        // A later run does not open the parent again.
+        source.reads.lock().unwrap().clear();
+        let again = ingest.run(&IngestOptions { batch_rows: 2, ..Default::default() }).await.unwrap();
+        assert_eq!(again.read, 0);
+        let reads = source.reads.lock().unwrap().clone();
+        assert!(!reads.is_empty() && reads.iter().all(|s| !s.ends_with('0')), "{reads:?}");
     }
 
     /// One shard whose first read holds two trips' starts and whose second read fails.
@@ -617,7 +734,7 @@ mod tests {
             assert!(store.get(trip).await.unwrap().is_some(), "{trip} was read before the failure but not merged");
         }
         let checkpoint = checkpoints.get(DEFAULT_CONSUMER, &"shardId-000000000000".to_string()).await.unwrap();
-        assert_eq!(checkpoint, Some(SequenceNumber::from_u64(2)));
+        assert_eq!(checkpoint, Some(Checkpoint::At(SequenceNumber::from_u64(2))));
     }
 
     /// A table whose every merge fails, after a while.

@@ -8,16 +8,27 @@
 //! in which trips happen). When the assumption is wrong, or a group is stale, the
 //! condition fails and `ReturnValuesOnConditionCheckFailure=ALL_OLD` returns the stored
 //! item, which tells a stale event from a wrong assumption without an extra read; the
-//! write is then sent again with what is now known. So a trip costs one write when its
+//! write is then sent again with what is now known. DynamoDB-compatible stores that do
+//! not implement that parameter (dynalite) answer a failed condition without the item;
+//! until a failed condition has once come back with an item, such an answer is followed
+//! by one consistent GetItem (after which an answer without an item means "absent"). So a trip costs one write when its
 //! events share a batch, and at most two when they arrive in order in separate batches.
 //!
 //! Throttling, 5xx responses and dropped connections are retried by the SDK with
 //! backoff and jitter. The export scans the table in parallel segments, or queries the
-//! sparse index `trip_date-index` when only some dates are wanted.
+//! sparse date index when only some dates are wanted.
+//!
+//! The date index is write-sharded, so that a day's writes spread over N partitions
+//! (DynamoDB takes about 1,000 writes a second per partition key) and a day is read by N
+//! Queries in parallel: an item with a `trip_date` carries `trip_date_shard` =
+//! `DATE#K`, K = [`date_shard`]`(trip_id, N)`, and the index `trip_date_shard-N-index`
+//! (its name says N, so every reader and writer learns it from DescribeTable) is keyed
+//! by it. A table made before the shards has `trip_date-index` on `trip_date`, and is
+//! read as one shard.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -43,8 +54,69 @@ use crate::error::{Context, Stage};
 use crate::event::{END_FIELDS, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
 
-/// The sparse index on `trip_date` (only completed-or-ended trips carry the attribute).
+/// The unsharded date index of tables made before write-sharding: on `trip_date` (only
+/// trips with an end carry the attribute). Still read where it is the table's index.
 pub const DATE_INDEX: &str = "trip_date-index";
+/// The attribute the sharded date index is keyed by: `YYYY-MM-DD#K`.
+pub const DATE_SHARD_ATTRIBUTE: &str = "trip_date_shard";
+/// Shards of a new table's date index, unless set ([`DynamoStore::with_date_shards`]).
+pub const DEFAULT_DATE_SHARDS: u32 = 1;
+/// The most shards a date index may have: a day is read by that many Queries.
+pub const MAX_DATE_SHARDS: u32 = 256;
+
+/// The date index of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateIndex {
+    /// [`DATE_INDEX`], on `trip_date`.
+    Plain,
+    /// `trip_date_shard-N-index`, on [`DATE_SHARD_ATTRIBUTE`], with N shards.
+    Sharded(u32),
+}
+
+impl DateIndex {
+    /// The index's name.
+    pub fn name(&self) -> String {
+        match self {
+            DateIndex::Plain => DATE_INDEX.to_owned(),
+            DateIndex::Sharded(n) => format!("{DATE_SHARD_ATTRIBUTE}-{n}-index"),
+        }
+    }
+
+    /// The index named `name`, if it is a date index.
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name == DATE_INDEX {
+            return Some(DateIndex::Plain);
+        }
+        let n = name.strip_prefix(DATE_SHARD_ATTRIBUTE)?.strip_prefix('-')?.strip_suffix("-index")?;
+        n.parse().ok().filter(|n| (1..=MAX_DATE_SHARDS).contains(n)).map(DateIndex::Sharded)
+    }
+
+    /// The attribute the index is keyed by.
+    fn attribute(&self) -> &'static str {
+        match self {
+            DateIndex::Plain => "trip_date",
+            DateIndex::Sharded(_) => DATE_SHARD_ATTRIBUTE,
+        }
+    }
+
+    /// The index keys of `date`: one per shard.
+    fn keys(&self, date: &str) -> Vec<String> {
+        match self {
+            DateIndex::Plain => vec![date.to_owned()],
+            DateIndex::Sharded(n) => (0..*n).map(|k| format!("{date}#{k}")).collect(),
+        }
+    }
+}
+
+/// The shard of the date index that `trip_id` is written to, among `shards`: the first
+/// eight bytes of the MD5 of the trip id, big-endian, modulo `shards`. It is part of the
+/// stored format: a table's items are written and read with it.
+pub fn date_shard(trip_id: &str, shards: u32) -> u32 {
+    use md5::{Digest, Md5};
+    let digest = Md5::digest(trip_id.as_bytes());
+    let head = u64::from_be_bytes(digest[..8].try_into().expect("an MD5 digest has 16 bytes"));
+    (head % u64::from(shards.max(1))) as u32
+}
 /// Default number of UpdateItem calls in flight.
 pub const DEFAULT_WRITE_CONCURRENCY: usize = 16;
 /// Default number of parallel Scan segments of an export.
@@ -60,6 +132,13 @@ pub struct DynamoStore {
     write_concurrency: usize,
     scan_segments: u32,
     writes: Arc<AtomicU64>,
+    /// Shards of the date index of a table this store creates.
+    date_shards: u32,
+    /// The table's date index, from DescribeTable, learnt once.
+    index: tokio::sync::OnceCell<DateIndex>,
+    /// Set once a failed condition came back with the stored item: the table implements
+    /// `ReturnValuesOnConditionCheckFailure`, so a failure without one means absent.
+    returns_old_items: Arc<AtomicBool>,
 }
 
 /// What a write assumes of the group it does not write.
@@ -121,7 +200,7 @@ struct Expression {
     values: HashMap<String, AttributeValue>,
 }
 
-fn expression(u: &TripUpdate, plan: &Plan) -> Expression {
+fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
     let mut set = Vec::new();
     let mut remove = Vec::new();
     let mut names = HashMap::new();
@@ -192,6 +271,12 @@ fn expression(u: &TripUpdate, plan: &Plan) -> Expression {
         set.push("#trip_date = :trip_date".into());
         names.insert("#trip_date".into(), "trip_date".into());
         values.insert(":trip_date".into(), AttributeValue::S(d[..10].to_owned()));
+        if let DateIndex::Sharded(n) = index {
+            set.push(format!("#{DATE_SHARD_ATTRIBUTE} = :{DATE_SHARD_ATTRIBUTE}"));
+            names.insert(format!("#{DATE_SHARD_ATTRIBUTE}"), DATE_SHARD_ATTRIBUTE.into());
+            let key = format!("{}#{}", &d[..10], date_shard(&u.trip_id, n));
+            values.insert(format!(":{DATE_SHARD_ATTRIBUTE}"), AttributeValue::S(key));
+        }
     }
     set.push("#trip_completed = :trip_completed".into());
     set.push("#last_updated = :last_updated".into());
@@ -290,6 +375,9 @@ impl DynamoStore {
             write_concurrency: DEFAULT_WRITE_CONCURRENCY,
             scan_segments: DEFAULT_SCAN_SEGMENTS,
             writes: Arc::default(),
+            date_shards: DEFAULT_DATE_SHARDS,
+            index: tokio::sync::OnceCell::new(),
+            returns_old_items: Arc::default(),
         }
     }
 
@@ -297,6 +385,40 @@ impl DynamoStore {
     pub fn with_write_concurrency(mut self, n: usize) -> Self {
         self.write_concurrency = n.max(1);
         self
+    }
+
+    /// Sets the shards of the date index, for a table [`Self::create_if_missing`] creates
+    /// (1 to [`MAX_DATE_SHARDS`]). An existing table keeps the index it has.
+    pub fn with_date_shards(mut self, n: u32) -> Self {
+        self.date_shards = n.clamp(1, MAX_DATE_SHARDS);
+        self
+    }
+
+    /// The table's date index, described once.
+    ///
+    /// # Errors
+    /// When the table cannot be described or has no date index.
+    pub async fn date_index(&self) -> Result<DateIndex> {
+        let index = self
+            .index
+            .get_or_try_init(|| async {
+                match statuses(&self.client, &self.table).await?.index {
+                    Some((index, _)) => Ok(index),
+                    None => Err(self.no_index()),
+                }
+            })
+            .await?;
+        Ok(*index)
+    }
+
+    fn no_index(&self) -> Error {
+        Error::Config(format!(
+            "DynamoDB table {} has no date index ({} or {}); add it with 'tripflow setup --store dynamodb://{}'",
+            self.table,
+            DateIndex::Sharded(self.date_shards).name(),
+            DATE_INDEX,
+            self.table
+        ))
     }
 
     /// Sets the number of parallel Scan segments of an export.
@@ -310,9 +432,10 @@ impl DynamoStore {
         &self.table
     }
 
-    /// Creates the table (key `trip_id`, on-demand) with its sparse index on
-    /// `trip_date` unless they exist, and waits until both are active. Returns whether
-    /// anything was created.
+    /// Creates the table (key `trip_id`, on-demand) with its sparse date index, sharded
+    /// [`Self::with_date_shards`] ways, unless they exist, and waits until both are
+    /// active. A table without a date index gets the unsharded [`DATE_INDEX`], which
+    /// covers the items it already holds. Returns whether anything was created.
     ///
     /// # Errors
     /// When DynamoDB refuses, or the table does not become active within two minutes.
@@ -322,21 +445,26 @@ impl DynamoStore {
         };
         let key = |name: &str, ty: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(ty).build();
         let build = |e: aws_smithy_types::error::operation::BuildError| Error::store(e.to_string());
-        let index_keys =
-            vec![key("trip_date", KeyType::Hash).map_err(build)?, key("trip_id", KeyType::Range).map_err(build)?];
+        let index_keys = |index: DateIndex| -> Result<Vec<KeySchemaElement>> {
+            Ok(vec![
+                key(index.attribute(), KeyType::Hash).map_err(build)?,
+                key("trip_id", KeyType::Range).map_err(build)?,
+            ])
+        };
         let projection = Projection::builder().projection_type(ProjectionType::All).build();
+        let new_index = DateIndex::Sharded(self.date_shards);
         let created_table = match self
             .client
             .create_table()
             .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(attr("trip_id").map_err(build)?)
-            .attribute_definitions(attr("trip_date").map_err(build)?)
+            .attribute_definitions(attr(new_index.attribute()).map_err(build)?)
             .key_schema(key("trip_id", KeyType::Hash).map_err(build)?)
             .global_secondary_indexes(
                 GlobalSecondaryIndex::builder()
-                    .index_name(DATE_INDEX)
-                    .set_key_schema(Some(index_keys.clone()))
+                    .index_name(new_index.name())
+                    .set_key_schema(Some(index_keys(new_index)?))
                     .projection(projection.clone())
                     .build()
                     .map_err(build)?,
@@ -354,18 +482,19 @@ impl DynamoStore {
             wait_until(&self.client, &self.table, &Statuses::index_active, INDEX_WAIT).await?;
             return Ok(created_table);
         }
-        // A table made before the index existed: add it.
+        // A table made without a date index: add the one its items already fit.
+        let index = DateIndex::Plain;
         self.client
             .update_table()
             .table_name(&self.table)
-            .attribute_definitions(attr("trip_date").map_err(build)?)
+            .attribute_definitions(attr(index.attribute()).map_err(build)?)
             .attribute_definitions(attr("trip_id").map_err(build)?)
             .global_secondary_index_updates(
                 GlobalSecondaryIndexUpdate::builder()
                     .create(
                         CreateGlobalSecondaryIndexAction::builder()
-                            .index_name(DATE_INDEX)
-                            .set_key_schema(Some(index_keys))
+                            .index_name(index.name())
+                            .set_key_schema(Some(index_keys(index)?))
                             .projection(projection)
                             .build()
                             .map_err(build)?,
@@ -385,19 +514,13 @@ impl DynamoStore {
     /// # Errors
     /// When they do not exist or cannot be described.
     pub async fn check_exists(&self) -> Result<()> {
-        match statuses(&self.client, &self.table).await?.index {
-            Some(_) => Ok(()),
-            None => Err(Error::Config(format!(
-                "DynamoDB table {} has no index {DATE_INDEX}; add it with 'tripflow setup --store dynamodb://{}'",
-                self.table, self.table
-            ))),
-        }
+        self.date_index().await.map(|_| ())
     }
 
-    async fn merge_one(&self, u: &TripUpdate) -> Result<MergeOutcome> {
+    async fn merge_one(&self, u: &TripUpdate, index: DateIndex) -> Result<MergeOutcome> {
         let mut plan = Plan::first(u);
         for _ in 0..MAX_CONDITION_RETRIES {
-            let e = expression(u, &plan);
+            let e = expression(u, &plan, index);
             self.writes.fetch_add(1, Ordering::Relaxed);
             let sent = self
                 .client
@@ -415,7 +538,14 @@ impl DynamoStore {
                 Ok(_) => return Ok(MergeOutcome { start_applied: plan.start, end_applied: plan.end }),
                 Err(err) => match err.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
-                        let stored = stored_versions(failed.item());
+                        let stored = match failed.item() {
+                            Some(item) => {
+                                self.returns_old_items.store(true, Ordering::Relaxed);
+                                stored_versions(Some(item))
+                            }
+                            None if self.returns_old_items.load(Ordering::Relaxed) => StoredVersions::default(),
+                            None => stored_versions(self.get_raw(&u.trip_id).await?.as_ref()),
+                        };
                         match Plan::after_failure(u, &stored) {
                             None => return Ok(MergeOutcome::default()),
                             Some(next) => {
@@ -442,6 +572,26 @@ impl DynamoStore {
         )))
     }
 
+    /// The stored item of `trip_id`, read consistently.
+    async fn get_raw(&self, trip_id: &str) -> Result<Option<HashMap<String, AttributeValue>>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("trip_id", AttributeValue::S(trip_id.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.code() == Some("ResourceNotFoundException") {
+                    not_found(&self.table)
+                } else {
+                    Error::store(format!("GetItem {trip_id} from {}: {}", self.table, describe(&e)))
+                }
+            })?;
+        Ok(out.item)
+    }
+
     /// Every item of one Scan segment, into Arrow batches.
     async fn scan_segment(&self, segment: u32) -> Result<Vec<RecordBatch>> {
         let mut builder = ExportBuilder::new(Columns::all());
@@ -465,23 +615,36 @@ impl DynamoStore {
         Ok(batches)
     }
 
-    /// The items of one `trip_date`, from the sparse index.
-    async fn query_date(&self, date: NaiveDate) -> Result<Vec<RecordBatch>> {
+    /// The items of one `trip_date`, from the sparse date index: one Query per shard, in
+    /// parallel.
+    async fn query_date(&self, index: DateIndex, date: NaiveDate) -> Result<Vec<RecordBatch>> {
+        let keys = index.keys(&date.format("%Y-%m-%d").to_string());
+        let shards: Vec<Vec<RecordBatch>> = futures::stream::iter(keys)
+            .map(|key| self.query_key(index, key))
+            .buffer_unordered(MAX_DATE_SHARDS as usize)
+            .try_collect()
+            .await?;
+        Ok(shards.concat())
+    }
+
+    /// The items under one key of the date index.
+    async fn query_key(&self, index: DateIndex, key: String) -> Result<Vec<RecordBatch>> {
         let mut builder = ExportBuilder::new(Columns::all());
         let mut batches = Vec::new();
+        let name = index.name();
         let mut pages = self
             .client
             .query()
             .table_name(&self.table)
-            .index_name(DATE_INDEX)
+            .index_name(&name)
             .key_condition_expression("#d = :d")
-            .expression_attribute_names("#d", "trip_date")
-            .expression_attribute_values(":d", AttributeValue::S(date.format("%Y-%m-%d").to_string()))
+            .expression_attribute_names("#d", index.attribute())
+            .expression_attribute_values(":d", AttributeValue::S(key))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page =
-                page.map_err(|e| Error::store(format!("Query of {} on {DATE_INDEX}: {}", self.table, describe(&e))))?;
+                page.map_err(|e| Error::store(format!("Query of {} on {name}: {}", self.table, describe(&e))))?;
             page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
@@ -494,7 +657,7 @@ impl DynamoStore {
 /// What DescribeTable says of a table and of its date index (`None`: no such index).
 struct Statuses {
     table: Option<TableStatus>,
-    index: Option<IndexStatus>,
+    index: Option<(DateIndex, IndexStatus)>,
 }
 
 impl Statuses {
@@ -503,7 +666,7 @@ impl Statuses {
     }
 
     fn index_active(&self) -> bool {
-        self.index == Some(IndexStatus::Active)
+        matches!(self.index, Some((_, IndexStatus::Active)))
     }
 }
 
@@ -518,9 +681,14 @@ async fn statuses(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<Stat
     let t = out.table();
     Ok(Statuses {
         table: t.and_then(|t| t.table_status()).cloned(),
-        index: t
-            .and_then(|t| t.global_secondary_indexes().iter().find(|i| i.index_name() == Some(DATE_INDEX)))
-            .map(|i| i.index_status().cloned().unwrap_or(IndexStatus::Active)),
+        // A sharded index before the plain one, should a table have both.
+        index: t.and_then(|t| {
+            let indexes = t.global_secondary_indexes();
+            let found = indexes.iter().filter_map(|i| Some((DateIndex::from_name(i.index_name()?)?, i)));
+            found
+                .min_by_key(|(index, _)| *index == DateIndex::Plain)
+                .map(|(index, i)| (index, i.index_status().cloned().unwrap_or(IndexStatus::Active)))
+        }),
     })
 }
 
@@ -544,7 +712,7 @@ async fn wait_until(
         }
         if began.elapsed() > limit {
             return Err(Error::store(format!(
-                "DynamoDB table {table} (or its index {DATE_INDEX}) is not active after {} s",
+                "DynamoDB table {table} (or its date index) is not active after {} s",
                 limit.as_secs()
             )));
         }
@@ -585,30 +753,16 @@ pub async fn create_key_table(aws: &Aws, table: &str, hash: &str, range: Option<
 impl TripStore for DynamoStore {
     async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>> {
         // Indices, not references, keep the futures free of higher-ranked lifetimes.
+        let index = self.date_index().await?;
         futures::stream::iter(0..updates.len())
-            .map(|i| self.merge_one(&updates[i]))
+            .map(|i| self.merge_one(&updates[i], index))
             .buffered(self.write_concurrency)
             .try_collect()
             .await
     }
 
     async fn get(&self, trip_id: &str) -> Result<Option<TripItem>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("trip_id", AttributeValue::S(trip_id.to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.code() == Some("ResourceNotFoundException") {
-                    not_found(&self.table)
-                } else {
-                    Error::store(format!("GetItem {trip_id} from {}: {}", self.table, describe(&e)))
-                }
-            })?;
-        out.item().map(trip_item).transpose()
+        self.get_raw(trip_id).await?.as_ref().map(trip_item).transpose()
     }
 
     async fn export(&self, dates: Option<Vec<NaiveDate>>, columns: &Columns) -> Result<Vec<RecordBatch>> {
@@ -625,8 +779,9 @@ impl TripStore for DynamoStore {
             Some(mut dates) => {
                 dates.sort();
                 dates.dedup();
+                let index = self.date_index().await?;
                 let per_date: Vec<Vec<RecordBatch>> = futures::stream::iter(dates)
-                    .map(|d| self.query_date(d))
+                    .map(|d| self.query_date(index, d))
                     .buffered(self.scan_segments as usize)
                     .try_collect()
                     .await?;
@@ -650,6 +805,8 @@ impl TripStore for DynamoStore {
 
 #[cfg(test)]
 mod tests {
+    use md5::Digest;
+
     use super::*;
 
     fn start(p: &str) -> StartGroup {
@@ -679,15 +836,19 @@ mod tests {
     #[test]
     fn a_lone_start_assumes_no_end_and_a_lone_end_assumes_an_earlier_start() {
         let u = TripUpdate { trip_id: "t".into(), start: Some(start("2024-05-25 10:00:00")), end: None };
-        let e = expression(&u, &Plan::first(&u));
+        let e = expression(&u, &Plan::first(&u), DateIndex::Sharded(4));
         assert!(e.condition.contains("attribute_not_exists(#dropoff_datetime)"), "{}", e.condition);
+        assert!(!e.values.contains_key(":trip_date_shard"), "no date, no shard");
         assert_eq!(e.values[":trip_completed"], AttributeValue::Bool(false));
         assert!(e.update.contains("REMOVE #estimated_dropoff_datetime"), "{}", e.update);
 
         let u = TripUpdate { trip_id: "t".into(), start: None, end: Some(end("2024-05-25 11:00:00")) };
-        let e = expression(&u, &Plan::first(&u));
+        assert!(!expression(&u, &Plan::first(&u), DateIndex::Plain).values.contains_key(":trip_date_shard"));
+        let e = expression(&u, &Plan::first(&u), DateIndex::Sharded(4));
         assert!(e.condition.contains("#pickup_datetime <= :dropoff_datetime"), "{}", e.condition);
         assert_eq!(e.values[":trip_date"], AttributeValue::S("2024-05-25".into()));
+        let shard = format!("2024-05-25#{}", date_shard("t", 4));
+        assert_eq!(e.values[":trip_date_shard"], AttributeValue::S(shard));
         assert_eq!(e.values[":trip_completed"], AttributeValue::Bool(true));
         // Every name and value placeholder is used: DynamoDB refuses unused ones.
         for name in e.names.keys() {
@@ -707,12 +868,12 @@ mod tests {
         let stored = StoredVersions { pickup: None, dropoff: None };
         let next = Plan::after_failure(&u, &stored).unwrap();
         assert_eq!(next.other, Other::Absent, "the end came first");
-        let e = expression(&u, &next);
+        let e = expression(&u, &next, DateIndex::Plain);
         assert_eq!(e.values[":trip_completed"], AttributeValue::Bool(false));
 
         let stored = StoredVersions { pickup: Some("2024-05-25 12:00:00".into()), dropoff: None };
         let next = Plan::after_failure(&u, &stored).unwrap();
-        let e = expression(&u, &next);
+        let e = expression(&u, &next, DateIndex::Plain);
         assert_eq!(e.values[":last_updated"], AttributeValue::S("2024-05-25 12:00:00".into()), "the newer version");
 
         let both = TripUpdate { start: Some(start("2024-05-25 10:00:00")), ..u };
@@ -720,5 +881,29 @@ mod tests {
         let next = Plan::after_failure(&both, &stored).unwrap();
         assert!(!next.start && next.end, "only the newer group is written again");
         assert_eq!(next.other, Other::Is("2024-05-25 10:00:00".into()));
+    }
+
+    #[test]
+    fn date_indexes_are_named_by_their_shards_and_trips_spread_over_them() {
+        for index in [DateIndex::Plain, DateIndex::Sharded(1), DateIndex::Sharded(16)] {
+            assert_eq!(DateIndex::from_name(&index.name()), Some(index));
+        }
+        assert_eq!(DateIndex::Sharded(16).name(), "trip_date_shard-16-index");
+        for other in ["trip_date_shard-0-index", "trip_date_shard-x-index", "trip_date_shard-999-index", "by_vendor"] {
+            assert_eq!(DateIndex::from_name(other), None, "{other}");
+        }
+        assert_eq!(DateIndex::Sharded(3).keys("2024-05-25"), ["2024-05-25#0", "2024-05-25#1", "2024-05-25#2"]);
+        assert_eq!(DateIndex::Plain.keys("2024-05-25"), ["2024-05-25"]);
+
+        // The stored format: MD5("trip-1") begins 868c1fa9872958b4, which is 4 modulo 16.
+        let head = u64::from_be_bytes(md5::Md5::digest(b"trip-1")[..8].try_into().unwrap());
+        assert_eq!(head, 0x868c_1fa9_8729_58b4);
+        assert_eq!(date_shard("trip-1", 16), 4);
+        assert_eq!(date_shard("trip-1", 1), 0);
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[date_shard(&format!("trip-{i}"), 16) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
     }
 }

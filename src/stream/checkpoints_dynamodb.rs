@@ -4,14 +4,15 @@
 //! A checkpoint moves only forward: the write is conditional on the stored sequence
 //! number being smaller. Kinesis sequence numbers are decimal strings of up to 128
 //! digits, so the condition compares a zero-padded copy (`seq_order`), whose text order
-//! is number order; `seq` keeps the number as Kinesis wrote it.
+//! is number order; `seq` keeps the number as Kinesis wrote it. A shard read to its end
+//! stores [`Checkpoint::SHARD_END`] in both, which sorts after every padded number.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::{CheckpointStore, SequenceNumber, ShardId};
+use super::{Checkpoint, CheckpointStore, SequenceNumber, ShardId};
 use crate::aws::{Aws, describe};
 use crate::{Error, Result};
 
@@ -25,6 +26,14 @@ const ORDER_WIDTH: usize = 128;
 pub struct DynamoCheckpoints {
     client: aws_sdk_dynamodb::Client,
     table: String,
+}
+
+/// What `to` is stored as: the text kept in `seq`, and the text the condition compares.
+fn stored(to: &Checkpoint) -> Result<(String, String)> {
+    match to {
+        Checkpoint::At(seq) => Ok((seq.0.trim_start_matches('0').to_owned(), order_key(seq)?)),
+        Checkpoint::ShardEnd => Ok((Checkpoint::SHARD_END.to_owned(), Checkpoint::SHARD_END.to_owned())),
+    }
 }
 
 fn order_key(seq: &SequenceNumber) -> Result<String> {
@@ -67,7 +76,7 @@ impl DynamoCheckpoints {
 
 #[async_trait]
 impl CheckpointStore for DynamoCheckpoints {
-    async fn get(&self, consumer: &str, shard: &ShardId) -> Result<Option<SequenceNumber>> {
+    async fn get(&self, consumer: &str, shard: &ShardId) -> Result<Option<Checkpoint>> {
         let out = self
             .client
             .get_item()
@@ -83,11 +92,11 @@ impl CheckpointStore for DynamoCheckpoints {
                     Error::stream(format!("reading the checkpoint of {consumer} in {shard}: {}", describe(&e)))
                 }
             })?;
-        Ok(out.item().and_then(|i| i.get("seq")).and_then(|v| v.as_s().ok()).map(|s| SequenceNumber(s.as_str().into())))
+        Ok(out.item().and_then(|i| i.get("seq")).and_then(|v| v.as_s().ok()).map(|s| Checkpoint::from_stored(s)))
     }
 
-    async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()> {
-        let order = order_key(seq)?;
+    async fn set(&self, consumer: &str, shard: &ShardId, to: &Checkpoint) -> Result<()> {
+        let (seq, order) = stored(to)?;
         let sent = self
             .client
             .update_item()
@@ -95,7 +104,7 @@ impl CheckpointStore for DynamoCheckpoints {
             .set_key(Some(Self::key(consumer, shard).into_iter().collect()))
             .update_expression("SET seq = :seq, seq_order = :order, updated_at = :now")
             .condition_expression("attribute_not_exists(seq_order) OR seq_order < :order")
-            .expression_attribute_values(":seq", AttributeValue::S(seq.0.trim_start_matches('0').to_owned()))
+            .expression_attribute_values(":seq", AttributeValue::S(seq))
             .expression_attribute_values(":order", AttributeValue::S(order))
             .expression_attribute_values(":now", AttributeValue::S(chrono::Utc::now().to_rfc3339()))
             .send()
@@ -126,5 +135,7 @@ mod tests {
         );
         assert_eq!(k("0007"), k("7"));
         assert!(order_key(&SequenceNumber("12a".into())).is_err());
+        let end = stored(&Checkpoint::ShardEnd).unwrap().1;
+        assert!(end > k(&"9".repeat(ORDER_WIDTH)), "the end of a shard is past every sequence number");
     }
 }

@@ -9,8 +9,10 @@
 //! with GetRecords within the service limits (at most 10,000 records a call, and a
 //! configurable pause between calls on a shard: 200 ms keeps to five calls a second).
 //! A throttled read backs off; an expired iterator is renewed from the last record read.
-//! `MillisBehindLatest == 0` tells the consumer it has caught up; a shard whose
-//! iterator runs out is closed, and its children may then be read.
+//! `MillisBehindLatest == 0` tells the consumer it has caught up with an open shard. A
+//! closed shard (split or merged: ListShards gives it an ending sequence number) is read
+//! until its iterator runs out, however many empty pages at zero lag come first, as
+//! GetRecords' documentation warns; only then may its children be read.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -300,7 +302,14 @@ impl StreamSource for KinesisStream {
             })?;
             for s in out.shards() {
                 let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()].into_iter().flatten();
-                shards.push(Shard { id: s.shard_id().to_owned(), parents: parents.map(str::to_owned).collect() });
+                shards.push(Shard {
+                    id: s.shard_id().to_owned(),
+                    parents: parents.map(str::to_owned).collect(),
+                    ending_sequence_number: s
+                        .sequence_number_range()
+                        .and_then(|r| r.ending_sequence_number())
+                        .map(|seq| SequenceNumber(seq.into())),
+                });
             }
             match out.next_token() {
                 Some(t) => token = Some(t.to_owned()),

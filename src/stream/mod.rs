@@ -113,12 +113,46 @@ pub struct Shard {
     pub id: ShardId,
     /// Its parent and adjacent parent, when it was made by a split or a merge.
     pub parents: Vec<ShardId>,
+    /// Set when the shard was closed by a split or a merge: the last sequence number it
+    /// may hold. It takes no new records, and it is done once a read says
+    /// [`ReadResult::closed`] or a record at this number has been read. A read that comes
+    /// back empty and "caught up" before either is not its end: Kinesis may answer a
+    /// closed shard with empty pages before its iterator runs out.
+    pub ending_sequence_number: Option<SequenceNumber>,
 }
 
 impl Shard {
-    /// A shard with no parents.
+    /// An open shard with no parents.
     pub fn root(id: ShardId) -> Self {
-        Shard { id, parents: Vec::new() }
+        Shard { id, parents: Vec::new(), ending_sequence_number: None }
+    }
+
+    /// True when the shard was closed by a reshard.
+    pub fn is_closed(&self) -> bool {
+        self.ending_sequence_number.is_some()
+    }
+}
+
+/// A consumer's checkpoint in one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Every record up to and including this one is processed.
+    At(SequenceNumber),
+    /// The shard was closed by a reshard and read to its end, every record processed:
+    /// later runs do not open it again, and its children may be read (KCL's
+    /// `SHARD_END` checkpoint). It is past every sequence number.
+    ShardEnd,
+}
+
+impl Checkpoint {
+    /// How a [`Checkpoint::ShardEnd`] is stored, by every checkpoint store: its text
+    /// order is after every zero-padded sequence number ('S' > '9'), so a conditional
+    /// "only forward" write treats it as the last position.
+    pub const SHARD_END: &'static str = "SHARD_END";
+
+    /// The checkpoint stored as `text`.
+    pub fn from_stored(text: &str) -> Self {
+        if text == Self::SHARD_END { Checkpoint::ShardEnd } else { Checkpoint::At(SequenceNumber(text.into())) }
     }
 }
 
@@ -214,20 +248,22 @@ pub trait Stream: StreamSink + StreamSource {}
 
 impl<T: StreamSink + StreamSource> Stream for T {}
 
-/// Keeps, per consumer and shard, the last sequence number fully processed.
+/// Keeps, per consumer and shard, the last sequence number fully processed, or that the
+/// shard was read to its end.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
     /// The checkpoint of `consumer` in `shard`, if any.
     ///
     /// # Errors
     /// When the backend fails.
-    async fn get(&self, consumer: &str, shard: &ShardId) -> Result<Option<SequenceNumber>>;
+    async fn get(&self, consumer: &str, shard: &ShardId) -> Result<Option<Checkpoint>>;
 
-    /// Moves the checkpoint forward to `seq`; a checkpoint never moves back.
+    /// Moves the checkpoint forward to `to`; a checkpoint never moves back, and nothing
+    /// moves it past [`Checkpoint::ShardEnd`].
     ///
     /// # Errors
     /// When the backend fails; the checkpoint is then unchanged.
-    async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()>;
+    async fn set(&self, consumer: &str, shard: &ShardId, to: &Checkpoint) -> Result<()>;
 }
 
 /// Why a stream would refuse `record` for good (an empty partition key, or over the

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use tripflow::stream::embedded::EmbeddedStream;
-use tripflow::stream::{CheckpointStore, StartPosition, StreamSource};
+use tripflow::stream::{Checkpoint, CheckpointStore, StartPosition, StreamSource};
 
 use crate::common::{copy_dir, data_dir, queries_dir};
 
@@ -196,7 +196,9 @@ fn ingest_follows_a_producer_in_another_process_and_stops_cleanly_on_sigterm() {
         runtime.block_on(async {
             let mut behind = 0;
             for shard in stream.shards().await.unwrap() {
-                let Some(done) = stream.get(tripflow::ingest::DEFAULT_CONSUMER, &shard.id).await.unwrap() else {
+                let Some(Checkpoint::At(done)) =
+                    stream.get(tripflow::ingest::DEFAULT_CONSUMER, &shard.id).await.unwrap()
+                else {
                     behind += 1;
                     continue;
                 };

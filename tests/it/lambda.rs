@@ -33,7 +33,7 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// What the function answered to one invocation.
 #[derive(Debug, Clone)]
-enum Outcome {
+pub enum Outcome {
     /// `POST /runtime/invocation/{id}/response`, with its body.
     Response(Value),
     /// `POST /runtime/invocation/{id}/error`, with its body.
@@ -50,14 +50,14 @@ struct State {
 
 /// The Lambda Runtime API (`/2018-06-01/runtime/…`), as the Lambda service serves it
 /// to a custom runtime: `invocation/next` blocks until an event is queued.
-struct RuntimeApi {
+pub struct RuntimeApi {
     addr: String,
     state: Mutex<State>,
     changed: tokio::sync::Notify,
 }
 
 impl RuntimeApi {
-    async fn start() -> Arc<Self> {
+    pub async fn start() -> Arc<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = Arc::new(RuntimeApi {
             addr: listener.local_addr().unwrap().to_string(),
@@ -95,7 +95,7 @@ impl RuntimeApi {
     }
 
     /// Invokes with a minute to go.
-    async fn invoke_now(&self, event: &Value) -> Outcome {
+    pub async fn invoke_now(&self, event: &Value) -> Outcome {
         self.invoke(event, SystemTime::now() + Duration::from_secs(60)).await
     }
 
@@ -159,13 +159,13 @@ async fn answer(api: Arc<RuntimeApi>, req: Request<Incoming>) -> Result<Response
 }
 
 /// The `tripflow-lambda` binary, serving `api`, killed when dropped.
-struct Function {
+pub struct Function {
     child: tokio::process::Child,
     log: tempfile::NamedTempFile,
 }
 
 impl Function {
-    fn start(api: &RuntimeApi, handler: &str, vars: &[(&str, String)]) -> Self {
+    pub fn start(api: &RuntimeApi, handler: &str, vars: &[(&str, String)]) -> Self {
         let log = tempfile::NamedTempFile::new().unwrap();
         // stdout (the function's log, as Lambda captures it) and stderr, in one file.
         let append = || std::fs::OpenOptions::new().append(true).open(log.path()).unwrap();
@@ -186,14 +186,14 @@ impl Function {
         Function { child: cmd.spawn().unwrap(), log }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 }
 
 /// `data/` as `tripflow produce` puts it on a 2-shard stream, read back per shard:
 /// (shard, partition key, bytes) in stream order.
-async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
+pub async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
     let home = Home::new(tmp.join("produce-home")).unwrap();
     let stream = home.stream(Some(2)).unwrap();
     let report = crate::common::produce_dir(&stream, &data_dir()).await;
@@ -216,7 +216,7 @@ async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
 
 /// A Kinesis event of `records`, numbered from `first` within their shard: base64 data,
 /// 56-digit sequence numbers and `eventID`s as Kinesis writes them.
-fn kinesis_event(records: &[(String, String, Vec<u8>)], first: u64) -> (Value, Vec<String>) {
+pub fn kinesis_event(records: &[(String, String, Vec<u8>)], first: u64) -> (Value, Vec<String>) {
     let mut sequence_numbers = Vec::new();
     let records: Vec<Value> = records
         .iter()
@@ -246,7 +246,7 @@ fn kinesis_event(records: &[(String, String, Vec<u8>)], first: u64) -> (Value, V
     (json!({ "Records": records }), sequence_numbers)
 }
 
-fn failures(outcome: &Outcome) -> Vec<String> {
+pub fn failures(outcome: &Outcome) -> Vec<String> {
     let Outcome::Response(body) = outcome else { panic!("the invocation failed: {outcome:?}") };
     body["batchItemFailures"]
         .as_array()
@@ -390,6 +390,8 @@ async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
             ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
             ("TRIPFLOW_OUT", format!("s3://{bucket}/tripflow")),
             ("TRIPFLOW_LOOKBACK", "1".into()),
+            // What Lambda sets under the template's LoggingConfig LogFormat JSON.
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON".into()),
         ],
     );
     let outcome = api.invoke_now(&json!({ "dates": dates })).await;
@@ -409,6 +411,25 @@ async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
     let outcome = api.invoke_now(&json!({ "scheduled_time": format!("{last}T23:59:00Z") })).await;
     let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", kpi.log()) };
     assert_eq!(summary["requested"], json!([dates[dates.len() - 2], last]), "{summary}");
+
+    // The smoke invoke after a deploy: no dates, an answer, nothing run.
+    let outcome = api.invoke_now(&json!({ "dates": [] })).await;
+    let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", kpi.log()) };
+    assert_eq!((&summary["requested"], &summary["files"]), (&json!([]), &json!([])), "{summary}");
+
+    // Every log line is JSON, and a run's lines carry its request id. Each run that wrote
+    // its files logs one EMF line with KpiRunSucceeded (the smoke invoke does not).
+    let log = kpi.log();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    let done: Vec<&Value> = lines.iter().filter(|l| l["message"] == "KPI run done.").collect();
+    assert_eq!(done.len(), 2, "{log}");
+    assert!(done.iter().all(|l| l["span"]["requestId"].as_str().is_some_and(|id| id.starts_with("request-"))), "{log}");
+    let runs: Vec<&Value> = lines.iter().filter(|l| l["_aws"].is_object()).collect();
+    assert_eq!(runs.len(), 2, "{log}");
+    assert!(runs.iter().all(|r| r["KpiRunSucceeded"] == 1 && r["function"] == "kpi"), "{log}");
+    assert_eq!(runs[0]["dates"].as_u64(), Some(dates.len() as u64), "{log}");
+    assert!(runs[0]["trips"].as_u64().unwrap() > 0 && runs[0]["seconds"].as_f64().unwrap() > 0.0, "{log}");
 
     let outcome = api.invoke_now(&json!({ "date": "2024-05-25" })).await;
     let Outcome::Error(error) = outcome else { panic!("an unknown request was accepted: {outcome:?}") };

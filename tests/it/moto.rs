@@ -24,16 +24,19 @@ fn host_port(url: &str) -> String {
 
 /// Panics, saying how to start it, unless the emulator answers.
 pub fn require() -> String {
-    let url = endpoint();
-    let addr = host_port(&url);
-    if std::net::TcpStream::connect(&addr).is_err() {
+    require_at(&endpoint(), "the AWS emulator", "`moto_server -H 127.0.0.1 -p 5000`", "TRIPFLOW_TEST_AWS_ENDPOINT")
+}
+
+/// Panics unless something listens at `url`, saying how to start `what` (with `start`)
+/// or which variable points at one.
+pub fn require_at(url: &str, what: &str, start: &str, variable: &str) -> String {
+    if std::net::TcpStream::connect(host_port(url)).is_err() {
         panic!(
-            "the AWS emulator is not running at {url}: start it with \
-             `moto_server -H 127.0.0.1 -p 5000` (bash .ci/run installs and starts it), \
-             or point TRIPFLOW_TEST_AWS_ENDPOINT at one"
+            "{what} is not running at {url}: start it with {start} (bash .ci/run installs and \
+             starts it), or point {variable} at one"
         );
     }
-    url
+    url.to_owned()
 }
 
 /// An AWS configuration pointed at the emulator.
@@ -78,6 +81,8 @@ pub struct FaultCounts {
     pub get_records: AtomicU64,
     /// GetRecords answered with ExpiredIteratorException.
     pub expired: AtomicU64,
+    /// DynamoDB Query calls seen.
+    pub queries: AtomicU64,
 }
 
 /// A proxy in front of the emulator that faults a share of the requests: throttling
@@ -208,6 +213,9 @@ async fn serve(
     let Some((head, body)) = read_request(&mut conn, &mut buf).await? else { return Ok(()) };
     counts.requests.fetch_add(1, Ordering::Relaxed);
     let json_target = head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:"));
+    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:") && l.ends_with(".Query")) {
+        counts.queries.fetch_add(1, Ordering::Relaxed);
+    }
     if head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:") && l.ends_with(".GetRecords")) {
         let n = counts.get_records.fetch_add(1, Ordering::Relaxed) + 1;
         if expire_every > 0 && n.is_multiple_of(expire_every) {

@@ -222,6 +222,55 @@ async fn dynamodb_writes_per_trip_are_one_in_one_batch_and_two_across_batches() 
     }
 }
 
+/// The date index write-sharded 16 ways: a KPI run reads each day with 16 Queries (seen
+/// on the wire), and writes the same bytes as over a one-shard index, and as the
+/// embedded run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_date_index_gives_byte_identical_kpis_with_one_query_per_shard() {
+    use tripflow::kpi::DateSelection;
+    use tripflow::store::dynamodb::DateIndex;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (start, end) = input(tmp.path(), 600);
+    let (_, embedded) = embedded_run(&start, &end, tmp.path()).await;
+    let dates: Vec<chrono::NaiveDate> = embedded
+        .keys()
+        .filter_map(|k| k.strip_prefix("kpi_output/date=")?.strip_suffix("/kpi.json"))
+        .map(|d| d.parse().unwrap())
+        .collect();
+    assert!(dates.len() >= 3, "{dates:?}");
+    let queries = tripflow::kpi::queries::load(&queries_dir()).unwrap();
+    let proxy = FaultProxy::start(&moto::endpoint(), 0.0, 0).await;
+    let aws = Aws::for_endpoint(&proxy.url);
+    let mut outputs = Vec::new();
+    for shards in [1, 16] {
+        let store = DynamoStore::new(&aws, &unique("sharded")).with_date_shards(shards);
+        assert!(store.create_if_missing().await.unwrap());
+        assert_eq!(store.date_index().await.unwrap(), DateIndex::Sharded(shards));
+        let home = Home::new(tmp.path().join(format!("home-{shards}"))).unwrap();
+        let stream = home.stream(Some(2)).unwrap();
+        crate::common::produce_dir(&stream, tmp.path()).await;
+        let dead = home.dead_letters().unwrap();
+        let ingest = Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead };
+        let counts = ingest.run(&IngestOptions::default()).await.unwrap();
+        assert!(counts.balanced() && counts.read > 0, "{counts:?}");
+
+        let out = tmp.path().join(format!("out-{shards}"));
+        let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
+        let before = proxy.counts.queries.load(std::sync::atomic::Ordering::Relaxed);
+        let selection = DateSelection::Dates(dates.clone());
+        let formats = Formats { parquet: true };
+        tripflow::kpi::run(&store, &queries, &selection, &location, formats, &tripflow::progress::Quiet).await.unwrap();
+        let sent = proxy.counts.queries.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(sent, dates.len() as u64 * u64::from(shards), "one Query per date and shard");
+        outputs.push(read_tree(&out));
+    }
+    assert!(outputs[0] == outputs[1], "1 and 16 shards give different files");
+    for (path, bytes) in embedded.iter().filter(|(k, _)| k.ends_with("/kpi.json")) {
+        assert!(outputs[1].get(path) == Some(bytes), "{path} differs from the embedded run's");
+    }
+}
+
 fn tripflow(dir: &Path, env: &[(&str, String)], args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tripflow"))
         .current_dir(dir)

@@ -222,3 +222,21 @@ mod dynamodb {
 
     every_body!();
 }
+
+/// An independent DynamoDB: dynalite answers a failed condition without the stored
+/// item, so every merge that needs a second write goes through the GetItem fallback.
+mod dynalite {
+    use tripflow::store::dynamodb::DynamoStore;
+
+    use crate::emulators::dynalite;
+    use crate::moto::unique;
+
+    async fn with_store(body: impl AsyncFnOnce(&DynamoStore)) {
+        let store = DynamoStore::new(&dynalite(), &unique("suite")).with_scan_segments(3);
+        assert!(store.create_if_missing().await.unwrap());
+        assert!(!store.create_if_missing().await.unwrap(), "idempotent");
+        body(&store).await;
+    }
+
+    every_body!();
+}

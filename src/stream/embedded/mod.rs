@@ -20,8 +20,8 @@ use chrono::{TimeZone, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::{
-    CheckpointStore, PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition,
-    StreamRecord, StreamSink, StreamSource, refusal, shard_index, shard_name,
+    Checkpoint, CheckpointStore, PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator,
+    StartPosition, StreamRecord, StreamSink, StreamSource, refusal, shard_index, shard_name,
 };
 use crate::error::Stage;
 use crate::sqlite::Db;
@@ -410,7 +410,7 @@ mod sqlite {
 
 #[async_trait]
 impl CheckpointStore for EmbeddedStream {
-    async fn get(&self, consumer: &str, shard: &ShardId) -> Result<Option<SequenceNumber>> {
+    async fn get(&self, consumer: &str, shard: &ShardId) -> Result<Option<Checkpoint>> {
         let (consumer, shard) = (consumer.to_owned(), shard.clone());
         self.db
             .call(move |conn| {
@@ -418,17 +418,22 @@ impl CheckpointStore for EmbeddedStream {
                     .query_row(
                         "SELECT seq FROM checkpoints WHERE consumer = ?1 AND shard = ?2",
                         params![consumer, shard],
-                        |row| Ok(SequenceNumber(row.get_ref(0)?.as_str()?.into())),
+                        |row| Ok(Checkpoint::from_stored(row.get_ref(0)?.as_str()?)),
                     )
                     .optional()?)
             })
             .await
     }
 
-    async fn set(&self, consumer: &str, shard: &ShardId, seq: &SequenceNumber) -> Result<()> {
-        let (consumer, shard, seq) = (consumer.to_owned(), shard.clone(), seq.clone());
-        let padded =
-            SequenceNumber::from_u64(seq.as_u64().ok_or_else(|| Error::stream(format!("bad sequence number {seq}")))?);
+    async fn set(&self, consumer: &str, shard: &ShardId, to: &Checkpoint) -> Result<()> {
+        let (consumer, shard) = (consumer.to_owned(), shard.clone());
+        let padded = match to {
+            Checkpoint::At(seq) => SequenceNumber::from_u64(
+                seq.as_u64().ok_or_else(|| Error::stream(format!("bad sequence number {seq}")))?,
+            ),
+            // Sorts after every padded number: see `Checkpoint::SHARD_END`.
+            Checkpoint::ShardEnd => SequenceNumber(Checkpoint::SHARD_END.into()),
+        };
         self.db
             .call(move |conn| {
                 // Sequence numbers are zero-padded, so text order is number order and the
