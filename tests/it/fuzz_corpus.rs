@@ -65,6 +65,7 @@ fn argument_lists_from_every_flag_and_edge_value_never_panic() {
         "--end",
         "--ndjson",
         "--shards",
+        "--date-index-shards",
         "--batch-rows",
         "--batch-bytes",
         "--batch-linger-ms",
