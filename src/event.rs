@@ -1,8 +1,8 @@
 //! Event kinds, field names and the Arrow schemas shared by every stage.
 //!
 //! A trip has two field groups: the start group, versioned by `pickup_datetime`, and the
-//! end group, versioned by `dropoff_datetime` (DESIGN §3). The tables here are the single
-//! source of those names and of each field's rule (DESIGN §2).
+//! end group, versioned by `dropoff_datetime` (docs/design.md §3). The tables here are the single
+//! source of those names and of each field's rule (docs/design.md §2).
 
 use std::sync::{Arc, LazyLock};
 

@@ -6,7 +6,7 @@
 //! build their clients, store and outputs once, at init, never per invocation.
 //!
 //! - **ingest** takes a Kinesis batch through [`crate::ingest::merge_batch`], the code
-//!   path of `tripflow ingest`. Lambda owns the checkpoints here (DESIGN §4): the batch
+//!   path of `tripflow ingest`. Lambda owns the checkpoints here (docs/design.md §4): the batch
 //!   succeeds when every record is merged or dead-lettered; a store or dead-letter
 //!   failure is returned as an error, so Lambda retries or bisects and the merge makes
 //!   the replay harmless. Near the deadline it stops between chunks and names the first

@@ -14,7 +14,7 @@ const SECONDS_PER_DAY: i64 = 86_400;
 
 /// The first instant every stage can represent: `0001-01-01T00:00:00.000000Z`.
 ///
-/// DESIGN §2 keeps datetimes to years 0001–9999 in UTC: the stored form has four year
+/// docs/design.md §2 keeps datetimes to years 0001–9999 in UTC: the stored form has four year
 /// digits (so comparing the text compares the instants), and the export reads it back.
 pub const MIN: i64 = -62_135_596_800 * MICROS_PER_SECOND;
 /// The last instant every stage can represent: `9999-12-31T23:59:59.999999Z`.

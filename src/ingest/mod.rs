@@ -1,6 +1,6 @@
 //! Ingest: stream records → micro-batches → Arrow → validated → coalesced → merged.
 //!
-//! The consumer loop keeps the delivery guarantee of DESIGN §4: a shard's checkpoint moves
+//! The consumer loop keeps the delivery guarantee of docs/design.md §4: a shard's checkpoint moves
 //! to the last record of a batch only after the batch's merge and its dead letters are
 //! durable. A crash anywhere replays from the previous checkpoint, and the merge makes
 //! the replay harmless. Every record read is counted once as applied, duplicate or stale,

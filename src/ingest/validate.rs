@@ -1,4 +1,4 @@
-//! Column-wise validation (DESIGN §2): each rule types a whole column at once (plain
+//! Column-wise validation (docs/design.md §2): each rule types a whole column at once (plain
 //! text read by hand, any other form by Arrow's cast kernels, with the same results),
 //! and only the rows a rule rejects get reasons written.
 //!
@@ -308,7 +308,7 @@ fn check_datetime(
     // Rows whose value the kernel read but a rule rejects.
     let mut rejected = Vec::new();
     for row in (0..ts.len()).filter(|&row| checked.value(row)) {
-        // Plain text is ISO 8601. The kernel also reads forms DESIGN §2 does not allow
+        // Plain text is ISO 8601. The kernel also reads forms docs/design.md §2 does not allow
         // (a bare date, say), so what it read must have the shape as well.
         let shaped = || not_plain.binary_search(&row).is_err() || ISO_8601.is_match(raw.value(row));
         if ts.is_null(row) || !shaped() {
@@ -385,7 +385,7 @@ mod tests {
         }
     }
 
-    /// Datetime text at the edges DESIGN §2 names: years 0000-0002 and 9998-9999, the
+    /// Datetime text at the edges docs/design.md §2 names: years 0000-0002 and 9998-9999, the
     /// first and last days and seconds (and a leap second), offsets up to ±23:59 in
     /// three spellings, 0 to 9 fraction digits, `T`, `t` or a space, `Z` or `z`.
     fn edge_datetime() -> impl Strategy<Value = String> {

@@ -1,4 +1,4 @@
-//! CSV rows → JSON events, in the shape of DESIGN §1.
+//! CSV rows → JSON events, in the shape of docs/design.md §1.
 
 use std::path::Path;
 

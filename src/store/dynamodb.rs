@@ -1,7 +1,7 @@
 //! The DynamoDB trip table: `dynamodb://<table>`.
 //!
 //! Each trip of a batch is one conditional UpdateItem, sent with bounded concurrency.
-//! The condition is DESIGN §3's: a group is written only when it is absent or older.
+//! The condition is docs/design.md §3's: a group is written only when it is absent or older.
 //! The same write also sets `trip_completed`, `trip_date` and `last_updated`, which
 //! depend on the other group; the write states what it assumes of that group in its
 //! condition (absent for a lone start, present and not newer for a lone end: the order

@@ -300,7 +300,7 @@ fn not_convertible(index: usize, value: &str) -> Unreadable {
 
 impl Unreadable {
     /// The error of the item whose `trip_id` cell is `trip_id`: what cannot be read, and
-    /// how to repair it. Validation admits no such value (DESIGN §2), so the item was
+    /// how to repair it. Validation admits no such value (docs/design.md §2), so the item was
     /// written by an older build or edited by hand.
     fn into_error(self, trip_id: Cell<'_>) -> Error {
         let trip_id = match trip_id {

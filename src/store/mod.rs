@@ -1,6 +1,6 @@
 //! The trip table: one item per `trip_id`, merged from events in any order.
 //!
-//! The invariant (DESIGN §3): the start group is written only when it is absent or the
+//! The invariant (docs/design.md §3): the start group is written only when it is absent or the
 //! incoming `pickup_datetime` is newer; the end group likewise with `dropoff_datetime`.
 //! An equal version is a duplicate and changes nothing. The groups are independent, so
 //! any order, duplication or replay of a trip's events gives the same item.
@@ -99,7 +99,7 @@ pub struct TripUpdate {
     pub end: Option<EndGroup>,
 }
 
-/// The merge rule for one group (DESIGN §3): an `incoming` version is written when
+/// The merge rule for one group (docs/design.md §3): an `incoming` version is written when
 /// nothing is stored, or when it is newer than the `stored` one. Versions are compared as
 /// their stored-form text, whose order is the order of time.
 pub(crate) fn is_newer(incoming: Option<&str>, stored: Option<&str>) -> bool {
@@ -153,7 +153,7 @@ pub(crate) fn reader_stopped() -> crate::Error {
 /// A trip table backend.
 #[async_trait]
 pub trait TripStore: Send + Sync {
-    /// Merges the updates (one per trip) with the conditional writes of DESIGN §3.
+    /// Merges the updates (one per trip) with the conditional writes of docs/design.md §3.
     /// Returns one outcome per update, in order.
     ///
     /// # Errors

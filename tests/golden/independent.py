@@ -2,7 +2,7 @@
 """A second computation of the shipped KPI queries, with no tripflow code in it.
 
 Reads the golden test's inputs (trip_start.csv, trip_end.csv, then extra.ndjson, in that
-order) from IN_DIR, merges them by the rules of DESIGN section 3 (per trip, the start
+order) from IN_DIR, merges them by the rules of docs/design.md section 3 (per trip, the start
 fields of the newest pickup_datetime and the end fields of the newest dropoff_datetime;
 an equal version changes nothing), and writes what each query in queries/ returns as
 OUT_DIR/<stem>.ndjson, the way `tripflow sql --format ndjson` writes it (null fields

@@ -1,4 +1,4 @@
-//! Delivery (DESIGN §4): a crash between merge and checkpoint replays harmlessly, and
+//! Delivery (docs/design.md §4): a crash between merge and checkpoint replays harmlessly, and
 //! killing the `tripflow ingest` process at any moment and running it again gives
 //! byte-identical KPI files.
 

@@ -1,4 +1,4 @@
-//! Order-independence (DESIGN §3): for random trips, any permutation of their events,
+//! Order-independence (docs/design.md §3): for random trips, any permutation of their events,
 //! with random duplicates and any batch size, gives the same final table.
 
 use proptest::prelude::*;

@@ -1,4 +1,4 @@
-//! The `TripStore` conformance suite: one body per behaviour of DESIGN §3, written
+//! The `TripStore` conformance suite: one body per behaviour of docs/design.md §3, written
 //! against the trait. Every backend runs all of it (see the `lsm`, `sqlite` and
 //! `dynamodb` modules below).
 
