@@ -194,7 +194,7 @@ fn export_and_kpis(c: &mut Criterion) {
                             &queries,
                             &all,
                             columns,
-                            &tripflow::progress::Quiet,
+                            &tripflow::observe::progress::Quiet,
                         ))
                         .unwrap(),
                     )

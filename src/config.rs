@@ -8,10 +8,10 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use tokio::sync::OnceCell;
 
-use crate::aws::Aws;
-use crate::deadletter::{DeadLetterSink, FileDeadLetters, ObjectDeadLetters};
+use crate::backend::aws::Aws;
+use crate::backend::location::{Kind, Location};
+use crate::ingest::deadletter::{DeadLetterSink, FileDeadLetters, ObjectDeadLetters};
 use crate::kpi::{DateSelection, OutputLocation};
-use crate::location::{Kind, Location};
 use crate::store::TripStore;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::lsm::{self, LsmStore};

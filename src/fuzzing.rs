@@ -7,10 +7,11 @@ use arrow::array::{Array, AsArray};
 use arrow::compute::CastOptions;
 use arrow::datatypes::{Decimal128Type, Int64Type, TimestampMicrosecondType};
 
-use crate::event::{DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldType, START_FIELDS, timestamp_type};
 use crate::ingest::decode::{COLUMNS, decode};
-use crate::ingest::validate::{decimal_text, validate};
-use crate::{decimal, timestamp};
+use crate::ingest::validate::validate;
+use crate::model::decimal::decimal_text;
+use crate::model::event::{DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldType, START_FIELDS, timestamp_type};
+use crate::model::{decimal, timestamp};
 
 /// Most records one input is cut into.
 const MAX_RECORDS: usize = 64;
@@ -68,7 +69,7 @@ pub fn decode_validate(data: &[u8]) {
 pub fn datetime(text: &str) {
     let safe = CastOptions { safe: true, ..Default::default() };
     let Some(fast) = timestamp::parse_plain(text) else { return };
-    let kernel = crate::cast::cast_one::<TimestampMicrosecondType>(text, &timestamp_type(), &safe, |_| None)
+    let kernel = crate::model::cast::cast_one::<TimestampMicrosecondType>(text, &timestamp_type(), &safe, |_| None)
         .expect("a safe cast does not fail");
     assert_eq!(Some(fast), kernel, "{text:?}: the fast path and the kernel disagree");
     if timestamp::in_range(fast) {
@@ -86,7 +87,7 @@ pub fn decimal(text: &str) {
     let limit = 10i128.pow(u32::from(p));
     let safe = CastOptions { safe: true, ..Default::default() };
     let kernel = |t: &str| {
-        crate::cast::cast_one::<Decimal128Type>(t, &crate::event::DECIMAL_TYPE, &safe, |_| None)
+        crate::model::cast::cast_one::<Decimal128Type>(t, &crate::model::event::DECIMAL_TYPE, &safe, |_| None)
             .expect("a safe cast does not fail")
     };
     for value in [decimal::parse_plain(text, p, s), decimal::parse_exponent(text, p, s)].into_iter().flatten() {

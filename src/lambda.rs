@@ -25,15 +25,15 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::backend::location::{Kind, Location};
 use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl};
-use crate::deadletter::DeadLetterSink;
 use crate::ingest::batcher::Pending;
+use crate::ingest::deadletter::DeadLetterSink;
 use crate::ingest::{IngestCounts, merge_batch};
 use crate::kpi::{self, DateSelection, Formats, KpiQuery, OutputLocation};
-use crate::location::{Kind, Location};
+use crate::observe::telemetry::{self, BatchTimes};
 use crate::store::TripStore;
 use crate::stream::{SequenceNumber, ShardId, StreamRecord};
-use crate::telemetry::{self, BatchTimes};
 use crate::{Error, Result};
 
 /// Records merged between two looks at the deadline.
@@ -399,9 +399,15 @@ impl KpiFunction {
         let began = std::time::Instant::now();
         let requested = self.dates(&request)?;
         let selection = DateSelection::Dates(requested.clone());
-        let report =
-            kpi::run(self.store.as_ref(), &self.queries, &selection, &self.out, self.formats, &crate::progress::Quiet)
-                .await?;
+        let report = kpi::run(
+            self.store.as_ref(),
+            &self.queries,
+            &selection,
+            &self.out,
+            self.formats,
+            &crate::observe::progress::Quiet,
+        )
+        .await?;
         info!(requested = requested.len(), dates = report.dates.len(), files = report.files.len(), "KPI run done.");
         // For the alarm on a missed night, and the run's figures.
         let emf = telemetry::kpi_emf_line(report.dates.len(), report.exported_rows, began.elapsed(), SystemTime::now());
@@ -416,7 +422,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::deadletter::FileDeadLetters;
+    use crate::ingest::deadletter::FileDeadLetters;
     use crate::store::sqlite::SqliteStore;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

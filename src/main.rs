@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 use tripflow::cli::{Cli, execute};
 
 fn main() -> ExitCode {
-    tripflow::memory::map_large_blocks();
+    tripflow::observe::memory::map_large_blocks();
     let cli = Cli::parse();
     // The AWS config loader warns about every place it looked for a region; a missing
     // region gets tripflow's own one-line error instead.

@@ -12,7 +12,7 @@
 use std::process::Command;
 
 use tripflow::config::Home;
-use tripflow::event::MAX_RECORD_BYTES;
+use tripflow::model::event::MAX_RECORD_BYTES;
 
 use tripflow::stream::{PutRecord, StreamSink};
 

@@ -61,7 +61,7 @@ async fn report_init_error(error: &tripflow::Error) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tripflow::memory::map_large_blocks();
+    tripflow::observe::memory::map_large_blocks();
     // CloudWatch stamps each line; colours would show as escape codes there. With the
     // function's LogFormat JSON (Lambda sets AWS_LAMBDA_LOG_FORMAT), one JSON object a
     // line, with the invocation's span and so its requestId, as Powertools logs.

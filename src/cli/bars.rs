@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use indicatif::{HumanCount, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::ingest::IngestCounts;
-use crate::progress::{Progress, Quiet};
+use crate::observe::progress::{Progress, Quiet};
 
 /// Whether to draw: on a terminal, for both stdout and stderr (so a piped or redirected
 /// run gets none), unless `--quiet` or `-v` (the logs are the progress then).

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::backend::location::{Kind, Location};
 use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
 use crate::error::{Context, Stage};
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
 use crate::kpi::{self, Formats, KpiReport, OutputLocation};
-use crate::location::{Kind, Location};
 use crate::pipeline::{self, RunSettings};
 use crate::produce::{self, ProduceReport};
 use crate::stream::StartPosition;
@@ -309,7 +309,7 @@ pub struct GenArgs {
     #[arg(long, env = "TRIPFLOW_GEN_SEED", default_value_t = 42)]
     seed: u64,
     /// Days the pickups are spread over, from 2024-05-24.
-    #[arg(long, env = "TRIPFLOW_GEN_DAYS", default_value_t = crate::synthetic::DAYS)]
+    #[arg(long, env = "TRIPFLOW_GEN_DAYS", default_value_t = crate::produce::synthetic::DAYS)]
     days: u32,
     /// Folder for trip_start.csv and trip_end.csv.
     #[arg(long, env = "TRIPFLOW_GEN_OUT", default_value = "data")]
@@ -326,7 +326,7 @@ pub struct ScheduleArgs {
     #[command(flatten)]
     kpi: KpiOutArgs,
     /// When to run: minute hour day-of-month month day-of-week, in UTC.
-    #[arg(long, env = "TRIPFLOW_CRON", default_value = crate::schedule::DEFAULT_CRON)]
+    #[arg(long, env = "TRIPFLOW_CRON", default_value = crate::kpi::schedule::DEFAULT_CRON)]
     cron: String,
     /// Each run covers its day (UTC) and this many days before it.
     #[arg(long, env = "TRIPFLOW_LOOKBACK", default_value_t = 1)]
@@ -347,8 +347,8 @@ pub struct SqlArgs {
     #[arg(long, env = "TRIPFLOW_SNAPSHOTS", default_value = "./tripflow-out")]
     snapshots: String,
     /// How results are printed.
-    #[arg(long, env = "TRIPFLOW_FORMAT", value_enum, default_value_t = crate::sql::Format::Table)]
-    format: crate::sql::Format,
+    #[arg(long, env = "TRIPFLOW_FORMAT", value_enum, default_value_t = crate::kpi::sql::Format::Table)]
+    format: crate::kpi::sql::Format,
 }
 
 impl SqlArgs {
@@ -579,7 +579,7 @@ pub fn check_flags(cli: &Cli) -> Result<()> {
         Command::Schedule(a) => {
             urls(None, Some(&a.store), None)?;
             out(&a.kpi.out)?;
-            crate::schedule::Schedule::parse(&a.cron)?;
+            crate::kpi::schedule::Schedule::parse(&a.cron)?;
             // The earliest run's lookback must be representable too.
             let flags = config::DateFlags { lookback: a.lookback, ..Default::default() };
             config::date_selection(&flags, chrono::Utc::now().date_naive()).map(drop)
@@ -663,7 +663,7 @@ async fn ingest(a: &IngestArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
     opts.stop = stop_on_signal();
     opts.progress = watch.progress();
     if let Some(addr) = a.metrics_addr {
-        crate::telemetry::serve(addr)?;
+        crate::observe::telemetry::serve(addr)?;
         opts.count_records_behind = true;
     }
     let began = std::time::Instant::now();
@@ -705,7 +705,7 @@ async fn kpi(a: &KpiArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
 
 /// `tripflow schedule`: the KPI job at every cron time until a signal.
 async fn schedule(a: &ScheduleArgs, aws: &AwsEnv) -> Result<()> {
-    let schedule = crate::schedule::Schedule::parse(&a.cron)?;
+    let schedule = crate::kpi::schedule::Schedule::parse(&a.cron)?;
     let home = Home::new(&a.home.home)?;
     let out = config::open_output(&a.kpi.out, aws).await?;
     let store_url = StoreUrl::parse(a.store.store.as_deref())?;
@@ -716,13 +716,13 @@ async fn schedule(a: &ScheduleArgs, aws: &AwsEnv) -> Result<()> {
     let formats = Formats { parquet: a.kpi.parquet };
     let (home, out, queries, lookback, store_url, t) =
         (&home, &out, a.kpi.queries.as_deref(), a.lookback, &store_url, &t);
-    crate::schedule::run(&schedule, &crate::schedule::SystemClock, &stop, |at| async move {
+    crate::kpi::schedule::run(&schedule, &crate::kpi::schedule::SystemClock, &stop, |at| async move {
         // Queries are read at each run, so an edited file takes effect at the next one.
         let queries = kpi::queries::load_or_builtin(queries)?;
         let flags = config::DateFlags { lookback, ..Default::default() };
         let dates = config::date_selection(&flags, at.date_naive())?;
         let store = config::open_store(store_url, home, aws, t).await?;
-        let report = kpi::run(store.as_ref(), &queries, &dates, out, formats, &crate::progress::Quiet).await?;
+        let report = kpi::run(store.as_ref(), &queries, &dates, out, formats, &crate::observe::progress::Quiet).await?;
         Ok(format!("{} files for {} dates", report.files.len(), report.dates.len()))
     })
     .await?;
@@ -733,17 +733,17 @@ async fn schedule(a: &ScheduleArgs, aws: &AwsEnv) -> Result<()> {
 async fn sql(a: &SqlArgs, aws: &AwsEnv) -> Result<()> {
     let query = a.query()?;
     let aws = if a.snapshots.starts_with("s3://") { Some(aws.get().await?) } else { None };
-    let session = crate::sql::SqlSession::open(&a.snapshots, aws).await?;
+    let session = crate::kpi::sql::SqlSession::open(&a.snapshots, aws).await?;
     match query {
-        Some(q) => print!("{}", crate::sql::render(&session.query(&q).await?, a.format)?),
-        None => crate::sql::repl(&session, a.format).await?,
+        Some(q) => print!("{}", crate::kpi::sql::render(&session.query(&q).await?, a.format)?),
+        None => crate::kpi::sql::repl(&session, a.format).await?,
     }
     Ok(())
 }
 
 /// `tripflow report`: the report again, from the KPI files alone.
 async fn rebuild_report(a: &ReportArgs, aws: &AwsEnv) -> Result<()> {
-    let written = crate::report::write(&config::open_output(&a.out, aws).await?).await?;
+    let written = crate::kpi::report::write(&config::open_output(&a.out, aws).await?).await?;
     for (file, why) in &written.skipped {
         eprintln!("warning: skipped {file}: {why}");
     }
@@ -753,7 +753,7 @@ async fn rebuild_report(a: &ReportArgs, aws: &AwsEnv) -> Result<()> {
 
 /// `tripflow gen`.
 fn gen_data(a: &GenArgs) -> Result<()> {
-    crate::synthetic::generate_over(a.trips, a.seed, a.days, &a.out)?;
+    crate::produce::synthetic::generate_over(a.trips, a.seed, a.days, &a.out)?;
     println!(
         "wrote {} trips to {} and {}",
         a.trips,

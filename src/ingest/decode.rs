@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::event::{EventKind, MAX_RECORD_BYTES};
+use crate::model::event::{EventKind, MAX_RECORD_BYTES};
 
 /// Wire fields in column order: `trip_id`, then the start group, then the end group.
 pub const COLUMNS: [&str; 15] = [

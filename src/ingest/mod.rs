@@ -8,6 +8,7 @@
 
 pub mod batcher;
 pub mod coalesce;
+pub mod deadletter;
 pub mod decode;
 pub mod validate;
 
@@ -16,17 +17,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tracing::{debug, info, instrument};
 
 use self::batcher::{Batcher, Pending};
-use crate::deadletter::{DeadLetter, DeadLetterSink};
-use crate::progress::{Progress, Quiet};
+use self::deadletter::{DeadLetter, DeadLetterSink};
+pub use crate::observe::IngestCounts;
+use crate::observe::progress::{Progress, Quiet};
+use crate::observe::telemetry::{self, BatchTimes};
 use crate::store::{TripStore, TripUpdate};
 use crate::stream::{
     Checkpoint, CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource,
 };
-use crate::telemetry::{self, BatchTimes};
 use crate::{Error, Result};
 
 /// Default consumer name under which checkpoints are kept.
@@ -99,40 +100,6 @@ impl Default for IngestOptions {
 /// The default byte bound of a micro-batch: 64 MiB, three times what 65,536 typical
 /// 320-byte events hold, so it only acts on unusually large records.
 pub const DEFAULT_BATCH_BYTES: usize = 64 << 20;
-
-/// What an ingest run did, in records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct IngestCounts {
-    /// Records read from the stream.
-    pub read: u64,
-    /// Records whose group was stored (absent before, or older).
-    pub applied: u64,
-    /// Records whose version was already stored, or older than the stored one.
-    pub duplicate_or_stale: u64,
-    /// Records rejected to the dead-letter output.
-    pub dead_lettered: u64,
-    /// Micro-batches flushed.
-    pub batches: u64,
-    /// Write requests sent to the store.
-    pub store_writes: u64,
-}
-
-impl IngestCounts {
-    /// True when every record read is accounted for exactly once.
-    pub fn balanced(&self) -> bool {
-        self.read == self.applied + self.duplicate_or_stale + self.dead_lettered
-    }
-
-    /// Adds another run's (or batch's) counts to these.
-    pub fn add(&mut self, o: &IngestCounts) {
-        self.read += o.read;
-        self.applied += o.applied;
-        self.duplicate_or_stale += o.duplicate_or_stale;
-        self.dead_lettered += o.dead_lettered;
-        self.batches += o.batches;
-        self.store_writes += o.store_writes;
-    }
-}
 
 /// The shards an ingest run reads: those opened, indexed as their records' `shard`, and
 /// those waiting for their parents to be read to their end.
@@ -411,7 +378,7 @@ impl Ingest<'_> {
                 totals.add(&counts);
                 opts.progress.ingested(&totals, millis_behind);
                 // The batch is freed now; without this the resident size creeps up.
-                crate::memory::release_freed();
+                crate::observe::memory::release_freed();
             }
             // Every record of these shards is checkpointed above or in an earlier batch.
             for shard in &ended {
@@ -454,7 +421,7 @@ pub struct PreparedBatch {
 /// this, so the two cannot drift apart.
 ///
 /// Returns the batch's counts, per shard the last sequence number it held, and the time
-/// each phase took (also recorded as [metrics](crate::telemetry)): once this returns,
+/// each phase took (also recorded as [metrics](crate::observe::telemetry)): once this returns,
 /// every record up to that position is merged or dead-lettered, so a checkpoint may
 /// move there.
 ///
@@ -560,8 +527,8 @@ mod tests {
 
     use async_trait::async_trait;
 
+    use self::deadletter::FileDeadLetters;
     use super::*;
-    use crate::deadletter::FileDeadLetters;
     use crate::store::sqlite::SqliteStore;
     use crate::stream::embedded::EmbeddedStream;
     use crate::stream::{ReadResult, StreamRecord};

@@ -19,10 +19,11 @@ use regex::Regex;
 
 use super::decode::{COLUMNS, Decoded, is_blank, quote};
 use crate::error::{Context, Stage};
-use crate::event::{
+use crate::model::decimal::decimal_text;
+use crate::model::event::{
     DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type, timestamp_type,
 };
-use crate::{cast, decimal, timestamp};
+use crate::model::{cast, decimal, timestamp};
 
 /// The kernels' errors, inside validation; [`validate`] labels them with the stage.
 type Result<T, E = arrow::error::ArrowError> = std::result::Result<T, E>;
@@ -98,26 +99,6 @@ impl Validated {
         let col = self.column(name).as_primitive::<Int64Type>();
         col.is_valid(row).then(|| col.value(row))
     }
-}
-
-/// Canonical text of a Decimal128 at [`DECIMAL_SCALE`]: no trailing zeros, no exponent.
-/// Up to 24 bytes (any fare, distance or code) are held inline, with no allocation.
-pub fn decimal_text(value: i128) -> CompactString {
-    use std::fmt::Write as _;
-    let scale = 10i128.pow(DECIMAL_SCALE as u32);
-    let sign = if value < 0 { "-" } else { "" };
-    let (int, mut frac) = ((value / scale).unsigned_abs(), (value % scale).unsigned_abs());
-    let mut out = CompactString::default();
-    write!(out, "{sign}{int}").expect("writing to a string");
-    if frac != 0 {
-        let mut width = DECIMAL_SCALE as usize;
-        while frac % 10 == 0 {
-            frac /= 10;
-            width -= 1;
-        }
-        write!(out, ".{frac:0width$}").expect("writing to a string");
-    }
-    out
 }
 
 /// Rows where `mask` is true (nulls count as false).

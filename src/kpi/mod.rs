@@ -12,6 +12,10 @@
 
 pub mod output;
 pub mod queries;
+pub mod report;
+pub mod schedule;
+pub mod sql;
+pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -29,8 +33,8 @@ use tracing::{info, warn};
 pub use self::output::OutputLocation;
 pub use self::queries::{DEFAULT_QUERY, KpiQuery};
 use crate::error::{Context, Stage};
-use crate::event::TRIP_SCHEMA;
-use crate::progress::Progress;
+use crate::model::event::TRIP_SCHEMA;
+use crate::observe::progress::Progress;
 use crate::store::{Projection, TripStore};
 use crate::{Error, Result};
 
@@ -102,7 +106,7 @@ pub enum ExportColumns {
 
 /// Plans every query on `ctx`, naming the file of the first that does not plan.
 async fn plan_all<'q>(ctx: &SessionContext, queries: &'q [KpiQuery]) -> Result<Vec<(&'q KpiQuery, DataFrame)>> {
-    let read_only = crate::tables::read_only();
+    let read_only = crate::kpi::tables::read_only();
     let mut planned = Vec::with_capacity(queries.len());
     for q in queries {
         let df = ctx.sql_with_options(&q.sql, read_only).await.map_err(|e| query_error(q, e))?;
@@ -302,7 +306,7 @@ impl Spill {
 }
 
 /// Runs the job: queries, then one `kpi.json` per date, one summary file per date-less
-/// query, and the report ([`crate::report`]) over every date under `out`.
+/// query, and the report ([`crate::kpi::report`]) over every date under `out`.
 ///
 /// # Errors
 /// When a query fails (nothing is written then) or an output cannot be written.
@@ -336,7 +340,7 @@ pub async fn run(
         files.push(out.put(&format!("kpi_output/summary/{stem}.json"), json.into_bytes()).await?);
     }
     // Last, over every date under `out` (this run's and earlier ones').
-    let written = crate::report::write(out).await?;
+    let written = crate::kpi::report::write(out).await?;
     for (file, why) in &written.skipped {
         warn!(file = %file, %why, "The KPI report skips a file it cannot read.");
     }
@@ -362,7 +366,7 @@ async fn write_snapshots(export: &[RecordBatch], out: &OutputLocation) -> Result
         let f = ArrayFormatter::try_new(col.as_ref(), &Default::default()).stage(Stage::Output, "snapshot dates")?;
         dates.extend((0..b.num_rows()).filter(|&i| col.is_valid(i)).map(|i| f.value(i).to_string()));
     }
-    let keep = crate::tables::snapshot_columns();
+    let keep = crate::kpi::tables::snapshot_columns();
     let schema = Arc::new(TRIP_SCHEMA.project(&keep).stage(Stage::Output, "snapshot columns")?);
     let mut files = Vec::new();
     for date in dates {

@@ -18,9 +18,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::aws::Aws;
+use crate::backend::aws::Aws;
+use crate::backend::location::{Kind, Location};
 use crate::error::{Context, Stage};
-use crate::location::{Kind, Location};
 use crate::{Error, Result};
 
 /// Where KPI outputs go: an object store and a prefix inside it.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime};
 
-use crate::event::{END_FIELDS, EventKind, START_FIELDS};
+use crate::model::event::{END_FIELDS, EventKind, START_FIELDS};
 use crate::stream::PutRecord;
 use crate::{Error, Result};
 
@@ -59,7 +59,7 @@ fn is_json_number(s: &str) -> bool {
 /// Event time of a datetime cell, loosely parsed; ingest does the strict check.
 fn event_time(cell: &str) -> i64 {
     let cell = cell.trim();
-    if let Some(micros) = crate::timestamp::parse_plain(cell) {
+    if let Some(micros) = crate::model::timestamp::parse_plain(cell) {
         return micros;
     }
     for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {

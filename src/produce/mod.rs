@@ -14,6 +14,7 @@
 
 pub mod csv_events;
 pub mod order;
+pub mod synthetic;
 
 use std::io::BufRead;
 use std::path::Path;
@@ -22,8 +23,8 @@ use compact_str::format_compact;
 use serde::Serialize;
 use tracing::info;
 
-use crate::event::EventKind;
-use crate::progress::Progress;
+use crate::model::event::EventKind;
+use crate::observe::progress::Progress;
 use crate::stream::{PutRecord, StreamSink};
 use crate::{Error, Result};
 

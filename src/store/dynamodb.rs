@@ -49,9 +49,9 @@ use super::{
     CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup,
     TripItem, TripStore, TripUpdate, is_newer,
 };
-use crate::aws::{Aws, describe};
+use crate::backend::aws::{Aws, describe};
 use crate::error::{Context, Stage};
-use crate::event::{END_FIELDS, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
+use crate::model::event::{END_FIELDS, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
 
 /// The unsharded date index of tables made before write-sharding: on `trip_date` (only
@@ -718,35 +718,6 @@ async fn wait_until(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Creates a DynamoDB table keyed by `hash` (and `range`), on demand, unless it exists;
-/// waits until it is active. Returns whether it was created.
-///
-/// # Errors
-/// When DynamoDB refuses.
-pub async fn create_key_table(aws: &Aws, table: &str, hash: &str, range: Option<&str>) -> Result<bool> {
-    let client = aws.dynamodb();
-    let build = |e: aws_smithy_types::error::operation::BuildError| Error::store(e.to_string());
-    let mut req = client.create_table().table_name(table).billing_mode(BillingMode::PayPerRequest);
-    for (name, ty) in std::iter::once((hash, KeyType::Hash)).chain(range.map(|r| (r, KeyType::Range))) {
-        req = req
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(build)?,
-            )
-            .key_schema(KeySchemaElement::builder().attribute_name(name).key_type(ty).build().map_err(build)?);
-    }
-    let created = match req.send().await {
-        Ok(_) => true,
-        Err(e) if e.code() == Some("ResourceInUseException") => false,
-        Err(e) => return Err(Error::store(format!("cannot create DynamoDB table {table}: {}", describe(&e)))),
-    };
-    wait_until(&client, table, &Statuses::table_active, TABLE_WAIT).await?;
-    Ok(created)
 }
 
 #[async_trait]

@@ -1,7 +1,7 @@
 //! Export: stored items → Arrow batches of [`TRIP_SCHEMA`], or of the columns a job reads.
 //!
 //! Values are parsed straight from their stored text into typed builders: datetimes in
-//! the fixed-width UTC form, decimals as canonical text ([`crate::decimal`]), with
+//! the fixed-width UTC form, decimals as canonical text ([`crate::model::decimal`]), with
 //! Arrow's cast kernel kept only for a value outside those forms. (Casting whole text
 //! columns with the kernel spent a fifth of a 1M-trip KPI job formatting strings inside
 //! its decimal parser.)
@@ -18,12 +18,12 @@ use arrow::datatypes::{Decimal128Type, SchemaRef, TimestampMicrosecondType};
 
 use super::{EndGroup, StartGroup, TripItem};
 use crate::error::{Context, Stage};
-use crate::event::{
+use crate::model::event::{
     DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC,
     timestamp_type,
 };
+use crate::model::{cast, decimal, timestamp};
 use crate::{Error, Result};
-use crate::{cast, decimal, timestamp};
 
 /// Rows per Arrow batch of an export, the same for every backend so their files agree.
 pub const EXPORT_BATCH_ROWS: usize = 65_536;
@@ -366,8 +366,8 @@ fn decimal(cell: Cell<'_>, index: usize) -> Result<Option<i128>, Unreadable> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::validate::decimal_text;
-    use crate::timestamp::format as format_timestamp;
+    use crate::model::decimal::decimal_text;
+    use crate::model::timestamp::format as format_timestamp;
     use arrow::array::{Array, Decimal128Array, StringArray};
     use arrow::compute::cast_with_options;
     use proptest::prelude::*;

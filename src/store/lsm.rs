@@ -37,8 +37,8 @@ use super::{
     ToCompactString, TripItem, TripStore, TripUpdate, is_newer,
 };
 use crate::error::{Context, Stage};
-use crate::event::{END_FIELDS, START_FIELDS};
-use crate::timestamp;
+use crate::model::event::{END_FIELDS, START_FIELDS};
+use crate::model::timestamp;
 use crate::{Error, Result};
 
 /// The folder of the table under `--home`.

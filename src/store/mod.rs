@@ -20,7 +20,7 @@ pub use self::export::{Cell, EXPORT_BATCH_ROWS, ExportBuilder, Projection, STORE
 use crate::Result;
 
 /// The start group of a trip, as stored: datetimes in the fixed-width UTC form of
-/// [`crate::timestamp::format`], decimals as canonical text.
+/// [`crate::model::timestamp::format`], decimals as canonical text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartGroup {
     /// Pickup zone.
@@ -59,7 +59,7 @@ pub struct EndGroup {
 }
 
 impl StartGroup {
-    /// Values in [`crate::event::START_FIELDS`] order, as text.
+    /// Values in [`crate::model::event::START_FIELDS`] order, as text.
     pub fn values(&self) -> [Option<CompactString>; 6] {
         [
             Some(self.pickup_location_id.to_compact_string()),
@@ -73,7 +73,7 @@ impl StartGroup {
 }
 
 impl EndGroup {
-    /// Values in [`crate::event::END_FIELDS`] order, as text.
+    /// Values in [`crate::model::event::END_FIELDS`] order, as text.
     pub fn values(&self) -> [Option<CompactString>; 8] {
         [
             Some(self.dropoff_datetime.clone()),
@@ -168,7 +168,7 @@ pub trait TripStore: Send + Sync {
     async fn get(&self, trip_id: &str) -> Result<Option<TripItem>>;
 
     /// Every item, or those whose `trip_date` is among `dates`, as batches of the
-    /// `columns` of [`crate::event::TRIP_SCHEMA`], cut every [`EXPORT_BATCH_ROWS`] rows.
+    /// `columns` of [`crate::model::event::TRIP_SCHEMA`], cut every [`EXPORT_BATCH_ROWS`] rows.
     /// With every column (the snapshot files) the rows are ordered by `trip_id`, so
     /// every backend writes the same files; otherwise they may come in storage order.
     ///

@@ -24,9 +24,9 @@ use super::{
     Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem,
     TripStore, TripUpdate, is_newer,
 };
+use crate::backend::sqlite::{Db, DbResult};
 use crate::error::Stage;
-use crate::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};
-use crate::sqlite::{Db, DbResult};
+use crate::model::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
 
 const SCHEMA: &str = "

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::{Checkpoint, CheckpointStore, SequenceNumber, ShardId};
-use crate::aws::{Aws, describe};
+use crate::backend::aws::{Aws, describe};
 use crate::{Error, Result};
 
 /// Default name of the checkpoint table.
@@ -55,7 +55,7 @@ impl DynamoCheckpoints {
     /// # Errors
     /// When DynamoDB refuses.
     pub async fn create_if_missing(aws: &Aws, table: &str) -> Result<bool> {
-        crate::store::dynamodb::create_key_table(aws, table, "consumer", Some("shard")).await
+        crate::backend::aws::create_key_table(aws, table, "consumer", Some("shard")).await
     }
 
     fn key(consumer: &str, shard: &ShardId) -> [(String, AttributeValue); 2] {

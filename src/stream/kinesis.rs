@@ -29,7 +29,7 @@ use super::{
     PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamRecord,
     StreamSink, StreamSource, refusal,
 };
-use crate::aws::{Aws, backoff, describe};
+use crate::backend::aws::{Aws, backoff, describe};
 use crate::{Error, Result};
 
 /// Records per PutRecords call, the service's limit.

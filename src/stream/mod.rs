@@ -16,6 +16,10 @@ use compact_str::CompactString;
 
 use crate::Result;
 
+/// How far [`StreamSource::records_behind`] counts, so the count stays cheap: a shard
+/// further behind reads as this many.
+pub const RECORDS_BEHIND_CAP: u64 = 100_000;
+
 /// Identifies a shard, as Kinesis names them (`shardId-000000000000`).
 pub type ShardId = String;
 
@@ -213,7 +217,7 @@ pub trait StreamSource: Send + Sync {
 
     /// How many records the shard holds after `iterator`'s position, where the backend
     /// can count them cheaply (the embedded stream, up to
-    /// [`crate::telemetry::RECORDS_BEHIND_CAP`]); Kinesis cannot, and says `None`.
+    /// [`RECORDS_BEHIND_CAP`]); Kinesis cannot, and says `None`.
     ///
     /// # Errors
     /// When the backend fails.
@@ -274,7 +278,7 @@ pub fn refusal(record: &PutRecord) -> Option<String> {
         Some("empty partition key".into())
     } else if record.partition_key.len() > 256 {
         Some(format!("partition key of {} bytes is over the 256-byte limit", record.partition_key.len()))
-    } else if size > crate::event::MAX_RECORD_BYTES {
+    } else if size > crate::model::event::MAX_RECORD_BYTES {
         Some(format!("record of {size} bytes is over the 1 MiB limit"))
     } else {
         None

@@ -2,8 +2,8 @@
 //! the good record batched beside it is still merged, and the counts balance.
 
 use tripflow::config::Home;
-use tripflow::deadletter::FileDeadLetters;
 use tripflow::ingest::IngestOptions;
+use tripflow::ingest::deadletter::FileDeadLetters;
 
 use crate::common::{end_event, ingest, kpi_files, put_raw, start_event};
 

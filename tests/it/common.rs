@@ -32,7 +32,7 @@ pub async fn ingest(home: &Home, opts: &IngestOptions) -> tripflow::Result<Inges
 /// does.
 pub async fn produce_dir(stream: &dyn StreamSink, dir: &Path) -> tripflow::produce::ProduceReport {
     let (start, end) = (dir.join("trip_start.csv"), dir.join("trip_end.csv"));
-    tripflow::produce::produce_csv(stream, &start, &end, &tripflow::progress::Quiet).await.unwrap()
+    tripflow::produce::produce_csv(stream, &start, &end, &tripflow::observe::progress::Quiet).await.unwrap()
 }
 
 /// Runs the KPI job (JSON and Parquet) over `home` for all dates into `out`, returning
@@ -41,9 +41,16 @@ pub async fn kpi_files(home: &Home, out: &Path) -> BTreeMap<String, Vec<u8>> {
     let queries = kpi::queries::load(&queries_dir()).unwrap();
     let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
     let formats = kpi::Formats { parquet: true };
-    kpi::run(&*home.store().unwrap(), &queries, &DateSelection::All, &location, formats, &tripflow::progress::Quiet)
-        .await
-        .unwrap();
+    kpi::run(
+        &*home.store().unwrap(),
+        &queries,
+        &DateSelection::All,
+        &location,
+        formats,
+        &tripflow::observe::progress::Quiet,
+    )
+    .await
+    .unwrap();
     read_tree(out)
 }
 

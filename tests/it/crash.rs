@@ -11,7 +11,7 @@ use tripflow::ingest::IngestOptions;
 use crate::common::{ingest, kpi_files};
 
 async fn produce_generated(home: &Home, dir: &std::path::Path, trips: u64) -> u64 {
-    tripflow::synthetic::generate(trips, 7, dir).unwrap();
+    tripflow::produce::synthetic::generate(trips, 7, dir).unwrap();
     let stream = home.stream(Some(3)).unwrap();
     let report = crate::common::produce_dir(&stream, dir).await;
     report.sent

@@ -2,7 +2,7 @@
 //! `DeadLetterSink`; the file sink, the object sink on a local folder and the object sink
 //! on S3 (the emulator) each run all of it.
 
-use tripflow::deadletter::{DeadLetter, DeadLetterLine, DeadLetterSink};
+use tripflow::ingest::deadletter::{DeadLetter, DeadLetterLine, DeadLetterSink};
 use tripflow::stream::SequenceNumber;
 
 fn letter(stream: &str, shard: &str, seq: u64, raw: &[u8]) -> DeadLetter {
@@ -112,7 +112,7 @@ macro_rules! suite {
 }
 
 mod file {
-    use tripflow::deadletter::{DeadLetterSink, FileDeadLetters};
+    use tripflow::ingest::deadletter::{DeadLetterSink, FileDeadLetters};
 
     async fn open() -> (Box<dyn DeadLetterSink>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -139,7 +139,7 @@ mod file {
 mod local_objects {
     use std::sync::Arc;
 
-    use tripflow::deadletter::{DeadLetterSink, ObjectDeadLetters};
+    use tripflow::ingest::deadletter::{DeadLetterSink, ObjectDeadLetters};
 
     async fn open() -> (Box<dyn DeadLetterSink>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -151,7 +151,7 @@ mod local_objects {
 }
 
 mod s3 {
-    use tripflow::deadletter::{DeadLetterSink, ObjectDeadLetters};
+    use tripflow::ingest::deadletter::{DeadLetterSink, ObjectDeadLetters};
 
     use crate::moto::{aws, unique};
 

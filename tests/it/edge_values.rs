@@ -20,8 +20,8 @@ use chrono::{NaiveDate, TimeDelta};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use tripflow::config::Home;
-use tripflow::deadletter::DeadLetterSink;
 use tripflow::ingest::IngestOptions;
+use tripflow::ingest::deadletter::DeadLetterSink;
 use tripflow::kpi::{self, DateSelection};
 use tripflow::store::Projection;
 
@@ -328,7 +328,7 @@ fn check(trips: Vec<Trip>, rt: &tokio::runtime::Runtime) -> Result<(), TestCaseE
             &queries,
             &DateSelection::All,
             kpi::ExportColumns::Queried,
-            &tripflow::progress::Quiet,
+            &tripflow::observe::progress::Quiet,
         )
         .await;
         prop_assert!(run.is_ok(), "the KPI queries failed: {}", run.err().unwrap());

@@ -5,7 +5,7 @@
 //! a switch global to a moto server. `bash .ci/run` installs and starts all three; when
 //! one is not there its tests fail, saying how to start it.
 
-use tripflow::aws::Aws;
+use tripflow::backend::aws::Aws;
 
 use crate::moto::require_at;
 

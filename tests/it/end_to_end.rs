@@ -135,7 +135,7 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
         &all,
         &out,
         Default::default(),
-        &tripflow::progress::Quiet,
+        &tripflow::observe::progress::Quiet,
     )
     .await
     .unwrap();
@@ -160,7 +160,7 @@ async fn kpi_files_are_byte_identical_whatever_batches_shards_and_order_built_th
 
     // A: one shard, big batches, events in time order.
     let a = Home::new(tmp.path().join("a")).unwrap();
-    tripflow::produce::produce_csv(&a.stream(Some(1)).unwrap(), &start, &end, &tripflow::progress::Quiet)
+    tripflow::produce::produce_csv(&a.stream(Some(1)).unwrap(), &start, &end, &tripflow::observe::progress::Quiet)
         .await
         .unwrap();
     crate::common::ingest(&a, &IngestOptions { batch_rows: 20_000, ..Default::default() }).await.unwrap();
@@ -169,8 +169,9 @@ async fn kpi_files_are_byte_identical_whatever_batches_shards_and_order_built_th
     // scatter a trip's events over shards.
     let b = Home::new(tmp.path().join("b")).unwrap();
     let mut not_sent = Vec::new();
-    let mut events = tripflow::produce::read_events(&start, tripflow::event::EventKind::Start, &mut not_sent).unwrap();
-    events.extend(tripflow::produce::read_events(&end, tripflow::event::EventKind::End, &mut not_sent).unwrap());
+    let mut events =
+        tripflow::produce::read_events(&start, tripflow::model::event::EventKind::Start, &mut not_sent).unwrap();
+    events.extend(tripflow::produce::read_events(&end, tripflow::model::event::EventKind::End, &mut not_sent).unwrap());
     events.reverse();
     let mut records: Vec<Vec<u8>> = Vec::new();
     for (i, e) in events.iter().enumerate() {

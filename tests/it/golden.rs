@@ -16,8 +16,8 @@ use std::process::Command;
 
 use tripflow::config::Home;
 use tripflow::ingest::IngestOptions;
+use tripflow::kpi::sql::{Format, render};
 use tripflow::kpi::{self, DateSelection};
-use tripflow::sql::{Format, render};
 
 use crate::common::{end_event, ingest, put_raw, queries_dir, start_event};
 
@@ -59,7 +59,7 @@ fn extra_events() -> Vec<String> {
 async fn every_query_matches_its_snapshot_and_an_independent_computation() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input");
-    tripflow::synthetic::generate(300, 11, &input).unwrap();
+    tripflow::produce::synthetic::generate(300, 11, &input).unwrap();
     let extra = extra_events();
     std::fs::write(input.join("extra.ndjson"), extra.iter().map(|e| format!("{e}\n")).collect::<String>()).unwrap();
 
@@ -76,7 +76,7 @@ async fn every_query_matches_its_snapshot_and_an_independent_computation() {
         &queries,
         &DateSelection::All,
         kpi::ExportColumns::Queried,
-        &tripflow::progress::Quiet,
+        &tripflow::observe::progress::Quiet,
     )
     .await
     .unwrap();

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tripflow::aws::Aws;
+use tripflow::backend::aws::Aws;
 use tripflow::store::dynamodb::DynamoStore;
 
 use crate::emulators::iam_moto_endpoint;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tripflow::aws::Aws;
+use tripflow::backend::aws::Aws;
 
 /// The emulator's endpoint.
 pub fn endpoint() -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-use tripflow::aws::Aws;
+use tripflow::backend::aws::Aws;
 use tripflow::config::{AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
 use tripflow::ingest::{Ingest, IngestOptions};
 use tripflow::kpi::{Formats, OutputLocation};
@@ -48,7 +48,7 @@ impl Resources {
 
 /// A small synthetic input pair.
 fn input(dir: &Path, trips: u64) -> (std::path::PathBuf, std::path::PathBuf) {
-    tripflow::synthetic::generate(trips, 7, dir).unwrap();
+    tripflow::produce::synthetic::generate(trips, 7, dir).unwrap();
     (dir.join("trip_start.csv"), dir.join("trip_end.csv"))
 }
 
@@ -260,7 +260,9 @@ async fn a_sharded_date_index_gives_byte_identical_kpis_with_one_query_per_shard
         let before = proxy.counts.queries.load(std::sync::atomic::Ordering::Relaxed);
         let selection = DateSelection::Dates(dates.clone());
         let formats = Formats { parquet: true };
-        tripflow::kpi::run(&store, &queries, &selection, &location, formats, &tripflow::progress::Quiet).await.unwrap();
+        tripflow::kpi::run(&store, &queries, &selection, &location, formats, &tripflow::observe::progress::Quiet)
+            .await
+            .unwrap();
         let sent = proxy.counts.queries.load(std::sync::atomic::Ordering::Relaxed) - before;
         assert_eq!(sent, dates.len() as u64 * u64::from(shards), "one Query per date and shard");
         outputs.push(read_tree(&out));
@@ -355,7 +357,7 @@ async fn sql_over_snapshots_on_s3_prunes_by_date_and_is_read_only() {
     let (_, kpi) =
         pipeline::run(&settings(&start, &end, &tmp.path().join("home"), location), &AwsEnv::default()).await.unwrap();
 
-    let session = tripflow::sql::SqlSession::open(&root, Some(&aws)).await.unwrap();
+    let session = tripflow::kpi::sql::SqlSession::open(&root, Some(&aws)).await.unwrap();
     assert_eq!(session.tables(), ["trips", "kpis"]);
     let day = kpi.dates[1];
     let count = |batches: &[arrow::array::RecordBatch]| {
@@ -373,7 +375,7 @@ async fn sql_over_snapshots_on_s3_prunes_by_date_and_is_read_only() {
         let path = object_store::path::Path::from(format!("nightly/snapshots/trip_date={other}/trips.parquet"));
         store.put(&path, b"not parquet".to_vec().into()).await.unwrap();
     }
-    let session = tripflow::sql::SqlSession::open(&root, Some(&aws)).await.unwrap();
+    let session = tripflow::kpi::sql::SqlSession::open(&root, Some(&aws)).await.unwrap();
     assert_eq!(count(&session.query(&sql).await.unwrap()), trips);
     assert!(session.query("SELECT count(*) FROM trips").await.is_err(), "unfiltered, it reads the spoiled objects");
     let err = session.query("DROP TABLE trips").await.unwrap_err().to_string();

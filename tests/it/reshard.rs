@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_kinesis::types::StreamStatus;
-use tripflow::aws::Aws;
-use tripflow::deadletter::FileDeadLetters;
+use tripflow::backend::aws::Aws;
+use tripflow::ingest::deadletter::FileDeadLetters;
 use tripflow::ingest::{DEFAULT_CONSUMER, Ingest, IngestCounts, IngestOptions};
 use tripflow::store::TripStore;
 use tripflow::store::lsm::LsmStore;

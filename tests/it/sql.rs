@@ -6,8 +6,8 @@ use std::path::Path;
 use arrow::datatypes::{DataType, TimeUnit};
 use tripflow::config::Home;
 use tripflow::ingest::IngestOptions;
+use tripflow::kpi::sql::{Format, SqlSession, render};
 use tripflow::kpi::{self, DateSelection, Formats, OutputLocation};
-use tripflow::sql::{Format, SqlSession, render};
 
 use crate::common::{data_dir, ingest, queries_dir};
 
@@ -30,7 +30,7 @@ async fn parquet_outputs(dir: &Path) -> (Home, std::path::PathBuf, Vec<chrono::N
         &DateSelection::All,
         &location,
         Formats { parquet: true },
-        &tripflow::progress::Quiet,
+        &tripflow::observe::progress::Quiet,
     )
     .await
     .unwrap();
@@ -133,7 +133,7 @@ async fn broken_query_files_are_named_with_their_line_and_nothing_is_written() {
             &DateSelection::All,
             &location,
             Formats::default(),
-            &tripflow::progress::Quiet,
+            &tripflow::observe::progress::Quiet,
         )
         .await
         .unwrap_err()

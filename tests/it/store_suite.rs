@@ -99,7 +99,7 @@ pub async fn export_by_date(store: &dyn TripStore) {
         .unwrap();
     let all = store.export(None, &Projection::all()).await.unwrap();
     assert_eq!(all.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
-    assert_eq!(all[0].schema(), *tripflow::event::TRIP_SCHEMA);
+    assert_eq!(all[0].schema(), *tripflow::model::event::TRIP_SCHEMA);
     let day = NaiveDate::from_ymd_opt(2024, 5, 26).unwrap();
     let one = store.export(Some(vec![day]), &Projection::all()).await.unwrap();
     assert_eq!(one.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
@@ -107,7 +107,7 @@ pub async fn export_by_date(store: &dyn TripStore) {
     assert_eq!(arrow::array::AsArray::as_string::<i32>(&ids).value(0), "c");
 
     // Some columns, derived ones among them: the same values as the whole export's.
-    let schema = tripflow::event::TRIP_SCHEMA.clone();
+    let schema = tripflow::model::event::TRIP_SCHEMA.clone();
     let keep: Vec<usize> = ["fare_amount", "trip_date", "trip_completed", "last_updated"]
         .iter()
         .map(|c| schema.index_of(c).unwrap())

@@ -219,7 +219,7 @@ macro_rules! kinesis_suite {
         mod $name {
             use std::time::Duration;
 
-            use tripflow::aws::Aws;
+            use tripflow::backend::aws::Aws;
             use tripflow::stream::checkpoints_dynamodb::DynamoCheckpoints;
             use tripflow::stream::kinesis::KinesisStream;
 

@@ -50,7 +50,7 @@ fn a_failed_nightly_run_goes_to_a_queue_and_a_missed_one_raises_an_alarm() {
     assert_eq!(queue_alarm["Dimensions"][0]["Value"], json!({ "Fn::GetAtt": ["KpiFailures", "QueueName"] }));
     let missed = &resource(&t, "KpiMissedAlarm")["Properties"];
     let emitted: Value =
-        serde_json::from_str(&tripflow::telemetry::kpi_emf_line(1, 1, Duration::ZERO, UNIX_EPOCH)).unwrap();
+        serde_json::from_str(&tripflow::observe::telemetry::kpi_emf_line(1, 1, Duration::ZERO, UNIX_EPOCH)).unwrap();
     let metrics = &emitted["_aws"]["CloudWatchMetrics"][0];
     assert_eq!(missed["Namespace"], metrics["Namespace"]);
     assert!(metrics["Metrics"].as_array().unwrap().iter().any(|m| m["Name"] == missed["MetricName"]));

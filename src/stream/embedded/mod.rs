@@ -23,8 +23,8 @@ use super::{
     Checkpoint, CheckpointStore, PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator,
     StartPosition, StreamRecord, StreamSink, StreamSource, refusal, shard_index, shard_name,
 };
+use crate::backend::sqlite::Db;
 use crate::error::Stage;
-use crate::sqlite::Db;
 use crate::{Error, Result};
 use segments::SegmentLog;
 
@@ -257,7 +257,7 @@ impl StreamSource for EmbeddedStream {
     async fn records_behind(&self, iterator: &ShardIterator) -> Result<Option<u64>> {
         let n = shard_number(&iterator.shard, self.shard_count)?;
         let after = parse_position(iterator)?;
-        let cap = crate::telemetry::RECORDS_BEHIND_CAP;
+        let cap = super::RECORDS_BEHIND_CAP;
         Ok(Some(match &self.records {
             // Sequence numbers count a shard's records, so this is a subtraction.
             Records::Log(log) => Self::on_log(log, move |log| log.latest(n)).await?.saturating_sub(after).min(cap),

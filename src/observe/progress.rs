@@ -8,7 +8,7 @@
 
 use std::fmt::Debug;
 
-use crate::ingest::IngestCounts;
+use super::IngestCounts;
 
 /// Receives the progress of long work. Calls come from the task doing the work, so an
 /// implementation should return at once.

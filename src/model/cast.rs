@@ -1,8 +1,8 @@
 //! Text → Arrow values, fast for the forms tripflow writes and exactly as Arrow's cast
 //! kernel for every other form.
 //!
-//! Producers send, and stores keep, a few plain forms ([`crate::decimal::parse_plain`],
-//! [`crate::timestamp::parse_plain`]); those are read by hand, and only what they do
+//! Producers send, and stores keep, a few plain forms ([`crate::model::decimal::parse_plain`],
+//! [`crate::model::timestamp::parse_plain`]); those are read by hand, and only what they do
 //! not read goes through `cast_with_options`, so each result is the kernel's wherever
 //! the kernel reads the text (each parser is tested against it).
 

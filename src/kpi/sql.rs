@@ -18,10 +18,10 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::aws::Aws;
-use crate::event::TRIP_SCHEMA;
-use crate::location::{Kind, Location};
-use crate::tables::{read_only, snapshot_columns};
+use crate::backend::aws::Aws;
+use crate::backend::location::{Kind, Location};
+use crate::kpi::tables::{read_only, snapshot_columns};
+use crate::model::event::TRIP_SCHEMA;
 use crate::{Error, Result};
 
 /// How results are printed.

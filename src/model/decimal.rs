@@ -150,7 +150,27 @@ pub fn cast_text(
 ) -> Result<Decimal128Array, ArrowError> {
     let to = DataType::Decimal128(precision, scale);
     let fast = |v: &str| parse_plain(v, precision, scale).or_else(|| parse_exponent(v, precision, scale));
-    Ok(crate::cast::cast_text(text, &to, options, fast)?.0)
+    Ok(crate::model::cast::cast_text(text, &to, options, fast)?.0)
+}
+
+/// Canonical text of a Decimal128 at [`DECIMAL_SCALE`](crate::model::event::DECIMAL_SCALE): no trailing zeros, no exponent.
+/// Up to 24 bytes (any fare, distance or code) are held inline, with no allocation.
+pub fn decimal_text(value: i128) -> compact_str::CompactString {
+    use std::fmt::Write as _;
+    let scale = 10i128.pow(crate::model::event::DECIMAL_SCALE as u32);
+    let sign = if value < 0 { "-" } else { "" };
+    let (int, mut frac) = ((value / scale).unsigned_abs(), (value % scale).unsigned_abs());
+    let mut out = compact_str::CompactString::default();
+    write!(out, "{sign}{int}").expect("writing to a string");
+    if frac != 0 {
+        let mut width = crate::model::event::DECIMAL_SCALE as usize;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        write!(out, ".{frac:0width$}").expect("writing to a string");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -245,3 +245,49 @@ where
         }
     }
 }
+
+/// Creates a DynamoDB table keyed by `hash` (and `range`), both strings, on demand,
+/// unless it exists; waits up to two minutes until it is active. Returns whether it was
+/// created.
+///
+/// # Errors
+/// When DynamoDB refuses, or the table is not active in time.
+pub async fn create_key_table(aws: &Aws, table: &str, hash: &str, range: Option<&str>) -> Result<bool> {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+    let client = aws.dynamodb();
+    let build = |e: aws_smithy_types::error::operation::BuildError| Error::store(e.to_string());
+    let mut req = client.create_table().table_name(table).billing_mode(BillingMode::PayPerRequest);
+    for (name, ty) in std::iter::once((hash, KeyType::Hash)).chain(range.map(|r| (r, KeyType::Range))) {
+        req = req
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(build)?,
+            )
+            .key_schema(KeySchemaElement::builder().attribute_name(name).key_type(ty).build().map_err(build)?);
+    }
+    let created = match req.send().await {
+        Ok(_) => true,
+        Err(e) if e.code() == Some("ResourceInUseException") => false,
+        Err(e) => return Err(Error::store(format!("cannot create DynamoDB table {table}: {}", describe(&e)))),
+    };
+    let began = std::time::Instant::now();
+    loop {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| Error::store(format!("cannot describe DynamoDB table {table}: {}", describe(&e))))?;
+        if out.table().and_then(|t| t.table_status()) == Some(&aws_sdk_dynamodb::types::TableStatus::Active) {
+            return Ok(created);
+        }
+        if began.elapsed() > Duration::from_secs(120) {
+            return Err(Error::store(format!("DynamoDB table {table} is not active after 120 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-use crate::ingest::IngestCounts;
+use super::IngestCounts;
 use crate::{Error, Result};
 
 /// Records read from the stream.
@@ -32,16 +32,12 @@ pub const BATCH_SECONDS: &str = "tripflow_ingest_batch_seconds";
 /// Per `shard`: time between the last record read and the newest one in the shard.
 pub const MILLIS_BEHIND: &str = "tripflow_ingest_shard_millis_behind_latest";
 /// Per `shard`: records in the shard not yet read (the embedded stream; counted up to
-/// [`RECORDS_BEHIND_CAP`]).
+/// the stream's cap, 100,000).
 pub const RECORDS_BEHIND: &str = "tripflow_ingest_shard_records_behind";
 /// Unix time of the last checkpoint written.
 pub const LAST_CHECKPOINT: &str = "tripflow_ingest_last_checkpoint_timestamp_seconds";
 /// 1, labelled with the build's `version`.
 pub const BUILD_INFO: &str = "tripflow_build_info";
-
-/// How far the embedded stream counts records behind, so the count stays cheap: a
-/// shard further behind reads as this many.
-pub const RECORDS_BEHIND_CAP: u64 = 100_000;
 
 /// How long one batch spent in each phase.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

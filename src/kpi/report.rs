@@ -22,7 +22,7 @@ use plotters::prelude::*;
 use serde_json::value::RawValue;
 
 use crate::error::Stage;
-use crate::kpi::OutputLocation;
+use crate::kpi::output::OutputLocation;
 use crate::{Error, Result};
 
 /// Where the report goes, under the output location.
@@ -221,7 +221,7 @@ impl DecimalSum {
         let scale = i8::try_from(scale).ok().filter(|s| *s <= 38)?;
         let mut sum = 0i128;
         for t in &self.texts {
-            sum = sum.checked_add(crate::decimal::parse_plain(t, 38, scale)?)?;
+            sum = sum.checked_add(crate::model::decimal::parse_plain(t, 38, scale)?)?;
         }
         Decimal128Type::validate_decimal_precision(sum, 38, scale).ok()?;
         Some(Decimal128Type::format_decimal(sum, 38, scale))

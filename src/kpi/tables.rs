@@ -1,11 +1,11 @@
-//! What the KPI job ([`crate::kpi`]) and ad-hoc SQL ([`crate::sql`]) share about the
+//! What the KPI job ([`crate::kpi`]) and ad-hoc SQL ([`crate::kpi::sql`]) share about the
 //! tables they query: the read-only options both plan with, and the columns of the
 //! Parquet snapshots the one writes and the other reads. Both depend on this module,
 //! not on each other.
 
 use datafusion::execution::context::SQLOptions;
 
-use crate::event::TRIP_SCHEMA;
+use crate::model::event::TRIP_SCHEMA;
 
 /// Options that let only queries through: no DDL, no DML, no `SET` or other statements.
 pub fn read_only() -> SQLOptions {

@@ -14,7 +14,7 @@ use chrono::{Duration, NaiveDate, NaiveDateTime};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::event::{END_CSV_HEADER, START_CSV_HEADER};
+use crate::model::event::{END_CSV_HEADER, START_CSV_HEADER};
 use crate::{Error, Result};
 
 /// Days the pickups are spread over unless told otherwise.

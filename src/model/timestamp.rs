@@ -4,7 +4,7 @@
 //! `format` interprets its pattern per value. The forms producers send
 //! (`2024-05-25 13:19:00`) and the stored form (`2024-05-25T13:19:00.000000Z`) are read
 //! and written by position here instead; every other form goes through the kernel
-//! ([`crate::cast`]), so results are the kernel's wherever it reads the text (tested
+//! ([`crate::model::cast`]), so results are the kernel's wherever it reads the text (tested
 //! against it).
 
 use chrono::DateTime;
@@ -136,7 +136,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::timestamp_type;
+    use crate::model::event::timestamp_type;
     use arrow::array::{Array, StringArray, TimestampMicrosecondArray};
     use arrow::compute::CastOptions;
     use arrow::compute::cast_with_options;
@@ -145,7 +145,9 @@ mod tests {
 
     /// The cast validation makes: plain text by hand, the rest by the kernel.
     fn cast_text(text: &StringArray, options: &CastOptions<'_>) -> TimestampMicrosecondArray {
-        crate::cast::cast_text::<TimestampMicrosecondType>(text, &timestamp_type(), options, parse_plain).unwrap().0
+        crate::model::cast::cast_text::<TimestampMicrosecondType>(text, &timestamp_type(), options, parse_plain)
+            .unwrap()
+            .0
     }
 
     fn by_kernel(text: &str) -> Option<i64> {
