@@ -88,55 +88,69 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads the settings through `var` (the process environment in the binary).
+    /// Reads the settings through `var` (the process environment in the binary), with
+    /// the command line's own definitions of these flags ([`crate::cli::LambdaArgs`]):
+    /// a value the CLI refuses is refused here, with the CLI's message and the variable's
+    /// name in front.
     ///
     /// # Errors
     /// When a variable is missing or invalid; the message names it and what to set.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let store = match Location::parse("TRIPFLOW_STORE", var("TRIPFLOW_STORE").as_deref(), &[Kind::DynamoDb])? {
+        use clap::{CommandFactory, FromArgMatches};
+        // The variables become the flags they stand for; the command then reads nothing
+        // else (no process environment), so what it parses is exactly what `var` gave.
+        let command = crate::cli::LambdaArgs::command().mut_args(|a| a.env(None::<&str>));
+        let mut argv = vec!["tripflow-lambda".to_owned()];
+        let mut flag_of = Vec::new();
+        for arg in crate::cli::LambdaArgs::command().get_arguments() {
+            let (Some(name), Some(long)) = (arg.get_env().and_then(|e| e.to_str()), arg.get_long()) else {
+                continue;
+            };
+            flag_of.push((format!("--{long}"), name.to_owned()));
+            let Some(value) = var(name).filter(|v| !v.trim().is_empty()) else { continue };
+            if arg.get_action().takes_values() {
+                argv.push(format!("--{long}={value}"));
+            } else if !["n", "no", "f", "false", "off", "0"].contains(&value.trim().to_ascii_lowercase().as_str()) {
+                // A switch, read as clap reads its variable: anything but a false word.
+                argv.push(format!("--{long}"));
+            }
+        }
+        let refused = |e: clap::Error| {
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            match flag_of
+                .iter()
+                .find(|(flag, _)| line.contains(&format!("'{flag} ")) || line.contains(&format!("'{flag}'")))
+            {
+                Some((_, name)) => Error::Config(format!("{name}: {line}")),
+                None => Error::Config(line),
+            }
+        };
+        let matches = command.try_get_matches_from(&argv).map_err(&refused)?;
+        let args = crate::cli::LambdaArgs::from_arg_matches(&matches).map_err(&refused)?;
+        let store = match Location::parse("TRIPFLOW_STORE", args.store.store.as_deref(), &[Kind::DynamoDb])? {
             Location::DynamoDb(table) => StoreUrl::DynamoDb(table),
             _ => unreachable!("only dynamodb:// is accepted"),
         };
-        let number = |name: &str| -> Result<Option<u64>> {
-            var(name)
-                .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| Error::Config(format!("{name} {v:?} is not a whole number")))
-                })
-                .transpose()
-        };
-        let mut tuning = AwsTuning::default();
-        if let Some(n) = number("TRIPFLOW_WRITE_CONCURRENCY")? {
-            tuning.write_concurrency = usize::try_from(n).unwrap_or(usize::MAX).max(1);
-        }
-        if let Some(n) = number("TRIPFLOW_SCAN_SEGMENTS")? {
-            tuning.scan_segments = u32::try_from(n).unwrap_or(u32::MAX).clamp(1, 1_000_000);
-        }
-        let lookback = match number("TRIPFLOW_LOOKBACK")? {
-            None => 1,
-            Some(n) if n <= MAX_LOOKBACK_DAYS => n as u32,
-            Some(n) => {
-                return Err(Error::Config(format!("TRIPFLOW_LOOKBACK {n} is more than {MAX_LOOKBACK_DAYS} days")));
-            }
-        };
-        let parquet = match var("TRIPFLOW_PARQUET").as_deref().map(str::trim) {
-            None | Some("" | "false" | "0") => false,
-            Some("true" | "1") => true,
-            Some(other) => return Err(Error::Config(format!("TRIPFLOW_PARQUET {other:?}: set true or false"))),
-        };
+        // The lookback's bound is the date selection's, as `tripflow kpi` checks it.
+        let flags = config::DateFlags { lookback: args.lookback, ..Default::default() };
+        config::date_selection(&flags, chrono::Utc::now().date_naive())?;
+        let given = |id: &str| matches.value_source(id) != Some(clap::parser::ValueSource::DefaultValue);
         Ok(Settings {
             store,
-            dead_letter: var("TRIPFLOW_DEAD_LETTER").filter(|v| !v.trim().is_empty()),
-            out: var("TRIPFLOW_OUT").filter(|v| !v.trim().is_empty()),
-            lookback,
-            queries: var("TRIPFLOW_QUERIES").filter(|v| !v.trim().is_empty()).map(PathBuf::from),
-            parquet,
-            tuning,
+            dead_letter: args.dead_letter.dead_letter,
+            out: given("out").then_some(args.kpi.out),
+            lookback: args.lookback,
+            queries: args.kpi.queries,
+            parquet: args.kpi.parquet,
+            tuning: AwsTuning {
+                write_concurrency: args.store.write_concurrency,
+                scan_segments: args.store.scan_segments,
+                ..AwsTuning::default()
+            },
         })
     }
 }
-
-/// The longest lookback a nightly run takes: ten years of days.
-pub const MAX_LOOKBACK_DAYS: u64 = 3660;
 
 /// Where a Lambda function keeps nothing: the embedded backends are never opened, but
 /// [`config`]'s openers take a home.
@@ -455,8 +469,20 @@ mod tests {
         let err = |pairs: &[(&str, &str)]| Settings::from_vars(vars(pairs)).unwrap_err().to_string();
         assert!(err(&[]).contains("TRIPFLOW_STORE"));
         assert!(err(&[("TRIPFLOW_STORE", "embedded")]).contains("dynamodb://TABLE"));
-        assert!(err(&[("TRIPFLOW_STORE", "dynamodb://bolt"), ("TRIPFLOW_LOOKBACK", "4000000000")]).contains("3660"));
-        assert!(err(&[("TRIPFLOW_STORE", "dynamodb://bolt"), ("TRIPFLOW_LOOKBACK", "-1")]).contains("whole number"));
+        let store = ("TRIPFLOW_STORE", "dynamodb://bolt");
+        let lookback = err(&[store, ("TRIPFLOW_LOOKBACK", "40000")]);
+        assert!(lookback.contains("--lookback 40000") && lookback.contains("36525"), "{lookback}");
+        let negative = err(&[store, ("TRIPFLOW_LOOKBACK", "-1")]);
+        assert!(negative.starts_with("TRIPFLOW_LOOKBACK: invalid value '-1' for '--lookback"), "{negative}");
+        let zero = err(&[store, ("TRIPFLOW_WRITE_CONCURRENCY", "0")]);
+        assert!(zero.starts_with("TRIPFLOW_WRITE_CONCURRENCY: ") && zero.contains("positive whole number"), "{zero}");
+        let segments = err(&[store, ("TRIPFLOW_SCAN_SEGMENTS", "0")]);
+        assert!(segments.starts_with("TRIPFLOW_SCAN_SEGMENTS: invalid value '0'"), "{segments}");
+        let quiet = Settings::from_vars(vars(&[store])).unwrap();
+        assert_eq!((quiet.out, quiet.lookback, quiet.parquet), (None, 1, false), "unset is unset, not a default");
+        for (value, parquet) in [("true", true), ("1", true), ("yes", true), ("false", false), ("0", false)] {
+            assert_eq!(Settings::from_vars(vars(&[store, ("TRIPFLOW_PARQUET", value)])).unwrap().parquet, parquet);
+        }
     }
 
     fn event(records: &[(&str, String)]) -> KinesisEvent {

@@ -200,6 +200,27 @@ pub struct KpiOutArgs {
     pub parquet: bool,
 }
 
+/// The Lambda functions' settings, defined here with the commands': the flags they share
+/// with `tripflow ingest` and `tripflow kpi`, read from the same `TRIPFLOW_*` variables,
+/// so every bound and every message is the command line's
+/// ([`crate::lambda::Settings::from_vars`]).
+#[derive(Debug, Parser)]
+#[command(name = "tripflow-lambda")]
+pub struct LambdaArgs {
+    /// The trip table and its tuning (both functions).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where rejected records go (the ingest function).
+    #[command(flatten)]
+    pub dead_letter: DeadLetterArgs,
+    /// The KPI files, queries and formats (the KPI function).
+    #[command(flatten)]
+    pub kpi: KpiOutArgs,
+    /// A nightly run covers the scheduled date and this many days before it.
+    #[arg(long, env = "TRIPFLOW_LOOKBACK", default_value_t = 1)]
+    pub lookback: u32,
+}
+
 /// `tripflow run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -451,3 +451,50 @@ async fn an_unknown_handler_fails_at_init_naming_the_valid_ones() {
     let status = tokio::time::timeout(WAIT, function.child.wait()).await.unwrap().unwrap();
     assert!(!status.success(), "{}", function.log());
 }
+
+/// The functions read their settings with the command line's own definitions: each value
+/// `tripflow kpi` refuses, the KPI function refuses at init, with the CLI's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_functions_refuse_what_the_cli_refuses_with_the_same_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("TRIPFLOW_WRITE_CONCURRENCY", "0"),
+        ("TRIPFLOW_WRITE_CONCURRENCY", "many"),
+        ("TRIPFLOW_SCAN_SEGMENTS", "0"),
+        ("TRIPFLOW_SCAN_SEGMENTS", "2000000"),
+        ("TRIPFLOW_LOOKBACK", "-1"),
+        ("TRIPFLOW_LOOKBACK", "40000"),
+    ];
+    for (name, value) in cases {
+        let cli = std::process::Command::new(env!("CARGO_BIN_EXE_tripflow"))
+            .arg("kpi")
+            .env("TRIPFLOW_HOME", tmp.path().join("home"))
+            .env("TRIPFLOW_OUT", tmp.path().join("out"))
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert!(!cli.status.success(), "the CLI took {name}={value}");
+        let stderr = String::from_utf8_lossy(&cli.stderr).into_owned();
+        let said = stderr.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+        assert!(!said.is_empty(), "{stderr}");
+
+        let api = RuntimeApi::start().await;
+        let function = Function::start(
+            &api,
+            "kpi",
+            &[
+                ("TRIPFLOW_STORE", "dynamodb://bolt".into()),
+                ("TRIPFLOW_OUT", "s3://bucket/tripflow".into()),
+                (name, value.into()),
+            ],
+        );
+        let error = api.wait(|s| s.init_error.clone()).await;
+        let message = error["errorMessage"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&said),
+            "{name}={value}: the CLI said {said:?}, the function {message:?}\n{}",
+            function.log()
+        );
+        assert_eq!(error["errorType"], "tripflow.config", "{error}");
+    }
+}
