@@ -95,6 +95,15 @@ impl Error {
         }
     }
 
+    /// The process's exit status for this error: 2 when the user can fix it by changing
+    /// a setting or an input (as clap exits on a bad flag), 1 when something failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Input { .. } => 2,
+            _ => 1,
+        }
+    }
+
     /// A stream failure with no underlying error.
     pub fn stream(message: impl Into<String>) -> Self {
         Error::Stream { message: message.into(), source: None }
@@ -108,6 +117,19 @@ impl Error {
     /// An output failure with no underlying error.
     pub fn output(message: impl Into<String>) -> Self {
         Error::Output { message: message.into(), source: None }
+    }
+}
+
+/// A file or folder under `--home` that `stage` could not create or open: a settings
+/// error when the folder is not writable (the user picks another), and otherwise the
+/// stage's own failure, with its cause (a full disk is not a setting).
+pub fn home_io(stage: Stage, path: &std::path::Path, e: std::io::Error) -> Error {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory => {
+            Error::Config(format!("cannot create or open {}: {e}; choose a writable --home", path.display()))
+        }
+        _ => stage.error(format!("cannot create or open {}", path.display()), e),
     }
 }
 
@@ -172,5 +194,20 @@ mod tests {
         assert!(err.to_string().starts_with("stream: put to stream.db: "), "{err}");
         let source = err.source().expect("the cause is kept");
         assert!(source.downcast_ref::<rusqlite::Error>().is_some());
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_written_is_a_setting_and_a_full_disk_is_not() {
+        use std::io::{Error as IoError, ErrorKind};
+        let path = std::path::Path::new("/data/tripflow/trips");
+        let denied = home_io(Stage::Store, path, IoError::from(ErrorKind::PermissionDenied));
+        assert_eq!((denied.stage(), denied.exit_code()), ("config", 2));
+        assert!(denied.to_string().contains("choose a writable --home"), "{denied}");
+        let full = home_io(Stage::Store, path, IoError::from(ErrorKind::StorageFull));
+        assert_eq!((full.stage(), full.exit_code()), ("store", 1));
+        assert!(full.to_string().starts_with("store: cannot create or open /data/tripflow/trips"), "{full}");
+        assert!(full.source().is_some(), "the I/O error is kept");
+        assert_eq!(Error::Input { path: path.into(), message: "gone".into() }.exit_code(), 2);
+        assert_eq!(Error::output("S3 refused").exit_code(), 1);
     }
 }

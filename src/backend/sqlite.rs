@@ -52,9 +52,7 @@ impl Db {
     pub(crate) fn open(path: &Path, schema: &str, cache_mib: i64, stage: Stage) -> Result<Self> {
         let file: Arc<str> = path.display().to_string().into();
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Config(format!("cannot create directory {}: {e}; choose a writable --home", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir).map_err(|e| crate::error::home_io(stage, dir, e))?;
         }
         let conn = Connection::open(path)
             .map_err(|e| Error::Config(format!("cannot open {}: {e}; choose a writable --home", path.display())))?;

@@ -126,8 +126,13 @@ fn context_over(schema: SchemaRef, batches: &[RecordBatch]) -> Result<SessionCon
         let n = partitions.len();
         partitions[i % n].push(b.clone());
     }
-    let table = MemTable::try_new(schema, partitions).map_err(|e| Error::store(format!("export: {e}")))?;
-    ctx.register_table("trips", Arc::new(table)).map_err(|e| Error::store(format!("export: {e}")))?;
+    let engine = |e: datafusion::error::DataFusionError| Error::Query {
+        file: "trips".into(),
+        message: format!("cannot register the exported trips with DataFusion: {e}"),
+        source: Some(e.into()),
+    };
+    let table = MemTable::try_new(schema, partitions).map_err(engine)?;
+    ctx.register_table("trips", Arc::new(table)).map_err(engine)?;
     Ok(ctx)
 }
 

@@ -20,6 +20,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::backend::aws::Aws;
 use crate::backend::location::{Kind, Location};
+use crate::error::Stage;
 use crate::kpi::tables::{read_only, snapshot_columns};
 use crate::model::event::TRIP_SCHEMA;
 use crate::{Error, Result};
@@ -80,7 +81,7 @@ impl Root {
                     .try_collect()
                     .await
                     .map_err(|e| {
-                        Error::Config(format!("--snapshots s3://{bucket}/{prefix}: cannot list {dir}/: {e}"))
+                        Stage::Output.error(format!("--snapshots s3://{bucket}/{prefix}: cannot list {dir}/"), e)
                     })?;
                 names.sort();
                 let Some(sample) = names.first() else { return Ok(None) };

@@ -117,9 +117,7 @@ impl LsmStore {
         /// second open of a folder even from the same process.
         static OPEN: Mutex<Vec<(PathBuf, Weak<Tables>)>> = Mutex::new(Vec::new());
         let path = home.join(FOLDER);
-        std::fs::create_dir_all(&path).map_err(|e| {
-            Error::Config(format!("cannot create directory {}: {e}; choose a writable --home", path.display()))
-        })?;
+        std::fs::create_dir_all(&path).map_err(|e| crate::error::home_io(Stage::Store, &path, e))?;
         let key = path.canonicalize().unwrap_or_else(|_| path.clone());
         let mut open = OPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         open.retain(|(_, tables)| tables.strong_count() > 0);

@@ -136,13 +136,14 @@ fn segment_name(base: u64, ext: &str) -> String {
 impl SegmentLog {
     /// The log in `dir` (created if missing).
     pub(crate) fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Config(format!("cannot create directory {}: {e}; choose a writable --home", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir).map_err(|e| crate::error::home_io(Stage::Stream, dir, e))?;
         let lock_path = dir.join("write.lock");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| {
-            Error::Config(format!("cannot open {}: {e}; choose a writable --home", lock_path.display()))
-        })?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| crate::error::home_io(Stage::Stream, &lock_path, e))?;
         Ok(SegmentLog { dir: dir.to_owned(), segment_bytes: SEGMENT_BYTES, writing: Mutex::new(lock) })
     }
 
