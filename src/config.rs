@@ -319,23 +319,7 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
         (None, Some(_)) => {
             return Err(Error::Config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26".into()));
         }
-        (None, None) => {
-            if i64::from(flags.lookback) >= MAX_RANGE_DAYS {
-                return Err(Error::Config(format!(
-                    "--lookback {} covers more than {MAX_RANGE_DAYS} days (100 years), which the KPI job would \
-                     look up one by one; give --all for every date, or fewer days such as 1",
-                    flags.lookback
-                )));
-            }
-            let days = chrono::Days::new(u64::from(flags.lookback));
-            let from = today.checked_sub_days(days).ok_or_else(|| {
-                Error::Config(format!(
-                    "--lookback {} reaches before the first representable date; give a number of days such as 1",
-                    flags.lookback
-                ))
-            })?;
-            (from, today)
-        }
+        (None, None) => return lookback_dates(flags.lookback, today).map(DateSelection::Dates),
     };
     if from > to {
         return Err(Error::Config(format!("--from {from} is after --to {to}; swap them")));
@@ -348,6 +332,26 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
         )));
     }
     Ok(DateSelection::Dates(from.iter_days().take_while(|d| *d <= to).collect()))
+}
+
+/// The nightly default's dates: `today` and the `lookback` days before it, oldest first.
+///
+/// # Errors
+/// When the lookback covers more than [`MAX_RANGE_DAYS`] or reaches before the first
+/// representable date.
+pub fn lookback_dates(lookback: u32, today: NaiveDate) -> Result<Vec<NaiveDate>> {
+    if i64::from(lookback) >= MAX_RANGE_DAYS {
+        return Err(Error::Config(format!(
+            "--lookback {lookback} covers more than {MAX_RANGE_DAYS} days (100 years), which the KPI job would \
+             look up one by one; give --all for every date, or fewer days such as 1"
+        )));
+    }
+    let from = today.checked_sub_days(chrono::Days::new(u64::from(lookback))).ok_or_else(|| {
+        Error::Config(format!(
+            "--lookback {lookback} reaches before the first representable date; give a number of days such as 1"
+        ))
+    })?;
+    Ok(from.iter_days().take_while(|d| *d <= today).collect())
 }
 
 /// The most days a range or lookback may cover: each is one look-up (a DynamoDB Query),

@@ -25,7 +25,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::backend::location::{Kind, Location};
+use crate::backend::location::{DynamoTable, Location};
 use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl};
 use crate::ingest::batcher::Pending;
 use crate::ingest::deadletter::DeadLetterSink;
@@ -128,13 +128,10 @@ impl Settings {
         };
         let matches = command.try_get_matches_from(&argv).map_err(&refused)?;
         let args = crate::cli::LambdaArgs::from_arg_matches(&matches).map_err(&refused)?;
-        let store = match Location::parse("TRIPFLOW_STORE", args.store.store.as_deref(), &[Kind::DynamoDb])? {
-            Location::DynamoDb(table) => StoreUrl::DynamoDb(table),
-            _ => unreachable!("only dynamodb:// is accepted"),
-        };
+        let DynamoTable(table) = Location::parse_as("TRIPFLOW_STORE", args.store.store.as_deref())?;
+        let store = StoreUrl::DynamoDb(table);
         // The lookback's bound is the date selection's, as `tripflow kpi` checks it.
-        let flags = config::DateFlags { lookback: args.lookback, ..Default::default() };
-        config::date_selection(&flags, chrono::Utc::now().date_naive())?;
+        config::lookback_dates(args.lookback, chrono::Utc::now().date_naive())?;
         let given = |id: &str| matches.value_source(id) != Some(clap::parser::ValueSource::DefaultValue);
         Ok(Settings {
             store,
@@ -379,11 +376,7 @@ impl KpiFunction {
                     "scheduled_time {time:?} is not an RFC 3339 time ({e}), e.g. 2024-05-26T23:59:00Z"
                 ))
             })?;
-            let flags = config::DateFlags { lookback: self.lookback, ..Default::default() };
-            match config::date_selection(&flags, at.with_timezone(&Utc).date_naive())? {
-                DateSelection::Dates(dates) => Ok(dates),
-                DateSelection::All => unreachable!("a lookback selects dates"),
-            }
+            config::lookback_dates(self.lookback, at.with_timezone(&Utc).date_naive())
         };
         match request {
             KpiRequest::Dates { dates } if dates.is_empty() => {

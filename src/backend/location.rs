@@ -124,6 +124,76 @@ impl Location {
     }
 }
 
+/// A [`Location`] of given kinds, as one flag takes it: [`Location::parse_as`] returns it
+/// with no other kind left to match.
+pub trait Place: TryFrom<Location, Error = Location> {
+    /// The kinds it is made from.
+    const ACCEPTS: &'static [Kind];
+}
+
+/// Where files are written or read: a local folder, or a prefix in an S3 bucket
+/// (`--out`, `--snapshots`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectPlace {
+    /// A local folder.
+    Local(PathBuf),
+    /// An S3 bucket, and a prefix without leading or trailing `/` (maybe empty).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The prefix inside it.
+        prefix: String,
+    },
+}
+
+impl TryFrom<Location> for ObjectPlace {
+    type Error = Location;
+
+    fn try_from(location: Location) -> std::result::Result<Self, Location> {
+        match location {
+            Location::Local(path) => Ok(ObjectPlace::Local(path)),
+            Location::S3 { bucket, prefix } => Ok(ObjectPlace::S3 { bucket, prefix }),
+            other => Err(other),
+        }
+    }
+}
+
+impl Place for ObjectPlace {
+    const ACCEPTS: &'static [Kind] = &[Kind::Local, Kind::S3];
+}
+
+/// A DynamoDB table, by name (the Lambda functions' `TRIPFLOW_STORE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoTable(pub String);
+
+impl TryFrom<Location> for DynamoTable {
+    type Error = Location;
+
+    fn try_from(location: Location) -> std::result::Result<Self, Location> {
+        match location {
+            Location::DynamoDb(table) => Ok(DynamoTable(table)),
+            other => Err(other),
+        }
+    }
+}
+
+impl Place for DynamoTable {
+    const ACCEPTS: &'static [Kind] = &[Kind::DynamoDb];
+}
+
+impl Location {
+    /// Parses `text`, the value of `flag`, as the [`Place`] `T` that flag takes.
+    ///
+    /// # Errors
+    /// As [`Location::parse`], with `T`'s kinds.
+    pub fn parse_as<T: Place>(flag: &str, text: Option<&str>) -> Result<T> {
+        T::try_from(Location::parse(flag, text, T::ACCEPTS)?).map_err(|other| {
+            // Location::parse accepts only T's kinds; were one missing from TryFrom, say so.
+            Error::Config(format!("{flag}: a {:?} location is not taken here", other.kind()))
+        })
+    }
+}
+
 /// A stream or table name: `min..=max` letters, digits, `_`, `.` or `-`.
 fn aws_name(name: &str, what: &str, min: usize, max: usize) -> std::result::Result<String, String> {
     let name = name.trim_end_matches('/');

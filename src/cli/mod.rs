@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::backend::location::{Kind, Location};
+use crate::backend::location::{Kind, Location, ObjectPlace};
 use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
 use crate::error::{Context, Stage};
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
@@ -753,7 +753,8 @@ async fn schedule(a: &ScheduleArgs, aws: &AwsEnv) -> Result<()> {
 /// `tripflow sql`: one query, or the prompt.
 async fn sql(a: &SqlArgs, aws: &AwsEnv) -> Result<()> {
     let query = a.query()?;
-    let aws = if a.snapshots.starts_with("s3://") { Some(aws.get().await?) } else { None };
+    let place: ObjectPlace = Location::parse_as("--snapshots", Some(&a.snapshots))?;
+    let aws = if matches!(place, ObjectPlace::S3 { .. }) { Some(aws.get().await?) } else { None };
     let session = crate::kpi::sql::SqlSession::open(&a.snapshots, aws).await?;
     match query {
         Some(q) => print!("{}", crate::kpi::sql::render(&session.query(&q).await?, a.format)?),

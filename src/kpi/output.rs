@@ -19,7 +19,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::backend::aws::Aws;
-use crate::backend::location::{Kind, Location};
+use crate::backend::location::{Location, ObjectPlace};
 use crate::error::{Context, Stage};
 use crate::{Error, Result};
 
@@ -38,8 +38,8 @@ impl OutputLocation {
     /// # Errors
     /// When the URL's scheme is not supported or the directory cannot be created.
     pub fn parse(out: &str, aws: Option<&Aws>) -> Result<Self> {
-        let path = match Location::parse("--out", Some(out), &[Kind::Local, Kind::S3])? {
-            Location::S3 { bucket, prefix } => {
+        let path = match Location::parse_as("--out", Some(out))? {
+            ObjectPlace::S3 { bucket, prefix } => {
                 let aws = aws.ok_or_else(|| Error::Config(format!("--out {out}: S3 needs the AWS configuration")))?;
                 return Ok(OutputLocation {
                     store: aws.s3(&bucket)?,
@@ -47,8 +47,7 @@ impl OutputLocation {
                     display: out.trim().trim_end_matches('/').to_owned(),
                 });
             }
-            Location::Local(path) => path,
-            _ => unreachable!("--out takes local paths and s3:// URLs only"),
+            ObjectPlace::Local(path) => path,
         };
         std::fs::create_dir_all(&path).map_err(|e| {
             Error::output(format!("cannot create output directory {}: {e}; choose a writable --out", path.display()))

@@ -19,7 +19,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::backend::aws::Aws;
-use crate::backend::location::{Kind, Location};
+use crate::backend::location::{Location, ObjectPlace};
 use crate::error::Stage;
 use crate::kpi::tables::{read_only, snapshot_columns};
 use crate::model::event::TRIP_SCHEMA;
@@ -122,8 +122,8 @@ impl SqlSession {
     /// When `root` does not exist or holds neither snapshots nor KPI Parquet files.
     pub async fn open(root: &str, aws: Option<&Aws>) -> Result<Self> {
         let ctx = SessionContext::new();
-        let location = match Location::parse("--snapshots", Some(root), &[Kind::Local, Kind::S3])? {
-            Location::S3 { bucket, prefix } => {
+        let location = match Location::parse_as("--snapshots", Some(root))? {
+            ObjectPlace::S3 { bucket, prefix } => {
                 let aws =
                     aws.ok_or_else(|| Error::Config(format!("--snapshots {root}: S3 needs the AWS configuration")))?;
                 let store = aws.s3(&bucket)?;
@@ -132,7 +132,7 @@ impl SqlSession {
                 ctx.register_object_store(&url, store.clone());
                 Root::Store { store, bucket, prefix }
             }
-            Location::Local(path) => {
+            ObjectPlace::Local(path) => {
                 if !path.is_dir() {
                     return Err(Error::Config(format!(
                         "--snapshots {}: no such folder; give the --out folder of a 'tripflow kpi --parquet' run",
@@ -141,7 +141,6 @@ impl SqlSession {
                 }
                 Root::Local(path)
             }
-            _ => unreachable!("--snapshots takes local paths and s3:// URLs only"),
         };
         let mut tables = Vec::new();
         for (name, dir, partition) in [("trips", "snapshots", "trip_date"), ("kpis", "kpi_output", "date")] {
