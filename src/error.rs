@@ -159,8 +159,17 @@ pub enum Stage {
 impl Stage {
     /// The error of this stage, with `cause` kept as its source.
     pub fn error(self, context: impl std::fmt::Display, cause: impl Into<BoxError>) -> Error {
+        self.error_then(context, cause, "")
+    }
+
+    /// As [`Stage::error`], with what to do after the cause:
+    /// `context: cause; remedy`.
+    pub fn error_then(self, context: impl std::fmt::Display, cause: impl Into<BoxError>, remedy: &str) -> Error {
         let source: BoxError = cause.into();
-        let message = format!("{context}: {source}");
+        let message = match remedy {
+            "" => format!("{context}: {source}"),
+            _ => format!("{context}: {source}; {remedy}"),
+        };
         let source = Some(source);
         match self {
             Stage::Stream => Error::Stream { message, source },

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::Result;
 use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
+use crate::error::Stage;
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
 use crate::kpi::{self, DateSelection, Formats, KpiReport, OutputLocation};
 use crate::produce::{self, ProduceReport};
-use crate::{Error, Result};
 
 /// Settings of a whole run.
 #[derive(Debug, Clone)]
@@ -149,7 +150,7 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     .run(&options)
     .await?;
     let (produced, produce_s) =
-        (&mut producer.0).await.map_err(|e| Error::stream(format!("the producer task failed: {e}")))?;
+        (&mut producer.0).await.map_err(|e| Stage::Stream.error("the producer task failed", e))?;
     let ProduceReport { sent, not_sent } = produced?;
     let ingest_s = stage.elapsed().as_secs_f64();
     let stage = Instant::now();
@@ -189,8 +190,9 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
 /// # Errors
 /// When the file cannot be written.
 pub fn write_report(path: &std::path::Path, report: &impl Serialize) -> Result<()> {
-    let json = serde_json::to_string_pretty(report).map_err(|e| Error::output(e.to_string()))?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| Stage::Output.error("the run report", e))?;
     std::fs::write(path, json + "\n").map_err(|e| {
-        Error::output(format!("cannot write the report {}: {e}; choose a writable --report path", path.display()))
+        let context = format!("cannot write the report {}", path.display());
+        Stage::Output.error_then(context, e, "choose a writable --report path")
     })
 }

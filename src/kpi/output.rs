@@ -50,10 +50,11 @@ impl OutputLocation {
             ObjectPlace::Local(path) => path,
         };
         std::fs::create_dir_all(&path).map_err(|e| {
-            Error::output(format!("cannot create output directory {}: {e}; choose a writable --out", path.display()))
+            let context = format!("cannot create output directory {}", path.display());
+            Stage::Output.error_then(context, e, "choose a writable --out")
         })?;
         let store = LocalFileSystem::new_with_prefix(&path)
-            .map_err(|e| Error::output(format!("cannot use output directory {}: {e}", path.display())))?;
+            .map_err(|e| Stage::Output.error(format!("cannot use output directory {}", path.display()), e))?;
         Ok(OutputLocation {
             store: Arc::new(store),
             prefix: ObjectPath::default(),
@@ -73,7 +74,7 @@ impl OutputLocation {
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<String> {
         let path = key.split('/').fold(self.prefix.clone(), |p, part| p.clone().join(part));
         self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| {
-            Error::output(format!("cannot write {key} under {}: {e}; choose a writable --out", self.display))
+            Stage::Output.error_then(format!("cannot write {key} under {}", self.display), e, "choose a writable --out")
         })?;
         Ok(format!("{}/{key}", self.display.trim_end_matches('/')))
     }
@@ -109,7 +110,7 @@ pub fn rows_of_date(batches: &[RecordBatch], column: &str, value: &str) -> Resul
 /// When the writer fails.
 pub fn parquet_bytes(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
-    let fail = |e: parquet::errors::ParquetError| Error::output(format!("parquet: {e}"));
+    let fail = |e: parquet::errors::ParquetError| Stage::Output.error("parquet", e);
     let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(fail)?;
     for b in batches {
         writer.write(b).map_err(fail)?;
@@ -212,7 +213,22 @@ mod tests {
         assert!(err.contains("not supported"), "{err}");
         let file = dir.path().join("a-file");
         std::fs::write(&file, "x").unwrap();
-        let err = OutputLocation::parse(file.to_str().unwrap(), None).unwrap_err().to_string();
-        assert!(err.contains("cannot create output directory"), "{err}");
+        let err = OutputLocation::parse(file.to_str().unwrap(), None).unwrap_err();
+        assert!(err.to_string().contains("cannot create output directory"), "{err}");
+        assert!(err.to_string().ends_with("; choose a writable --out"), "{err}");
+        assert_eq!((err.stage(), err.exit_code()), ("output", 1));
+        let cause = std::error::Error::source(&err).expect("the I/O error is kept");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some(), "{cause:?}");
+
+        // A write that fails after the folder was made: the store's error is kept.
+        std::fs::remove_dir_all(dir.path().join("out")).unwrap();
+        std::fs::write(dir.path().join("out"), "now a file").unwrap();
+        let err = out.put("kpi_output/date=2024-05-26/kpi.json", b"{}".to_vec()).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("output: cannot write kpi_output/date=2024-05-26/kpi.json under "),
+            "{err}"
+        );
+        let cause = std::error::Error::source(&err).expect("object_store's error is kept");
+        assert!(cause.downcast_ref::<object_store::Error>().is_some(), "{cause:?}");
     }
 }

@@ -21,9 +21,9 @@ use object_store::path::Path as ObjectPath;
 use plotters::prelude::*;
 use serde_json::value::RawValue;
 
+use crate::Result;
 use crate::error::Stage;
 use crate::kpi::output::OutputLocation;
-use crate::{Error, Result};
 
 /// Where the report goes, under the output location.
 pub const REPORT_KEY: &str = "kpi_output/report.html";
@@ -143,7 +143,8 @@ pub async fn read(out: &OutputLocation) -> Result<Inputs> {
     let (store, prefix) = out.store();
     let listing = prefix.clone().join("kpi_output");
     let metas: Vec<_> = store.list(Some(&listing)).try_collect().await.map_err(|e| {
-        Error::output(format!("cannot list {}/kpi_output: {e}; check --out", out.display().trim_end_matches('/')))
+        let context = format!("cannot list {}/kpi_output", out.display().trim_end_matches('/'));
+        Stage::Output.error_then(context, e, "check --out")
     })?;
     let mut files: Vec<(String, ObjectPath)> = metas
         .into_iter()

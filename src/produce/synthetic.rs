@@ -61,7 +61,8 @@ pub fn generate_over(trips: u64, seed: u64, days: u32, out: &Path) -> Result<()>
         return Err(Error::Config("--days must be at least 1".into()));
     }
     let fail = |e: std::io::Error| {
-        Error::output(format!("cannot write generated data to {}: {e}; choose a writable --out", out.display()))
+        let context = format!("cannot write generated data to {}", out.display());
+        crate::error::Stage::Output.error_then(context, e, "choose a writable --out")
     };
     std::fs::create_dir_all(out).map_err(fail)?;
     let mut starts = BufWriter::new(File::create(out.join("trip_start.csv")).map_err(fail)?);

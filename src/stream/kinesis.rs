@@ -163,7 +163,7 @@ impl KinesisStream {
                         .partition_key(r.partition_key.as_str())
                         .data(Blob::new(r.data.clone()))
                         .build()
-                        .map_err(|e| Error::stream(format!("PutRecords entry: {e}")))
+                        .map_err(|e| crate::error::Stage::Stream.error("PutRecords entry", e))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let out =
