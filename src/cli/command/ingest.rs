@@ -1,0 +1,49 @@
+//! `tripflow ingest`: the stream into the trip table, once or following.
+
+use crate::Result;
+use crate::cli::args::{IngestArgs, ingest_options, parse_position, print_counts, stop_on_signal, tuning};
+use crate::cli::bars::Watch;
+use crate::config::{self, AwsEnv, Home, StoreUrl, StreamUrl};
+use crate::ingest::{Ingest, IngestCounts};
+use crate::pipeline;
+
+/// `tripflow ingest`.
+pub(in crate::cli) async fn ingest(a: &IngestArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
+    let home = Home::new(&a.home.home)?;
+    let t = tuning(Some(&a.stream), Some(&a.store));
+    let opened = config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
+    let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, &home, aws, &t).await?;
+    let (dead_letters, dead_letter_file) =
+        config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), &home, aws).await?;
+    let mut opts = ingest_options(&a.batch);
+    opts.follow = a.follow;
+    opts.consumer = a.consumer.clone();
+    opts.initial_position = parse_position(&a.initial_position)?;
+    opts.stop = stop_on_signal();
+    opts.progress = watch.progress();
+    if let Some(addr) = a.metrics_addr {
+        crate::observe::telemetry::serve(addr)?;
+        opts.count_records_behind = true;
+    }
+    let began = std::time::Instant::now();
+    let counts = Ingest {
+        source: opened.stream.as_ref(),
+        checkpoints: opened.checkpoints.as_ref(),
+        store: store.as_ref(),
+        dead_letters: dead_letters.as_ref(),
+    }
+    .run(&opts)
+    .await?;
+    watch.done();
+    print_counts(&counts, &dead_letter_file);
+    if let Some(path) = &a.batch.report {
+        #[derive(serde::Serialize)]
+        struct Report {
+            #[serde(flatten)]
+            counts: IngestCounts,
+            elapsed_s: f64,
+        }
+        pipeline::write_report(path, &Report { counts, elapsed_s: began.elapsed().as_secs_f64() })?;
+    }
+    Ok(())
+}
