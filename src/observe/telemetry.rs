@@ -113,62 +113,68 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// One CloudWatch Embedded Metric Format log line of a batch: CloudWatch Logs turns it
-/// into metrics in the `tripflow` namespace, by `function`.
-pub fn emf_line(function: &str, counts: &IngestCounts, times: &BatchTimes, at: SystemTime) -> String {
-    let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    let count = |name: &str| serde_json::json!({ "Name": name, "Unit": "Count" });
-    let seconds = |name: &str| serde_json::json!({ "Name": name, "Unit": "Seconds" });
-    serde_json::json!({
-        "_aws": {
-            "Timestamp": millis,
-            "CloudWatchMetrics": [{
-                "Namespace": "tripflow",
-                "Dimensions": [["function"]],
-                "Metrics": [
-                    count("read"), count("applied"), count("duplicate_or_stale"), count("dead_lettered"),
-                    count("store_writes"), seconds("decode_validate_seconds"), seconds("merge_seconds"),
-                ],
-            }],
-        },
-        "function": function,
-        "read": counts.read,
-        "applied": counts.applied,
-        "duplicate_or_stale": counts.duplicate_or_stale,
-        "dead_lettered": counts.dead_lettered,
-        "store_writes": counts.store_writes,
-        "decode_validate_seconds": times.decode_validate.as_secs_f64(),
-        "merge_seconds": times.merge.as_secs_f64(),
-    })
-    .to_string()
+/// How CloudWatch should read a figure of an EMF line.
+#[derive(Clone, Copy)]
+enum Unit {
+    Count,
+    Seconds,
 }
 
-/// One CloudWatch Embedded Metric Format log line of a KPI run that wrote its files and
-/// the report: `KpiRunSucceeded` (1; the template's alarm fires when no run succeeded in
-/// 25 hours), and the run's dates, trips and seconds, in the `tripflow` namespace by
-/// `function`.
-pub fn kpi_emf_line(dates: usize, trips: usize, took: Duration, at: SystemTime) -> String {
+/// One CloudWatch Embedded Metric Format log line: each figure as a metric in the
+/// `tripflow` namespace, by `function`. CloudWatch Logs turns the line into metrics with
+/// no API call from the process.
+fn emf(function: &str, figures: &[(&str, Unit, serde_json::Value)], at: SystemTime) -> String {
     let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    let count = |name: &str| serde_json::json!({ "Name": name, "Unit": "Count" });
-    serde_json::json!({
+    let metrics: Vec<serde_json::Value> = figures
+        .iter()
+        .map(|(name, unit, _)| {
+            let unit = match unit {
+                Unit::Count => "Count",
+                Unit::Seconds => "Seconds",
+            };
+            serde_json::json!({ "Name": name, "Unit": unit })
+        })
+        .collect();
+    let mut line = serde_json::json!({
         "_aws": {
             "Timestamp": millis,
-            "CloudWatchMetrics": [{
-                "Namespace": "tripflow",
-                "Dimensions": [["function"]],
-                "Metrics": [
-                    count("KpiRunSucceeded"), count("dates"), count("trips"),
-                    serde_json::json!({ "Name": "seconds", "Unit": "Seconds" }),
-                ],
-            }],
+            "CloudWatchMetrics": [{ "Namespace": "tripflow", "Dimensions": [["function"]], "Metrics": metrics }],
         },
-        "function": "kpi",
-        "KpiRunSucceeded": 1,
-        "dates": dates,
-        "trips": trips,
-        "seconds": took.as_secs_f64(),
-    })
-    .to_string()
+        "function": function,
+    });
+    for (name, _, value) in figures {
+        line[*name] = value.clone();
+    }
+    line.to_string()
+}
+
+/// The EMF line of an ingest batch: the counts and the phases' seconds.
+pub fn emf_line(function: &str, counts: &IngestCounts, times: &BatchTimes, at: SystemTime) -> String {
+    use serde_json::json;
+    let figures = [
+        ("read", Unit::Count, json!(counts.read)),
+        ("applied", Unit::Count, json!(counts.applied)),
+        ("duplicate_or_stale", Unit::Count, json!(counts.duplicate_or_stale)),
+        ("dead_lettered", Unit::Count, json!(counts.dead_lettered)),
+        ("store_writes", Unit::Count, json!(counts.store_writes)),
+        ("decode_validate_seconds", Unit::Seconds, json!(times.decode_validate.as_secs_f64())),
+        ("merge_seconds", Unit::Seconds, json!(times.merge.as_secs_f64())),
+    ];
+    emf(function, &figures, at)
+}
+
+/// The EMF line of a KPI run that wrote its files and the report: `KpiRunSucceeded` (1;
+/// the template's alarm fires when no run succeeded in 25 hours), and the run's dates,
+/// trips and seconds.
+pub fn kpi_emf_line(dates: usize, trips: usize, took: Duration, at: SystemTime) -> String {
+    use serde_json::json;
+    let figures = [
+        ("KpiRunSucceeded", Unit::Count, json!(1)),
+        ("dates", Unit::Count, json!(dates)),
+        ("trips", Unit::Count, json!(trips)),
+        ("seconds", Unit::Seconds, json!(took.as_secs_f64())),
+    ];
+    emf("kpi", &figures, at)
 }
 
 #[cfg(test)]
