@@ -228,13 +228,28 @@ pub async fn open_stream(
     }
 }
 
-/// Opens the trip table `url` names.
+/// The home of an embedded backend, which a process without one (a Lambda function)
+/// cannot open.
+fn embedded_home<'h>(home: Option<&'h Home>, what: &str, flag: &str) -> Result<&'h Home> {
+    home.ok_or_else(|| {
+        Error::Config(format!(
+            "the embedded {what} lives under --home, and a Lambda function has none; set {flag} to an AWS URL"
+        ))
+    })
+}
+
+/// Opens the trip table `url` names; the embedded one under `home`.
 ///
 /// # Errors
-/// When it does not exist or cannot be opened.
-pub async fn open_store(url: &StoreUrl, home: &Home, aws: &AwsEnv, tuning: &AwsTuning) -> Result<Arc<dyn TripStore>> {
+/// When it does not exist or cannot be opened, or it is embedded and there is no home.
+pub async fn open_store(
+    url: &StoreUrl,
+    home: Option<&Home>,
+    aws: &AwsEnv,
+    tuning: &AwsTuning,
+) -> Result<Arc<dyn TripStore>> {
     match url {
-        StoreUrl::Embedded => home.store(),
+        StoreUrl::Embedded => embedded_home(home, "trip table", "TRIPFLOW_STORE")?.store(),
         StoreUrl::DynamoDb(table) => {
             let store = DynamoStore::new(aws.get().await?, table)
                 .with_write_concurrency(tuning.write_concurrency)
@@ -249,10 +264,10 @@ pub async fn open_store(url: &StoreUrl, home: &Home, aws: &AwsEnv, tuning: &AwsT
 /// `s3://bucket/prefix`), or `<home>/dead_letters.ndjson`. Returns it and its name.
 ///
 /// # Errors
-/// When it cannot be opened.
+/// When it cannot be opened, or it is embedded and there is no home.
 pub async fn open_dead_letters(
     url: Option<&str>,
-    home: &Home,
+    home: Option<&Home>,
     aws: &AwsEnv,
 ) -> Result<(Arc<dyn DeadLetterSink>, String)> {
     match Location::parse("--dead-letter", url, &[Kind::Embedded, Kind::Local, Kind::S3])? {
@@ -262,7 +277,10 @@ pub async fn open_dead_letters(
             Ok((Arc::new(ObjectDeadLetters::new(store, &prefix, &display)), display))
         }
         Location::Local(path) => Ok((Arc::new(FileDeadLetters::open(&path)?), path.display().to_string())),
-        _ => Ok((Arc::new(home.dead_letters()?), home.dead_letter_path().display().to_string())),
+        _ => {
+            let home = embedded_home(home, "dead-letter file", "TRIPFLOW_DEAD_LETTER")?;
+            Ok((Arc::new(home.dead_letters()?), home.dead_letter_path().display().to_string()))
+        }
     }
 }
 
@@ -440,5 +458,19 @@ mod tests {
     fn a_missing_input_names_its_flag() {
         let err = input_file(Path::new("/no/such.csv"), "--start").unwrap_err().to_string();
         assert!(err.contains("/no/such.csv") && err.contains("--start"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn without_a_home_the_embedded_backends_say_so() {
+        let aws = AwsEnv::default();
+        let Err(err) = open_store(&StoreUrl::Embedded, None, &aws, &AwsTuning::default()).await else {
+            panic!("an embedded store opened without a home")
+        };
+        assert!(err.to_string().contains("a Lambda function has none; set TRIPFLOW_STORE"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        let Err(err) = open_dead_letters(None, None, &aws).await else {
+            panic!("embedded dead letters opened without a home")
+        };
+        assert!(err.to_string().contains("TRIPFLOW_DEAD_LETTER"), "{err}");
     }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::backend::location::{DynamoTable, Location};
-use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl};
+use crate::config::{self, AwsEnv, AwsTuning, StoreUrl};
 use crate::ingest::batcher::Pending;
 use crate::ingest::deadletter::DeadLetterSink;
 use crate::ingest::{IngestCounts, merge_batch};
@@ -149,12 +149,6 @@ impl Settings {
     }
 }
 
-/// Where a Lambda function keeps nothing: the embedded backends are never opened, but
-/// [`config`]'s openers take a home.
-fn no_home() -> Result<Home> {
-    Home::new(std::env::temp_dir().join("tripflow"))
-}
-
 /// The ingest function: its store and dead-letter output, opened once.
 pub struct IngestFunction {
     store: Arc<dyn TripStore>,
@@ -187,9 +181,8 @@ impl IngestFunction {
                 "TRIPFLOW_DEAD_LETTER is not set; set it to s3://BUCKET/PREFIX, where rejected records are kept".into(),
             ));
         };
-        let home = no_home()?;
-        let store = config::open_store(&settings.store, &home, aws, &settings.tuning).await?;
-        let (dead_letters, _) = config::open_dead_letters(Some(dead_letter), &home, aws).await?;
+        let store = config::open_store(&settings.store, None, aws, &settings.tuning).await?;
+        let (dead_letters, _) = config::open_dead_letters(Some(dead_letter), None, aws).await?;
         Ok(Self::new(store, dead_letters))
     }
 
@@ -355,7 +348,7 @@ impl KpiFunction {
         };
         let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
         let out = config::open_output(out, aws).await?;
-        let store = config::open_store(&settings.store, &no_home()?, aws, &settings.tuning).await?;
+        let store = config::open_store(&settings.store, None, aws, &settings.tuning).await?;
         Ok(KpiFunction {
             store,
             queries,

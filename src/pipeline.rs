@@ -108,9 +108,9 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
     kpi::check(&queries).await?;
     let opened = config::open_stream(&settings.stream, &settings.home, settings.shards, aws, &settings.tuning).await?;
-    let store = config::open_store(&settings.store, &settings.home, aws, &settings.tuning).await?;
+    let store = config::open_store(&settings.store, Some(&settings.home), aws, &settings.tuning).await?;
     let (dead_letters, dead_letter_file) =
-        config::open_dead_letters(settings.dead_letter.as_deref(), &settings.home, aws).await?;
+        config::open_dead_letters(settings.dead_letter.as_deref(), Some(&settings.home), aws).await?;
 
     // Produce and ingest side by side, as the original's script and Lambda ran: the
     // producer on its own task, ingest following the stream until the producer is done

@@ -332,7 +332,7 @@ async fn dead_letters_go_to_s3_one_object_per_record() {
     put_raw(&stream, &[b"not json".to_vec(), start_event("ok", "2024-05-25 10:00:00").into_bytes()]).await;
     let env = AwsEnv::fixed(aws.clone());
     let url = format!("s3://{}/rejects", r.bucket);
-    let (dead, display) = tripflow::config::open_dead_letters(Some(&url), &home, &env).await.unwrap();
+    let (dead, display) = tripflow::config::open_dead_letters(Some(&url), Some(&home), &env).await.unwrap();
     let store = DynamoStore::new(&aws, &r.table);
     let ingest = Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: dead.as_ref() };
     let counts = ingest.run(&IngestOptions::default()).await.unwrap();

@@ -12,9 +12,9 @@ pub(in crate::cli) async fn ingest(a: &IngestArgs, aws: &AwsEnv, watch: &Watch) 
     let home = Home::new(&a.home.home)?;
     let t = tuning(Some(&a.stream), Some(&a.store));
     let opened = config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
-    let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, &home, aws, &t).await?;
+    let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, Some(&home), aws, &t).await?;
     let (dead_letters, dead_letter_file) =
-        config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), &home, aws).await?;
+        config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), Some(&home), aws).await?;
     let mut opts = ingest_options(&a.batch);
     opts.follow = a.follow;
     opts.consumer = a.consumer.clone();

@@ -14,7 +14,7 @@ pub(in crate::cli) async fn kpi(a: &KpiArgs, aws: &AwsEnv, watch: &Watch) -> Res
     let queries = kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
     let out = config::open_output(&a.kpi.out, aws).await?;
     let store_url = StoreUrl::parse(a.store.store.as_deref())?;
-    let store = config::open_store(&store_url, &home, aws, &tuning(None, Some(&a.store))).await?;
+    let store = config::open_store(&store_url, Some(&home), aws, &tuning(None, Some(&a.store))).await?;
     let formats = Formats { parquet: a.kpi.parquet };
     let report = kpi::run(store.as_ref(), &queries, &dates, &out, formats, watch.progress().as_ref()).await?;
     watch.done();
@@ -39,7 +39,7 @@ pub(in crate::cli) async fn schedule(a: &ScheduleArgs, aws: &AwsEnv) -> Result<(
         let queries = kpi::queries::load_or_builtin(queries)?;
         let flags = config::DateFlags { lookback, ..Default::default() };
         let dates = config::date_selection(&flags, at.date_naive())?;
-        let store = config::open_store(store_url, home, aws, t).await?;
+        let store = config::open_store(store_url, Some(home), aws, t).await?;
         let report = kpi::run(store.as_ref(), &queries, &dates, out, formats, &crate::observe::progress::Quiet).await?;
         Ok(format!("{} files for {} dates", report.files.len(), report.dates.len()))
     })
