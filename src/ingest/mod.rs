@@ -153,21 +153,16 @@ impl Readers {
             self.waiting = waiting;
             let mut ended_before = false;
             for shard in ready {
-                let checkpoint = ingest.checkpoints.get(&opts.consumer, &shard.id).await?;
-                let last = match &checkpoint {
-                    Some(Checkpoint::At(seq)) => Some(seq.clone()),
-                    _ => None,
-                };
-                let start = match checkpoint {
+                let (start, last) = match ingest.checkpoints.get(&opts.consumer, &shard.id).await? {
                     Some(Checkpoint::ShardEnd) => {
                         debug!(shard = %shard.id, "Read to its end by an earlier run.");
                         self.done.insert(shard.id);
                         ended_before = true;
                         continue;
                     }
-                    Some(Checkpoint::At(seq)) => StartPosition::AfterSequenceNumber(seq),
-                    None if shard.parents.iter().any(|p| self.known.contains(p)) => StartPosition::TrimHorizon,
-                    None => opts.initial_position.clone(),
+                    Some(Checkpoint::At(seq)) => (StartPosition::AfterSequenceNumber(seq.clone()), Some(seq)),
+                    None if shard.parents.iter().any(|p| self.known.contains(p)) => (StartPosition::TrimHorizon, None),
+                    None => (opts.initial_position.clone(), None),
                 };
                 self.iterators.push(ingest.source.iterator(&shard.id, &start).await?);
                 self.ids.push(shard.id);
