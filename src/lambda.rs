@@ -97,12 +97,11 @@ impl Settings {
     /// When a variable is missing or invalid; the message names it and what to set.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         use clap::{CommandFactory, FromArgMatches};
-        // The variables become the flags they stand for; the command then reads nothing
-        // else (no process environment), so what it parses is exactly what `var` gave.
-        let command = crate::cli::LambdaArgs::command().mut_args(|a| a.env(None::<&str>));
+        // The variables become the flags they stand for.
+        let command = crate::cli::LambdaArgs::command();
         let mut argv = vec!["tripflow-lambda".to_owned()];
         let mut flag_of = Vec::new();
-        for arg in crate::cli::LambdaArgs::command().get_arguments() {
+        for arg in command.get_arguments() {
             let (Some(name), Some(long)) = (arg.get_env().and_then(|e| e.to_str()), arg.get_long()) else {
                 continue;
             };
@@ -126,18 +125,21 @@ impl Settings {
                 None => Error::Config(line),
             }
         };
+        // The command reads nothing else (no process environment): it parses exactly what
+        // `var` gave.
+        let command = command.mut_args(|a| a.env(None::<&str>));
         let matches = command.try_get_matches_from(&argv).map_err(&refused)?;
         let args = crate::cli::LambdaArgs::from_arg_matches(&matches).map_err(&refused)?;
         let DynamoTable(table) = Location::parse_as("TRIPFLOW_STORE", args.store.store.as_deref())?;
         let store = StoreUrl::DynamoDb(table);
         // The lookback's bound is the date selection's, as `tripflow kpi` checks it.
-        config::lookback_dates(args.lookback, chrono::Utc::now().date_naive())?;
+        config::lookback_dates(args.window.lookback, chrono::Utc::now().date_naive())?;
         let given = |id: &str| matches.value_source(id) != Some(clap::parser::ValueSource::DefaultValue);
         Ok(Settings {
             store,
             dead_letter: args.dead_letter.dead_letter,
             out: given("out").then_some(args.kpi.out),
-            lookback: args.lookback,
+            lookback: args.window.lookback,
             queries: args.kpi.queries,
             parquet: args.kpi.parquet,
             tuning: AwsTuning {

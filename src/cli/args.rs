@@ -208,7 +208,16 @@ pub struct LambdaArgs {
     /// The KPI files, queries and formats (the KPI function).
     #[command(flatten)]
     pub kpi: KpiOutArgs,
-    /// A nightly run covers the scheduled date and this many days before it.
+    /// The days a nightly run covers.
+    #[command(flatten)]
+    pub window: LookbackArgs,
+}
+
+/// `--lookback`, one definition for `kpi`, `schedule` and the KPI function.
+#[derive(Debug, Args)]
+pub struct LookbackArgs {
+    /// Days before its day (UTC) that a run also covers, so late events still count: `kpi`
+    /// with no date flag covers today, `schedule` and the nightly function each run's day.
     #[arg(long, env = "TRIPFLOW_LOOKBACK", default_value_t = 1)]
     pub lookback: u32,
 }
@@ -294,9 +303,8 @@ pub struct KpiArgs {
     /// Every date in the table.
     #[arg(long, env = "TRIPFLOW_ALL")]
     pub(crate) all: bool,
-    /// With no date flag, the job covers today (UTC) and this many days before it.
-    #[arg(long, env = "TRIPFLOW_LOOKBACK", default_value_t = 1)]
-    pub(crate) lookback: u32,
+    #[command(flatten)]
+    pub(crate) window: LookbackArgs,
 }
 
 impl KpiArgs {
@@ -307,7 +315,7 @@ impl KpiArgs {
             from: self.from.clone(),
             to: self.to.clone(),
             all: self.all,
-            lookback: self.lookback,
+            lookback: self.window.lookback,
         }
     }
 }
@@ -341,9 +349,8 @@ pub struct ScheduleArgs {
     /// When to run: minute hour day-of-month month day-of-week, in UTC.
     #[arg(long, env = "TRIPFLOW_CRON", default_value = crate::kpi::schedule::DEFAULT_CRON)]
     pub(crate) cron: String,
-    /// Each run covers its day (UTC) and this many days before it.
-    #[arg(long, env = "TRIPFLOW_LOOKBACK", default_value_t = 1)]
-    pub(crate) lookback: u32,
+    #[command(flatten)]
+    pub(crate) window: LookbackArgs,
 }
 
 /// `tripflow sql`.
@@ -521,7 +528,7 @@ pub fn check_flags(cli: &Cli) -> Result<()> {
             out(&a.kpi.out)?;
             crate::kpi::schedule::Schedule::parse(&a.cron)?;
             // The earliest run's lookback must be representable too.
-            let flags = config::DateFlags { lookback: a.lookback, ..Default::default() };
+            let flags = config::DateFlags { lookback: a.window.lookback, ..Default::default() };
             config::date_selection(&flags, chrono::Utc::now().date_naive()).map(drop)
         }
         Command::Setup(a) => {

@@ -33,7 +33,7 @@ pub(in crate::cli) async fn schedule(a: &ScheduleArgs, aws: &AwsEnv) -> Result<(
     let stop = stop_on_signal();
     let formats = Formats { parquet: a.kpi.parquet };
     let (home, out, queries, lookback, store_url, t) =
-        (&home, &out, a.kpi.queries.as_deref(), a.lookback, &store_url, &t);
+        (&home, &out, a.kpi.queries.as_deref(), a.window.lookback, &store_url, &t);
     crate::kpi::schedule::run(&schedule, &crate::kpi::schedule::SystemClock, &stop, |at| async move {
         // Queries are read at each run, so an edited file takes effect at the next one.
         let queries = kpi::queries::load_or_builtin(queries)?;
