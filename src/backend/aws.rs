@@ -274,19 +274,38 @@ pub async fn create_key_table(aws: &Aws, table: &str, hash: &str, range: Option<
         Err(e) if e.code() == Some("ResourceInUseException") => false,
         Err(e) => return Err(Error::store(format!("cannot create DynamoDB table {table}: {}", describe(&e)))),
     };
-    let began = std::time::Instant::now();
-    loop {
+    let late = || Error::store(format!("DynamoDB table {table} is not active after 120 s"));
+    wait_for(Duration::from_secs(120), late, async || {
         let out = client
             .describe_table()
             .table_name(table)
             .send()
             .await
             .map_err(|e| Error::store(format!("cannot describe DynamoDB table {table}: {}", describe(&e))))?;
-        if out.table().and_then(|t| t.table_status()) == Some(&aws_sdk_dynamodb::types::TableStatus::Active) {
-            return Ok(created);
+        let active = out.table().and_then(|t| t.table_status()) == Some(&aws_sdk_dynamodb::types::TableStatus::Active);
+        Ok(active.then_some(()))
+    })
+    .await?;
+    Ok(created)
+}
+
+/// Asks `ready` every half second until it gives a value, for up to `limit`, then fails
+/// with `late()`: for what AWS creates in the background (a stream, a table, an index).
+///
+/// # Errors
+/// `ready`'s error, or `late()` when the time is up.
+pub async fn wait_for<T>(
+    limit: Duration,
+    late: impl FnOnce() -> Error,
+    mut ready: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let began = std::time::Instant::now();
+    loop {
+        if let Some(value) = ready().await? {
+            return Ok(value);
         }
-        if began.elapsed() > Duration::from_secs(120) {
-            return Err(Error::store(format!("DynamoDB table {table} is not active after 120 s")));
+        if began.elapsed() > limit {
+            return Err(late());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

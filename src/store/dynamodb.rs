@@ -8,11 +8,12 @@
 //! in which trips happen). When the assumption is wrong, or a group is stale, the
 //! condition fails and `ReturnValuesOnConditionCheckFailure=ALL_OLD` returns the stored
 //! item, which tells a stale event from a wrong assumption without an extra read; the
-//! write is then sent again with what is now known. DynamoDB-compatible stores that do
-//! not implement that parameter (dynalite) answer a failed condition without the item;
-//! until a failed condition has once come back with an item, such an answer is followed
-//! by one consistent GetItem (after which an answer without an item means "absent"). So a trip costs one write when its
+//! write is then sent again with what is now known. So a trip costs one write when its
 //! events share a batch, and at most two when they arrive in order in separate batches.
+//! DynamoDB-compatible stores that do not implement that parameter (dynalite) answer a
+//! failed condition without the item; until a failed condition has once come back with
+//! an item, such an answer is followed by one consistent GetItem (after which an answer
+//! without an item means "absent").
 //!
 //! Throttling, 5xx responses and dropped connections are retried by the SDK with
 //! backoff and jitter. The export scans the table in parallel segments, or queries the
@@ -29,7 +30,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
@@ -49,7 +50,7 @@ use super::{
     CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup,
     TripItem, TripStore, TripUpdate, is_newer,
 };
-use crate::backend::aws::{Aws, describe};
+use crate::backend::aws::{Aws, describe, wait_for};
 use crate::error::{Context, Stage};
 use crate::model::event::{END_FIELDS, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
@@ -103,9 +104,14 @@ impl DateIndex {
     fn keys(&self, date: &str) -> Vec<String> {
         match self {
             DateIndex::Plain => vec![date.to_owned()],
-            DateIndex::Sharded(n) => (0..*n).map(|k| format!("{date}#{k}")).collect(),
+            DateIndex::Sharded(n) => (0..*n).map(|k| shard_key(date, k)).collect(),
         }
     }
+}
+
+/// The sharded index's key of shard `k` of `date`: `DATE#K`.
+fn shard_key(date: &str, k: u32) -> String {
+    format!("{date}#{k}")
 }
 
 /// The shard of the date index that `trip_id` is written to, among `shards`: the first
@@ -138,7 +144,7 @@ pub struct DynamoStore {
     index: tokio::sync::OnceCell<DateIndex>,
     /// Set once a failed condition came back with the stored item: the table implements
     /// `ReturnValuesOnConditionCheckFailure`, so a failure without one means absent.
-    returns_old_items: Arc<AtomicBool>,
+    returns_old_items: AtomicBool,
 }
 
 /// What a write assumes of the group it does not write.
@@ -274,7 +280,7 @@ fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
         if let DateIndex::Sharded(n) = index {
             set.push(format!("#{DATE_SHARD_ATTRIBUTE} = :{DATE_SHARD_ATTRIBUTE}"));
             names.insert(format!("#{DATE_SHARD_ATTRIBUTE}"), DATE_SHARD_ATTRIBUTE.into());
-            let key = format!("{}#{}", &d[..10], date_shard(&u.trip_id, n));
+            let key = shard_key(&d[..10], date_shard(&u.trip_id, n));
             values.insert(format!(":{DATE_SHARD_ATTRIBUTE}"), AttributeValue::S(key));
         }
     }
@@ -377,7 +383,7 @@ impl DynamoStore {
             writes: Arc::default(),
             date_shards: DEFAULT_DATE_SHARDS,
             index: tokio::sync::OnceCell::new(),
-            returns_old_items: Arc::default(),
+            returns_old_items: AtomicBool::new(false),
         }
     }
 
@@ -704,20 +710,14 @@ async fn wait_until(
     ready: &dyn Fn(&Statuses) -> bool,
     limit: Duration,
 ) -> Result<Statuses> {
-    let began = Instant::now();
-    loop {
+    let late = || {
+        Error::store(format!("DynamoDB table {table} (or its date index) is not active after {} s", limit.as_secs()))
+    };
+    wait_for(limit, late, async || {
         let now = statuses(client, table).await?;
-        if ready(&now) {
-            return Ok(now);
-        }
-        if began.elapsed() > limit {
-            return Err(Error::store(format!(
-                "DynamoDB table {table} (or its date index) is not active after {} s",
-                limit.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(ready(&now).then_some(now))
+    })
+    .await
 }
 
 #[async_trait]

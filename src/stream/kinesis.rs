@@ -29,7 +29,7 @@ use super::{
     PutRecord, ReadResult, Refused, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamRecord,
     StreamSink, StreamSource, refusal,
 };
-use crate::backend::aws::{Aws, backoff, describe};
+use crate::backend::aws::{Aws, backoff, describe, wait_for};
 use crate::{Error, Result};
 
 /// Records per PutRecords call, the service's limit.
@@ -117,16 +117,12 @@ impl KinesisStream {
                 return Err(Error::stream(format!("cannot create Kinesis stream {}: {}", self.name, describe(&e))));
             }
         };
-        let began = Instant::now();
-        loop {
-            if self.status().await? == Some(StreamStatus::Active) {
-                return Ok(created);
-            }
-            if began.elapsed() > Duration::from_secs(120) {
-                return Err(Error::stream(format!("Kinesis stream {} is not active after two minutes", self.name)));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let late = || Error::stream(format!("Kinesis stream {} is not active after two minutes", self.name));
+        wait_for(Duration::from_secs(120), late, async || {
+            Ok((self.status().await? == Some(StreamStatus::Active)).then_some(()))
+        })
+        .await?;
+        Ok(created)
     }
 
     /// The stream's status, or `None` when it does not exist.
