@@ -10,7 +10,8 @@ use arrow::array::AsArray;
 use arrow::datatypes::TimestampMicrosecondType;
 
 use super::validate::Validated;
-use crate::store::{EndGroup, StartGroup, TripUpdate};
+use crate::model::event::EventKind;
+use crate::store::{CompactString, EndGroup, StartGroup, TripUpdate};
 
 /// The updates of a batch.
 #[derive(Debug, Default)]
@@ -24,8 +25,11 @@ pub struct Coalesced {
 /// Coalesces the valid rows of `v`.
 pub fn coalesce(v: &Validated) -> Coalesced {
     let ids = v.trip_ids();
-    let pickup = v.column("pickup_datetime").as_primitive::<TimestampMicrosecondType>();
-    let dropoff = v.column("dropoff_datetime").as_primitive::<TimestampMicrosecondType>();
+    let version = |kind: EventKind| {
+        let col = 1 + kind.offset() + kind.version_index();
+        v.batch.column(col).as_primitive::<TimestampMicrosecondType>()
+    };
+    let (pickup, dropoff) = (version(EventKind::Start), version(EventKind::End));
     let mut order: Vec<&str> = Vec::new();
     let mut newest: HashMap<&str, [Option<usize>; 2]> = HashMap::new();
     let mut superseded = 0;
@@ -61,30 +65,18 @@ pub fn coalesce(v: &Validated) -> Coalesced {
     Coalesced { updates, superseded }
 }
 
+/// The values of `kind`'s group in row `row`, in the registry's order.
+fn values<const N: usize>(v: &Validated, kind: EventKind, row: usize) -> [Option<CompactString>; N] {
+    let fields = kind.fields();
+    std::array::from_fn(|i| v.stored_text(1 + kind.offset() + i, &fields[i], row))
+}
+
 fn start_group(v: &Validated, row: usize) -> StartGroup {
-    let int = |name| v.integer(name, row).expect("validated required integer");
-    StartGroup {
-        pickup_location_id: int("pickup_location_id"),
-        dropoff_location_id: int("dropoff_location_id"),
-        vendor_id: int("vendor_id"),
-        pickup_datetime: v.timestamp_text("pickup_datetime", row).expect("validated version"),
-        estimated_dropoff_datetime: v.timestamp_text("estimated_dropoff_datetime", row),
-        estimated_fare_amount: v.decimal_text("estimated_fare_amount", row),
-    }
+    StartGroup(values(v, StartGroup::KIND, row))
 }
 
 fn end_group(v: &Validated, row: usize) -> EndGroup {
-    let dec = |name| v.decimal_text(name, row);
-    EndGroup {
-        dropoff_datetime: v.timestamp_text("dropoff_datetime", row).expect("validated version"),
-        rate_code: dec("rate_code"),
-        passenger_count: dec("passenger_count"),
-        trip_distance: dec("trip_distance"),
-        fare_amount: dec("fare_amount").expect("validated required fare"),
-        tip_amount: dec("tip_amount"),
-        payment_type: dec("payment_type"),
-        trip_type: dec("trip_type"),
-    }
+    EndGroup(values(v, EndGroup::KIND, row))
 }
 
 #[cfg(test)]
@@ -118,8 +110,9 @@ mod tests {
         assert_eq!(c.superseded, 2);
         let a = &c.updates[0];
         assert_eq!(a.trip_id, "a");
-        assert_eq!(a.end.as_ref().unwrap().fare_amount, "12", "newest wins, first of equals kept");
-        assert_eq!(a.start.as_ref().unwrap().pickup_datetime, "2024-05-25T09:00:00.000000Z");
+        assert_eq!(a.end.as_ref().unwrap().get("fare_amount"), Some("12"), "newest wins, first of equals kept");
+        assert_eq!(a.start.as_ref().unwrap().version(), "2024-05-25T09:00:00.000000Z");
+        assert_eq!(a.start.as_ref().unwrap().get("vendor_id"), Some("1"));
         assert!(c.updates[1].end.is_none());
     }
 }

@@ -15,93 +15,80 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::model::event::{EventKind, MAX_RECORD_BYTES};
+use crate::model::event::{EventKind, FIELDS, MAX_RECORD_BYTES};
 
-/// Wire fields in column order: `trip_id`, then the start group, then the end group.
-pub const COLUMNS: [&str; 15] = [
-    "trip_id",
-    "pickup_location_id",
-    "dropoff_location_id",
-    "vendor_id",
-    "pickup_datetime",
-    "estimated_dropoff_datetime",
-    "estimated_fare_amount",
-    "dropoff_datetime",
-    "rate_code",
-    "passenger_count",
-    "trip_distance",
-    "fare_amount",
-    "tip_amount",
-    "payment_type",
-    "trip_type",
-];
+/// Number of wire columns: `trip_id` and every field of [`FIELDS`].
+pub const N_COLUMNS: usize = 1 + FIELDS.len();
+
+/// Wire fields in column order: `trip_id`, then the registry's fields (the start group,
+/// then the end group).
+pub const COLUMNS: [&str; N_COLUMNS] = {
+    let mut columns = ["trip_id"; N_COLUMNS];
+    let mut i = 0;
+    while i < FIELDS.len() {
+        columns[i + 1] = FIELDS[i].name;
+        i += 1;
+    }
+    columns
+};
 
 /// The decoded batch's schema: every wire field as nullable text, in [`COLUMNS`] order.
 pub static WIRE_SCHEMA: LazyLock<SchemaRef> =
     LazyLock::new(|| Arc::new(Schema::new(COLUMNS.map(|c| Field::new(c, DataType::Utf8, true)).to_vec())));
 
-const PICKUP: usize = 4;
-const DROPOFF: usize = 7;
+/// The columns of the groups' versions, which tell an event's kind when it has no
+/// `event_type`.
+const PICKUP: usize = 1 + EventKind::Start.offset() + EventKind::Start.version_index();
+const DROPOFF: usize = 1 + EventKind::End.offset() + EventKind::End.version_index();
 
-/// The wire object, borrowing every field's raw JSON text. Unknown fields are ignored.
-#[derive(Deserialize)]
-struct Wire<'a> {
-    #[serde(borrow, default)]
-    event_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    trip_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pickup_location_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    dropoff_location_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    vendor_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pickup_datetime: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    estimated_dropoff_datetime: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    estimated_fare_amount: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    dropoff_datetime: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    rate_code: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    passenger_count: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    trip_distance: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    fare_amount: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tip_amount: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    payment_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    trip_type: Option<&'a RawValue>,
+/// The wire object, borrowing every field's raw JSON text; unknown fields are ignored.
+/// Read with serde, for the records [`scan_flat`] leaves (escapes, nesting, duplicates).
+struct Wire<'a>(Fields<'a>);
+
+impl<'de> Deserialize<'de> for Wire<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Wire<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a trip event object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Wire<'de>, M::Error> {
+                let mut fields: Fields<'de> = [None; N_KEYS];
+                let mut seen = [false; N_KEYS];
+                while let Some(Key(key)) = map.next_key()? {
+                    let Some(k) = key else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    };
+                    if std::mem::replace(&mut seen[k], true) {
+                        return Err(serde::de::Error::duplicate_field(KEYS[k]));
+                    }
+                    fields[k] = map.next_value::<Option<&'de RawValue>>()?.map(|r| Raw::Json(r.get()));
+                }
+                Ok(Wire(fields))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
 }
 
-impl<'a> Wire<'a> {
-    /// Raw JSON texts: `event_type`, then the fields in [`COLUMNS`] order.
-    fn fields(&self) -> Fields<'a> {
-        [
-            self.event_type,
-            self.trip_id,
-            self.pickup_location_id,
-            self.dropoff_location_id,
-            self.vendor_id,
-            self.pickup_datetime,
-            self.estimated_dropoff_datetime,
-            self.estimated_fare_amount,
-            self.dropoff_datetime,
-            self.rate_code,
-            self.passenger_count,
-            self.trip_distance,
-            self.fare_amount,
-            self.tip_amount,
-            self.payment_type,
-            self.trip_type,
-        ]
-        .map(|raw| raw.map(|r| Raw::Json(r.get())))
+/// A key of the wire object: its slot in [`Fields`], or `None` for a key ingest ignores.
+struct Key(Option<usize>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(Key(slot(key.as_bytes())))
+            }
+        }
+        deserializer.deserialize_identifier(Visit)
     }
 }
 
@@ -114,37 +101,15 @@ enum Raw<'a> {
     Json(&'a str),
 }
 
-/// `event_type` and each field in [`COLUMNS`] order, as found.
-type Fields<'a> = [Option<Raw<'a>>; 16];
+/// Number of wire keys: `event_type` and the [`COLUMNS`].
+const N_KEYS: usize = 1 + N_COLUMNS;
 
-/// The slot in [`Fields`] of a wire key.
-fn slot(key: &[u8]) -> Option<usize> {
-    // Length, first and last byte tell the wire keys apart; one comparison confirms.
-    let k = match (key.len(), *key.first()?, *key.last()?) {
-        (10, b'e', _) => 0,
-        (7, b't', _) => 1,
-        (18, b'p', _) => 2,
-        (19, b'd', _) => 3,
-        (9, b'v', _) => 4,
-        (15, b'p', b'e') => 5,
-        (26, b'e', _) => 6,
-        (21, b'e', _) => 7,
-        (16, b'd', _) => 8,
-        (9, b'r', _) => 9,
-        (15, b'p', b't') => 10,
-        (13, b't', _) => 11,
-        (11, b'f', _) => 12,
-        (10, b't', _) => 13,
-        (12, b'p', _) => 14,
-        (9, b't', _) => 15,
-        _ => return None,
-    };
-    (KEYS[k].as_bytes() == key).then_some(k)
-}
+/// `event_type` and each field in [`COLUMNS`] order, as found.
+type Fields<'a> = [Option<Raw<'a>>; N_KEYS];
 
 /// The wire keys in [`Fields`] order: `event_type`, then [`COLUMNS`].
-const KEYS: [&str; 16] = {
-    let mut keys = ["event_type"; 16];
+const KEYS: [&str; N_KEYS] = {
+    let mut keys = ["event_type"; N_KEYS];
     let mut i = 0;
     while i < COLUMNS.len() {
         keys[i + 1] = COLUMNS[i];
@@ -152,6 +117,36 @@ const KEYS: [&str; 16] = {
     }
     keys
 };
+
+/// Longest wire key, and most keys of one length, that [`BY_LENGTH`] holds (checked at
+/// compile time).
+const MAX_KEY: usize = 48;
+const SAME_LENGTH: usize = 6;
+
+/// The slots of the keys of each length, plus one (0 ends a list): a key is looked up by
+/// its length and then compared with the few of that length, not hashed.
+const BY_LENGTH: [[u8; SAME_LENGTH]; MAX_KEY + 1] = {
+    let mut table = [[0u8; SAME_LENGTH]; MAX_KEY + 1];
+    let mut k = 0;
+    while k < N_KEYS {
+        let len = KEYS[k].len();
+        assert!(len <= MAX_KEY, "a wire key is longer than MAX_KEY");
+        let mut j = 0;
+        while table[len][j] != 0 {
+            j += 1;
+            assert!(j < SAME_LENGTH, "more wire keys of one length than SAME_LENGTH");
+        }
+        table[len][j] = (k + 1) as u8;
+        k += 1;
+    }
+    table
+};
+
+/// The slot in [`Fields`] of a wire key.
+fn slot(key: &[u8]) -> Option<usize> {
+    let slots = BY_LENGTH.get(key.len())?;
+    slots.iter().take_while(|&&s| s != 0).map(|&s| usize::from(s) - 1).find(|&k| KEYS[k].as_bytes() == key)
+}
 
 /// Reads a flat wire object into `fields` without serde: an object whose keys and
 /// strings have no escapes and whose values are strings, numbers, booleans or nulls,
@@ -164,7 +159,7 @@ fn scan_flat<'a>(text: &'a str, fields: &mut Fields<'a>) -> bool {
 
 fn scan_into<'a>(text: &'a str, fields: &mut Fields<'a>) -> Option<()> {
     let b = text.as_bytes();
-    let mut seen = [false; 16];
+    let mut seen = [false; N_KEYS];
     // Producers write the keys in `KEYS` order, so the key after slot k is first tried
     // as slot k + 1: one comparison instead of a scan and a lookup.
     let mut next = 0;
@@ -395,7 +390,7 @@ fn decode_with<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>, scan: bool)
 
     for (row, data) in records.enumerate() {
         let mut why = Vec::new();
-        let mut fields: Fields<'_> = [None; 16];
+        let mut fields: Fields<'_> = [None; N_KEYS];
         if !parse(data, scan, &mut fields, &mut why) {
             for b in &mut builders {
                 b.append_null();
@@ -405,7 +400,7 @@ fn decode_with<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>, scan: bool)
             reasons.push(why);
             continue;
         }
-        let mut present = [false; 15];
+        let mut present = [false; N_COLUMNS];
         for (col, (&raw, b)) in fields[1..].iter().zip(&mut builders).enumerate() {
             match raw.map(text_of).unwrap_or(Text::Blank) {
                 // An empty trip id is kept, so that validation can name it.
@@ -467,8 +462,8 @@ fn parse<'a>(data: &'a [u8], scan: bool, fields: &mut Fields<'a>, why: &mut Vec<
         return true;
     }
     match serde_json::from_str::<Wire<'_>>(text) {
-        Ok(w) => {
-            *fields = w.fields();
+        Ok(Wire(read)) => {
+            *fields = read;
             true
         }
         Err(e) => {
@@ -595,8 +590,8 @@ mod tests {
     prop_compose! {
         /// Keys in producer order (the order the scan predicts), with any values.
         fn ordered_record()(
-            keys in prop::sample::subsequence(KEYS.to_vec(), 0..=16),
-            values in prop::collection::vec(0..VALUES.len(), 16),
+            keys in prop::sample::subsequence(KEYS.to_vec(), 0..=N_KEYS),
+            values in prop::collection::vec(0..VALUES.len(), N_KEYS),
         ) -> Vec<u8> {
             let body: Vec<String> = keys.iter().zip(values).map(|(k, v)| format!("\"{k}\":{}", VALUES[v])).collect();
             format!("{{{}}}", body.join(",")).into_bytes()
@@ -621,7 +616,7 @@ mod tests {
     #[test]
     fn producer_records_take_the_fast_scan() {
         let start = r#"{"event_type":"trip_start","trip_id":"c66ce556bc","pickup_location_id":93,"dropoff_location_id":93,"vendor_id":1,"pickup_datetime":"2024-05-25 13:19:00","estimated_dropoff_datetime":"2024-05-25 14:03:00","estimated_fare_amount":34.18595283806629}"#;
-        let mut fields = [None; 16];
+        let mut fields = [None; N_KEYS];
         assert!(scan_flat(start, &mut fields), "a flat record");
         assert_eq!(fields[0], Some(Raw::Plain("trip_start")));
         assert_eq!(fields[7], Some(Raw::Json("34.18595283806629")));
@@ -631,7 +626,23 @@ mod tests {
         for (i, name) in COLUMNS.iter().enumerate() {
             assert_eq!(slot(name.as_bytes()), Some(i + 1), "{name}");
         }
+        for unknown in [&b"tip_amounT"[..], b"trip_idx", b"", &[b'a'; 200]] {
+            assert_eq!(slot(unknown), None);
+        }
         assert!(!scan_flat(r#"{"trip_id":"a","trip_id":null}"#, &mut fields), "duplicates go to serde");
+    }
+
+    #[test]
+    fn serde_reads_what_the_scan_leaves() {
+        let d = one(
+            r#"{"trip_i\u0064":"t1","extra":{"a":[1]},"event_type":"end","dropoff_datetime":"2024-05-25 14:05:00"}"#,
+        );
+        assert!(d.reasons[0].is_empty(), "{:?}", d.reasons);
+        assert_eq!(d.column("trip_id").value(0), "t1");
+        assert!(d.is_end.value(0));
+        let d = one(r#"{"trip_id":"a","trip_id":null}"#);
+        assert_eq!(d.reasons[0].len(), 1);
+        assert!(d.reasons[0][0].starts_with("record: not JSON: duplicate field `trip_id`"), "{:?}", d.reasons);
     }
 
     fn one(record: &str) -> Decoded {

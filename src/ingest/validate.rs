@@ -14,14 +14,14 @@ use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::compute::kernels::boolean::{and, or};
 use arrow::compute::{CastOptions, is_not_null, is_null};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
-use compact_str::CompactString;
+use compact_str::{CompactString, ToCompactString};
 use regex::Regex;
 
 use super::decode::{COLUMNS, Decoded, is_blank, quote};
 use crate::error::{Context, Stage};
 use crate::model::decimal::decimal_text;
 use crate::model::event::{
-    DECIMAL_PRECISION, DECIMAL_SCALE, END_FIELDS, FieldSpec, FieldType, START_FIELDS, arrow_type, timestamp_type,
+    DECIMAL_PRECISION, DECIMAL_SCALE, EventKind, FIELDS, FieldSpec, FieldType, arrow_type, timestamp_type,
 };
 use crate::model::{cast, decimal, timestamp};
 
@@ -49,7 +49,7 @@ fn each(text: &StringArray, test: impl Fn(&str) -> bool) -> BooleanArray {
 /// with its rule's type: Int64, Timestamp(µs, UTC) or Decimal128(38, 18).
 pub static VALIDATED_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let fields = std::iter::once(Field::new("trip_id", DataType::Utf8, true))
-        .chain(START_FIELDS.iter().chain(END_FIELDS).map(|f| Field::new(f.name, arrow_type(f.ty), true)));
+        .chain(FIELDS.iter().map(|f| Field::new(f.name, arrow_type(f.ty), true)));
     Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 });
 
@@ -82,22 +82,28 @@ impl Validated {
         self.batch.column(0).as_string::<i32>()
     }
 
-    /// A timestamp field of `row` in the stored fixed-width form.
-    pub fn timestamp_text(&self, name: &str, row: usize) -> Option<CompactString> {
-        let col = self.column(name).as_primitive::<TimestampMicrosecondType>();
-        col.is_valid(row).then(|| timestamp::format(col.value(row)).into())
+    /// The value of `row` in the validated column `col` (of [`VALIDATED_SCHEMA`]), of the
+    /// field `spec`, in the stored form: integers in decimal, datetimes fixed-width,
+    /// decimals canonical.
+    pub fn stored_text(&self, col: usize, spec: &FieldSpec, row: usize) -> Option<CompactString> {
+        let col = self.batch.column(col);
+        if col.is_null(row) {
+            return None;
+        }
+        Some(match spec.ty {
+            FieldType::Integer => col.as_primitive::<Int64Type>().value(row).to_compact_string(),
+            FieldType::DateTime => timestamp::format(col.as_primitive::<TimestampMicrosecondType>().value(row)).into(),
+            FieldType::Decimal => decimal_text(col.as_primitive::<Decimal128Type>().value(row)),
+        })
     }
 
-    /// A decimal field of `row` as canonical text.
-    pub fn decimal_text(&self, name: &str, row: usize) -> Option<CompactString> {
-        let col = self.column(name).as_primitive::<Decimal128Type>();
-        col.is_valid(row).then(|| decimal_text(col.value(row)))
-    }
-
-    /// An integer field of `row`.
-    pub fn integer(&self, name: &str, row: usize) -> Option<i64> {
-        let col = self.column(name).as_primitive::<Int64Type>();
-        col.is_valid(row).then(|| col.value(row))
+    /// The value of the field `name` in `row`, in the stored form ([`Validated::stored_text`]).
+    ///
+    /// # Panics
+    /// When `name` is not a field of the registry.
+    pub fn text(&self, name: &str, row: usize) -> Option<CompactString> {
+        let at = FIELDS.iter().position(|f| f.name == name).expect("a field of the registry");
+        self.stored_text(1 + at, &FIELDS[at], row)
     }
 }
 
@@ -161,10 +167,12 @@ fn validate_columns(decoded: &Decoded) -> Result<Validated> {
         .reject(&and(&any_kind, &long)?, 0, |v| format!("longer than {MAX_TRIP_ID_BYTES} bytes ({} bytes)", v.len()));
     columns.push(Arc::new(ids.clone()));
 
-    let specs: Vec<(&FieldSpec, &BooleanArray)> =
-        START_FIELDS.iter().map(|s| (s, is_start)).chain(END_FIELDS.iter().map(|s| (s, is_end))).collect();
-    for (i, (spec, of_kind)) in specs.into_iter().enumerate() {
+    for (i, spec) in FIELDS.iter().enumerate() {
         let col = i + 1;
+        let of_kind = match spec.kind {
+            EventKind::Start => is_start,
+            EventKind::End => is_end,
+        };
         let raw = decoded.text(col);
         let present = is_not_null(raw)?;
         if spec.required {
@@ -422,11 +430,11 @@ mod tests {
     fn a_good_start_is_typed_and_normalised() {
         let v = check(&[START]);
         assert!(v.is_valid(0), "{:?}", v.reasons);
-        assert_eq!(v.integer("dropoff_location_id", 0), Some(93));
-        assert_eq!(v.integer("vendor_id", 0), Some(1));
-        assert_eq!(v.timestamp_text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.000000Z");
-        assert_eq!(v.timestamp_text("estimated_dropoff_datetime", 0).unwrap(), "2024-05-25T12:03:00.000000Z");
-        assert_eq!(v.decimal_text("estimated_fare_amount", 0).unwrap(), "34.18595283806629");
+        assert_eq!(v.text("dropoff_location_id", 0).unwrap(), "93");
+        assert_eq!(v.text("vendor_id", 0).unwrap(), "1");
+        assert_eq!(v.text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.000000Z");
+        assert_eq!(v.text("estimated_dropoff_datetime", 0).unwrap(), "2024-05-25T12:03:00.000000Z");
+        assert_eq!(v.text("estimated_fare_amount", 0).unwrap(), "34.18595283806629");
     }
 
     #[test]
@@ -455,7 +463,7 @@ mod tests {
     fn lower_case_t_and_z_are_taken_as_rfc_3339_allows() {
         let v = check(&[&START.replace("2024-05-25 13:19:00", "2024-05-25t13:19:00.5z")]);
         assert!(v.is_valid(0), "{:?}", v.reasons);
-        assert_eq!(v.timestamp_text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.500000Z");
+        assert_eq!(v.text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.500000Z");
         let v = check(&[&START.replace("2024-05-25 13:19:00", "2024-05-25x13:19:00")]);
         assert_eq!(v.reasons[0], ["pickup_datetime: not ISO 8601: \"2024-05-25x13:19:00\""]);
         assert!(v.column("pickup_datetime").is_null(0), "a rejected value is not kept");

@@ -1,7 +1,7 @@
 //! Event kinds, field names and the Arrow schemas shared by every stage.
 //!
 //! A trip has two field groups: the start group, versioned by `pickup_datetime`, and the
-//! end group, versioned by `dropoff_datetime` (docs/design.md §3). The tables here are the single
+//! end group, versioned by `dropoff_datetime` (docs/design.md §3). [`FIELDS`] is the single
 //! source of those names and of each field's rule (docs/design.md §2).
 
 use std::sync::{Arc, LazyLock};
@@ -52,16 +52,30 @@ impl EventKind {
         }
     }
 
-    /// The field whose value versions this kind's group.
+    /// The field whose value versions this kind's group: the group's first datetime.
     pub fn version_field(self) -> &'static str {
+        self.fields()[self.version_index()].name
+    }
+
+    /// The position of [`EventKind::version_field`] in [`EventKind::fields`].
+    pub const fn version_index(self) -> usize {
         match self {
-            EventKind::Start => "pickup_datetime",
-            EventKind::End => "dropoff_datetime",
+            EventKind::Start => START_VERSION,
+            EventKind::End => END_VERSION,
         }
     }
 
-    /// The fields of this kind's group, `trip_id` excluded.
-    pub fn fields(self) -> &'static [FieldSpec] {
+    /// Where this kind's group starts in [`FIELDS`]; its fields' columns in the trip
+    /// table (after `trip_id`) start one later.
+    pub const fn offset(self) -> usize {
+        match self {
+            EventKind::Start => 0,
+            EventKind::End => START_LEN,
+        }
+    }
+
+    /// The fields of this kind's group, `trip_id` excluded, in table order.
+    pub const fn fields(self) -> &'static [FieldSpec] {
         match self {
             EventKind::Start => START_FIELDS,
             EventKind::End => END_FIELDS,
@@ -80,66 +94,120 @@ pub enum FieldType {
     Decimal,
 }
 
-/// One field of a group.
+/// A DynamoDB attribute type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeType {
+    /// A number (`N`): exact decimal text, which DynamoDB compares as a number.
+    Number,
+    /// A string (`S`).
+    String,
+}
+
+/// One field of a trip event: an entry of [`FIELDS`].
 #[derive(Debug, Clone, Copy)]
 pub struct FieldSpec {
-    /// Name on the wire, in CSV headers and in the table.
+    /// Name on the wire, in the trip table, in DynamoDB and in SQL.
     pub name: &'static str,
-    /// Its rule.
+    /// The kind of event that carries it, and so its group.
+    pub kind: EventKind,
+    /// Its rule, which gives its Arrow type.
     pub ty: FieldType,
     /// Whether an event of its kind must carry it.
     pub required: bool,
+    /// Its column's name in a CSV file of its kind.
+    pub csv_header: &'static str,
+    /// Its attribute's type in the DynamoDB table.
+    pub dynamodb: AttributeType,
 }
 
-const fn f(name: &'static str, ty: FieldType, required: bool) -> FieldSpec {
-    FieldSpec { name, ty, required }
+const fn field(name: &'static str, kind: EventKind, ty: FieldType, required: bool) -> FieldSpec {
+    // The original lab's CSV columns carry the wire names, and DynamoDB keeps numbers as
+    // numbers and datetimes as their fixed-width text (which sorts as time does).
+    let dynamodb = match ty {
+        FieldType::Integer | FieldType::Decimal => AttributeType::Number,
+        FieldType::DateTime => AttributeType::String,
+    };
+    FieldSpec { name, kind, ty, required, csv_header: name, dynamodb }
 }
 
-/// The start group, in table order. The first `DateTime` field is the version.
-pub const START_FIELDS: &[FieldSpec] = &[
-    f("pickup_location_id", FieldType::Integer, true),
-    f("dropoff_location_id", FieldType::Integer, true),
-    f("vendor_id", FieldType::Integer, true),
-    f("pickup_datetime", FieldType::DateTime, true),
-    f("estimated_dropoff_datetime", FieldType::DateTime, false),
-    f("estimated_fare_amount", FieldType::Decimal, false),
+use EventKind::{End, Start};
+use FieldType::{DateTime, Decimal, Integer};
+const REQUIRED: bool = true;
+const OPTIONAL: bool = false;
+
+/// The registry of the trip's fields (`trip_id` aside, which every event carries):
+/// decode, validation, CSV reading, the store groups, the SQLite schema, the DynamoDB
+/// attributes and export are all driven from it. The start group comes first, then the
+/// end group, each in table order; a group's first datetime is its version, which the
+/// merge compares (docs/design.md §3). Adding a field is one line here.
+pub const FIELDS: &[FieldSpec] = &[
+    field("pickup_location_id", Start, Integer, REQUIRED),
+    field("dropoff_location_id", Start, Integer, REQUIRED),
+    field("vendor_id", Start, Integer, REQUIRED),
+    field("pickup_datetime", Start, DateTime, REQUIRED),
+    field("estimated_dropoff_datetime", Start, DateTime, OPTIONAL),
+    field("estimated_fare_amount", Start, Decimal, OPTIONAL),
+    field("dropoff_datetime", End, DateTime, REQUIRED),
+    field("rate_code", End, Decimal, OPTIONAL),
+    field("passenger_count", End, Decimal, OPTIONAL),
+    field("trip_distance", End, Decimal, OPTIONAL),
+    field("fare_amount", End, Decimal, REQUIRED),
+    field("tip_amount", End, Decimal, OPTIONAL),
+    field("payment_type", End, Decimal, OPTIONAL),
+    field("trip_type", End, Decimal, OPTIONAL),
 ];
 
+/// Number of start fields: the registry's leading run of them.
+pub const START_LEN: usize = count_leading(Start);
+/// Number of end fields.
+pub const END_LEN: usize = FIELDS.len() - START_LEN;
+/// The start group, in table order.
+pub const START_FIELDS: &[FieldSpec] = FIELDS.split_at(START_LEN).0;
 /// The end group, in table order.
-pub const END_FIELDS: &[FieldSpec] = &[
-    f("dropoff_datetime", FieldType::DateTime, true),
-    f("rate_code", FieldType::Decimal, false),
-    f("passenger_count", FieldType::Decimal, false),
-    f("trip_distance", FieldType::Decimal, false),
-    f("fare_amount", FieldType::Decimal, true),
-    f("tip_amount", FieldType::Decimal, false),
-    f("payment_type", FieldType::Decimal, false),
-    f("trip_type", FieldType::Decimal, false),
-];
+pub const END_FIELDS: &[FieldSpec] = FIELDS.split_at(START_LEN).1;
+const START_VERSION: usize = first_datetime(START_FIELDS);
+const END_VERSION: usize = first_datetime(END_FIELDS);
 
-/// Header of the `trip_start.csv` files of the original pipeline.
-pub const START_CSV_HEADER: &[&str] = &[
-    "trip_id",
-    "pickup_location_id",
-    "dropoff_location_id",
-    "vendor_id",
-    "pickup_datetime",
-    "estimated_dropoff_datetime",
-    "estimated_fare_amount",
-];
+const fn count_leading(kind: EventKind) -> usize {
+    let mut n = 0;
+    while n < FIELDS.len() && FIELDS[n].kind as u8 == kind as u8 {
+        n += 1;
+    }
+    n
+}
 
-/// Header of the `trip_end.csv` files of the original pipeline.
-pub const END_CSV_HEADER: &[&str] = &[
-    "dropoff_datetime",
-    "rate_code",
-    "passenger_count",
-    "trip_distance",
-    "fare_amount",
-    "tip_amount",
-    "payment_type",
-    "trip_type",
-    "trip_id",
-];
+/// The index of the first datetime of `fields`, which must be required (checked at
+/// compile time: a group without a version cannot be merged).
+const fn first_datetime(fields: &[FieldSpec]) -> usize {
+    let mut i = 0;
+    while i < fields.len() {
+        if matches!(fields[i].ty, FieldType::DateTime) {
+            assert!(fields[i].required, "a group's version (its first datetime) must be required");
+            return i;
+        }
+        i += 1;
+    }
+    panic!("every group needs a datetime to version it")
+}
+
+// The registry is grouped: every start field before every end field.
+const _: () = {
+    let mut i = START_LEN;
+    while i < FIELDS.len() {
+        assert!(FIELDS[i].kind as u8 == End as u8, "FIELDS lists the start group, then the end group");
+        i += 1;
+    }
+};
+
+/// The header of a CSV file of `kind`, as the original lab wrote them: `trip_id` first in
+/// `trip_start.csv`, last in `trip_end.csv`.
+pub fn csv_header(kind: EventKind) -> Vec<&'static str> {
+    let fields = kind.fields().iter().map(|f| f.csv_header);
+    match kind {
+        EventKind::Start => std::iter::once("trip_id").chain(fields).collect(),
+        EventKind::End => fields.chain(std::iter::once("trip_id")).collect(),
+    }
+}
 
 /// The Arrow type a field's rule gives its values.
 pub fn arrow_type(ty: FieldType) -> DataType {
@@ -181,12 +249,18 @@ mod tests {
         for kind in [EventKind::Start, EventKind::End] {
             let first_dt = kind.fields().iter().find(|f| f.ty == FieldType::DateTime).unwrap();
             assert_eq!(first_dt.name, kind.version_field());
+            assert!(kind.fields().iter().all(|f| f.kind == kind));
         }
+        // The names the design, the SQL KPIs and the DynamoDB conditions know them by.
+        assert_eq!(EventKind::Start.version_field(), "pickup_datetime");
+        assert_eq!(EventKind::End.version_field(), "dropoff_datetime");
+        assert_eq!(START_LEN + END_LEN, FIELDS.len());
     }
 
     #[test]
     fn csv_headers_name_every_field_once() {
-        for (header, kind) in [(START_CSV_HEADER, EventKind::Start), (END_CSV_HEADER, EventKind::End)] {
+        for kind in [EventKind::Start, EventKind::End] {
+            let header = csv_header(kind);
             assert!(header.contains(&"trip_id"));
             assert_eq!(header.len(), kind.fields().len() + 1);
             for spec in kind.fields() {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime};
 
-use crate::model::event::{END_FIELDS, EventKind, START_FIELDS};
+use crate::model::event::EventKind;
 use crate::stream::PutRecord;
 use crate::{Error, Result};
 
@@ -109,12 +109,9 @@ impl CsvFile {
             .map_err(|e| fail(format!("cannot open: {}; check the path (--start / --end)", csv_message(&e))))?;
         let header = reader.headers().map_err(|e| fail(format!("unreadable CSV header: {}", csv_message(&e))))?.clone();
         let names: Vec<String> = header.iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_owned()).collect();
-        let fields = match kind {
-            EventKind::Start => START_FIELDS,
-            EventKind::End => END_FIELDS,
-        };
+        let fields = kind.fields();
         let missing: Vec<&str> = std::iter::once("trip_id")
-            .chain(fields.iter().filter(|f| f.required).map(|f| f.name))
+            .chain(fields.iter().filter(|f| f.required).map(|f| f.csv_header))
             .filter(|n| !names.iter().any(|h| h == n))
             .collect();
         if !missing.is_empty() {
@@ -131,8 +128,14 @@ impl CsvFile {
             kind,
             file,
             id_col: names.iter().position(|h| h == "trip_id").expect("checked"),
-            time_col: names.iter().position(|h| h == kind.version_field()).expect("checked"),
-            keys: names.iter().map(|n| serde_json::to_string(n).unwrap_or_default()).collect(),
+            time_col: names.iter().position(|h| h == fields[kind.version_index()].csv_header).expect("checked"),
+            // A column of the registry goes on the wire under its field's name; any other
+            // under its own, which ingest ignores.
+            keys: names
+                .iter()
+                .map(|n| fields.iter().find(|f| f.csv_header == n).map_or(n.as_str(), |f| f.name))
+                .map(|n| serde_json::to_string(n).unwrap_or_default())
+                .collect(),
             prefix: format!("{{\"event_type\":\"{}\"", kind.event_type()),
             names,
         })

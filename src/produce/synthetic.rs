@@ -14,12 +14,36 @@ use chrono::{Duration, NaiveDate, NaiveDateTime};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::event::{END_CSV_HEADER, START_CSV_HEADER};
 use crate::{Error, Result};
 
 /// Days the pickups are spread over unless told otherwise.
 pub const DAYS: u32 = 3;
 const MASK40: u64 = (1 << 40) - 1;
+
+/// The columns of the original lab's `trip_start.csv`, which the rows below follow. A
+/// field added to the registry is read when a file has it; these files do not.
+const START_CSV_HEADER: &[&str] = &[
+    "trip_id",
+    "pickup_location_id",
+    "dropoff_location_id",
+    "vendor_id",
+    "pickup_datetime",
+    "estimated_dropoff_datetime",
+    "estimated_fare_amount",
+];
+
+/// The columns of the original lab's `trip_end.csv`.
+const END_CSV_HEADER: &[&str] = &[
+    "dropoff_datetime",
+    "rate_code",
+    "passenger_count",
+    "trip_distance",
+    "fare_amount",
+    "tip_amount",
+    "payment_type",
+    "trip_type",
+    "trip_id",
+];
 
 /// First day of generated pickups.
 pub fn first_day() -> NaiveDate {
@@ -125,6 +149,17 @@ pub fn generate_over(trips: u64, seed: u64, days: u32, out: &Path) -> Result<()>
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn the_lab_headers_are_the_registry_s_columns() {
+        use crate::model::event::{EventKind, csv_header};
+        // Every lab column is one the reader knows, and every required field is there.
+        for (lab, kind) in [(START_CSV_HEADER, EventKind::Start), (END_CSV_HEADER, EventKind::End)] {
+            let known = csv_header(kind);
+            assert!(lab.iter().all(|c| known.contains(c)), "{lab:?} against {known:?}");
+            assert!(kind.fields().iter().filter(|f| f.required).all(|f| lab.contains(&f.csv_header)));
+        }
+    }
 
     #[test]
     fn trip_ids_are_distinct() {

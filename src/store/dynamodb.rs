@@ -48,11 +48,11 @@ use tracing::debug;
 
 use super::{
     CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup,
-    TripItem, TripStore, TripUpdate, is_newer,
+    ToCompactString, TripItem, TripStore, TripUpdate, is_newer,
 };
 use crate::backend::aws::{Aws, describe, wait_for};
 use crate::error::{Context, Stage};
-use crate::model::event::{END_FIELDS, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
+use crate::model::event::{AttributeType, END_FIELDS, EventKind, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
 
 /// The unsharded date index of tables made before write-sharding: on `trip_date` (only
@@ -179,8 +179,8 @@ impl Plan {
     /// The next try after the condition failed against the `stored` versions; `None`
     /// when nothing of the update is newer than what is stored.
     fn after_failure(u: &TripUpdate, stored: &StoredVersions) -> Option<Plan> {
-        let start = is_newer(u.start.as_ref().map(|s| s.pickup_datetime.as_str()), stored.pickup.as_deref());
-        let end = is_newer(u.end.as_ref().map(|e| e.dropoff_datetime.as_str()), stored.dropoff.as_deref());
+        let start = is_newer(u.start.as_ref().map(StartGroup::version), stored.pickup.as_deref());
+        let end = is_newer(u.end.as_ref().map(EndGroup::version), stored.dropoff.as_deref());
         let other_stored = if start { &stored.dropoff } else { &stored.pickup };
         let other = other_stored.clone().map_or(Other::Absent, Other::Is);
         (start || end).then_some(Plan { start, end, other })
@@ -192,10 +192,6 @@ impl Plan {
 struct StoredVersions {
     pickup: Option<CompactString>,
     dropoff: Option<CompactString>,
-}
-
-fn is_number(spec: &FieldSpec) -> bool {
-    matches!(spec.ty, FieldType::Integer | FieldType::Decimal)
 }
 
 /// The UpdateItem expression of a plan.
@@ -211,12 +207,15 @@ fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
     let mut remove = Vec::new();
     let mut names = HashMap::new();
     let mut values = HashMap::new();
-    let mut put = |spec: &FieldSpec, value: Option<CompactString>, set: &mut Vec<String>, remove: &mut Vec<String>| {
+    let mut put = |spec: &FieldSpec, value: &Option<CompactString>, set: &mut Vec<String>, remove: &mut Vec<String>| {
         names.insert(format!("#{}", spec.name), spec.name.to_owned());
         match value {
             Some(v) => {
                 set.push(format!("#{0} = :{0}", spec.name));
-                let v = if is_number(spec) { AttributeValue::N(v.into()) } else { AttributeValue::S(v.into()) };
+                let v = match spec.dynamodb {
+                    AttributeType::Number => AttributeValue::N(v.to_string()),
+                    AttributeType::String => AttributeValue::S(v.to_string()),
+                };
                 values.insert(format!(":{}", spec.name), v);
             }
             None => remove.push(format!("#{}", spec.name)),
@@ -236,44 +235,41 @@ fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
     }
 
     // The groups' versions, and the condition on each.
-    let p = start.map(|s| s.pickup_datetime.clone());
-    let d = end.map(|e| e.dropoff_datetime.clone());
+    let (pickup, dropoff) = (StartGroup::KIND.version_field(), EndGroup::KIND.version_field());
+    let p = start.map(StartGroup::version);
+    let d = end.map(EndGroup::version);
     let newer = |field: &str| format!("(attribute_not_exists(#{field}) OR #{field} < :{field})");
     let mut condition = Vec::new();
     if p.is_some() {
-        condition.push(newer("pickup_datetime"));
+        condition.push(newer(pickup));
     }
     if d.is_some() {
-        condition.push(newer("dropoff_datetime"));
+        condition.push(newer(dropoff));
     }
-    let (completed, last_updated) = match (&p, &d) {
-        (Some(p), Some(d)) => (true, p.max(d).clone()),
+    let (completed, last_updated) = match (p, d) {
+        (Some(p), Some(d)) => (true, p.max(d)),
         (Some(mine), None) | (None, Some(mine)) => {
-            let (other_field, my_field) = if p.is_some() {
-                ("dropoff_datetime", "pickup_datetime")
-            } else {
-                ("pickup_datetime", "dropoff_datetime")
-            };
+            let (other_field, my_field) = if p.is_some() { (dropoff, pickup) } else { (pickup, dropoff) };
             names.insert(format!("#{other_field}"), other_field.to_owned());
             match &plan.other {
                 Other::Absent => {
                     condition.push(format!("attribute_not_exists(#{other_field})"));
-                    (false, mine.clone())
+                    (false, mine)
                 }
                 Other::NotNewer => {
                     condition.push(format!("#{other_field} <= :{my_field}"));
-                    (true, mine.clone())
+                    (true, mine)
                 }
                 Other::Is(v) => {
                     condition.push(format!("#{other_field} = :stored_{other_field}"));
                     values.insert(format!(":stored_{other_field}"), AttributeValue::S(v.to_string()));
-                    (true, mine.max(v).clone())
+                    (true, mine.max(v.as_str()))
                 }
             }
         }
         (None, None) => unreachable!("a plan writes at least one group"),
     };
-    if let Some(d) = &d {
+    if let Some(d) = d {
         set.push("#trip_date = :trip_date".into());
         names.insert("#trip_date".into(), "trip_date".into());
         values.insert(":trip_date".into(), AttributeValue::S(d[..10].to_owned()));
@@ -289,7 +285,7 @@ fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
     names.insert("#trip_completed".into(), "trip_completed".into());
     names.insert("#last_updated".into(), "last_updated".into());
     values.insert(":trip_completed".into(), AttributeValue::Bool(completed));
-    values.insert(":last_updated".into(), AttributeValue::S(last_updated.into()));
+    values.insert(":last_updated".into(), AttributeValue::S(last_updated.to_owned()));
 
     let mut update = format!("SET {}", set.join(", "));
     if !remove.is_empty() {
@@ -306,43 +302,33 @@ fn text(item: &HashMap<String, AttributeValue>, name: &str) -> Option<CompactStr
 }
 
 fn stored_versions(item: Option<&HashMap<String, AttributeValue>>) -> StoredVersions {
-    item.map(|i| StoredVersions { pickup: text(i, "pickup_datetime"), dropoff: text(i, "dropoff_datetime") })
-        .unwrap_or_default()
+    item.map(|i| StoredVersions {
+        pickup: text(i, StartGroup::KIND.version_field()),
+        dropoff: text(i, EndGroup::KIND.version_field()),
+    })
+    .unwrap_or_default()
 }
 
 /// A stored item as a [`TripItem`].
 fn trip_item(item: &HashMap<String, AttributeValue>) -> Result<TripItem> {
     let trip_id = text(item, "trip_id").ok_or_else(|| Error::store("an item has no trip_id"))?;
-    let int = |name: &str| -> Result<i64> {
-        text(item, name)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::store(format!("trip {trip_id}: {name} is missing or not an integer")))
+    // A group is stored when its version is; its required fields must be there too.
+    let group = |kind: EventKind| -> Result<Option<Vec<Option<CompactString>>>> {
+        if text(item, kind.version_field()).is_none() {
+            return Ok(None);
+        }
+        let values = kind.fields().iter().map(|f| match (text(item, f.name), f.ty) {
+            (None, _) if f.required => Err(Error::store(format!("trip {trip_id}: {} is missing", f.name))),
+            (Some(v), FieldType::Integer) => match v.parse::<i64>() {
+                Ok(i) => Ok(Some(i.to_compact_string())),
+                Err(_) => Err(Error::store(format!("trip {trip_id}: {} is not an integer", f.name))),
+            },
+            (value, _) => Ok(value),
+        });
+        values.collect::<Result<_>>().map(Some)
     };
-    let start = match text(item, "pickup_datetime") {
-        None => None,
-        Some(pickup_datetime) => Some(StartGroup {
-            pickup_location_id: int("pickup_location_id")?,
-            dropoff_location_id: int("dropoff_location_id")?,
-            vendor_id: int("vendor_id")?,
-            pickup_datetime,
-            estimated_dropoff_datetime: text(item, "estimated_dropoff_datetime"),
-            estimated_fare_amount: text(item, "estimated_fare_amount"),
-        }),
-    };
-    let end = match text(item, "dropoff_datetime") {
-        None => None,
-        Some(dropoff_datetime) => Some(EndGroup {
-            dropoff_datetime,
-            rate_code: text(item, "rate_code"),
-            passenger_count: text(item, "passenger_count"),
-            trip_distance: text(item, "trip_distance"),
-            fare_amount: text(item, "fare_amount")
-                .ok_or_else(|| Error::store(format!("trip {trip_id}: fare_amount is missing")))?,
-            tip_amount: text(item, "tip_amount"),
-            payment_type: text(item, "payment_type"),
-            trip_type: text(item, "trip_type"),
-        }),
-    };
+    let start = group(EventKind::Start)?.map(|mut v| StartGroup::from_fn(|i| v[i].take()));
+    let end = group(EventKind::End)?.map(|mut v| EndGroup::from_fn(|i| v[i].take()));
     Ok(TripItem { trip_id, start, end })
 }
 
@@ -781,27 +767,17 @@ mod tests {
     use super::*;
 
     fn start(p: &str) -> StartGroup {
-        StartGroup {
-            pickup_location_id: 1,
-            dropoff_location_id: 2,
-            vendor_id: 1,
-            pickup_datetime: p.into(),
-            estimated_dropoff_datetime: None,
-            estimated_fare_amount: Some("12.5".into()),
-        }
+        StartGroup::of([
+            ("pickup_location_id", "1"),
+            ("dropoff_location_id", "2"),
+            ("vendor_id", "1"),
+            ("pickup_datetime", p),
+            ("estimated_fare_amount", "12.5"),
+        ])
     }
 
     fn end(d: &str) -> EndGroup {
-        EndGroup {
-            dropoff_datetime: d.into(),
-            rate_code: None,
-            passenger_count: None,
-            trip_distance: None,
-            fare_amount: "10".into(),
-            tip_amount: None,
-            payment_type: None,
-            trip_type: None,
-        }
+        EndGroup::of([("dropoff_datetime", d), ("fare_amount", "10")])
     }
 
     #[test]

@@ -19,8 +19,7 @@ use arrow::datatypes::{Decimal128Type, SchemaRef, TimestampMicrosecondType};
 use super::{EndGroup, StartGroup, TripItem};
 use crate::error::{Context, Stage};
 use crate::model::event::{
-    DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, END_FIELDS, FieldType, START_FIELDS, TRIP_SCHEMA, UTC,
-    timestamp_type,
+    DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, EventKind, FIELDS, FieldType, TRIP_SCHEMA, UTC, timestamp_type,
 };
 use crate::model::{cast, decimal, timestamp};
 use crate::{Error, Result};
@@ -30,9 +29,10 @@ pub const EXPORT_BATCH_ROWS: usize = 65_536;
 
 /// Columns a backend stores: `trip_id`, the start group, the end group, in
 /// [`TRIP_SCHEMA`] order. The schema's last three columns are derived from them.
-pub const STORED_COLUMNS: usize = 1 + START_FIELDS.len() + END_FIELDS.len();
-const PICKUP: usize = 1 + 3;
-const DROPOFF: usize = 1 + START_FIELDS.len();
+pub const STORED_COLUMNS: usize = 1 + FIELDS.len();
+/// The columns of the groups' versions.
+pub(crate) const PICKUP: usize = 1 + EventKind::Start.offset() + EventKind::Start.version_index();
+pub(crate) const DROPOFF: usize = 1 + EventKind::End.offset() + EventKind::End.version_index();
 const TRIP_DATE: usize = STORED_COLUMNS;
 const TRIP_COMPLETED: usize = STORED_COLUMNS + 1;
 const LAST_UPDATED: usize = STORED_COLUMNS + 2;
@@ -107,14 +107,8 @@ pub enum Cell<'a> {
     Time(i64),
 }
 
-impl<'a> Cell<'a> {
-    fn text(value: Option<&'a str>) -> Self {
-        value.map_or(Cell::Null, Cell::Text)
-    }
-}
-
 /// A trip's cells as [`ExportBuilder::push_into`] takes them: `trip_id`, then each
-/// group's values (all null for a group that is `None`).
+/// group's values (all null for a group that is `None`), integers as [`Cell::Int`].
 pub(crate) fn cells_of<'a>(
     trip_id: &'a str,
     start: Option<&'a StartGroup>,
@@ -122,24 +116,17 @@ pub(crate) fn cells_of<'a>(
 ) -> [Cell<'a>; STORED_COLUMNS] {
     let mut cells = [Cell::Null; STORED_COLUMNS];
     cells[0] = Cell::Text(trip_id);
-    if let Some(s) = start {
-        cells[1] = Cell::Int(s.pickup_location_id);
-        cells[2] = Cell::Int(s.dropoff_location_id);
-        cells[3] = Cell::Int(s.vendor_id);
-        cells[4] = Cell::Text(&s.pickup_datetime);
-        cells[5] = Cell::text(s.estimated_dropoff_datetime.as_deref());
-        cells[6] = Cell::text(s.estimated_fare_amount.as_deref());
-    }
-    if let Some(e) = end {
-        let at = DROPOFF;
-        cells[at] = Cell::Text(&e.dropoff_datetime);
-        cells[at + 1] = Cell::text(e.rate_code.as_deref());
-        cells[at + 2] = Cell::text(e.passenger_count.as_deref());
-        cells[at + 3] = Cell::text(e.trip_distance.as_deref());
-        cells[at + 4] = Cell::Text(&e.fare_amount);
-        cells[at + 5] = Cell::text(e.tip_amount.as_deref());
-        cells[at + 6] = Cell::text(e.payment_type.as_deref());
-        cells[at + 7] = Cell::text(e.trip_type.as_deref());
+    let groups = [(EventKind::Start, start.map(|s| &s.values()[..])), (EventKind::End, end.map(|e| &e.values()[..]))];
+    for (kind, values) in groups {
+        for ((spec, value), cell) in
+            kind.fields().iter().zip(values.into_iter().flatten()).zip(&mut cells[1 + kind.offset()..])
+        {
+            *cell = match (spec.ty, value.as_deref()) {
+                (_, None) => Cell::Null,
+                (FieldType::Integer, Some(v)) => v.parse().map_or(Cell::Text(v), Cell::Int),
+                (_, Some(v)) => Cell::Text(v),
+            };
+        }
     }
     cells
 }
@@ -155,15 +142,12 @@ enum Column {
 
 impl Column {
     fn for_index(index: usize) -> Self {
-        let stored_type = |i: usize| {
-            if i <= START_FIELDS.len() { START_FIELDS[i - 1].ty } else { END_FIELDS[i - 1 - START_FIELDS.len()].ty }
-        };
         match index {
             0 => Column::Text(StringBuilder::new()),
             TRIP_DATE => Column::Date(Date32Builder::new()),
             TRIP_COMPLETED => Column::Bool(BooleanBuilder::new()),
             LAST_UPDATED => Column::Time(TimestampMicrosecondBuilder::new().with_timezone(UTC)),
-            i => match stored_type(i) {
+            i => match FIELDS[i - 1].ty {
                 FieldType::Integer => Column::Int(Int64Builder::new()),
                 FieldType::DateTime => Column::Time(TimestampMicrosecondBuilder::new().with_timezone(UTC)),
                 FieldType::Decimal => Column::Decimal(

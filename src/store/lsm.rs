@@ -31,13 +31,13 @@ use chrono::NaiveDate;
 use fjall::config::{CompressionPolicy, FilterPolicy};
 use fjall::{AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::export::cells_of;
+use super::export::{DROPOFF, PICKUP, cells_of};
 use super::{
     Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
     ToCompactString, TripItem, TripStore, TripUpdate, is_newer,
 };
 use crate::error::{Context, Stage};
-use crate::model::event::{END_FIELDS, START_FIELDS};
+use crate::model::event::{END_LEN, EventKind, FIELDS, FieldType, START_LEN};
 use crate::model::timestamp;
 use crate::{Error, Result};
 
@@ -88,11 +88,18 @@ const TEXT: u8 = 2;
 const TIME: u8 = 3;
 
 /// Column positions of the groups among the stored cells.
-const START: std::ops::Range<usize> = 1..1 + START_FIELDS.len();
-const END: std::ops::Range<usize> = START.end..START.end + END_FIELDS.len();
-/// The start group's version, and the columns holding datetimes.
-const PICKUP: usize = START.start + 3;
-const DATETIMES: [usize; 3] = [PICKUP, START.start + 4, END.start];
+const START: std::ops::Range<usize> = 1..1 + START_LEN;
+const END: std::ops::Range<usize> = START.end..START.end + END_LEN;
+/// True for the columns holding datetimes, which are kept as microseconds.
+const IS_DATETIME: [bool; STORED_COLUMNS] = {
+    let mut is = [false; STORED_COLUMNS];
+    let mut i = 0;
+    while i < FIELDS.len() {
+        is[1 + i] = matches!(FIELDS[i].ty, FieldType::DateTime);
+        i += 1;
+    }
+    is
+};
 
 /// The LSM trip table.
 pub struct LsmStore {
@@ -270,30 +277,15 @@ fn item(cells: &[Cell<'_>; STORED_COLUMNS]) -> TripItem {
         Cell::Time(v) => Some(timestamp::format(v).into()),
         Cell::Null => None,
     };
-    let int = |c: Cell<'_>| match c {
-        Cell::Int(v) => v,
-        _ => 0,
-    };
     let trip_id = text(cells[0]).unwrap_or_default();
-    let start = text(cells[START.start + 3]).map(|pickup_datetime| StartGroup {
-        pickup_location_id: int(cells[START.start]),
-        dropoff_location_id: int(cells[START.start + 1]),
-        vendor_id: int(cells[START.start + 2]),
-        pickup_datetime,
-        estimated_dropoff_datetime: text(cells[START.start + 4]),
-        estimated_fare_amount: text(cells[START.start + 5]),
-    });
-    let end = text(cells[END.start]).map(|dropoff_datetime| EndGroup {
-        dropoff_datetime,
-        rate_code: text(cells[END.start + 1]),
-        passenger_count: text(cells[END.start + 2]),
-        trip_distance: text(cells[END.start + 3]),
-        fare_amount: text(cells[END.start + 4]).unwrap_or_default(),
-        tip_amount: text(cells[END.start + 5]),
-        payment_type: text(cells[END.start + 6]),
-        trip_type: text(cells[END.start + 7]),
-    });
+    let start = has(cells, StartGroup::KIND).then(|| StartGroup::from_fn(|i| text(cells[START.start + i])));
+    let end = has(cells, EndGroup::KIND).then(|| EndGroup::from_fn(|i| text(cells[END.start + i])));
     TripItem { trip_id, start, end }
+}
+
+/// True when `cells` hold a group of `kind`: its version is stored.
+fn has(cells: &[Cell<'_>; STORED_COLUMNS], kind: EventKind) -> bool {
+    !matches!(cells[1 + kind.offset() + kind.version_index()], Cell::Null)
 }
 
 /// The value stored for a trip: the layout byte, a byte of which groups are present,
@@ -326,8 +318,7 @@ fn encode(cells: &[Cell<'_>; STORED_COLUMNS], out: &mut Vec<u8>) {
         out.push(TIME);
         out.extend_from_slice(&micros.to_le_bytes());
     }
-    let has = |at: usize| !matches!(cells[at], Cell::Null);
-    let (start, end) = (has(PICKUP), has(END.start));
+    let (start, end) = (has(cells, EventKind::Start), has(cells, EventKind::End));
     out.clear();
     out.push(LAYOUT);
     out.push(if start { HAS_START } else { 0 } | if end { HAS_END } else { 0 });
@@ -340,7 +331,7 @@ fn encode(cells: &[Cell<'_>; STORED_COLUMNS], out: &mut Vec<u8>) {
                 varint(out, ((v << 1) ^ (v >> 63)) as u64);
             }
             Cell::Time(micros) => time(out, micros),
-            Cell::Text(v) => match DATETIMES.contains(&at).then(|| stored_micros(v)).flatten() {
+            Cell::Text(v) => match IS_DATETIME[at].then(|| stored_micros(v)).flatten() {
                 Some(micros) => time(out, micros),
                 None => text(out, v),
             },
@@ -474,10 +465,10 @@ impl TripStore for LsmStore {
                     Some(bytes) => t.cells(&u.trip_id, bytes)?,
                     None => [Cell::Null; STORED_COLUMNS],
                 };
-                let stored_end = cells[END.start];
+                let stored_end = cells[DROPOFF];
                 let outcome = MergeOutcome {
-                    start_applied: newer(u.start.as_ref().map(|s| s.pickup_datetime.as_str()), cells[PICKUP]),
-                    end_applied: newer(u.end.as_ref().map(|e| e.dropoff_datetime.as_str()), stored_end),
+                    start_applied: newer(u.start.as_ref().map(StartGroup::version), cells[PICKUP]),
+                    end_applied: newer(u.end.as_ref().map(EndGroup::version), stored_end),
                 };
                 outcomes[i] = outcome;
                 if !outcome.start_applied && !outcome.end_applied {
@@ -492,7 +483,7 @@ impl TripStore for LsmStore {
                 encode(&cells, &mut value);
                 batch.insert(&t.trips, u.trip_id.as_str(), &value);
                 if outcome.end_applied {
-                    let new = u.end.as_ref().map(|e| date_key(&e.dropoff_datetime, &u.trip_id));
+                    let new = u.end.as_ref().map(|e| date_key(e.version(), &u.trip_id));
                     if let Some(old) = stored_date(stored_end).map(|d| date_key(&d, &u.trip_id))
                         && Some(&old) != new.as_ref()
                     {
@@ -561,43 +552,42 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::model::event::START_FIELDS;
 
     fn encode_groups(start: Option<&StartGroup>, end: Option<&EndGroup>, out: &mut Vec<u8>) {
         encode(&cells_of("t", start, end), out);
     }
 
-    fn arb_text() -> impl Strategy<Value = Option<CompactString>> {
-        proptest::option::of(".{0,40}".prop_map(CompactString::from))
+    /// Any values of `kind`'s group, by the registry: integers of any size, required
+    /// datetimes with a date, and any text elsewhere (a backend keeps what it is given).
+    fn arb_values(kind: EventKind) -> impl Strategy<Value = Vec<Option<CompactString>>> {
+        let values: Vec<BoxedStrategy<Option<CompactString>>> = kind
+            .fields()
+            .iter()
+            .map(|f| {
+                let value = match f.ty {
+                    FieldType::Integer => any::<i64>().prop_map(|i| i.to_compact_string()).boxed(),
+                    FieldType::DateTime if f.required => "[0-9T:.Z-]{10,30}".prop_map(CompactString::from).boxed(),
+                    _ => ".{0,40}".prop_map(CompactString::from).boxed(),
+                };
+                if f.required { value.prop_map(Some).boxed() } else { proptest::option::of(value).boxed() }
+            })
+            .collect();
+        values
     }
 
-    prop_compose! {
-        fn arb_start()(ids in any::<[i64; 3]>(), at in "[0-9T:.Z-]{1,30}", a in arb_text(), b in arb_text()) -> StartGroup {
-            StartGroup { pickup_location_id: ids[0], dropoff_location_id: ids[1], vendor_id: ids[2],
-                pickup_datetime: at.into(), estimated_dropoff_datetime: a, estimated_fare_amount: b }
-        }
+    fn arb_start() -> impl Strategy<Value = StartGroup> {
+        arb_values(EventKind::Start).prop_map(|v| StartGroup(v.try_into().expect("one value a field")))
     }
 
-    prop_compose! {
-        fn arb_end()(at in "[0-9T:.Z-]{10,30}", fare in ".{0,40}", t in proptest::collection::vec(arb_text(), 6)) -> EndGroup {
-            EndGroup { dropoff_datetime: at.into(), rate_code: t[0].clone(), passenger_count: t[1].clone(),
-                trip_distance: t[2].clone(), fare_amount: fare.into(), tip_amount: t[3].clone(),
-                payment_type: t[4].clone(), trip_type: t[5].clone() }
-        }
+    fn arb_end() -> impl Strategy<Value = EndGroup> {
+        arb_values(EventKind::End).prop_map(|v| EndGroup(v.try_into().expect("one value a field")))
     }
 
     #[tokio::test]
     async fn opens_in_one_process_share_the_table_and_a_closed_table_opens_again() {
         let tmp = tempfile::tempdir().unwrap();
-        let end = EndGroup {
-            dropoff_datetime: "2024-05-25T10:00:00.000000Z".into(),
-            rate_code: None,
-            passenger_count: None,
-            trip_distance: None,
-            fare_amount: "7.5".into(),
-            tip_amount: None,
-            payment_type: None,
-            trip_type: None,
-        };
+        let end = EndGroup::of([("dropoff_datetime", "2024-05-25T10:00:00.000000Z"), ("fare_amount", "7.5")]);
         let update = TripUpdate { trip_id: "t".into(), start: None, end: Some(end.clone()) };
         {
             let a = LsmStore::open(tmp.path()).unwrap();
@@ -682,24 +672,24 @@ mod tests {
     }
 
     fn typical_trip() -> (StartGroup, EndGroup) {
-        let start = StartGroup {
-            pickup_location_id: 93,
-            dropoff_location_id: 132,
-            vendor_id: 2,
-            pickup_datetime: "2024-05-25T13:19:00.000000Z".into(),
-            estimated_dropoff_datetime: Some("2024-05-25T13:40:00.000000Z".into()),
-            estimated_fare_amount: Some("31.5".into()),
-        };
-        let end = EndGroup {
-            dropoff_datetime: "2024-05-25T13:43:12.000000Z".into(),
-            rate_code: Some("1".into()),
-            passenger_count: Some("1".into()),
-            trip_distance: Some("7.85".into()),
-            fare_amount: "33.8".into(),
-            tip_amount: Some("5.07".into()),
-            payment_type: Some("1".into()),
-            trip_type: Some("1".into()),
-        };
+        let start = StartGroup::of([
+            ("pickup_location_id", "93"),
+            ("dropoff_location_id", "132"),
+            ("vendor_id", "2"),
+            ("pickup_datetime", "2024-05-25T13:19:00.000000Z"),
+            ("estimated_dropoff_datetime", "2024-05-25T13:40:00.000000Z"),
+            ("estimated_fare_amount", "31.5"),
+        ]);
+        let end = EndGroup::of([
+            ("dropoff_datetime", "2024-05-25T13:43:12.000000Z"),
+            ("rate_code", "1"),
+            ("passenger_count", "1"),
+            ("trip_distance", "7.85"),
+            ("fare_amount", "33.8"),
+            ("tip_amount", "5.07"),
+            ("payment_type", "1"),
+            ("trip_type", "1"),
+        ]);
         (start, end)
     }
 
@@ -760,10 +750,11 @@ mod tests {
         #[test]
         fn an_item_with_stored_form_datetimes_decodes_to_itself(id in ".{1,20}", pickup in arb_datetime(),
                                                                dropoff in arb_datetime(), ids in any::<[i64; 3]>()) {
-            let (mut start, mut end) = typical_trip();
-            start.pickup_datetime = pickup.into();
-            [start.pickup_location_id, start.dropoff_location_id, start.vendor_id] = ids;
-            end.dropoff_datetime = dropoff.into();
+            let (start, end) = typical_trip();
+            let [a, b, c] = ids.map(|i| i.to_string());
+            let start = start.with("pickup_datetime", Some(&pickup)).with("pickup_location_id", Some(&a))
+                .with("dropoff_location_id", Some(&b)).with("vendor_id", Some(&c));
+            let end = end.with("dropoff_datetime", Some(&dropoff));
             let mut value = Vec::new();
             encode_groups(Some(&start), Some(&end), &mut value);
             let cells = decode(&id, &value).expect("what encode wrote decodes");
@@ -804,11 +795,15 @@ mod tests {
                 }
             }
             if let Some(s) = &start {
-                for id in [s.pickup_location_id, s.dropoff_location_id, s.vendor_id] {
-                    v1.push(INT);
-                    v1.extend_from_slice(&id.to_le_bytes());
+                for (spec, v) in START_FIELDS.iter().zip(s.values()) {
+                    match (spec.ty, v.as_deref().map(|v| v.parse::<i64>())) {
+                        (FieldType::Integer, Some(Ok(id))) => {
+                            v1.push(INT);
+                            v1.extend_from_slice(&id.to_le_bytes());
+                        }
+                        _ => put(&mut v1, v.as_deref()),
+                    }
                 }
-                s.values()[3..].iter().for_each(|v| put(&mut v1, v.as_deref()));
             }
             if let Some(e) = &end {
                 e.values().iter().for_each(|v| put(&mut v1, v.as_deref()));

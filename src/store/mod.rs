@@ -18,75 +18,72 @@ pub use compact_str::{CompactString, ToCompactString};
 
 pub use self::export::{Cell, EXPORT_BATCH_ROWS, ExportBuilder, Projection, STORED_COLUMNS};
 use crate::Result;
+use crate::model::event::{END_LEN, EventKind, START_LEN};
 
-/// The start group of a trip, as stored: datetimes in the fixed-width UTC form of
+/// A trip's field group, as stored: its kind's values in [`EventKind::fields`] order,
+/// integers in decimal, datetimes in the fixed-width UTC form of
 /// [`crate::model::timestamp::format`], decimals as canonical text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartGroup {
-    /// Pickup zone.
-    pub pickup_location_id: i64,
-    /// Planned dropoff zone.
-    pub dropoff_location_id: i64,
-    /// Vendor.
-    pub vendor_id: i64,
-    /// The group's version.
-    pub pickup_datetime: CompactString,
-    /// Optional estimate.
-    pub estimated_dropoff_datetime: Option<CompactString>,
-    /// Optional estimate.
-    pub estimated_fare_amount: Option<CompactString>,
+macro_rules! group {
+    ($name:ident, $kind:expr, $len:expr, $what:literal) => {
+        #[doc = $what]
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub [Option<CompactString>; $len]);
+
+        impl $name {
+            /// The kind of event that carries this group.
+            pub const KIND: EventKind = $kind;
+
+            /// The group whose `i`th value (in [`EventKind::fields`] order) is `value(i)`.
+            pub fn from_fn(value: impl FnMut(usize) -> Option<CompactString>) -> Self {
+                $name(std::array::from_fn(value))
+            }
+
+            /// The values, in [`EventKind::fields`] order.
+            pub fn values(&self) -> &[Option<CompactString>; $len] {
+                &self.0
+            }
+
+            /// The group's version: its kind's version field, which validation requires.
+            pub fn version(&self) -> &str {
+                self.0[Self::KIND.version_index()].as_deref().unwrap_or_default()
+            }
+
+            /// The value of the field `name`, if the group has that field and a value.
+            pub fn get(&self, name: &str) -> Option<&str> {
+                let at = Self::KIND.fields().iter().position(|f| f.name == name)?;
+                self.0[at].as_deref()
+            }
+
+            /// This group with the field `name` set to `value`.
+            ///
+            /// # Panics
+            /// When the group has no field `name` (a programming error).
+            #[must_use]
+            pub fn with(mut self, name: &str, value: Option<&str>) -> Self {
+                let at = Self::KIND.fields().iter().position(|f| f.name == name);
+                let at = at.unwrap_or_else(|| panic!("the {:?} group has no field {name}", Self::KIND));
+                self.0[at] = value.map(CompactString::from);
+                self
+            }
+
+            /// A group of `pairs` (field name, value), the rest absent.
+            ///
+            /// # Panics
+            /// When a name is not one of the group's fields.
+            pub fn of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+                pairs.into_iter().fold($name(Default::default()), |g, (k, v)| g.with(k, Some(v)))
+            }
+        }
+    };
 }
 
-/// The end group of a trip, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndGroup {
-    /// The group's version; its UTC date is the trip's `trip_date`.
-    pub dropoff_datetime: CompactString,
-    /// Optional code.
-    pub rate_code: Option<CompactString>,
-    /// Optional count.
-    pub passenger_count: Option<CompactString>,
-    /// Optional distance.
-    pub trip_distance: Option<CompactString>,
-    /// The fare.
-    pub fare_amount: CompactString,
-    /// Optional tip.
-    pub tip_amount: Option<CompactString>,
-    /// Optional code.
-    pub payment_type: Option<CompactString>,
-    /// Optional code.
-    pub trip_type: Option<CompactString>,
-}
-
-impl StartGroup {
-    /// Values in [`crate::model::event::START_FIELDS`] order, as text.
-    pub fn values(&self) -> [Option<CompactString>; 6] {
-        [
-            Some(self.pickup_location_id.to_compact_string()),
-            Some(self.dropoff_location_id.to_compact_string()),
-            Some(self.vendor_id.to_compact_string()),
-            Some(self.pickup_datetime.clone()),
-            self.estimated_dropoff_datetime.clone(),
-            self.estimated_fare_amount.clone(),
-        ]
-    }
-}
-
-impl EndGroup {
-    /// Values in [`crate::model::event::END_FIELDS`] order, as text.
-    pub fn values(&self) -> [Option<CompactString>; 8] {
-        [
-            Some(self.dropoff_datetime.clone()),
-            self.rate_code.clone(),
-            self.passenger_count.clone(),
-            self.trip_distance.clone(),
-            Some(self.fare_amount.clone()),
-            self.tip_amount.clone(),
-            self.payment_type.clone(),
-            self.trip_type.clone(),
-        ]
-    }
-}
+group!(StartGroup, EventKind::Start, START_LEN, "The start group of a trip, versioned by `pickup_datetime`.");
+group!(
+    EndGroup,
+    EventKind::End,
+    END_LEN,
+    "The end group of a trip, versioned by `dropoff_datetime`; its UTC date is the trip's `trip_date`."
+);
 
 /// What one write asks for: the newest start and end of a trip seen in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,13 +131,13 @@ impl TripItem {
 
     /// UTC date of the dropoff, `YYYY-MM-DD`.
     pub fn trip_date(&self) -> Option<&str> {
-        self.end.as_ref().map(|e| &e.dropoff_datetime[..10])
+        self.end.as_ref().map(|e| &e.version()[..10])
     }
 
     /// The newest version stored.
     pub fn last_updated(&self) -> &str {
-        let start = self.start.as_ref().map(|s| s.pickup_datetime.as_str());
-        let end = self.end.as_ref().map(|e| e.dropoff_datetime.as_str());
+        let start = self.start.as_ref().map(StartGroup::version);
+        let end = self.end.as_ref().map(EndGroup::version);
         start.max(end).unwrap_or_default()
     }
 }

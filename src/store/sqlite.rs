@@ -11,8 +11,8 @@
 //! 1M-trip ingest 160 s against 94 s, as random keys then scatter whole rows.)
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -21,39 +21,36 @@ use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
 use super::{
-    Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup, TripItem,
-    TripStore, TripUpdate, is_newer,
+    Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
+    ToCompactString, TripItem, TripStore, TripUpdate, is_newer,
 };
 use crate::backend::sqlite::{Db, DbResult};
 use crate::error::Stage;
-use crate::model::event::{END_FIELDS, START_FIELDS, TRIP_SCHEMA};
+use crate::model::event::{END_LEN, EventKind, FIELDS, FieldType, START_LEN, TRIP_SCHEMA};
 use crate::{Error, Result};
 
-const SCHEMA: &str = "
+/// The table: `trip_id`, a column per field of the registry (integers as INTEGER, the
+/// rest as their stored text), and the derived columns.
+static SCHEMA: LazyLock<String> = LazyLock::new(|| {
+    let fields: String = FIELDS
+        .iter()
+        .map(|f| format!("    {} {},\n", f.name, if f.ty == FieldType::Integer { "INTEGER" } else { "TEXT" }))
+        .collect();
+    let (pickup, dropoff) = (EventKind::Start.version_field(), EventKind::End.version_field());
+    format!(
+        "
 CREATE TABLE IF NOT EXISTS trips (
     trip_id TEXT PRIMARY KEY,
-    pickup_location_id INTEGER,
-    dropoff_location_id INTEGER,
-    vendor_id INTEGER,
-    pickup_datetime TEXT,
-    estimated_dropoff_datetime TEXT,
-    estimated_fare_amount TEXT,
-    dropoff_datetime TEXT,
-    rate_code TEXT,
-    passenger_count TEXT,
-    trip_distance TEXT,
-    fare_amount TEXT,
-    tip_amount TEXT,
-    payment_type TEXT,
-    trip_type TEXT,
-    trip_date TEXT GENERATED ALWAYS AS (substr(dropoff_datetime, 1, 10)) STORED,
+{fields}    trip_date TEXT GENERATED ALWAYS AS (substr({dropoff}, 1, 10)) STORED,
     trip_completed INTEGER GENERATED ALWAYS AS
-        (pickup_datetime IS NOT NULL AND dropoff_datetime IS NOT NULL) STORED,
+        ({pickup} IS NOT NULL AND {dropoff} IS NOT NULL) STORED,
     last_updated TEXT GENERATED ALWAYS AS
-        (max(coalesce(pickup_datetime, ''), coalesce(dropoff_datetime, ''))) STORED
+        (max(coalesce({pickup}, ''), coalesce({dropoff}, ''))) STORED
 );
 CREATE INDEX IF NOT EXISTS trips_by_date ON trips (trip_date) WHERE trip_date IS NOT NULL;
-";
+"
+    )
+});
 
 /// Page cache of the trip table (SQLite's default is 2 MiB): trip ids are random, so
 /// merges touch the whole `trip_id` index, which must stay in memory to be fast.
@@ -72,14 +69,14 @@ impl SqliteStore {
     /// When the file cannot be opened or created.
     pub fn open(home: &Path) -> Result<Self> {
         Ok(SqliteStore {
-            db: Db::open(&home.join("trips.sqlite"), SCHEMA, CACHE_MIB, Stage::Store)?,
+            db: Db::open(&home.join("trips.sqlite"), &SCHEMA, CACHE_MIB, Stage::Store)?,
             writes: Arc::default(),
         })
     }
 }
 
 fn all_columns() -> Vec<&'static str> {
-    std::iter::once("trip_id").chain(START_FIELDS.iter().chain(END_FIELDS).map(|f| f.name)).collect()
+    std::iter::once("trip_id").chain(FIELDS.iter().map(|f| f.name)).collect()
 }
 
 /// The upsert: each group's columns change only where the incoming version is newer.
@@ -89,14 +86,13 @@ fn upsert_sql() -> String {
     let cols = all_columns();
     let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     let mut sets = Vec::new();
-    for (fields, version) in [(START_FIELDS, "pickup_datetime"), (END_FIELDS, "dropoff_datetime")] {
-        for f in fields {
-            sets.push(format!(
-                "{c} = CASE WHEN excluded.{version} > coalesce(trips.{version}, '') \
-                 THEN excluded.{c} ELSE trips.{c} END",
-                c = f.name
-            ));
-        }
+    for f in FIELDS {
+        sets.push(format!(
+            "{c} = CASE WHEN excluded.{version} > coalesce(trips.{version}, '') \
+             THEN excluded.{c} ELSE trips.{c} END",
+            c = f.name,
+            version = f.kind.version_field(),
+        ));
     }
     format!(
         "INSERT INTO trips ({}) VALUES ({}) ON CONFLICT (trip_id) DO UPDATE SET {}",
@@ -112,33 +108,23 @@ fn select_sql() -> String {
 
 fn read_item(row: &Row<'_>) -> rusqlite::Result<TripItem> {
     let text = |i: usize| -> rusqlite::Result<Option<CompactString>> {
-        Ok(row.get_ref(i)?.as_str_or_null()?.map(CompactString::from))
+        Ok(match row.get_ref(i)? {
+            ValueRef::Integer(v) => Some(v.to_compact_string()),
+            value => value.as_str_or_null()?.map(CompactString::from),
+        })
     };
-    let start = match text(4)? {
-        None => None,
-        Some(pickup_datetime) => Some(StartGroup {
-            pickup_location_id: row.get(1)?,
-            dropoff_location_id: row.get(2)?,
-            vendor_id: row.get(3)?,
-            pickup_datetime,
-            estimated_dropoff_datetime: text(5)?,
-            estimated_fare_amount: text(6)?,
-        }),
+    let group = |kind: EventKind| -> rusqlite::Result<Option<Vec<Option<CompactString>>>> {
+        let first = 1 + kind.offset();
+        if text(first + kind.version_index())?.is_none() {
+            return Ok(None);
+        }
+        (first..first + kind.fields().len()).map(text).collect::<rusqlite::Result<_>>().map(Some)
     };
-    let end = match text(7)? {
-        None => None,
-        Some(dropoff_datetime) => Some(EndGroup {
-            dropoff_datetime,
-            rate_code: text(8)?,
-            passenger_count: text(9)?,
-            trip_distance: text(10)?,
-            fare_amount: text(11)?.unwrap_or_default(),
-            tip_amount: text(12)?,
-            payment_type: text(13)?,
-            trip_type: text(14)?,
-        }),
-    };
-    Ok(TripItem { trip_id: text(0)?.unwrap_or_default(), start, end })
+    Ok(TripItem {
+        trip_id: text(0)?.unwrap_or_default(),
+        start: group(EventKind::Start)?.map(|mut v| StartGroup::from_fn(|i| v[i].take())),
+        end: group(EventKind::End)?.map(|mut v| EndGroup::from_fn(|i| v[i].take())),
+    })
 }
 
 /// A stored value as the export reads it: integers and text as SQLite holds them.
@@ -169,8 +155,11 @@ impl TripStore for SqliteStore {
                 let mut outcomes = vec![MergeOutcome::default(); updates.len()];
                 let mut written = 0;
                 {
-                    let mut versions =
-                        tx.prepare_cached("SELECT pickup_datetime, dropoff_datetime FROM trips WHERE trip_id = ?1")?;
+                    let mut versions = tx.prepare_cached(&format!(
+                        "SELECT {}, {} FROM trips WHERE trip_id = ?1",
+                        StartGroup::KIND.version_field(),
+                        EndGroup::KIND.version_field()
+                    ))?;
                     let mut upsert = tx.prepare_cached(&upsert_sql())?;
                     for &i in &order {
                         let u = &updates[i];
@@ -179,21 +168,15 @@ impl TripStore for SqliteStore {
                             .optional()?
                             .unwrap_or_default();
                         let outcome = MergeOutcome {
-                            start_applied: is_newer(
-                                u.start.as_ref().map(|s| s.pickup_datetime.as_str()),
-                                stored_start.as_deref(),
-                            ),
-                            end_applied: is_newer(
-                                u.end.as_ref().map(|e| e.dropoff_datetime.as_str()),
-                                stored_end.as_deref(),
-                            ),
+                            start_applied: is_newer(u.start.as_ref().map(StartGroup::version), stored_start.as_deref()),
+                            end_applied: is_newer(u.end.as_ref().map(EndGroup::version), stored_end.as_deref()),
                         };
                         if outcome.start_applied || outcome.end_applied {
                             let start = u.start.as_ref().filter(|_| outcome.start_applied);
                             let end = u.end.as_ref().filter(|_| outcome.end_applied);
                             let values: Vec<Option<CompactString>> = std::iter::once(Some(u.trip_id.clone()))
-                                .chain(start.map(StartGroup::values).unwrap_or_default())
-                                .chain(end.map(EndGroup::values).unwrap_or_default())
+                                .chain(start.map_or([const { None }; START_LEN], |s| s.values().clone()))
+                                .chain(end.map_or([const { None }; END_LEN], |e| e.values().clone()))
                                 .collect();
                             upsert.execute(params_from_iter(values.iter().map(|v| v.as_deref())))?;
                             written += 1;

@@ -6,27 +6,26 @@ use chrono::NaiveDate;
 use tripflow::store::{EndGroup, MergeOutcome, Projection, StartGroup, TripStore, TripUpdate};
 
 fn start(at: &str, vendor: i64) -> StartGroup {
-    StartGroup {
-        pickup_location_id: 93,
-        dropoff_location_id: 94,
-        vendor_id: vendor,
-        pickup_datetime: format!("2024-05-25T{at}:00.000000Z").into(),
-        estimated_dropoff_datetime: None,
-        estimated_fare_amount: Some("34.18595283806629".into()),
-    }
+    let (pickup, vendor) = (format!("2024-05-25T{at}:00.000000Z"), vendor.to_string());
+    StartGroup::of([
+        ("pickup_location_id", "93"),
+        ("dropoff_location_id", "94"),
+        ("vendor_id", vendor.as_str()),
+        ("pickup_datetime", pickup.as_str()),
+        ("estimated_fare_amount", "34.18595283806629"),
+    ])
 }
 
 fn end(at: &str, fare: &str) -> EndGroup {
-    EndGroup {
-        dropoff_datetime: format!("2024-05-25T{at}:00.000000Z").into(),
-        rate_code: Some("5".into()),
-        passenger_count: None,
-        trip_distance: Some("0.1".into()),
-        fare_amount: fare.into(),
-        tip_amount: Some("0".into()),
-        payment_type: Some("3".into()),
-        trip_type: None,
-    }
+    let dropoff = format!("2024-05-25T{at}:00.000000Z");
+    EndGroup::of([
+        ("dropoff_datetime", dropoff.as_str()),
+        ("rate_code", "5"),
+        ("trip_distance", "0.1"),
+        ("fare_amount", fare),
+        ("tip_amount", "0"),
+        ("payment_type", "3"),
+    ])
 }
 
 fn update(id: &str, s: Option<StartGroup>, e: Option<EndGroup>) -> TripUpdate {
@@ -43,10 +42,10 @@ pub async fn newer_wins_per_group(store: &dyn TripStore) {
     assert_eq!(o, [MergeOutcome::default()], "an equal version is a duplicate");
     let o = store.merge(vec![update("t", Some(start("09:00", 3)), None)]).await.unwrap();
     assert_eq!(o, [MergeOutcome::default()], "an older version is stale");
-    assert_eq!(store.get("t").await.unwrap().unwrap().start.unwrap().vendor_id, 1);
+    assert_eq!(store.get("t").await.unwrap().unwrap().start.unwrap().get("vendor_id"), Some("1"));
     let o = store.merge(vec![update("t", Some(start("11:00", 4)), None)]).await.unwrap();
     assert!(o[0].start_applied);
-    assert_eq!(store.get("t").await.unwrap().unwrap().start.unwrap().vendor_id, 4);
+    assert_eq!(store.get("t").await.unwrap().unwrap().start.unwrap().get("vendor_id"), Some("4"));
 }
 
 /// An end that arrives first does not block its start, and completion follows both.
@@ -61,7 +60,7 @@ pub async fn groups_are_independent(store: &dyn TripStore) {
     let item = store.get("t").await.unwrap().unwrap();
     assert!(item.trip_completed());
     assert_eq!(item.last_updated(), "2024-05-25T23:50:00.000000Z");
-    assert_eq!(item.end.unwrap().fare_amount, "12.5");
+    assert_eq!(item.end.unwrap().get("fare_amount"), Some("12.5"));
 }
 
 /// Both groups in one update are one write; a fully stale update stores nothing and
@@ -80,7 +79,7 @@ pub async fn one_write_per_trip_per_batch(store: &dyn TripStore) {
     assert_eq!(store.write_requests() - before, 2);
     store.merge(vec![update("a", Some(start("10:00", 1)), Some(end("10:30", "7")))]).await.unwrap();
     assert!(store.write_requests() - before <= 3, "a duplicate costs at most one write");
-    assert_eq!(store.get("a").await.unwrap().unwrap().end.unwrap().fare_amount, "7");
+    assert_eq!(store.get("a").await.unwrap().unwrap().end.unwrap().get("fare_amount"), Some("7"));
 }
 
 /// The export holds the table's Arrow types and honours a date filter.
@@ -89,11 +88,7 @@ pub async fn export_by_date(store: &dyn TripStore) {
         .merge(vec![
             update("a", Some(start("10:00", 1)), Some(end("10:30", "7.25"))),
             update("b", Some(start("10:00", 1)), None),
-            update(
-                "c",
-                None,
-                Some(EndGroup { dropoff_datetime: "2024-05-26T00:10:00.000000Z".into(), ..end("00:00", "3") }),
-            ),
+            update("c", None, Some(end("00:00", "3").with("dropoff_datetime", Some("2024-05-26T00:10:00.000000Z")))),
         ])
         .await
         .unwrap();
@@ -151,7 +146,7 @@ pub async fn export_to_sends_what_export_returns(store: &dyn TripStore) {
 /// A newer end on another day moves the trip to that day's export, and out of the old
 /// day's: the date index follows the stored end.
 pub async fn a_newer_end_moves_the_trip_to_its_day(store: &dyn TripStore) {
-    let on = |day: &str| EndGroup { dropoff_datetime: format!("{day}T23:59:00.000000Z").into(), ..end("00:00", "3") };
+    let on = |day: &str| end("00:00", "3").with("dropoff_datetime", Some(&format!("{day}T23:59:00.000000Z")));
     store.merge(vec![update("m", Some(start("10:00", 1)), Some(on("2024-05-25")))]).await.unwrap();
     store.merge(vec![update("m", None, Some(on("2024-05-27")))]).await.unwrap();
     let rows = async |day: u32| {
