@@ -75,10 +75,16 @@ const WORKER_THREADS: usize = 1;
 /// fits in L0 and L1, which fjall never compressed.
 const COMPRESSION: CompressionType = CompressionType::None;
 
-/// The first byte of every stored value: the layout [`encode`] writes. Layout 1, which
-/// earlier builds wrote, is still read (see [`decode`]).
-const LAYOUT: u8 = 2;
+/// The first byte of every stored value: the layout [`encode`] writes. Layouts 1 and 2,
+/// which earlier builds wrote, are still read (see [`decode`]).
+const LAYOUT: u8 = 3;
+const LAYOUT_2: u8 = 2;
 const LAYOUT_1: u8 = 1;
+/// The lengths of the start and end groups when layouts 1 and 2 were written, which
+/// those values do not record. Layout 3 records each group's length, so an item stored
+/// before a field was appended to its group reads with that field absent.
+const LEGACY_LENGTHS: [usize; 2] = [6, 8];
+const _: () = assert!(START_LEN <= u8::MAX as usize && END_LEN <= u8::MAX as usize, "a group's length is one byte");
 const HAS_START: u8 = 1;
 const HAS_END: u8 = 2;
 const NULL: u8 = 0;
@@ -261,8 +267,9 @@ impl Tables {
     fn cells<'a>(&self, trip_id: &'a str, value: &'a [u8]) -> Result<[Cell<'a>; STORED_COLUMNS]> {
         decode(trip_id, value).ok_or_else(|| {
             Error::store(format!(
-                "the stored item of trip_id {trip_id:?} in {} is damaged (not layout {LAYOUT_1} or {LAYOUT}); delete the \
-                 folder and ingest the stream again from its start",
+                "the stored item of trip_id {trip_id:?} in {} is damaged, or was written by a newer \
+                 tripflow (not layout {LAYOUT_1} to {LAYOUT} of these fields); delete the folder and ingest the stream \
+                 again from its start",
                 self.path.display()
             ))
         })
@@ -289,7 +296,7 @@ fn has(cells: &[Cell<'_>; STORED_COLUMNS], kind: EventKind) -> bool {
 }
 
 /// The value stored for a trip: the layout byte, a byte of which groups are present,
-/// then each present group's cells in [`START_FIELDS`] / [`END_FIELDS`] order, each a
+/// then each present group's length (one byte) and cells, in [`FIELDS`] order, each a
 /// tag and its bytes:
 /// - null: nothing;
 /// - integer: zigzag LEB128 (location and vendor ids take a byte or two);
@@ -299,9 +306,25 @@ fn has(cells: &[Cell<'_>; STORED_COLUMNS], kind: EventKind) -> bool {
 /// - text: a LEB128 length, then the UTF-8 bytes.
 ///
 /// Layout 1 kept every integer in 8 bytes and every value as text behind a 4-byte
-/// length: 185 bytes for a typical complete trip against 73 here, and the table's
-/// background compaction rewrites every byte several times over as it grows.
+/// length: 185 bytes for a typical complete trip against 75 here, and the table's
+/// background compaction rewrites every byte several times over as it grows. Layout 2
+/// was this one without the groups' lengths (73 bytes), so a field added to the
+/// registry would have misread every stored item; a field is appended at its group's
+/// end, and an older item reads with it absent.
 fn encode(cells: &[Cell<'_>; STORED_COLUMNS], out: &mut Vec<u8>) {
+    let (start, end) = (has(cells, EventKind::Start), has(cells, EventKind::End));
+    out.clear();
+    out.push(LAYOUT);
+    out.push(if start { HAS_START } else { 0 } | if end { HAS_END } else { 0 });
+    for range in [start.then_some(START), end.then_some(END)].into_iter().flatten() {
+        out.push(range.len() as u8);
+        for at in range {
+            encode_cell(cells[at], IS_DATETIME[at], out);
+        }
+    }
+}
+
+fn encode_cell(cell: Cell<'_>, is_datetime: bool, out: &mut Vec<u8>) {
     fn varint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push(v as u8 | 0x80);
@@ -318,24 +341,17 @@ fn encode(cells: &[Cell<'_>; STORED_COLUMNS], out: &mut Vec<u8>) {
         out.push(TIME);
         out.extend_from_slice(&micros.to_le_bytes());
     }
-    let (start, end) = (has(cells, EventKind::Start), has(cells, EventKind::End));
-    out.clear();
-    out.push(LAYOUT);
-    out.push(if start { HAS_START } else { 0 } | if end { HAS_END } else { 0 });
-    let groups = [start.then_some(START), end.then_some(END)];
-    for at in groups.into_iter().flatten().flatten() {
-        match cells[at] {
-            Cell::Null => out.push(NULL),
-            Cell::Int(v) => {
-                out.push(INT);
-                varint(out, ((v << 1) ^ (v >> 63)) as u64);
-            }
-            Cell::Time(micros) => time(out, micros),
-            Cell::Text(v) => match IS_DATETIME[at].then(|| stored_micros(v)).flatten() {
-                Some(micros) => time(out, micros),
-                None => text(out, v),
-            },
+    match cell {
+        Cell::Null => out.push(NULL),
+        Cell::Int(v) => {
+            out.push(INT);
+            varint(out, ((v << 1) ^ (v >> 63)) as u64);
         }
+        Cell::Time(micros) => time(out, micros),
+        Cell::Text(v) => match is_datetime.then(|| stored_micros(v)).flatten() {
+            Some(micros) => time(out, micros),
+            None => text(out, v),
+        },
     }
 }
 
@@ -375,8 +391,9 @@ fn stored_micros(text: &str) -> Option<i64> {
     timestamp::parse_plain(text)
 }
 
-/// The cells of a stored value of layout 1 or 2, or `None` when it is not one that
-/// [`encode`] or an earlier build wrote.
+/// The cells of a stored value of layout 1, 2 or 3, or `None` when it is not one that
+/// [`encode`] or an earlier build wrote. Fields missing from a group that was shorter
+/// when it was written are null.
 fn decode<'a>(trip_id: &'a str, value: &'a [u8]) -> Option<[Cell<'a>; STORED_COLUMNS]> {
     fn varint(rest: &mut &[u8]) -> Option<u64> {
         let mut v = 0u64;
@@ -399,38 +416,43 @@ fn decode<'a>(trip_id: &'a str, value: &'a [u8]) -> Option<[Cell<'a>; STORED_COL
     cells[0] = Cell::Text(trip_id);
     let (&layout, rest) = value.split_first()?;
     let (&groups, mut rest) = rest.split_first()?;
-    if !matches!(layout, LAYOUT | LAYOUT_1) || groups & !(HAS_START | HAS_END) != 0 {
+    if !matches!(layout, LAYOUT | LAYOUT_2 | LAYOUT_1) || groups & !(HAS_START | HAS_END) != 0 {
         return None;
     }
     let v1 = layout == LAYOUT_1;
-    let mut read = |range: std::ops::Range<usize>, cells: &mut [Cell<'a>; STORED_COLUMNS]| -> Option<()> {
-        for cell in &mut cells[range] {
-            let [tag] = take(&mut rest)?;
-            *cell = match tag {
-                NULL => Cell::Null,
-                INT if v1 => Cell::Int(i64::from_le_bytes(take(&mut rest)?)),
-                INT => {
-                    let v = varint(&mut rest)?;
-                    Cell::Int((v >> 1) as i64 ^ -((v & 1) as i64))
-                }
-                TEXT => {
-                    let len = if v1 { u64::from(u32::from_le_bytes(take(&mut rest)?)) } else { varint(&mut rest)? };
-                    let len = usize::try_from(len).ok()?;
-                    let (bytes, after) = rest.split_at_checked(len)?;
-                    rest = after;
-                    Cell::Text(std::str::from_utf8(bytes).ok()?)
-                }
-                TIME if !v1 => Cell::Time(i64::from_le_bytes(take(&mut rest)?)),
-                _ => return None,
-            };
-        }
-        Some(())
-    };
+    let mut read =
+        |group: usize, range: std::ops::Range<usize>, cells: &mut [Cell<'a>; STORED_COLUMNS]| -> Option<()> {
+            let len = if layout == LAYOUT { usize::from(take::<1>(&mut rest)?[0]) } else { LEGACY_LENGTHS[group] };
+            if len > range.len() {
+                return None;
+            }
+            for cell in &mut cells[range.start..range.start + len] {
+                let [tag] = take(&mut rest)?;
+                *cell = match tag {
+                    NULL => Cell::Null,
+                    INT if v1 => Cell::Int(i64::from_le_bytes(take(&mut rest)?)),
+                    INT => {
+                        let v = varint(&mut rest)?;
+                        Cell::Int((v >> 1) as i64 ^ -((v & 1) as i64))
+                    }
+                    TEXT => {
+                        let len = if v1 { u64::from(u32::from_le_bytes(take(&mut rest)?)) } else { varint(&mut rest)? };
+                        let len = usize::try_from(len).ok()?;
+                        let (bytes, after) = rest.split_at_checked(len)?;
+                        rest = after;
+                        Cell::Text(std::str::from_utf8(bytes).ok()?)
+                    }
+                    TIME if !v1 => Cell::Time(i64::from_le_bytes(take(&mut rest)?)),
+                    _ => return None,
+                };
+            }
+            Some(())
+        };
     if groups & HAS_START != 0 {
-        read(START, &mut cells)?;
+        read(0, START, &mut cells)?;
     }
     if groups & HAS_END != 0 {
-        read(END, &mut cells)?;
+        read(1, END, &mut cells)?;
     }
     rest.is_empty().then_some(cells)
 }
@@ -642,9 +664,9 @@ mod tests {
     #[tokio::test]
     async fn new_tables_are_uncompressed_and_a_table_an_earlier_build_compressed_still_reads() {
         const TRIPS: usize = 20_000;
-        // The same 73-byte value again and again: LZ4 shrinks the values to a fraction,
+        // The same 75-byte value again and again: LZ4 shrinks the values to a fraction,
         // and nothing else can (the keys' shared prefixes are left out either way).
-        let raw = (TRIPS * 73) as u64;
+        let raw = (TRIPS * 75) as u64;
         let earlier = tempfile::tempdir().unwrap();
         {
             // What earlier builds created: fjall's default options, LZ4 below L1.
@@ -694,15 +716,46 @@ mod tests {
     }
 
     #[test]
-    fn a_typical_trip_is_stored_in_73_bytes_and_reads_back() {
+    fn a_typical_trip_is_stored_in_75_bytes_and_reads_back() {
         let (start, end) = typical_trip();
         let mut value = Vec::new();
         encode_groups(Some(&start), Some(&end), &mut value);
-        assert_eq!(value.len(), 73, "layout 1 took 185");
+        assert_eq!(value.len(), 75, "layout 1 took 185, layout 2 73");
         let cells = decode("t", &value).unwrap();
         let times = cells.iter().filter(|c| matches!(c, Cell::Time(_))).count();
         assert_eq!(times, 3, "the three datetimes are kept as microseconds");
         assert_eq!(item(&cells), TripItem { trip_id: "t".into(), start: Some(start), end: Some(end) });
+    }
+
+    #[test]
+    fn a_value_of_layout_2_and_a_group_written_shorter_still_read() {
+        let (start, end) = typical_trip();
+        let cells_only = |start: Option<&StartGroup>, end: Option<&EndGroup>| {
+            let mut value = Vec::new();
+            encode_groups(start, end, &mut value);
+            value[3..].to_vec() // the layout, the groups and the group's length
+        };
+        // Layout 2: the same cells, without the groups' lengths.
+        let mut v2 = vec![LAYOUT_2, HAS_START | HAS_END];
+        v2.extend(cells_only(Some(&start), None));
+        v2.extend(cells_only(None, Some(&end)));
+        let both = TripItem { trip_id: "t".into(), start: Some(start), end: Some(end.clone()) };
+        assert_eq!(item(&decode("t", &v2).expect("layout 2 reads")), both);
+
+        // An end group stored before its last field was added: one cell fewer.
+        let end = end.with("trip_type", None);
+        let mut cells = cells_only(None, Some(&end));
+        assert_eq!(cells.pop(), Some(NULL), "the last field is absent");
+        let mut shorter = vec![LAYOUT, HAS_END, (END_LEN - 1) as u8];
+        shorter.extend(&cells);
+        let read = item(&decode("t", &shorter).expect("a shorter group reads"));
+        assert_eq!(read.end, Some(end.clone()));
+
+        // A longer group is a newer build's: refused, not misread.
+        let mut longer = vec![LAYOUT, HAS_END, (END_LEN + 1) as u8];
+        longer.extend(cells_only(None, Some(&end)));
+        longer.push(NULL);
+        assert!(decode("t", &longer).is_none());
     }
 
     #[test]

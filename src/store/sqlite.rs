@@ -32,10 +32,7 @@ use crate::{Error, Result};
 /// The table: `trip_id`, a column per field of the registry (integers as INTEGER, the
 /// rest as their stored text), and the derived columns.
 static SCHEMA: LazyLock<String> = LazyLock::new(|| {
-    let fields: String = FIELDS
-        .iter()
-        .map(|f| format!("    {} {},\n", f.name, if f.ty == FieldType::Integer { "INTEGER" } else { "TEXT" }))
-        .collect();
+    let fields: String = FIELDS.iter().map(|f| format!("    {} {},\n", f.name, column_type(f.ty))).collect();
     let (pickup, dropoff) = (EventKind::Start.version_field(), EventKind::End.version_field());
     format!(
         "
@@ -68,11 +65,26 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or created.
     pub fn open(home: &Path) -> Result<Self> {
-        Ok(SqliteStore {
-            db: Db::open(&home.join("trips.sqlite"), &SCHEMA, CACHE_MIB, Stage::Store)?,
-            writes: Arc::default(),
-        })
+        let path = home.join("trips.sqlite");
+        let db = Db::open(&path, &SCHEMA, CACHE_MIB, Stage::Store)?;
+        add_new_fields(&db.blocking()).map_err(|e| Stage::Store.error(&path.display().to_string(), e))?;
+        Ok(SqliteStore { db, writes: Arc::default() })
     }
+}
+
+/// Adds a column for each field of the registry that a table made by an earlier build
+/// lacks: its rows read with the field absent.
+fn add_new_fields(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let mut info = conn.prepare("SELECT name FROM pragma_table_info('trips')")?;
+    let have: Vec<String> = info.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    for f in FIELDS.iter().filter(|f| !have.iter().any(|h| h == f.name)) {
+        conn.execute_batch(&format!("ALTER TABLE trips ADD COLUMN {} {}", f.name, column_type(f.ty)))?;
+    }
+    Ok(())
+}
+
+fn column_type(ty: FieldType) -> &'static str {
+    if ty == FieldType::Integer { "INTEGER" } else { "TEXT" }
 }
 
 fn all_columns() -> Vec<&'static str> {
@@ -251,6 +263,29 @@ impl TripStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_table_made_before_a_field_was_added_gains_its_column() {
+        let home = tempfile::tempdir().unwrap();
+        {
+            // The table as a build without `trip_type` made it, with one trip.
+            let conn = rusqlite::Connection::open(home.path().join("trips.sqlite")).unwrap();
+            let without = SCHEMA.replace("    trip_type TEXT,\n", "");
+            assert_ne!(without, *SCHEMA);
+            conn.execute_batch(&without).unwrap();
+            conn.execute(
+                "INSERT INTO trips (trip_id, dropoff_datetime, fare_amount) VALUES ('t', '2024-05-25T10:00:00.000000Z', '7.5')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(home.path()).unwrap();
+        let end = store.get("t").await.unwrap().unwrap().end.unwrap();
+        assert_eq!((end.get("fare_amount"), end.get("trip_type")), (Some("7.5"), None));
+        let newer = end.with("dropoff_datetime", Some("2024-05-25T11:00:00.000000Z")).with("trip_type", Some("2"));
+        store.merge(vec![TripUpdate { trip_id: "t".into(), start: None, end: Some(newer.clone()) }]).await.unwrap();
+        assert_eq!(store.get("t").await.unwrap().unwrap().end, Some(newer));
+    }
 
     #[test]
     fn upsert_guards_every_column_with_its_group_version() {
