@@ -574,10 +574,40 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::event::START_FIELDS;
+    use crate::model::event::END_FIELDS;
 
     fn encode_groups(start: Option<&StartGroup>, end: Option<&EndGroup>, out: &mut Vec<u8>) {
         encode(&cells_of("t", start, end), out);
+    }
+
+    /// The groups as an earlier build wrote them, in `layout` 1 or 2: the fields the
+    /// groups had then ([`LEGACY_LENGTHS`]), without the groups' lengths.
+    fn legacy(layout: u8, start: Option<&StartGroup>, end: Option<&EndGroup>) -> Vec<u8> {
+        let groups = u8::from(start.is_some()) * HAS_START | u8::from(end.is_some()) * HAS_END;
+        let mut value = vec![layout, groups];
+        let cells = cells_of("t", start, end);
+        let present = [start.is_some(), end.is_some()];
+        for (g, range) in [START, END].into_iter().enumerate().filter(|&(g, _)| present[g]) {
+            for at in range.start..range.start + LEGACY_LENGTHS[g] {
+                match (layout, cells[at]) {
+                    (LAYOUT_2, cell) => encode_cell(cell, IS_DATETIME[at], &mut value),
+                    // Layout 1: integers in 8 bytes, every other value as text behind a
+                    // 4-byte length.
+                    (_, Cell::Null) => value.push(NULL),
+                    (_, Cell::Int(i)) => {
+                        value.push(INT);
+                        value.extend_from_slice(&i.to_le_bytes());
+                    }
+                    (_, Cell::Text(v)) => {
+                        value.push(TEXT);
+                        value.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        value.extend_from_slice(v.as_bytes());
+                    }
+                    (_, Cell::Time(_)) => unreachable!("cells_of gives datetimes as text"),
+                }
+            }
+        }
+        value
     }
 
     /// Any values of `kind`'s group, by the registry: integers of any size, required
@@ -720,7 +750,8 @@ mod tests {
         let (start, end) = typical_trip();
         let mut value = Vec::new();
         encode_groups(Some(&start), Some(&end), &mut value);
-        assert_eq!(value.len(), 75, "layout 1 took 185, layout 2 73");
+        // One byte more for each field added since (absent here).
+        assert_eq!(value.len(), 75 + FIELDS.len() - 14, "layout 1 took 185, layout 2 73");
         let cells = decode("t", &value).unwrap();
         let times = cells.iter().filter(|c| matches!(c, Cell::Time(_))).count();
         assert_eq!(times, 3, "the three datetimes are kept as microseconds");
@@ -730,50 +761,29 @@ mod tests {
     #[test]
     fn a_value_of_layout_2_and_a_group_written_shorter_still_read() {
         let (start, end) = typical_trip();
-        let cells_only = |start: Option<&StartGroup>, end: Option<&EndGroup>| {
-            let mut value = Vec::new();
-            encode_groups(start, end, &mut value);
-            value[3..].to_vec() // the layout, the groups and the group's length
-        };
-        // Layout 2: the same cells, without the groups' lengths.
-        let mut v2 = vec![LAYOUT_2, HAS_START | HAS_END];
-        v2.extend(cells_only(Some(&start), None));
-        v2.extend(cells_only(None, Some(&end)));
+        let v2 = legacy(LAYOUT_2, Some(&start), Some(&end));
+        assert_eq!(v2.len(), 73, "layout 2 took 73 bytes");
         let both = TripItem { trip_id: "t".into(), start: Some(start), end: Some(end.clone()) };
         assert_eq!(item(&decode("t", &v2).expect("layout 2 reads")), both);
 
         // An end group stored before its last field was added: one cell fewer.
-        let end = end.with("trip_type", None);
-        let mut cells = cells_only(None, Some(&end));
-        assert_eq!(cells.pop(), Some(NULL), "the last field is absent");
-        let mut shorter = vec![LAYOUT, HAS_END, (END_LEN - 1) as u8];
-        shorter.extend(&cells);
-        let read = item(&decode("t", &shorter).expect("a shorter group reads"));
-        assert_eq!(read.end, Some(end.clone()));
+        let end = end.with(END_FIELDS[END_LEN - 1].name, None);
+        let mut value = Vec::new();
+        encode_groups(None, Some(&end), &mut value);
+        assert_eq!(value.pop(), Some(NULL), "the last field is absent");
+        value[2] -= 1;
+        assert_eq!(item(&decode("t", &value).expect("a shorter group reads")).end, Some(end.clone()));
 
         // A longer group is a newer build's: refused, not misread.
-        let mut longer = vec![LAYOUT, HAS_END, (END_LEN + 1) as u8];
-        longer.extend(cells_only(None, Some(&end)));
-        longer.push(NULL);
-        assert!(decode("t", &longer).is_none());
+        value[2] += 2;
+        value.extend([NULL, NULL]);
+        assert!(decode("t", &value).is_none());
     }
 
     #[test]
     fn a_value_an_earlier_build_wrote_in_layout_1_still_reads() {
-        // Layout 1: integers in 8 bytes, every other value as text behind a 4-byte length.
-        let mut v1 = vec![LAYOUT_1, HAS_END];
-        let mut text = |v: Option<&str>| match v {
-            None => v1.push(NULL),
-            Some(v) => {
-                v1.push(TEXT);
-                v1.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                v1.extend_from_slice(v.as_bytes());
-            }
-        };
         let (_, end) = typical_trip();
-        for v in end.values() {
-            text(v.as_deref());
-        }
+        let v1 = legacy(LAYOUT_1, None, Some(&end));
         assert_eq!(item(&decode("t", &v1).unwrap()), TripItem { trip_id: "t".into(), start: None, end: Some(end) });
         let mut with_start = vec![LAYOUT_1, HAS_START];
         for id in [93i64, 132, 2] {
@@ -835,32 +845,7 @@ mod tests {
             prop_assert_eq!(&again, &value);
             // Layout 1 kept datetimes as text: from its cells they become microseconds,
             // as they did when the item was read whole.
-            let mut v1 = vec![LAYOUT_1, (u8::from(start.is_some()) * HAS_START) | (u8::from(end.is_some()) * HAS_END)];
-            // Layout 1: integers in 8 bytes, every other value as text behind a 4-byte length.
-            fn put(v1: &mut Vec<u8>, v: Option<&str>) {
-                match v {
-                    None => v1.push(NULL),
-                    Some(v) => {
-                        v1.push(TEXT);
-                        v1.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                        v1.extend_from_slice(v.as_bytes());
-                    }
-                }
-            }
-            if let Some(s) = &start {
-                for (spec, v) in START_FIELDS.iter().zip(s.values()) {
-                    match (spec.ty, v.as_deref().map(|v| v.parse::<i64>())) {
-                        (FieldType::Integer, Some(Ok(id))) => {
-                            v1.push(INT);
-                            v1.extend_from_slice(&id.to_le_bytes());
-                        }
-                        _ => put(&mut v1, v.as_deref()),
-                    }
-                }
-            }
-            if let Some(e) = &end {
-                e.values().iter().for_each(|v| put(&mut v1, v.as_deref()));
-            }
+            let v1 = legacy(LAYOUT_1, start.as_ref(), end.as_ref());
             let cells = decode(&id, &v1).expect("layout 1 decodes");
             let item = item(&cells);
             encode(&cells, &mut again);
