@@ -9,7 +9,7 @@ use chrono::NaiveDate;
 use tokio::sync::OnceCell;
 
 use crate::backend::aws::Aws;
-use crate::backend::location::{Kind, Location};
+use crate::backend::location::{DeadLetterPlace, Location, ObjectPlace, StorePlace, StreamPlace};
 use crate::ingest::deadletter::{DeadLetterSink, FileDeadLetters, ObjectDeadLetters};
 use crate::kpi::{DateSelection, OutputLocation};
 use crate::store::TripStore;
@@ -26,7 +26,7 @@ use crate::{Error, Result};
 /// `trips/` (the trip table, an LSM tree) and `dead_letters.ndjson`. A home made before
 /// the log stream or the LSM table keeps its SQLite ones, `stream.sqlite` and
 /// `trips.sqlite`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
     dir: PathBuf,
 }
@@ -119,47 +119,69 @@ impl AwsEnv {
     }
 }
 
-/// Where the stream is: `--stream` (absent: the embedded stream under `--home`).
+/// Where the stream is: `--stream`, with the home of the embedded one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamUrl {
     /// `<home>/stream/`.
-    Embedded,
+    Embedded(Home),
     /// `kinesis://NAME`.
     Kinesis(String),
 }
 
-/// Where the trip table is: `--store` (absent: the embedded table under `--home`).
+/// Where the trip table is: `--store`, with the home of the embedded one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
-    /// The embedded table under `--home` (see [`Home::store`]).
-    Embedded,
+    /// The embedded table under the home (see [`Home::store`]).
+    Embedded(Home),
     /// `dynamodb://TABLE`.
     DynamoDb(String),
 }
 
+/// Where rejected records go: `--dead-letter`, with the home of the embedded file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterUrl {
+    /// `<home>/dead_letters.ndjson`.
+    Embedded(Home),
+    /// A local file, or a prefix in an S3 bucket.
+    Object(ObjectPlace),
+}
+
 impl StreamUrl {
-    /// Parses `--stream`.
+    /// Parses `--stream`; the embedded stream is `home`'s.
     ///
     /// # Errors
     /// When it is neither `kinesis://NAME` nor `embedded`.
-    pub fn parse(url: Option<&str>) -> Result<Self> {
-        match Location::parse("--stream", url, &[Kind::Embedded, Kind::Kinesis])? {
-            Location::Kinesis(name) => Ok(StreamUrl::Kinesis(name)),
-            _ => Ok(StreamUrl::Embedded),
-        }
+    pub fn parse(url: Option<&str>, home: &Home) -> Result<Self> {
+        Ok(match Location::parse_as("--stream", url)? {
+            StreamPlace::Embedded => StreamUrl::Embedded(home.clone()),
+            StreamPlace::Kinesis(name) => StreamUrl::Kinesis(name),
+        })
     }
 }
 
 impl StoreUrl {
-    /// Parses `--store`.
+    /// Parses `--store`; the embedded table is `home`'s.
     ///
     /// # Errors
     /// When it is neither `dynamodb://TABLE` nor `embedded`.
-    pub fn parse(url: Option<&str>) -> Result<Self> {
-        match Location::parse("--store", url, &[Kind::Embedded, Kind::DynamoDb])? {
-            Location::DynamoDb(table) => Ok(StoreUrl::DynamoDb(table)),
-            _ => Ok(StoreUrl::Embedded),
-        }
+    pub fn parse(url: Option<&str>, home: &Home) -> Result<Self> {
+        Ok(match Location::parse_as("--store", url)? {
+            StorePlace::Embedded => StoreUrl::Embedded(home.clone()),
+            StorePlace::DynamoDb(table) => StoreUrl::DynamoDb(table),
+        })
+    }
+}
+
+impl DeadLetterUrl {
+    /// Parses `--dead-letter`; the embedded file is `home`'s.
+    ///
+    /// # Errors
+    /// When it is not a path, `file://` or `s3://` URL, or `embedded`.
+    pub fn parse(url: Option<&str>, home: &Home) -> Result<Self> {
+        Ok(match Location::parse_as("--dead-letter", url)? {
+            DeadLetterPlace::Embedded => DeadLetterUrl::Embedded(home.clone()),
+            DeadLetterPlace::Object(place) => DeadLetterUrl::Object(place),
+        })
     }
 }
 
@@ -201,13 +223,12 @@ pub struct OpenedStream {
 /// When the stream or its checkpoint table does not exist, or cannot be opened.
 pub async fn open_stream(
     url: &StreamUrl,
-    home: &Home,
     shards: Option<u32>,
     aws: &AwsEnv,
     tuning: &AwsTuning,
 ) -> Result<OpenedStream> {
     match url {
-        StreamUrl::Embedded => {
+        StreamUrl::Embedded(home) => {
             let s = Arc::new(home.stream(shards)?);
             Ok(OpenedStream { stream: s.clone(), checkpoints: s })
         }
@@ -228,28 +249,13 @@ pub async fn open_stream(
     }
 }
 
-/// The home of an embedded backend, which a process without one (a Lambda function)
-/// cannot open.
-fn embedded_home<'h>(home: Option<&'h Home>, what: &str, flag: &str) -> Result<&'h Home> {
-    home.ok_or_else(|| {
-        Error::Config(format!(
-            "the embedded {what} lives under --home, and a Lambda function has none; set {flag} to an AWS URL"
-        ))
-    })
-}
-
-/// Opens the trip table `url` names; the embedded one under `home`.
+/// Opens the trip table `url` names.
 ///
 /// # Errors
-/// When it does not exist or cannot be opened, or it is embedded and there is no home.
-pub async fn open_store(
-    url: &StoreUrl,
-    home: Option<&Home>,
-    aws: &AwsEnv,
-    tuning: &AwsTuning,
-) -> Result<Arc<dyn TripStore>> {
+/// When it does not exist or cannot be opened.
+pub async fn open_store(url: &StoreUrl, aws: &AwsEnv, tuning: &AwsTuning) -> Result<Arc<dyn TripStore>> {
     match url {
-        StoreUrl::Embedded => embedded_home(home, "trip table", "TRIPFLOW_STORE")?.store(),
+        StoreUrl::Embedded(home) => home.store(),
         StoreUrl::DynamoDb(table) => {
             let store = DynamoStore::new(aws.get().await?, table)
                 .with_write_concurrency(tuning.write_concurrency)
@@ -260,38 +266,34 @@ pub async fn open_store(
     }
 }
 
-/// Opens the dead-letter output: `--dead-letter` (a file path, `file://` or
-/// `s3://bucket/prefix`), or `<home>/dead_letters.ndjson`. Returns it and its name.
+/// Opens the dead-letter output `url` names. Returns it and its name.
 ///
 /// # Errors
-/// When it cannot be opened, or it is embedded and there is no home.
-pub async fn open_dead_letters(
-    url: Option<&str>,
-    home: Option<&Home>,
-    aws: &AwsEnv,
-) -> Result<(Arc<dyn DeadLetterSink>, String)> {
-    match Location::parse("--dead-letter", url, &[Kind::Embedded, Kind::Local, Kind::S3])? {
-        Location::S3 { bucket, prefix } => {
-            let store = aws.get().await?.s3(&bucket)?;
-            let display = format!("{}/dead_letters/", url.unwrap_or_default().trim().trim_end_matches('/'));
-            Ok((Arc::new(ObjectDeadLetters::new(store, &prefix, &display)), display))
+/// When it cannot be opened.
+pub async fn open_dead_letters(url: &DeadLetterUrl, aws: &AwsEnv) -> Result<(Arc<dyn DeadLetterSink>, String)> {
+    match url {
+        DeadLetterUrl::Object(place @ ObjectPlace::S3 { bucket, prefix }) => {
+            let store = aws.get().await?.s3(bucket)?;
+            let display = format!("{place}/dead_letters/");
+            Ok((Arc::new(ObjectDeadLetters::new(store, prefix, &display)), display))
         }
-        Location::Local(path) => Ok((Arc::new(FileDeadLetters::open(&path)?), path.display().to_string())),
-        _ => {
-            let home = embedded_home(home, "dead-letter file", "TRIPFLOW_DEAD_LETTER")?;
+        DeadLetterUrl::Object(ObjectPlace::Local(path)) => {
+            Ok((Arc::new(FileDeadLetters::open(path)?), path.display().to_string()))
+        }
+        DeadLetterUrl::Embedded(home) => {
             Ok((Arc::new(home.dead_letters()?), home.dead_letter_path().display().to_string()))
         }
     }
 }
 
-/// Opens `--out`: a local directory, `file://` or `s3://bucket/prefix`.
+/// Opens `--out`: a local directory (created if missing) or an S3 prefix.
 ///
 /// # Errors
-/// See [`OutputLocation::parse`].
-pub async fn open_output(out: &str, aws: &AwsEnv) -> Result<OutputLocation> {
-    match Location::parse("--out", Some(out), &[Kind::Local, Kind::S3])? {
-        Location::S3 { .. } => OutputLocation::parse(out, Some(aws.get().await?)),
-        _ => OutputLocation::parse(out, None),
+/// See [`OutputLocation::open`].
+pub async fn open_output(out: &ObjectPlace, aws: &AwsEnv) -> Result<OutputLocation> {
+    match out {
+        ObjectPlace::S3 { .. } => OutputLocation::open(out, Some(aws.get().await?)),
+        ObjectPlace::Local(_) => OutputLocation::open(out, None),
     }
 }
 
@@ -439,38 +441,30 @@ mod tests {
 
     #[test]
     fn backend_urls_parse_or_say_what_to_write() {
-        assert_eq!(StreamUrl::parse(None).unwrap(), StreamUrl::Embedded);
+        let home = Home::new("some-home").unwrap();
+        let stream = |url| StreamUrl::parse(url, &home);
+        let store = |url| StoreUrl::parse(url, &home);
+        assert_eq!(stream(None).unwrap(), StreamUrl::Embedded(home.clone()));
+        assert_eq!(stream(Some("kinesis://bolt_streams")).unwrap(), StreamUrl::Kinesis("bolt_streams".into()));
+        assert!(stream(Some("kafka://x")).unwrap_err().to_string().contains("kinesis://STREAM-NAME"));
+        assert!(stream(Some("kinesis://")).unwrap_err().to_string().contains("not a Kinesis stream name"));
+        assert!(stream(Some("dynamodb://bolt")).unwrap_err().to_string().contains("dynamodb:// is not supported"));
+        assert_eq!(store(Some("embedded")).unwrap(), StoreUrl::Embedded(home.clone()));
+        assert_eq!(store(Some("dynamodb://bolt")).unwrap(), StoreUrl::DynamoDb("bolt".into()));
+        assert!(store(Some("dynamodb://a/b")).is_err());
+        assert!(store(Some("postgres://x")).unwrap_err().to_string().contains("dynamodb://TABLE"));
+        let dead = |url| DeadLetterUrl::parse(url, &home);
+        assert_eq!(dead(None).unwrap(), DeadLetterUrl::Embedded(home.clone()));
         assert_eq!(
-            StreamUrl::parse(Some("kinesis://bolt_streams")).unwrap(),
-            StreamUrl::Kinesis("bolt_streams".into())
+            dead(Some("s3://b-1/dl/")).unwrap(),
+            DeadLetterUrl::Object(ObjectPlace::S3 { bucket: "b-1".into(), prefix: "dl".into() })
         );
-        assert!(StreamUrl::parse(Some("kafka://x")).unwrap_err().to_string().contains("kinesis://STREAM-NAME"));
-        assert!(StreamUrl::parse(Some("kinesis://")).unwrap_err().to_string().contains("not a Kinesis stream name"));
-        assert!(
-            StreamUrl::parse(Some("dynamodb://bolt")).unwrap_err().to_string().contains("dynamodb:// is not supported")
-        );
-        assert_eq!(StoreUrl::parse(Some("dynamodb://bolt")).unwrap(), StoreUrl::DynamoDb("bolt".into()));
-        assert!(StoreUrl::parse(Some("dynamodb://a/b")).is_err());
-        assert!(StoreUrl::parse(Some("postgres://x")).unwrap_err().to_string().contains("dynamodb://TABLE"));
+        assert!(dead(Some("kinesis://x")).unwrap_err().to_string().contains("kinesis:// is not supported here"));
     }
 
     #[test]
     fn a_missing_input_names_its_flag() {
         let err = input_file(Path::new("/no/such.csv"), "--start").unwrap_err().to_string();
         assert!(err.contains("/no/such.csv") && err.contains("--start"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn without_a_home_the_embedded_backends_say_so() {
-        let aws = AwsEnv::default();
-        let Err(err) = open_store(&StoreUrl::Embedded, None, &aws, &AwsTuning::default()).await else {
-            panic!("an embedded store opened without a home")
-        };
-        assert!(err.to_string().contains("a Lambda function has none; set TRIPFLOW_STORE"), "{err}");
-        assert_eq!(err.exit_code(), 2);
-        let Err(err) = open_dead_letters(None, None, &aws).await else {
-            panic!("embedded dead letters opened without a home")
-        };
-        assert!(err.to_string().contains("TRIPFLOW_DEAD_LETTER"), "{err}");
     }
 }

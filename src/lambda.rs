@@ -25,8 +25,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::backend::location::{DynamoTable, Location};
-use crate::config::{self, AwsEnv, AwsTuning, StoreUrl};
+use crate::backend::location::{DeadLetterPlace, Location, ObjectPlace, StorePlace};
+use crate::config::{self, AwsEnv, AwsTuning, DeadLetterUrl, StoreUrl};
 use crate::ingest::batcher::Pending;
 use crate::ingest::deadletter::DeadLetterSink;
 use crate::ingest::{IngestCounts, merge_batch};
@@ -74,9 +74,9 @@ pub struct Settings {
     /// `TRIPFLOW_STORE`: `dynamodb://TABLE` (required).
     pub store: StoreUrl,
     /// `TRIPFLOW_DEAD_LETTER`: `s3://BUCKET/PREFIX` or a path (required by ingest).
-    pub dead_letter: Option<String>,
+    pub dead_letter: Option<ObjectPlace>,
     /// `TRIPFLOW_OUT`: `s3://BUCKET/PREFIX` or a path (required by kpi).
-    pub out: Option<String>,
+    pub out: Option<ObjectPlace>,
     /// `TRIPFLOW_LOOKBACK`: days before the scheduled date a nightly run also covers.
     pub lookback: u32,
     /// `TRIPFLOW_QUERIES`: a folder of `.sql` files; the built-in queries without it.
@@ -130,15 +130,34 @@ impl Settings {
         let command = command.mut_args(|a| a.env(None::<&str>));
         let matches = command.try_get_matches_from(&argv).map_err(&refused)?;
         let args = crate::cli::LambdaArgs::from_arg_matches(&matches).map_err(&refused)?;
-        let DynamoTable(table) = Location::parse_as("TRIPFLOW_STORE", args.store.store.as_deref())?;
-        let store = StoreUrl::DynamoDb(table);
+        // The URLs are parsed as the CLI parses its flags, so a bad one gets the CLI's
+        // message, with the variable's name in front.
+        let named = |name: &'static str| move |e: Error| Error::Config(format!("{name}: {e}"));
+        let store = match Location::parse_as("--store", args.store.store.as_deref()).map_err(named("TRIPFLOW_STORE"))? {
+            StorePlace::DynamoDb(table) => StoreUrl::DynamoDb(table),
+            StorePlace::Embedded => {
+                return Err(Error::Config(
+                    "TRIPFLOW_STORE is not set; set it to dynamodb://TABLE (a function has no embedded trip table)"
+                        .into(),
+                ));
+            }
+        };
+        let dead_letter = match Location::parse_as("--dead-letter", args.dead_letter.dead_letter.as_deref())
+            .map_err(named("TRIPFLOW_DEAD_LETTER"))?
+        {
+            DeadLetterPlace::Object(place) => Some(place),
+            DeadLetterPlace::Embedded => None,
+        };
+        let given = |id: &str| matches.value_source(id) != Some(clap::parser::ValueSource::DefaultValue);
+        let out = given("out")
+            .then(|| Location::parse_as::<ObjectPlace>("--out", Some(&args.kpi.out)).map_err(named("TRIPFLOW_OUT")))
+            .transpose()?;
         // The lookback's bound is the date selection's, as `tripflow kpi` checks it.
         config::lookback_dates(args.window.lookback, chrono::Utc::now().date_naive())?;
-        let given = |id: &str| matches.value_source(id) != Some(clap::parser::ValueSource::DefaultValue);
         Ok(Settings {
             store,
-            dead_letter: args.dead_letter.dead_letter,
-            out: given("out").then_some(args.kpi.out),
+            dead_letter,
+            out,
             lookback: args.window.lookback,
             queries: args.kpi.queries,
             parquet: args.kpi.parquet,
@@ -178,13 +197,13 @@ impl IngestFunction {
     /// When `TRIPFLOW_DEAD_LETTER` is not set, or a backend cannot be opened (a missing
     /// table, say).
     pub async fn open(settings: &Settings, aws: &AwsEnv) -> Result<Self> {
-        let Some(dead_letter) = settings.dead_letter.as_deref() else {
+        let Some(dead_letter) = &settings.dead_letter else {
             return Err(Error::Config(
                 "TRIPFLOW_DEAD_LETTER is not set; set it to s3://BUCKET/PREFIX, where rejected records are kept".into(),
             ));
         };
-        let store = config::open_store(&settings.store, None, aws, &settings.tuning).await?;
-        let (dead_letters, _) = config::open_dead_letters(Some(dead_letter), None, aws).await?;
+        let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
+        let (dead_letters, _) = config::open_dead_letters(&DeadLetterUrl::Object(dead_letter.clone()), aws).await?;
         Ok(Self::new(store, dead_letters))
     }
 
@@ -343,14 +362,14 @@ impl KpiFunction {
     /// When `TRIPFLOW_OUT` is not set, a query folder cannot be read, or a backend
     /// cannot be opened.
     pub async fn open(settings: &Settings, aws: &AwsEnv) -> Result<Self> {
-        let Some(out) = settings.out.as_deref() else {
+        let Some(out) = &settings.out else {
             return Err(Error::Config(
                 "TRIPFLOW_OUT is not set; set it to s3://BUCKET/PREFIX for the KPI files".into(),
             ));
         };
         let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
         let out = config::open_output(out, aws).await?;
-        let store = config::open_store(&settings.store, None, aws, &settings.tuning).await?;
+        let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
         Ok(KpiFunction {
             store,
             queries,
@@ -452,7 +471,8 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.store, StoreUrl::DynamoDb("bolt".into()));
-        assert_eq!((s.out.as_deref(), s.dead_letter.as_deref(), s.lookback), (Some("s3://bucket/prefix"), None, 3));
+        let out = ObjectPlace::S3 { bucket: "bucket".into(), prefix: "prefix".into() };
+        assert_eq!((s.out, s.dead_letter, s.lookback), (Some(out), None, 3));
         assert_eq!(s.tuning.write_concurrency, 8);
         let err = |pairs: &[(&str, &str)]| Settings::from_vars(vars(pairs)).unwrap_err().to_string();
         assert!(err(&[]).contains("TRIPFLOW_STORE"));

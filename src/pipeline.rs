@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::Result;
-use crate::config::{self, AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
+use crate::config::{self, AwsEnv, AwsTuning, DeadLetterUrl, StoreUrl, StreamUrl};
 use crate::error::Stage;
 use crate::ingest::{Ingest, IngestCounts, IngestOptions};
 use crate::kpi::{self, DateSelection, Formats, KpiReport, OutputLocation};
@@ -23,14 +23,12 @@ pub struct RunSettings {
     pub start: PathBuf,
     /// `trip_end.csv`.
     pub end: PathBuf,
-    /// Embedded backends' folder.
-    pub home: Home,
     /// `--stream`.
     pub stream: StreamUrl,
     /// `--store`.
     pub store: StoreUrl,
-    /// `--dead-letter`, when not under `--home`.
-    pub dead_letter: Option<String>,
+    /// `--dead-letter`.
+    pub dead_letter: DeadLetterUrl,
     /// AWS backend tuning.
     pub tuning: AwsTuning,
     /// Shard count for a new stream.
@@ -107,10 +105,9 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     // The queries first: a broken one fails the run before produce and ingest start.
     let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
     kpi::check(&queries).await?;
-    let opened = config::open_stream(&settings.stream, &settings.home, settings.shards, aws, &settings.tuning).await?;
-    let store = config::open_store(&settings.store, Some(&settings.home), aws, &settings.tuning).await?;
-    let (dead_letters, dead_letter_file) =
-        config::open_dead_letters(settings.dead_letter.as_deref(), Some(&settings.home), aws).await?;
+    let opened = config::open_stream(&settings.stream, settings.shards, aws, &settings.tuning).await?;
+    let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
+    let (dead_letters, dead_letter_file) = config::open_dead_letters(&settings.dead_letter, aws).await?;
 
     // Produce and ingest side by side, as the original's script and Lambda ran: the
     // producer on its own task, ingest following the stream until the producer is done

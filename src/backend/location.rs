@@ -162,23 +162,89 @@ impl Place for ObjectPlace {
     const ACCEPTS: &'static [Kind] = &[Kind::Local, Kind::S3];
 }
 
-/// A DynamoDB table, by name (the Lambda functions' `TRIPFLOW_STORE`).
+/// Where a stream is (`--stream`): the embedded one, or a Kinesis stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DynamoTable(pub String);
+pub enum StreamPlace {
+    /// The embedded stream under `--home`.
+    Embedded,
+    /// A Kinesis stream, by name.
+    Kinesis(String),
+}
 
-impl TryFrom<Location> for DynamoTable {
+impl TryFrom<Location> for StreamPlace {
     type Error = Location;
 
     fn try_from(location: Location) -> std::result::Result<Self, Location> {
         match location {
-            Location::DynamoDb(table) => Ok(DynamoTable(table)),
+            Location::Embedded => Ok(StreamPlace::Embedded),
+            Location::Kinesis(name) => Ok(StreamPlace::Kinesis(name)),
             other => Err(other),
         }
     }
 }
 
-impl Place for DynamoTable {
-    const ACCEPTS: &'static [Kind] = &[Kind::DynamoDb];
+impl Place for StreamPlace {
+    const ACCEPTS: &'static [Kind] = &[Kind::Embedded, Kind::Kinesis];
+}
+
+/// Where the trip table is (`--store`): the embedded one, or a DynamoDB table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorePlace {
+    /// The embedded table under `--home`.
+    Embedded,
+    /// A DynamoDB table, by name.
+    DynamoDb(String),
+}
+
+impl TryFrom<Location> for StorePlace {
+    type Error = Location;
+
+    fn try_from(location: Location) -> std::result::Result<Self, Location> {
+        match location {
+            Location::Embedded => Ok(StorePlace::Embedded),
+            Location::DynamoDb(table) => Ok(StorePlace::DynamoDb(table)),
+            other => Err(other),
+        }
+    }
+}
+
+impl Place for StorePlace {
+    const ACCEPTS: &'static [Kind] = &[Kind::Embedded, Kind::DynamoDb];
+}
+
+/// Where dead letters go (`--dead-letter`): the file under `--home`, or as [`ObjectPlace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterPlace {
+    /// `<home>/dead_letters.ndjson`.
+    Embedded,
+    /// A local file, or a prefix in an S3 bucket.
+    Object(ObjectPlace),
+}
+
+impl TryFrom<Location> for DeadLetterPlace {
+    type Error = Location;
+
+    fn try_from(location: Location) -> std::result::Result<Self, Location> {
+        match location {
+            Location::Embedded => Ok(DeadLetterPlace::Embedded),
+            other => ObjectPlace::try_from(other).map(DeadLetterPlace::Object),
+        }
+    }
+}
+
+impl Place for DeadLetterPlace {
+    const ACCEPTS: &'static [Kind] = &[Kind::Embedded, Kind::Local, Kind::S3];
+}
+
+impl std::fmt::Display for ObjectPlace {
+    /// The place as a user writes it: a path, or `s3://BUCKET/PREFIX` with no trailing `/`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectPlace::Local(path) => write!(f, "{}", path.display()),
+            ObjectPlace::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            ObjectPlace::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
 }
 
 impl Location {

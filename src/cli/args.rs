@@ -1,6 +1,6 @@
 //! The flags of every command (clap definitions, each with its `TRIPFLOW_*` variable),
-//! the checks made before any work starts ([`check_flags`]), and what several commands
-//! print. Each command's work is in `command/`.
+//! and what several commands print. The flags become each command's checked settings in
+//! [`super::settings`]; each command's work is in `command/`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::backend::location::{Kind, Location};
-use crate::config::{self, AwsTuning, StoreUrl, StreamUrl};
+use crate::config::{self, AwsTuning};
 use crate::error::{Context, Stage};
 use crate::ingest::{IngestCounts, IngestOptions};
 use crate::kpi::{KpiReport, OutputLocation};
@@ -485,60 +484,6 @@ pub(crate) fn stop_on_signal() -> Arc<AtomicBool> {
         flag.store(true, Ordering::Relaxed);
     });
     stop
-}
-
-/// Checks every flag value of the command that can be checked without touching a file
-/// or a service (URLs, dates, positions, the cron expression), so that a bad one is
-/// reported before any work starts.
-///
-/// # Errors
-/// The first bad value, as [`Error::Config`].
-#[doc(hidden)]
-pub fn check_flags(cli: &Cli) -> Result<()> {
-    let urls = |stream: Option<&StreamArgs>, store: Option<&StoreArgs>, dead_letter: Option<&DeadLetterArgs>| {
-        if let Some(s) = stream {
-            StreamUrl::parse(s.stream.as_deref())?;
-        }
-        if let Some(s) = store {
-            StoreUrl::parse(s.store.as_deref())?;
-        }
-        if let Some(d) = dead_letter {
-            Location::parse("--dead-letter", d.dead_letter.as_deref(), &[Kind::Embedded, Kind::Local, Kind::S3])?;
-        }
-        Ok::<(), Error>(())
-    };
-    let out = |out: &str| Location::parse("--out", Some(out), &[Kind::Local, Kind::S3]).map(drop);
-    match &cli.command {
-        Command::Run(a) => {
-            urls(Some(&a.stream), Some(&a.store), Some(&a.dead_letter))?;
-            out(&a.kpi.out)
-        }
-        Command::Produce(a) => urls(Some(&a.stream), None, None),
-        Command::Ingest(a) => {
-            urls(Some(&a.stream), Some(&a.store), Some(&a.dead_letter))?;
-            parse_position(&a.initial_position).map(drop)
-        }
-        Command::Kpi(a) => {
-            urls(None, Some(&a.store), None)?;
-            out(&a.kpi.out)?;
-            config::date_selection(&a.date_flags(), chrono::Utc::now().date_naive()).map(drop)
-        }
-        Command::Schedule(a) => {
-            urls(None, Some(&a.store), None)?;
-            out(&a.kpi.out)?;
-            crate::kpi::schedule::Schedule::parse(&a.cron)?;
-            // The earliest run's lookback must be representable too.
-            let flags = config::DateFlags { lookback: a.window.lookback, ..Default::default() };
-            config::date_selection(&flags, chrono::Utc::now().date_naive()).map(drop)
-        }
-        Command::Setup(a) => {
-            urls(Some(&a.stream), Some(&a.store), Some(&a.dead_letter))?;
-            Location::parse("--out", a.out.as_deref(), &[Kind::Embedded, Kind::Local, Kind::S3]).map(drop)
-        }
-        Command::Sql(a) => Location::parse("--snapshots", Some(&a.snapshots), &[Kind::Local, Kind::S3]).map(drop),
-        Command::Report(a) => out(&a.out),
-        Command::Gen(_) => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -32,28 +32,36 @@ pub struct OutputLocation {
 }
 
 impl OutputLocation {
-    /// Parses `--out`: a local directory (created if missing), a `file://` URL, or an
-    /// `s3://bucket/prefix` URL (which needs `aws`).
+    /// Parses `--out` and opens it ([`OutputLocation::open`]).
     ///
     /// # Errors
-    /// When the URL's scheme is not supported or the directory cannot be created.
+    /// When the URL's scheme is not supported, or as [`OutputLocation::open`].
     pub fn parse(out: &str, aws: Option<&Aws>) -> Result<Self> {
-        let path = match Location::parse_as("--out", Some(out))? {
+        OutputLocation::open(&Location::parse_as("--out", Some(out))?, aws)
+    }
+
+    /// Opens `place`: a local directory (created if missing), or a prefix in an S3 bucket
+    /// (which needs `aws`).
+    ///
+    /// # Errors
+    /// When the directory cannot be created, or S3 is asked for without `aws`.
+    pub fn open(place: &ObjectPlace, aws: Option<&Aws>) -> Result<Self> {
+        let path = match place {
             ObjectPlace::S3 { bucket, prefix } => {
-                let aws = aws.ok_or_else(|| Error::Config(format!("--out {out}: S3 needs the AWS configuration")))?;
+                let aws = aws.ok_or_else(|| Error::Config(format!("--out {place}: S3 needs the AWS configuration")))?;
                 return Ok(OutputLocation {
-                    store: aws.s3(&bucket)?,
+                    store: aws.s3(bucket)?,
                     prefix: ObjectPath::from(prefix.as_str()),
-                    display: out.trim().trim_end_matches('/').to_owned(),
+                    display: place.to_string(),
                 });
             }
             ObjectPlace::Local(path) => path,
         };
-        std::fs::create_dir_all(&path).map_err(|e| {
+        std::fs::create_dir_all(path).map_err(|e| {
             let context = format!("cannot create output directory {}", path.display());
             Stage::Output.error_then(context, e, "choose a writable --out")
         })?;
-        let store = LocalFileSystem::new_with_prefix(&path)
+        let store = LocalFileSystem::new_with_prefix(path)
             .map_err(|e| Stage::Output.error(format!("cannot use output directory {}", path.display()), e))?;
         Ok(OutputLocation {
             store: Arc::new(store),

@@ -121,8 +121,16 @@ impl SqlSession {
     /// # Errors
     /// When `root` does not exist or holds neither snapshots nor KPI Parquet files.
     pub async fn open(root: &str, aws: Option<&Aws>) -> Result<Self> {
+        SqlSession::open_at(&Location::parse_as("--snapshots", Some(root))?, aws).await
+    }
+
+    /// [`SqlSession::open`] on a parsed `--snapshots`.
+    ///
+    /// # Errors
+    /// As [`SqlSession::open`].
+    pub async fn open_at(root: &ObjectPlace, aws: Option<&Aws>) -> Result<Self> {
         let ctx = SessionContext::new();
-        let location = match Location::parse_as("--snapshots", Some(root))? {
+        let location = match root.clone() {
             ObjectPlace::S3 { bucket, prefix } => {
                 let aws =
                     aws.ok_or_else(|| Error::Config(format!("--snapshots {root}: S3 needs the AWS configuration")))?;

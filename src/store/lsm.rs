@@ -84,7 +84,7 @@ const LAYOUT_1: u8 = 1;
 /// those values do not record. Layout 3 records each group's length, so an item stored
 /// before a field was appended to its group reads with that field absent.
 const LEGACY_LENGTHS: [usize; 2] = [6, 8];
-const _: () = assert!(START_LEN <= u8::MAX as usize && END_LEN <= u8::MAX as usize, "a group's length is one byte");
+const _: () = assert!(FIELDS.len() <= u8::MAX as usize, "a group's length is one byte");
 const HAS_START: u8 = 1;
 const HAS_END: u8 = 2;
 const NULL: u8 = 0;
@@ -583,7 +583,7 @@ mod tests {
     /// The groups as an earlier build wrote them, in `layout` 1 or 2: the fields the
     /// groups had then ([`LEGACY_LENGTHS`]), without the groups' lengths.
     fn legacy(layout: u8, start: Option<&StartGroup>, end: Option<&EndGroup>) -> Vec<u8> {
-        let groups = u8::from(start.is_some()) * HAS_START | u8::from(end.is_some()) * HAS_END;
+        let groups = (u8::from(start.is_some()) * HAS_START) | (u8::from(end.is_some()) * HAS_END);
         let mut value = vec![layout, groups];
         let cells = cells_of("t", start, end);
         let present = [start.is_some(), end.is_some()];

@@ -67,7 +67,7 @@ impl SqliteStore {
     pub fn open(home: &Path) -> Result<Self> {
         let path = home.join("trips.sqlite");
         let db = Db::open(&path, &SCHEMA, CACHE_MIB, Stage::Store)?;
-        add_new_fields(&db.blocking()).map_err(|e| Stage::Store.error(&path.display().to_string(), e))?;
+        add_new_fields(&db.blocking()).map_err(|e| Stage::Store.error(path.display(), e))?;
         Ok(SqliteStore { db, writes: Arc::default() })
     }
 }

@@ -64,13 +64,13 @@ async fn run_over_data_matches_an_independent_computation() {
     let start = data_dir().join("trip_start.csv");
     let end = data_dir().join("trip_end.csv");
     let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path().join("home")).unwrap();
     let settings = RunSettings {
         start: start.clone(),
         end: end.clone(),
-        home: Home::new(tmp.path().join("home")).unwrap(),
-        stream: tripflow::config::StreamUrl::Embedded,
-        store: tripflow::config::StoreUrl::Embedded,
-        dead_letter: None,
+        stream: tripflow::config::StreamUrl::Embedded(home.clone()),
+        store: tripflow::config::StoreUrl::Embedded(home.clone()),
+        dead_letter: tripflow::config::DeadLetterUrl::Embedded(home.clone()),
         tuning: Default::default(),
         shards: Some(4),
         out: OutputLocation::parse(tmp.path().join("out").to_str().unwrap(), None).unwrap(),

@@ -16,7 +16,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tripflow::config::{AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
+use tripflow::config::{AwsEnv, AwsTuning, DeadLetterUrl, Home, StoreUrl, StreamUrl};
 use tripflow::ingest::IngestOptions;
 use tripflow::kpi::{Formats, OutputLocation};
 use tripflow::pipeline::{self, RunSettings};
@@ -259,13 +259,13 @@ pub fn failures(outcome: &Outcome) -> Vec<String> {
 /// `tripflow run` on `data/` with the embedded backends and the built-in queries.
 async fn cli_run(tmp: &Path) -> BTreeMap<String, Vec<u8>> {
     let out = tmp.join("cli-out");
+    let home = Home::new(tmp.join("cli-home")).unwrap();
     let settings = RunSettings {
         start: data_dir().join("trip_start.csv"),
         end: data_dir().join("trip_end.csv"),
-        home: Home::new(tmp.join("cli-home")).unwrap(),
-        stream: StreamUrl::Embedded,
-        store: StoreUrl::Embedded,
-        dead_letter: None,
+        stream: StreamUrl::Embedded(home.clone()),
+        store: StoreUrl::Embedded(home.clone()),
+        dead_letter: DeadLetterUrl::Embedded(home),
         tuning: AwsTuning::default(),
         shards: None,
         out: OutputLocation::parse(out.to_str().unwrap(), None).unwrap(),
@@ -453,21 +453,33 @@ async fn an_unknown_handler_fails_at_init_naming_the_valid_ones() {
 }
 
 /// The functions read their settings with the command line's own definitions: each value
-/// `tripflow kpi` refuses, the KPI function refuses at init, with the CLI's message.
+/// `tripflow kpi` or `tripflow ingest` refuses, the function refuses at init, with the CLI's message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_functions_refuse_what_the_cli_refuses_with_the_same_message() {
     let tmp = tempfile::tempdir().unwrap();
+    let queries = tmp.path().join("no-queries-here");
+    std::fs::create_dir_all(&queries).unwrap();
+    let queries = queries.to_str().unwrap();
+    // Each variable both read, a bad value, and the command that reads it. (TRIPFLOW_PARQUET
+    // has no bad value: both read any word but a false one as true.)
     let cases = [
-        ("TRIPFLOW_WRITE_CONCURRENCY", "0"),
-        ("TRIPFLOW_WRITE_CONCURRENCY", "many"),
-        ("TRIPFLOW_SCAN_SEGMENTS", "0"),
-        ("TRIPFLOW_SCAN_SEGMENTS", "2000000"),
-        ("TRIPFLOW_LOOKBACK", "-1"),
-        ("TRIPFLOW_LOOKBACK", "40000"),
+        ("TRIPFLOW_WRITE_CONCURRENCY", "0", "kpi"),
+        ("TRIPFLOW_WRITE_CONCURRENCY", "many", "kpi"),
+        ("TRIPFLOW_SCAN_SEGMENTS", "0", "kpi"),
+        ("TRIPFLOW_SCAN_SEGMENTS", "2000000", "kpi"),
+        ("TRIPFLOW_LOOKBACK", "-1", "kpi"),
+        ("TRIPFLOW_LOOKBACK", "40000", "kpi"),
+        ("TRIPFLOW_STORE", "postgres://db", "kpi"),
+        ("TRIPFLOW_STORE", "dynamodb://a/b", "kpi"),
+        ("TRIPFLOW_OUT", "gs://bucket/kpis", "kpi"),
+        ("TRIPFLOW_OUT", "s3://Not_A_Bucket/x", "kpi"),
+        ("TRIPFLOW_DEAD_LETTER", "kinesis://rejects", "ingest"),
+        ("TRIPFLOW_DEAD_LETTER", "s3://x", "ingest"),
+        ("TRIPFLOW_QUERIES", queries, "kpi"),
     ];
-    for (name, value) in cases {
+    for (name, value, command) in cases {
         let cli = std::process::Command::new(env!("CARGO_BIN_EXE_tripflow"))
-            .arg("kpi")
+            .arg(command)
             .env("TRIPFLOW_HOME", tmp.path().join("home"))
             .env("TRIPFLOW_OUT", tmp.path().join("out"))
             .env(name, value)
@@ -479,15 +491,15 @@ async fn the_functions_refuse_what_the_cli_refuses_with_the_same_message() {
         assert!(!said.is_empty(), "{stderr}");
 
         let api = RuntimeApi::start().await;
-        let function = Function::start(
-            &api,
-            "kpi",
-            &[
-                ("TRIPFLOW_STORE", "dynamodb://bolt".into()),
-                ("TRIPFLOW_OUT", "s3://bucket/tripflow".into()),
-                (name, value.into()),
-            ],
-        );
+        let handler = if command == "ingest" { "ingest" } else { "kpi" };
+        let mut vars = vec![
+            ("TRIPFLOW_STORE", "dynamodb://bolt".to_owned()),
+            ("TRIPFLOW_OUT", "s3://bucket/tripflow".into()),
+            ("TRIPFLOW_DEAD_LETTER", "s3://bucket/dead".into()),
+        ];
+        vars.retain(|(n, _)| *n != name);
+        vars.push((name, value.into()));
+        let function = Function::start(&api, handler, &vars);
         let error = api.wait(|s| s.init_error.clone()).await;
         let message = error["errorMessage"].as_str().unwrap_or_default();
         assert!(
@@ -495,6 +507,7 @@ async fn the_functions_refuse_what_the_cli_refuses_with_the_same_message() {
             "{name}={value}: the CLI said {said:?}, the function {message:?}\n{}",
             function.log()
         );
-        assert_eq!(error["errorType"], "tripflow.config", "{error}");
+        let stage = if name == "TRIPFLOW_QUERIES" { "tripflow.input" } else { "tripflow.config" };
+        assert_eq!(error["errorType"], stage, "{error}");
     }
 }

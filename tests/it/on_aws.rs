@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use tripflow::backend::aws::Aws;
-use tripflow::config::{AwsEnv, AwsTuning, Home, StoreUrl, StreamUrl};
+use tripflow::backend::location::ObjectPlace;
+use tripflow::config::{AwsEnv, AwsTuning, DeadLetterUrl, Home, StoreUrl, StreamUrl};
 use tripflow::ingest::{Ingest, IngestOptions};
 use tripflow::kpi::{Formats, OutputLocation};
 use tripflow::pipeline::{self, RunReport, RunSettings};
@@ -53,13 +54,13 @@ fn input(dir: &Path, trips: u64) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 fn settings(start: &Path, end: &Path, home: &Path, out: OutputLocation) -> RunSettings {
+    let home = Home::new(home).unwrap();
     RunSettings {
         start: start.into(),
         end: end.into(),
-        home: Home::new(home).unwrap(),
-        stream: StreamUrl::Embedded,
-        store: StoreUrl::Embedded,
-        dead_letter: None,
+        stream: StreamUrl::Embedded(home.clone()),
+        store: StoreUrl::Embedded(home.clone()),
+        dead_letter: DeadLetterUrl::Embedded(home),
         tuning: AwsTuning::default(),
         shards: None,
         out,
@@ -90,7 +91,7 @@ async fn aws_run(
     let mut s = settings(start, end, &tmp.join("aws-home"), OutputLocation::parse(&out, Some(aws)).unwrap());
     s.stream = StreamUrl::Kinesis(r.stream.clone());
     s.store = StoreUrl::DynamoDb(r.table.clone());
-    s.dead_letter = Some(format!("s3://{}/dead", r.bucket));
+    s.dead_letter = DeadLetterUrl::Object(ObjectPlace::S3 { bucket: r.bucket.clone(), prefix: "dead".into() });
     s.tuning =
         AwsTuning { checkpoint_table: r.checkpoints.clone(), read_interval: Duration::ZERO, ..Default::default() };
     let (report, _) = pipeline::run(&s, &AwsEnv::fixed(aws.clone())).await.unwrap();
@@ -332,7 +333,8 @@ async fn dead_letters_go_to_s3_one_object_per_record() {
     put_raw(&stream, &[b"not json".to_vec(), start_event("ok", "2024-05-25 10:00:00").into_bytes()]).await;
     let env = AwsEnv::fixed(aws.clone());
     let url = format!("s3://{}/rejects", r.bucket);
-    let (dead, display) = tripflow::config::open_dead_letters(Some(&url), Some(&home), &env).await.unwrap();
+    let place = DeadLetterUrl::parse(Some(&url), &home).unwrap();
+    let (dead, display) = tripflow::config::open_dead_letters(&place, &env).await.unwrap();
     let store = DynamoStore::new(&aws, &r.table);
     let ingest = Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: dead.as_ref() };
     let counts = ingest.run(&IngestOptions::default()).await.unwrap();

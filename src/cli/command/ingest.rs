@@ -1,24 +1,24 @@
 //! `tripflow ingest`: the stream into the trip table, once or following.
 
 use crate::Result;
-use crate::cli::args::{IngestArgs, ingest_options, parse_position, print_counts, stop_on_signal, tuning};
+use crate::cli::args::{ingest_options, print_counts, stop_on_signal, tuning};
 use crate::cli::bars::Watch;
-use crate::config::{self, AwsEnv, Home, StoreUrl, StreamUrl};
+use crate::cli::settings::Ingest as Settings;
+use crate::config::{self, AwsEnv};
 use crate::ingest::{Ingest, IngestCounts};
 use crate::pipeline;
 
 /// `tripflow ingest`.
-pub(in crate::cli) async fn ingest(a: &IngestArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
-    let home = Home::new(&a.home.home)?;
+pub(in crate::cli) async fn ingest(s: &Settings, aws: &AwsEnv, watch: &Watch) -> Result<()> {
+    let a = &s.args;
     let t = tuning(Some(&a.stream), Some(&a.store));
-    let opened = config::open_stream(&StreamUrl::parse(a.stream.stream.as_deref())?, &home, None, aws, &t).await?;
-    let store = config::open_store(&StoreUrl::parse(a.store.store.as_deref())?, Some(&home), aws, &t).await?;
-    let (dead_letters, dead_letter_file) =
-        config::open_dead_letters(a.dead_letter.dead_letter.as_deref(), Some(&home), aws).await?;
+    let opened = config::open_stream(&s.stream, None, aws, &t).await?;
+    let store = config::open_store(&s.store, aws, &t).await?;
+    let (dead_letters, dead_letter_file) = config::open_dead_letters(&s.dead_letter, aws).await?;
     let mut opts = ingest_options(&a.batch);
     opts.follow = a.follow;
     opts.consumer = a.consumer.clone();
-    opts.initial_position = parse_position(&a.initial_position)?;
+    opts.initial_position = s.initial_position.clone();
     opts.stop = stop_on_signal();
     opts.progress = watch.progress();
     if let Some(addr) = a.metrics_addr {

@@ -1,25 +1,26 @@
 //! `tripflow run`: produce beside ingest, then the KPI job.
 
 use crate::Result;
-use crate::cli::args::{RunArgs, ingest_options, print_counts, print_kpis, tuning};
+use crate::cli::args::{ingest_options, print_counts, print_kpis, tuning};
 use crate::cli::bars::Watch;
-use crate::config::{self, AwsEnv, Home, StoreUrl, StreamUrl};
+use crate::cli::settings::Run;
+use crate::config::{self, AwsEnv};
 use crate::ingest::IngestOptions;
 use crate::kpi::Formats;
 use crate::pipeline::{self, RunSettings};
 
 /// `tripflow run`.
-pub(in crate::cli) async fn run(a: &RunArgs, aws: &AwsEnv, watch: &Watch) -> Result<()> {
+pub(in crate::cli) async fn run(s: &Run, aws: &AwsEnv, watch: &Watch) -> Result<()> {
+    let a = &s.args;
     let settings = RunSettings {
         start: config::input_file(&a.input.start, "--start")?,
         end: config::input_file(&a.input.end, "--end")?,
-        home: Home::new(&a.home.home)?,
-        stream: StreamUrl::parse(a.stream.stream.as_deref())?,
-        store: StoreUrl::parse(a.store.store.as_deref())?,
-        dead_letter: a.dead_letter.dead_letter.clone(),
+        stream: s.stream.clone(),
+        store: s.store.clone(),
+        dead_letter: s.dead_letter.clone(),
         tuning: tuning(Some(&a.stream), Some(&a.store)),
         shards: a.input.shards,
-        out: config::open_output(&a.kpi.out, aws).await?,
+        out: config::open_output(&s.out, aws).await?,
         queries: a.kpi.queries.clone(),
         ingest: IngestOptions { progress: watch.progress(), ..ingest_options(&a.batch) },
         formats: Formats { parquet: a.kpi.parquet },
