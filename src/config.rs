@@ -39,7 +39,7 @@ impl Home {
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         if dir.exists() && !dir.is_dir() {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "--home {} is a file, not a folder; give a folder for tripflow's data",
                 dir.display()
             )));
@@ -234,7 +234,7 @@ pub async fn open_stream(
         }
         StreamUrl::Kinesis(name) => {
             if shards.is_some() {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "--shards sizes the embedded stream; a Kinesis stream gets its shards from 'tripflow setup --stream kinesis://{name} --shards N'"
                 )));
             }
@@ -303,7 +303,7 @@ pub async fn open_output(out: &ObjectPlace, aws: &AwsEnv) -> Result<OutputLocati
 /// When the text is not such a date.
 pub fn parse_date(s: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-        .map_err(|_| Error::Config(format!("--date {s:?} is not a date; write it YYYY-MM-DD, e.g. 2024-05-25")))
+        .map_err(|_| Error::config(format!("--date {s:?} is not a date; write it YYYY-MM-DD, e.g. 2024-05-25")))
 }
 
 /// The date flags of a KPI run, as given.
@@ -337,16 +337,16 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
     let (from, to) = match (&flags.from, &flags.to) {
         (Some(from), to) => (parse_date(from)?, to.as_deref().map(parse_date).transpose()?.unwrap_or(today)),
         (None, Some(_)) => {
-            return Err(Error::Config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26".into()));
+            return Err(Error::config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26"));
         }
         (None, None) => return lookback_dates(flags.lookback, today).map(DateSelection::Dates),
     };
     if from > to {
-        return Err(Error::Config(format!("--from {from} is after --to {to}; swap them")));
+        return Err(Error::config(format!("--from {from} is after --to {to}; swap them")));
     }
     let span = (to - from).num_days() + 1;
     if span > MAX_RANGE_DAYS {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "--from {from} --to {to} covers {span} days, more than the {MAX_RANGE_DAYS} (100 years) the KPI job \
              looks up one by one; give --all for every date, or a shorter range"
         )));
@@ -361,13 +361,13 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
 /// representable date.
 pub fn lookback_dates(lookback: u32, today: NaiveDate) -> Result<Vec<NaiveDate>> {
     if i64::from(lookback) >= MAX_RANGE_DAYS {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "--lookback {lookback} covers more than {MAX_RANGE_DAYS} days (100 years), which the KPI job would \
              look up one by one; give --all for every date, or fewer days such as 1"
         )));
     }
     let from = today.checked_sub_days(chrono::Days::new(u64::from(lookback))).ok_or_else(|| {
-        Error::Config(format!(
+        Error::config(format!(
             "--lookback {lookback} reaches before the first representable date; give a number of days such as 1"
         ))
     })?;
@@ -386,7 +386,7 @@ pub const MAX_RANGE_DAYS: i64 = 36_525;
 pub fn input_file(path: &Path, flag: &str) -> Result<PathBuf> {
     if !path.is_file() {
         let what = if path.exists() { "is not a file" } else { "does not exist" };
-        return Err(Error::Input { path: path.into(), message: format!("{what}; give an existing file with {flag}") });
+        return Err(Error::input(path, format!("{what}; give an existing file with {flag}")));
     }
     Ok(path.into())
 }

@@ -20,8 +20,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A setting is invalid; the message says which and what to do.
-    #[error("{0}")]
-    Config(String),
+    #[error("{message}")]
+    Config {
+        /// Which setting, what is wrong, and what to do.
+        message: String,
+        /// The error that showed it wrong (a refused bind, an unparsable value), if any.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// An input file could not be opened or read.
     #[error("{path}: {message}")]
     Input {
@@ -29,6 +35,9 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         message: String,
+        /// The reader's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// The stream backend (records, shards, checkpoints) failed.
     #[error("stream: {message}")]
@@ -85,7 +94,7 @@ impl Error {
     /// `ingest`, `query` or `output`.
     pub fn stage(&self) -> &'static str {
         match self {
-            Error::Config(_) => "config",
+            Error::Config { .. } => "config",
             Error::Input { .. } => "input",
             Error::Stream { .. } => "stream",
             Error::Store { .. } => "store",
@@ -99,9 +108,38 @@ impl Error {
     /// a setting or an input (as clap exits on a bad flag), 1 when something failed.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Input { .. } => 2,
+            Error::Config { .. } | Error::Input { .. } => 2,
             _ => 1,
         }
+    }
+
+    /// A settings error with no underlying error.
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::Config { message: message.into(), source: None }
+    }
+
+    /// A settings error that `cause` showed: `context: cause; remedy`, with the cause
+    /// kept as the source.
+    pub fn config_because(context: impl std::fmt::Display, cause: impl Into<BoxError>, remedy: &str) -> Self {
+        let source = cause.into();
+        Error::Config { message: with_cause(context, &source, remedy), source: Some(source) }
+    }
+
+    /// An input error with no underlying error.
+    pub fn input(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Input { path: path.into(), message: message.into(), source: None }
+    }
+
+    /// An input error that `cause` showed: `path: context: cause; remedy`, with the cause
+    /// kept as the source.
+    pub fn input_because(
+        path: impl Into<PathBuf>,
+        context: impl std::fmt::Display,
+        cause: impl Into<BoxError>,
+        remedy: &str,
+    ) -> Self {
+        let source = cause.into();
+        Error::Input { path: path.into(), message: with_cause(context, &source, remedy), source: Some(source) }
     }
 
     /// A stream failure with no underlying error.
@@ -127,7 +165,7 @@ pub fn home_io(stage: Stage, path: &std::path::Path, e: std::io::Error) -> Error
     use std::io::ErrorKind;
     match e.kind() {
         ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory => {
-            Error::Config(format!("cannot create or open {}: {e}; choose a writable --home", path.display()))
+            Error::config_because(format!("cannot create or open {}", path.display()), e, "choose a writable --home")
         }
         _ => stage.error(format!("cannot create or open {}", path.display()), e),
     }
@@ -166,10 +204,7 @@ impl Stage {
     /// `context: cause; remedy`.
     pub fn error_then(self, context: impl std::fmt::Display, cause: impl Into<BoxError>, remedy: &str) -> Error {
         let source: BoxError = cause.into();
-        let message = match remedy {
-            "" => format!("{context}: {source}"),
-            _ => format!("{context}: {source}; {remedy}"),
-        };
+        let message = with_cause(context, &source, remedy);
         let source = Some(source);
         match self {
             Stage::Stream => Error::Stream { message, source },
@@ -177,6 +212,14 @@ impl Stage {
             Stage::Ingest => Error::Ingest { message, source },
             Stage::Output => Error::Output { message, source },
         }
+    }
+}
+
+/// `context: cause`, then `; remedy` when there is one.
+fn with_cause(context: impl std::fmt::Display, cause: &BoxError, remedy: &str) -> String {
+    match remedy {
+        "" => format!("{context}: {cause}"),
+        _ => format!("{context}: {cause}; {remedy}"),
     }
 }
 
@@ -216,7 +259,23 @@ mod tests {
         assert_eq!((full.stage(), full.exit_code()), ("store", 1));
         assert!(full.to_string().starts_with("store: cannot create or open /data/tripflow/trips"), "{full}");
         assert!(full.source().is_some(), "the I/O error is kept");
-        assert_eq!(Error::Input { path: path.into(), message: "gone".into() }.exit_code(), 2);
+        assert!(denied.source().is_some(), "the I/O error is kept");
+        assert_eq!(Error::input(path, "gone").exit_code(), 2);
         assert_eq!(Error::output("S3 refused").exit_code(), 1);
+    }
+
+    #[test]
+    fn settings_and_input_errors_keep_their_causes() {
+        let bad = "x".parse::<u32>().unwrap_err();
+        let e = Error::config_because("--x x", bad, "give a number");
+        assert_eq!(e.to_string(), "--x x: invalid digit found in string; give a number");
+        assert!(e.source().and_then(|s| s.downcast_ref::<std::num::ParseIntError>()).is_some());
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = Error::input_because("a.csv", "cannot open", gone, "");
+        assert_eq!(e.to_string(), "a.csv: cannot open: entity not found");
+        assert!(e.source().is_some());
+        let cron = crate::kpi::schedule::Schedule::parse("nope").unwrap_err();
+        assert_eq!(cron.exit_code(), 2);
+        assert!(cron.source().is_some(), "{cron}");
     }
 }

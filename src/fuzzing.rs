@@ -154,6 +154,6 @@ pub fn cli_args(data: &[u8]) {
     let argv = std::iter::once("tripflow").chain(args.split('\0').take(32));
     let Ok(cli) = crate::cli::Cli::try_parse_from(argv) else { return };
     if let Err(e) = crate::cli::settings::Settings::try_from(cli.command) {
-        assert!(matches!(e, crate::Error::Config(_) | crate::Error::Input { .. }), "exit 1 for a flag: {e}");
+        assert!(matches!(e, crate::Error::Config { .. } | crate::Error::Input { .. }), "exit 1 for a flag: {e}");
     }
 }

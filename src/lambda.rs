@@ -60,7 +60,7 @@ impl Handler {
         match value.map(str::trim) {
             Some("ingest") => Ok(Handler::Ingest),
             Some("kpi") => Ok(Handler::Kpi),
-            other => Err(Error::Config(format!(
+            other => Err(Error::config(format!(
                 "_HANDLER is {}; set the function's Handler to 'ingest' (Kinesis batches) or 'kpi' (the nightly KPI run)",
                 other.map_or_else(|| "not set".to_owned(), |v| format!("{v:?}"))
             ))),
@@ -121,8 +121,8 @@ impl Settings {
                 .iter()
                 .find(|(flag, _)| line.contains(&format!("'{flag} ")) || line.contains(&format!("'{flag}'")))
             {
-                Some((_, name)) => Error::Config(format!("{name}: {line}")),
-                None => Error::Config(line),
+                Some((_, name)) => Error::config(format!("{name}: {line}")),
+                None => Error::config(line),
             }
         };
         // The command reads nothing else (no process environment): it parses exactly what
@@ -132,13 +132,12 @@ impl Settings {
         let args = crate::cli::LambdaArgs::from_arg_matches(&matches).map_err(&refused)?;
         // The URLs are parsed as the CLI parses its flags, so a bad one gets the CLI's
         // message, with the variable's name in front.
-        let named = |name: &'static str| move |e: Error| Error::Config(format!("{name}: {e}"));
+        let named = |name: &'static str| move |e: Error| Error::config_because(name, e, "");
         let store = match Location::parse_as("--store", args.store.store.as_deref()).map_err(named("TRIPFLOW_STORE"))? {
             StorePlace::DynamoDb(table) => StoreUrl::DynamoDb(table),
             StorePlace::Embedded => {
-                return Err(Error::Config(
-                    "TRIPFLOW_STORE is not set; set it to dynamodb://TABLE (a function has no embedded trip table)"
-                        .into(),
+                return Err(Error::config(
+                    "TRIPFLOW_STORE is not set; set it to dynamodb://TABLE (a function has no embedded trip table)",
                 ));
             }
         };
@@ -198,8 +197,8 @@ impl IngestFunction {
     /// table, say).
     pub async fn open(settings: &Settings, aws: &AwsEnv) -> Result<Self> {
         let Some(dead_letter) = &settings.dead_letter else {
-            return Err(Error::Config(
-                "TRIPFLOW_DEAD_LETTER is not set; set it to s3://BUCKET/PREFIX, where rejected records are kept".into(),
+            return Err(Error::config(
+                "TRIPFLOW_DEAD_LETTER is not set; set it to s3://BUCKET/PREFIX, where rejected records are kept",
             ));
         };
         let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
@@ -363,9 +362,7 @@ impl KpiFunction {
     /// cannot be opened.
     pub async fn open(settings: &Settings, aws: &AwsEnv) -> Result<Self> {
         let Some(out) = &settings.out else {
-            return Err(Error::Config(
-                "TRIPFLOW_OUT is not set; set it to s3://BUCKET/PREFIX for the KPI files".into(),
-            ));
+            return Err(Error::config("TRIPFLOW_OUT is not set; set it to s3://BUCKET/PREFIX for the KPI files"));
         };
         let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
         let out = config::open_output(out, aws).await?;
@@ -386,7 +383,7 @@ impl KpiFunction {
     pub fn dates(&self, request: &KpiRequest) -> Result<Vec<NaiveDate>> {
         let scheduled = |time: &str| -> Result<Vec<NaiveDate>> {
             let at = DateTime::parse_from_rfc3339(time.trim()).map_err(|e| {
-                Error::Config(format!(
+                Error::config(format!(
                     "scheduled_time {time:?} is not an RFC 3339 time ({e}), e.g. 2024-05-26T23:59:00Z"
                 ))
             })?;
@@ -394,7 +391,7 @@ impl KpiFunction {
         };
         match request {
             KpiRequest::Dates { dates } if dates.is_empty() => {
-                Err(Error::Config("\"dates\" is empty; list the YYYY-MM-DD dates to report".into()))
+                Err(Error::config("\"dates\" is empty; list the YYYY-MM-DD dates to report"))
             }
             KpiRequest::Dates { dates } => dates.iter().map(|d| config::parse_date(d)).collect(),
             KpiRequest::Scheduled { scheduled_time: time } | KpiRequest::Rule { time } => scheduled(time),
@@ -407,7 +404,7 @@ impl KpiFunction {
     /// When the request is not understood, a query fails or an output cannot be written.
     pub async fn handle(&self, request: serde_json::Value) -> Result<KpiSummary> {
         let request: KpiRequest = serde_json::from_value(request.clone()).map_err(|_| {
-            Error::Config(format!(
+            Error::config(format!(
                 "the KPI function takes {{\"scheduled_time\": \"2024-05-26T23:59:00Z\"}} or {{\"dates\": [\"2024-05-25\"]}}, \
                  not {request}"
             ))

@@ -57,8 +57,8 @@ impl Aws {
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
         if sdk.region().is_none() {
-            return Err(Error::Config(
-                "no AWS region is set: set AWS_REGION (e.g. export AWS_REGION=eu-west-1) or a region in your AWS profile".into(),
+            return Err(Error::config(
+                "no AWS region is set: set AWS_REGION (e.g. export AWS_REGION=eu-west-1) or a region in your AWS profile",
             ));
         }
         Ok(Aws { sdk, s3_endpoint })
@@ -143,7 +143,7 @@ impl Aws {
     /// When no region is configured or the builder refuses the settings.
     pub fn s3(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
         let region = self.sdk.region().ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "s3://{bucket}: no AWS region is set; set AWS_REGION (e.g. AWS_REGION=eu-west-1) or a region in your AWS profile"
             ))
         })?;
@@ -154,7 +154,7 @@ impl Aws {
         if let Some(provider) = self.sdk.credentials_provider() {
             builder = builder.with_credentials(Arc::new(SdkCredentials { provider, cached: Mutex::default() }));
         }
-        let store = builder.build().map_err(|e| Error::Config(format!("s3://{bucket}: {e}")))?;
+        let store = builder.build().map_err(|e| Error::config_because(format!("s3://{bucket}"), e, ""))?;
         Ok(Arc::new(store))
     }
 }

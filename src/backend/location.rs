@@ -91,7 +91,7 @@ impl Location {
             if accepts.contains(&Kind::Embedded) {
                 message.push_str(&format!(", or leave {flag} out for the embedded backend under --home"));
             }
-            Error::Config(message)
+            Error::config(message)
         };
         let location = match text.split_once("://") {
             _ if text.is_empty() || text == "embedded" => Location::Embedded,
@@ -255,7 +255,7 @@ impl Location {
     pub fn parse_as<T: Place>(flag: &str, text: Option<&str>) -> Result<T> {
         T::try_from(Location::parse(flag, text, T::ACCEPTS)?).map_err(|other| {
             // Location::parse accepts only T's kinds; were one missing from TryFrom, say so.
-            Error::Config(format!("{flag}: a {:?} location is not taken here", other.kind()))
+            Error::config(format!("{flag}: a {:?} location is not taken here", other.kind()))
         })
     }
 }

@@ -54,8 +54,17 @@ impl Db {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| crate::error::home_io(stage, dir, e))?;
         }
-        let conn = Connection::open(path)
-            .map_err(|e| Error::Config(format!("cannot open {}: {e}; choose a writable --home", path.display())))?;
+        let conn = Connection::open(path).map_err(|e| {
+            // A file the user cannot open is a setting to change; anything else (a full
+            // disk, say) is the stage's failure.
+            use rusqlite::ErrorCode::{CannotOpen, PermissionDenied, ReadOnly};
+            match e.sqlite_error_code() {
+                Some(CannotOpen | PermissionDenied | ReadOnly) => {
+                    Error::config_because(format!("cannot open {}", path.display()), e, "choose a writable --home")
+                }
+                _ => stage.error(format!("cannot open {}", path.display()), e),
+            }
+        })?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(|e| stage.error(&file, e))?;
         // Two processes creating the same file at once (a producer and a consumer started
         // together) can get SQLITE_BUSY from the switch to WAL or the schema, which do

@@ -374,10 +374,9 @@ impl SqlArgs {
     /// The query of the command line or of --file, if any.
     pub(crate) fn query(&self) -> Result<Option<String>> {
         let Some(path) = &self.file else { return Ok(self.query.clone()) };
-        std::fs::read_to_string(path).map(Some).map_err(|e| Error::Input {
-            path: path.clone(),
-            message: format!("cannot read the query file: {e}; check --file"),
-        })
+        std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| Error::input_because(path, "cannot read the query file", e, "check --file"))
     }
 }
 
@@ -428,7 +427,7 @@ pub(crate) fn parse_position(s: &str) -> Result<StartPosition> {
         "latest" | "LATEST" => Ok(StartPosition::Latest),
         other => {
             chrono::DateTime::parse_from_rfc3339(other).map(|t| StartPosition::AtTimestamp(t.to_utc())).map_err(|_| {
-                Error::Config(format!(
+                Error::config(format!(
                     "--initial-position {other:?}: give trim-horizon, latest, or a time like 2024-05-25T00:00:00Z"
                 ))
             })

@@ -191,10 +191,13 @@ impl FileDeadLetters {
     /// # Errors
     /// When the file cannot be read or holds a line that is not a dead letter.
     pub fn read_all(path: &Path) -> Result<Vec<DeadLetterLine>> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Input { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::input_because(path, "cannot read", e, ""))?;
         text.lines()
-            .map(|l| serde_json::from_str(l).map_err(|e| Error::Input { path: path.into(), message: e.to_string() }))
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .map_err(|e| Error::input_because(path, format!("line {} is not a dead letter", i + 1), e, ""))
+            })
             .collect()
     }
 }

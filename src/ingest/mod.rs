@@ -217,10 +217,10 @@ impl Ingest<'_> {
     #[instrument(skip_all, fields(consumer = %opts.consumer))]
     pub async fn run(&self, opts: &IngestOptions) -> Result<IngestCounts> {
         if opts.batch_rows == 0 {
-            return Err(Error::Config("--batch-rows must be at least 1".into()));
+            return Err(Error::config("--batch-rows must be at least 1"));
         }
         if opts.batch_bytes == 0 {
-            return Err(Error::Config("--batch-bytes must be at least 1".into()));
+            return Err(Error::config("--batch-bytes must be at least 1"));
         }
         // One batch is merged while the next is read, decoded and validated: the merge
         // waits on the table's disk writes, the rest is CPU. The hand-over holds one

@@ -48,7 +48,7 @@ impl OutputLocation {
     pub fn open(place: &ObjectPlace, aws: Option<&Aws>) -> Result<Self> {
         let path = match place {
             ObjectPlace::S3 { bucket, prefix } => {
-                let aws = aws.ok_or_else(|| Error::Config(format!("--out {place}: S3 needs the AWS configuration")))?;
+                let aws = aws.ok_or_else(|| Error::config(format!("--out {place}: S3 needs the AWS configuration")))?;
                 return Ok(OutputLocation {
                     store: aws.s3(bucket)?,
                     prefix: ObjectPath::from(prefix.as_str()),

@@ -90,22 +90,21 @@ pub fn load_or_builtin(dir: Option<&Path>) -> Result<Vec<KpiQuery>> {
 /// # Errors
 /// When the folder cannot be read or holds no `.sql` file.
 pub fn load(dir: &Path) -> Result<Vec<KpiQuery>> {
-    let fail = |message: String| Error::Input { path: dir.into(), message };
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| fail(format!("cannot read the queries folder: {e}; point --queries at a folder of .sql files")))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Error::input_because(dir, "cannot read the queries folder", e, "point --queries at a folder of .sql files")
+    })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "sql") && p.is_file())
         .collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(fail("holds no .sql file; add a KPI query such as daily_kpis.sql".into()));
+        return Err(Error::input(dir, "holds no .sql file; add a KPI query such as daily_kpis.sql"));
     }
     paths
         .into_iter()
         .map(|p| {
-            let sql =
-                std::fs::read_to_string(&p).map_err(|e| Error::Input { path: p.clone(), message: e.to_string() })?;
+            let sql = std::fs::read_to_string(&p).map_err(|e| Error::input_because(&p, "cannot read", e, ""))?;
             Ok(KpiQuery::parse(&p, sql))
         })
         .collect()

@@ -63,7 +63,7 @@ impl Schedule {
     /// When it is not a cron expression.
     pub fn parse(expr: &str) -> Result<Self> {
         Cron::from_str(expr).map(|cron| Schedule { cron }).map_err(|e| {
-            Error::Config(format!("--cron {expr:?} is not a cron expression ({e}); write e.g. \"59 23 * * *\""))
+            Error::config_because(format!("--cron {expr:?} is not a cron expression"), e, "write e.g. \"59 23 * * *\"")
         })
     }
 
@@ -74,7 +74,7 @@ impl Schedule {
     pub fn next_after(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>> {
         self.cron
             .find_next_occurrence(&t, false)
-            .map_err(|e| Error::Config(format!("the schedule has no next time after {t}: {e}")))
+            .map_err(|e| Error::config_because(format!("the schedule has no next time after {t}"), e, ""))
     }
 }
 

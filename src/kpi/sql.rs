@@ -101,8 +101,8 @@ impl Root {
     }
 }
 
-fn parquet_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Input { path: what.into(), message: format!("not a readable Parquet file: {e}") }
+fn parquet_error(what: &str, e: impl Into<crate::error::BoxError>) -> Error {
+    Error::input_because(what, "not a readable Parquet file", e, "")
 }
 
 fn parquet_schema<R: parquet::file::reader::ChunkReader + 'static>(
@@ -133,16 +133,16 @@ impl SqlSession {
         let location = match root.clone() {
             ObjectPlace::S3 { bucket, prefix } => {
                 let aws =
-                    aws.ok_or_else(|| Error::Config(format!("--snapshots {root}: S3 needs the AWS configuration")))?;
+                    aws.ok_or_else(|| Error::config(format!("--snapshots {root}: S3 needs the AWS configuration")))?;
                 let store = aws.s3(&bucket)?;
                 let url = url::Url::parse(&format!("s3://{bucket}"))
-                    .map_err(|e| Error::Config(format!("--snapshots {root}: {e}")))?;
+                    .map_err(|e| Error::config_because(format!("--snapshots {root}"), e, ""))?;
                 ctx.register_object_store(&url, store.clone());
                 Root::Store { store, bucket, prefix }
             }
             ObjectPlace::Local(path) => {
                 if !path.is_dir() {
-                    return Err(Error::Config(format!(
+                    return Err(Error::config(format!(
                         "--snapshots {}: no such folder; give the --out folder of a 'tripflow kpi --parquet' run",
                         path.display()
                     )));
@@ -168,7 +168,7 @@ impl SqlSession {
             tables.push(name);
         }
         if tables.is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "{root} holds no snapshots or kpi.parquet files; write them with 'tripflow kpi --parquet --out {root}'"
             )));
         }

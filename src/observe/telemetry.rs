@@ -96,7 +96,8 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
         .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.to_owned()), &buckets)
         .and_then(|b| b.install())
         .map_err(|e| {
-            Error::Config(format!("--metrics-addr {addr}: cannot serve metrics: {e}; choose a free address and port"))
+            let context = format!("--metrics-addr {addr}: cannot serve metrics");
+            Error::config_because(context, e, "choose a free address and port")
         })?;
     describe_counter!(READ, "Records read from the stream.");
     describe_counter!(APPLIED, "Records whose group was stored (absent before, or older).");

@@ -102,12 +102,12 @@ impl CsvFile {
     /// # Errors
     /// When the file cannot be opened, or its header lacks `trip_id` or a required field.
     pub fn open(path: &Path, kind: EventKind) -> Result<Self> {
-        let fail = |message: String| Error::Input { path: path.into(), message };
+        let fail = |message: String| Error::input(path, message);
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .from_path(path)
-            .map_err(|e| fail(format!("cannot open: {}; check the path (--start / --end)", csv_message(&e))))?;
-        let header = reader.headers().map_err(|e| fail(format!("unreadable CSV header: {}", csv_message(&e))))?.clone();
+            .map_err(|e| csv_error(path, "cannot open", e, "; check the path (--start / --end)"))?;
+        let header = reader.headers().map_err(|e| csv_error(path, "unreadable CSV header", e, ""))?.clone();
         let names: Vec<String> = header.iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_owned()).collect();
         let fields = kind.fields();
         let missing: Vec<&str> = std::iter::once("trip_id")
@@ -122,7 +122,7 @@ impl CsvFile {
                 names.join(",")
             )));
         }
-        let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::input_because(path, "cannot open", e, ""))?;
         Ok(CsvFile {
             path: path.to_owned(),
             kind,
@@ -173,7 +173,7 @@ impl CsvFile {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .from_path(&self.path)
-            .map_err(|e| Error::Input { path: self.path.clone(), message: csv_message(&e) })?;
+            .map_err(|e| csv_error(&self.path, "cannot open", e, ""))?;
         let mut row = csv::StringRecord::new();
         loop {
             let line = reader.position().line() + 1;
@@ -219,11 +219,14 @@ impl CsvFile {
     pub fn event(&self, key: &RowKey, scratch: &mut Scratch) -> Result<CsvEvent> {
         use csv_core::ReadRecordResult;
         use std::os::unix::fs::FileExt;
-        let fail = |message: String| Error::Input { path: self.path.clone(), message };
-        let changed = || fail(format!("line {} changed while it was being sent; send the file again", key.line));
+        let changed = || {
+            Error::input(&self.path, format!("line {} changed while it was being sent; send the file again", key.line))
+        };
         let Scratch { input, output, ends, parser } = scratch;
         input.resize(key.len as usize, 0);
-        self.file.read_exact_at(input, key.offset).map_err(|e| fail(format!("cannot read line {}: {e}", key.line)))?;
+        self.file
+            .read_exact_at(input, key.offset)
+            .map_err(|e| Error::input_because(&self.path, format!("cannot read line {}", key.line), e, ""))?;
         output.resize(input.len() + 1, 0);
         ends.resize(self.names.len() + 1, 0);
         parser.reset();
@@ -296,6 +299,16 @@ pub fn read_events(path: &Path, kind: EventKind, not_sent: &mut Vec<String>) -> 
     let file = CsvFile::open(path, kind)?;
     let mut scratch = Scratch::default();
     file.index(not_sent)?.iter().map(|k| file.event(k, &mut scratch)).collect()
+}
+
+/// An input error from the CSV reader: `context: what csv says; remedy`, the reader's
+/// error kept as the source. (`remedy` starts with its own separator.)
+fn csv_error(path: &Path, context: &str, e: csv::Error, remedy: &str) -> Error {
+    Error::Input {
+        path: path.into(),
+        message: format!("{context}: {}{remedy}", csv_message(&e)),
+        source: Some(e.into()),
+    }
 }
 
 fn csv_message(e: &csv::Error) -> String {

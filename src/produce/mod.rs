@@ -99,17 +99,14 @@ pub async fn produce_csv(
 /// # Errors
 /// When the file cannot be read, or the stream fails.
 pub async fn produce_ndjson(sink: &dyn StreamSink, path: &Path, progress: &dyn Progress) -> Result<ProduceReport> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| Error::Input { path: path.into(), message: format!("cannot open: {e}") })?;
+    let file = std::fs::File::open(path).map_err(|e| Error::input_because(path, "cannot open", e, ""))?;
     let mut reader = std::io::BufReader::new(file);
     let mut records = Vec::new();
     let mut line = Vec::new();
     let mut number = 0;
     loop {
         line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::Input { path: path.into(), message: e.to_string() })?;
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| Error::input_because(path, "cannot read", e, ""))?;
         if n == 0 {
             break;
         }

@@ -82,7 +82,7 @@ pub fn generate(trips: u64, seed: u64, out: &Path) -> Result<()> {
 /// When `days` is 0, or the folder or the files cannot be written.
 pub fn generate_over(trips: u64, seed: u64, days: u32, out: &Path) -> Result<()> {
     if days == 0 {
-        return Err(Error::Config("--days must be at least 1".into()));
+        return Err(Error::config("--days must be at least 1"));
     }
     let fail = |e: std::io::Error| {
         let context = format!("cannot write generated data to {}", out.display());

@@ -353,7 +353,7 @@ fn chunked(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
 }
 
 fn not_found(table: &str) -> Error {
-    Error::Config(format!(
+    Error::config(format!(
         "DynamoDB table {table} does not exist; create it with 'tripflow setup --store dynamodb://{table}'"
     ))
 }
@@ -404,7 +404,7 @@ impl DynamoStore {
     }
 
     fn no_index(&self) -> Error {
-        Error::Config(format!(
+        Error::config(format!(
             "DynamoDB table {} has no date index ({} or {}); add it with 'tripflow setup --store dynamodb://{}'",
             self.table,
             DateIndex::Sharded(self.date_shards).name(),

@@ -66,7 +66,7 @@ impl DynamoCheckpoints {
     }
 
     fn missing_table(&self) -> Error {
-        Error::Config(format!(
+        Error::config(format!(
             "DynamoDB table {} (checkpoints) does not exist; create it with 'tripflow setup --stream kinesis://…' \
              (or choose another with --checkpoint-table)",
             self.table

@@ -141,7 +141,7 @@ impl KinesisStream {
     pub async fn check_exists(&self) -> Result<()> {
         match self.status().await? {
             Some(_) => Ok(()),
-            None => Err(Error::Config(format!(
+            None => Err(Error::config(format!(
                 "Kinesis stream {} does not exist; create it with 'tripflow setup --stream kinesis://{}'",
                 self.name, self.name
             ))),
@@ -288,7 +288,7 @@ impl StreamSource for KinesisStream {
             };
             let out = req.send().await.map_err(|e| {
                 if e.code() == Some("ResourceNotFoundException") {
-                    Error::Config(format!(
+                    Error::config(format!(
                         "Kinesis stream {} does not exist; create it with 'tripflow setup --stream kinesis://{}'",
                         self.name, self.name
                     ))

@@ -120,7 +120,7 @@ impl EmbeddedStream {
     /// Reads the shard count and identity, recording them first for a new stream.
     fn with_meta(db: Db, records: Records, path: PathBuf, home: &Path, shards: Option<u32>) -> Result<Self> {
         if shards == Some(0) {
-            return Err(Error::Config("--shards must be at least 1".into()));
+            return Err(Error::config("--shards must be at least 1"));
         }
         let want = shards.unwrap_or(DEFAULT_SHARDS);
         // A new stream draws its identity once; the first writer's draw stays.
@@ -142,7 +142,7 @@ impl EmbeddedStream {
         if let Some(asked) = shards
             && asked != shard_count
         {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "the stream in {} has {shard_count} shards, but --shards asks for {asked}; \
                  omit --shards or use a new --home",
                 home.display()
