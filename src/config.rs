@@ -1,6 +1,7 @@
-//! Checked settings shared by the commands: where the embedded backends live, where
-//! outputs go, which dates a KPI run covers. Raw flags become these before any work
-//! starts, so a bad value is reported up front with what to do about it.
+//! What the commands and the Lambda functions share about their backends: the URLs of
+//! the stream, the trip table and the dead letters (each embedded one carrying its
+//! home), the openers that turn them into backends, and which dates a KPI run covers.
+//! The command line's flags become these once, in [`crate::cli::settings`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

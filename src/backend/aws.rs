@@ -16,6 +16,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::{CredentialProvider, ObjectStore};
 
@@ -42,6 +43,14 @@ fn timeout_config() -> TimeoutConfig {
         .build()
 }
 
+/// The HTTP client of every AWS SDK client: HTTPS through rustls with ring, the one
+/// crypto provider in the build (object_store's client uses it too); plain `http://`
+/// endpoints, such as an emulator's, work as well.
+fn http_client() -> SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
+}
+
 impl Aws {
     /// Loads the configuration from the standard AWS environment.
     ///
@@ -49,6 +58,7 @@ impl Aws {
     /// When no region is set anywhere the SDK looks.
     pub async fn from_env() -> Result<Self> {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client())
             .retry_config(retry_config())
             .timeout_config(timeout_config())
             .load()
@@ -76,6 +86,7 @@ impl Aws {
         let credentials = Credentials::new(access_key_id, secret_access_key, None, None, "tripflow-endpoint");
         let sdk = SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(http_client())
             .region(Region::new("us-east-1"))
             .endpoint_url(endpoint)
             .credentials_provider(SharedCredentialsProvider::new(credentials))
@@ -308,5 +319,40 @@ pub async fn wait_for<T>(
             return Err(late());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::ObjectStoreExt;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// The SDK's clients speak TLS through the one provider in the build (ring): a call
+    /// to an `https://` endpoint opens with a TLS ClientHello. (The emulators are plain
+    /// HTTP, so nothing else in the tests takes this path.)
+    #[tokio::test]
+    async fn an_https_endpoint_gets_a_tls_handshake() {
+        async fn first_record(listener: &tokio::net::TcpListener) -> [u8; 6] {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut record = [0u8; 6];
+            conn.read_exact(&mut record).await.unwrap();
+            record
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let aws = Aws::for_endpoint(&format!("https://{}", listener.local_addr().unwrap()));
+        // The SDK's client (Kinesis and DynamoDB), then object_store's (S3 data).
+        let client = aws.dynamodb();
+        let sdk = tokio::spawn(async move { client.list_tables().send().await });
+        let record = first_record(&listener).await;
+        sdk.abort();
+        // A handshake record (22) of TLS 1.x (3, _), holding a ClientHello (1).
+        assert_eq!((record[0], record[1], record[5]), (22, 3, 1), "the SDK sent {record:?}");
+        let store = aws.s3("bucket").unwrap();
+        let s3 = tokio::spawn(async move { store.get(&object_store::path::Path::from("x")).await.map(drop) });
+        let record = first_record(&listener).await;
+        s3.abort();
+        assert_eq!((record[0], record[1], record[5]), (22, 3, 1), "object_store sent {record:?}");
     }
 }
