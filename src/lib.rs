@@ -23,12 +23,14 @@
 //!   `kpi::report` draws `kpi_output/report.html`, `kpi::schedule` runs the job on a
 //!   cron, `kpi::sql` asks ad-hoc SQL of its outputs.
 //! - [`lambda`]: the ingest and KPI stages as AWS Lambda functions (`tripflow-lambda`);
-//!   [`pipeline`] chains the stages for `tripflow run`; [`cli`] is the command line.
+//!   [`pipeline`] chains the stages for `tripflow run`; [`cli`] is the command line, whose
+//!   flags become each command's checked settings once (`cli::settings`).
 //!
-//! The shared layers: [`model`] (event kinds, fields, Arrow schemas, exact decimals and
-//! datetimes), [`backend`] (AWS clients and the backend URLs), [`observe`] (progress,
-//! metrics, memory), [`config`] (checked settings and the openers of backends) and
-//! [`error`].
+//! The shared layers: [`model`] (event kinds, the registry of the trip's fields
+//! `model::event::FIELDS`, Arrow schemas, exact decimals and datetimes), [`backend`] (AWS
+//! clients, and the places each backend flag takes), [`observe`] (progress, metrics,
+//! memory), [`config`] (the backends' URLs, each embedded one with its home, and their
+//! openers) and [`error`].
 #![warn(missing_docs)]
 
 pub mod backend;

@@ -20,7 +20,7 @@ use crate::config::AwsEnv;
 /// Runs a parsed command line.
 ///
 /// # Errors
-/// Whatever the command fails with; [`Error::Config`] and [`Error::Input`] mean the
+/// Whatever the command fails with; [`crate::Error::Config`] and [`crate::Error::Input`] mean the
 /// command line or an input file is wrong (exit code 2 in the binary).
 pub async fn execute(cli: Cli) -> Result<()> {
     let watch = Watch::new(bars::wanted(cli.quiet, cli.verbose));

@@ -179,7 +179,7 @@ pub struct Exported {
     /// Trips exported.
     pub rows: usize,
     /// The exported trips, kept only when every column was exported (the snapshots
-    /// are cut from them); otherwise the export went through a spill ([`Spill`]).
+    /// are cut from them); otherwise the export went through a spill.
     pub batches: Vec<RecordBatch>,
 }
 

@@ -184,7 +184,7 @@ pub async fn read(out: &OutputLocation) -> Result<Inputs> {
     Ok(inputs)
 }
 
-/// What [`write`] did.
+/// What [`write()`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
     /// Where the report went.
