@@ -52,6 +52,31 @@ pub enum Command {
     Setup(SetupArgs),
     /// Rebuild kpi_output/report.html from the kpi.json files under --out.
     Report(ReportArgs),
+    /// Put dead letters back on the stream (after a fix); a second redrive skips what
+    /// the first one sent.
+    Redrive(RedriveArgs),
+}
+
+/// `tripflow redrive`.
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    #[command(flatten)]
+    pub(crate) home: HomeArgs,
+    /// The stream the records go back on.
+    #[command(flatten)]
+    pub(crate) stream: StreamArgs,
+    /// The dead letters to redrive.
+    #[command(flatten)]
+    pub(crate) dead_letter: DeadLetterArgs,
+    /// Only letters with a reason containing this text (e.g. fare_amount).
+    #[arg(long, value_name = "SUBSTRING")]
+    pub(crate) reason: Option<String>,
+    /// Only letters whose record the stream took at or after this RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    pub(crate) since: Option<String>,
+    /// Count what would be redriven, and send nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// `tripflow report`.

@@ -36,5 +36,6 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Settings::Sql(s) => command::sql::sql(&s, &aws).await,
         Settings::Gen(a) => command::generate::gen_data(&a),
         Settings::Report(s) => command::kpi::rebuild_report(&s, &aws).await,
+        Settings::Redrive(s) => command::redrive::redrive(&s, &aws).await,
     }
 }

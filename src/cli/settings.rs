@@ -5,8 +5,8 @@
 
 use crate::backend::location::{Location, ObjectPlace};
 use crate::cli::args::{
-    Command, GenArgs, IngestArgs, KpiArgs, ProduceArgs, ReportArgs, RunArgs, ScheduleArgs, SetupArgs, SqlArgs,
-    parse_position,
+    Command, GenArgs, IngestArgs, KpiArgs, ProduceArgs, RedriveArgs, ReportArgs, RunArgs, ScheduleArgs, SetupArgs,
+    SqlArgs, parse_position,
 };
 use crate::config::{self, DeadLetterUrl, Home, StoreUrl, StreamUrl};
 use crate::kpi::DateSelection;
@@ -33,6 +33,8 @@ pub enum Settings {
     Sql(Sql),
     /// `tripflow report`.
     Report(Report),
+    /// `tripflow redrive`.
+    Redrive(Redrive),
     /// `tripflow gen` (its flags are checked by clap alone).
     Gen(GenArgs),
 }
@@ -50,6 +52,7 @@ impl TryFrom<Command> for Settings {
             Command::Setup(a) => Settings::Setup(a.try_into()?),
             Command::Sql(a) => Settings::Sql(a.try_into()?),
             Command::Report(a) => Settings::Report(a.try_into()?),
+            Command::Redrive(a) => Settings::Redrive(a.try_into()?),
             Command::Gen(a) => Settings::Gen(a),
         })
     }
@@ -256,5 +259,45 @@ impl TryFrom<ReportArgs> for Report {
 
     fn try_from(args: ReportArgs) -> Result<Self> {
         Ok(Report { out: out(&args.out)?, args })
+    }
+}
+
+/// `tripflow redrive`.
+#[derive(Debug)]
+pub struct Redrive {
+    /// The flags.
+    pub args: RedriveArgs,
+    /// `--stream`.
+    pub stream: StreamUrl,
+    /// `--dead-letter`.
+    pub dead_letter: DeadLetterUrl,
+    /// `--since`.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TryFrom<RedriveArgs> for Redrive {
+    type Error = Error;
+
+    fn try_from(args: RedriveArgs) -> Result<Self> {
+        let home = Home::new(&args.home.home)?;
+        let since = args
+            .since
+            .as_deref()
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t.trim()).map(|t| t.to_utc()).map_err(|e| {
+                    Error::config_because(
+                        format!("--since {t:?}"),
+                        e,
+                        "give an RFC 3339 time like 2024-05-25T00:00:00Z",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Redrive {
+            stream: StreamUrl::parse(args.stream.stream.as_deref(), &home)?,
+            dead_letter: DeadLetterUrl::parse(args.dead_letter.dead_letter.as_deref(), &home)?,
+            since,
+            args,
+        })
     }
 }

@@ -14,7 +14,7 @@
 //! off when the file is reopened.
 //! On S3 each letter is one object keyed by its position, so a replay overwrites it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -22,11 +22,14 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+use md5::Digest;
 
 use crate::error::{Context, Stage};
 use crate::stream::{SequenceNumber, ShardId};
@@ -47,6 +50,8 @@ pub struct DeadLetter {
     pub raw: Vec<u8>,
     /// Every reason it was rejected, each naming the field and the rule.
     pub reasons: Vec<String>,
+    /// When the stream accepted the record (so a replay writes the same letter).
+    pub arrival: DateTime<Utc>,
 }
 
 /// The NDJSON form of a dead letter. `raw` holds the bytes when they are UTF-8 text,
@@ -70,6 +75,21 @@ pub struct DeadLetterLine {
     /// The record, when it is not text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_base64: Option<String>,
+    /// When the stream accepted the record, RFC 3339 (absent in files written before it
+    /// was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived_at: Option<String>,
+}
+
+impl DeadLetterLine {
+    /// The record's bytes: `raw`, or `raw_base64` decoded; `None` when neither holds it.
+    pub fn record(&self) -> Option<Vec<u8>> {
+        match (&self.raw, &self.raw_base64) {
+            (Some(text), _) => Some(text.as_bytes().to_vec()),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).ok(),
+            (None, None) => None,
+        }
+    }
 }
 
 impl From<&DeadLetter> for DeadLetterLine {
@@ -86,6 +106,7 @@ impl From<&DeadLetter> for DeadLetterLine {
             reasons: d.reasons.clone(),
             raw,
             raw_base64,
+            arrived_at: Some(d.arrival.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         }
     }
 }
@@ -107,6 +128,19 @@ pub trait DeadLetterSink: Send + Sync {
     /// # Errors
     /// When the output cannot be read, or holds something that is not a dead letter.
     async fn letters(&self) -> Result<Vec<DeadLetterLine>>;
+
+    /// The keys of the letters put back on a stream so far ([`super::redrive`]), kept
+    /// beside the letters.
+    ///
+    /// # Errors
+    /// When the record of them cannot be read.
+    async fn redriven(&self) -> Result<HashSet<String>>;
+
+    /// Records, durably, that the letters of `keys` were put back on a stream.
+    ///
+    /// # Errors
+    /// When the record cannot be written.
+    async fn mark_redriven(&self, keys: &[String]) -> Result<()>;
 }
 
 /// Orders letters by their position.
@@ -186,6 +220,13 @@ impl FileDeadLetters {
         &self.path
     }
 
+    /// The file beside it that keeps the keys of the letters redriven: `<file>.redriven`.
+    fn ledger(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".redriven");
+        PathBuf::from(name)
+    }
+
     /// Reads every dead letter of an NDJSON file.
     ///
     /// # Errors
@@ -232,6 +273,23 @@ impl DeadLetterSink for FileDeadLetters {
         let mut letters = Self::read_all(&self.path)?;
         sort_by_position(&mut letters);
         Ok(letters)
+    }
+
+    async fn redriven(&self) -> Result<HashSet<String>> {
+        match std::fs::read_to_string(self.ledger()) {
+            Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+            Err(e) => Err(Error::input_because(self.ledger(), "cannot read the redriven letters", e, "")),
+        }
+    }
+
+    async fn mark_redriven(&self, keys: &[String]) -> Result<()> {
+        let ledger = self.ledger();
+        let context = || format!("the redriven letters {}", ledger.display());
+        let mut file = OpenOptions::new().append(true).create(true).open(&ledger).stage(Stage::Output, context())?;
+        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        file.write_all(text.as_bytes()).stage(Stage::Output, context())?;
+        file.sync_data().stage(Stage::Output, context())
     }
 }
 
@@ -299,6 +357,32 @@ impl DeadLetterSink for ObjectDeadLetters {
         sort_by_position(&mut letters);
         Ok(letters)
     }
+
+    async fn redriven(&self) -> Result<HashSet<String>> {
+        let fail = |e: object_store::Error| {
+            Stage::Output.error(format!("cannot read the redriven letters under {}", self.display), e)
+        };
+        let root = self.prefix.clone().join("redriven");
+        let objects: Vec<_> = self.store.list(Some(&root)).try_collect().await.map_err(fail)?;
+        let mut keys = HashSet::new();
+        for object in objects {
+            let bytes = self.store.get(&object.location).await.map_err(fail)?.bytes().await.map_err(fail)?;
+            keys.extend(String::from_utf8_lossy(&bytes).lines().map(str::to_owned));
+        }
+        Ok(keys)
+    }
+
+    async fn mark_redriven(&self, keys: &[String]) -> Result<()> {
+        // One object per call, named by its content: a call repeated after a crash
+        // rewrites the same object.
+        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        let name = format!("{:x}.txt", md5::Md5::digest(text.as_bytes()));
+        let path = self.prefix.clone().join("redriven").join(name);
+        self.store.put(&path, PutPayload::from(text.into_bytes())).await.map_err(|e| {
+            Stage::Output.error(format!("cannot record the redriven letters under {}", self.display), e)
+        })?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -313,6 +397,7 @@ mod tests {
             partition_key: "k".into(),
             raw: raw.to_vec(),
             reasons: vec!["record: not JSON".into()],
+            arrival: DateTime::from_timestamp(1_716_600_000, 0).unwrap(),
         }
     }
 

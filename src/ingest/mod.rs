@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod coalesce;
 pub mod deadletter;
 pub mod decode;
+pub mod redrive;
 pub mod validate;
 
 use std::collections::HashSet;
@@ -460,6 +461,7 @@ pub fn prepare_batch(stream: &str, shards: &[ShardId], batch: Vec<Pending>) -> R
             partition_key: p.record.partition_key.to_string(),
             raw: p.record.data.clone(),
             reasons,
+            arrival: p.record.arrival,
         })
         .collect();
     let mut last: Vec<Option<SequenceNumber>> = vec![None; shards.len()];

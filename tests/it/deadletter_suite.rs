@@ -13,6 +13,7 @@ fn letter(stream: &str, shard: &str, seq: u64, raw: &[u8]) -> DeadLetter {
         partition_key: format!("key-{seq}"),
         raw: raw.to_vec(),
         reasons: vec![format!("record {seq}: not JSON"), "trip_id: missing".into()],
+        arrival: chrono::DateTime::from_timestamp(1_716_600_000 + seq as i64, 0).unwrap(),
     }
 }
 
@@ -40,6 +41,7 @@ pub async fn letters_keep_their_bytes_position_and_reasons(sink: &dyn DeadLetter
     assert_eq!(t.raw.as_deref(), Some("{\"trip_id\": \"ü\""));
     assert_eq!(t.raw_base64, None);
     assert_eq!(t.reasons, text.reasons);
+    assert_eq!(t.arrived_at.as_deref(), Some("2024-05-25T01:20:07.000000Z"));
     assert_eq!((b.raw.as_deref(), b.raw_base64.as_deref()), (None, Some("/wD+")));
     assert_eq!(SequenceNumber(b.sequence_number.as_str().into()), binary.sequence_number);
 }
@@ -83,8 +85,26 @@ pub async fn an_empty_write_is_a_no_op(sink: &dyn DeadLetterSink) {
     assert!(sink.letters().await.unwrap().is_empty());
 }
 
+/// The keys of redriven letters are kept beside the letters, each once, and are not
+/// letters themselves.
+pub async fn redriven_keys_are_kept_beside_the_letters(sink: &dyn DeadLetterSink) {
+    assert!(sink.redriven().await.unwrap().is_empty());
+    sink.mark_redriven(&["a".into(), "b".into()]).await.unwrap();
+    sink.mark_redriven(&["b".into(), "c".into()]).await.unwrap();
+    let mut keys: Vec<String> = sink.redriven().await.unwrap().into_iter().collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c"]);
+    assert!(sink.letters().await.unwrap().is_empty(), "the record of them is no letter");
+}
+
 macro_rules! suite {
     ($open:expr) => {
+        #[tokio::test]
+        async fn redriven_keys_are_kept_beside_the_letters() {
+            let (sink, _keep) = $open.await;
+            super::redriven_keys_are_kept_beside_the_letters(sink.as_ref()).await;
+        }
+
         #[tokio::test]
         async fn letters_keep_their_bytes_position_and_reasons() {
             let (sink, _keep) = $open.await;

@@ -21,6 +21,7 @@ mod lambda_iam;
 mod merge_props;
 mod moto;
 mod on_aws;
+mod redrive;
 mod report;
 mod reshard;
 mod sql;

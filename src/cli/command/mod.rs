@@ -5,6 +5,7 @@ pub(super) mod generate;
 pub(super) mod ingest;
 pub(super) mod kpi;
 pub(super) mod produce;
+pub(super) mod redrive;
 pub(super) mod run;
 pub(super) mod setup;
 pub(super) mod sql;
