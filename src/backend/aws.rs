@@ -142,6 +142,11 @@ impl Aws {
         }
     }
 
+    /// An SQS client (for the on-failure queue of the Lambda ingest function).
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
     /// A DynamoDB client.
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         aws_sdk_dynamodb::Client::new(&self.sdk)

@@ -77,6 +77,10 @@ pub struct RedriveArgs {
     /// Count what would be redriven, and send nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Instead of dead letters, the on-failure queue of the Lambda ingest function
+    /// (sqs://NAME or its URL): the batch ranges it names are read again from Kinesis.
+    #[arg(long, value_name = "QUEUE", conflicts_with_all = ["reason", "since", "dead_letter"])]
+    pub(crate) failures: Option<String>,
 }
 
 /// `tripflow report`.

@@ -273,6 +273,8 @@ pub struct Redrive {
     pub dead_letter: DeadLetterUrl,
     /// `--since`.
     pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// `--failures`.
+    pub failures: Option<crate::ingest::failures::FailureQueue>,
 }
 
 impl TryFrom<RedriveArgs> for Redrive {
@@ -297,6 +299,7 @@ impl TryFrom<RedriveArgs> for Redrive {
             stream: StreamUrl::parse(args.stream.stream.as_deref(), &home)?,
             dead_letter: DeadLetterUrl::parse(args.dead_letter.dead_letter.as_deref(), &home)?,
             since,
+            failures: args.failures.as_deref().map(crate::ingest::failures::FailureQueue::parse).transpose()?,
             args,
         })
     }

@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod coalesce;
 pub mod deadletter;
 pub mod decode;
+pub mod failures;
 pub mod redrive;
 pub mod validate;
 

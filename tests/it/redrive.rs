@@ -149,3 +149,83 @@ async fn on_aws_letters_on_s3_go_back_on_kinesis() {
     assert_eq!(skipped(&second), BTreeMap::from([(ALREADY_REDRIVEN, 2), (OTHER_REASON, 1)]));
     assert!(second.balanced(), "{second:?}");
 }
+
+/// An on-failure message as the Kinesis event source mapping writes it (Lambda's
+/// documentation, "Configuring destinations for event source mappings").
+fn on_failure_message(stream_arn: &str, shard: &str, start: &str, end: &str, first: &str) -> String {
+    serde_json::json!({
+        "requestContext": {
+            "requestId": "c9b8fa9f-5a7f-4d8d-9f5e-2c6e2c2c8e1a",
+            "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:tripflow-ingest",
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": 2
+        },
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "version": "1.0",
+        "timestamp": "2024-05-25T14:10:00.000Z",
+        "KinesisBatchInfo": {
+            "shardId": shard,
+            "startSequenceNumber": start,
+            "endSequenceNumber": end,
+            "approximateArrivalOfFirstRecord": first,
+            "approximateArrivalOfLastRecord": first,
+            "batchSize": 3,
+            "streamArn": stream_arn
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_aws_a_failed_batch_in_the_queue_is_read_again_from_kinesis() {
+    use tripflow::ingest::failures::{self, FailureQueue};
+    use tripflow::stream::{StartPosition, StreamSource};
+    let aws = moto::aws();
+    let name = unique("failed");
+    let stream = KinesisStream::new(&aws, &name).with_read_interval(std::time::Duration::ZERO);
+    assert!(stream.create_if_missing(1).await.unwrap());
+    let puts: Vec<PutRecord> = (0..5)
+        .map(|i| PutRecord { partition_key: format!("trip-{i}").into(), data: format!("record {i}").into_bytes() })
+        .collect();
+    assert!(stream.put_records(&puts).await.unwrap().is_empty());
+    let shard = stream.shards().await.unwrap().remove(0).id;
+    let it = stream.iterator(&shard, &StartPosition::TrimHorizon).await.unwrap();
+    let put = stream.read(&it, 100, usize::MAX).await.unwrap().records;
+    assert_eq!(put.len(), 5);
+
+    let queue = unique("failures");
+    let url = aws.sqs().create_queue().queue_name(&queue).send().await.unwrap().queue_url.unwrap();
+    let arn = format!("arn:aws:kinesis:us-east-1:123456789012:stream/{name}");
+    let first = put[1].arrival.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let seq = |i: usize| put[i].sequence_number.to_string();
+    // Records 1 to 3 failed; a second message names a range the stream no longer holds.
+    let failed = on_failure_message(&arn, &shard, &seq(1), &seq(3), &first);
+    let gone = on_failure_message(&arn, &shard, "0", "0", "2000-01-01T00:00:00.000Z");
+    for body in [failed, gone, "not a failure message".to_owned()] {
+        aws.sqs().send_message().queue_url(&url).message_body(body).send().await.unwrap();
+    }
+
+    let resolved = failures::queue_url(&aws, &FailureQueue::parse(&format!("sqs://{queue}")).unwrap()).await.unwrap();
+    assert_eq!(resolved, url);
+    let dry = failures::redrive_failures(&aws, &url, true).await.unwrap();
+    assert_eq!((dry.messages, dry.redriven, dry.not_understood), (2, 3, 1), "{dry:?}");
+    let report = failures::redrive_failures(&aws, &url, false).await.unwrap();
+    assert_eq!(
+        (report.messages, report.redriven, report.not_understood),
+        (2, 3, 1),
+        "a dry run leaves the queue as it was: {report:?}"
+    );
+    assert_eq!(report.past_retention, [format!("{shard} from 0 to 0")]);
+
+    // Records 1 to 3 are on the stream again, with their partition keys.
+    let after = stream.read(&it, 100, usize::MAX).await.unwrap().records;
+    let again: Vec<(String, Vec<u8>)> =
+        after[5..].iter().map(|r| (r.partition_key.to_string(), r.data.clone())).collect();
+    let want: Vec<(String, Vec<u8>)> =
+        put[1..4].iter().map(|r| (r.partition_key.to_string(), r.data.clone())).collect();
+    assert_eq!(again, want);
+
+    // A second run finds only the message it does not understand.
+    let second = failures::redrive_failures(&aws, &url, false).await.unwrap();
+    assert_eq!((second.messages, second.redriven, second.not_understood), (0, 0, 1), "{second:?}");
+}

@@ -4,11 +4,29 @@ use crate::Result;
 use crate::cli::args::tuning;
 use crate::cli::settings::Redrive;
 use crate::config::{self, AwsEnv};
+use crate::ingest::failures;
 use crate::ingest::redrive::{self, RedriveOptions};
 
 /// `tripflow redrive`.
 pub(in crate::cli) async fn redrive(s: &Redrive, aws: &AwsEnv) -> Result<()> {
     let a = &s.args;
+    if let Some(queue) = &s.failures {
+        let aws = aws.get().await?;
+        let url = failures::queue_url(aws, queue).await?;
+        let report = failures::redrive_failures(aws, &url, a.dry_run).await?;
+        for range in &report.past_retention {
+            eprintln!("warning: past retention, not redriven: {range}");
+        }
+        println!(
+            "{} {} records of {} failed batches from {url}; {} ranges past retention; {} messages not understood (left in the queue)",
+            if a.dry_run { "would redrive" } else { "redrove" },
+            report.redriven,
+            report.messages,
+            report.past_retention.len(),
+            report.not_understood
+        );
+        return Ok(());
+    }
     let opened = config::open_stream(&s.stream, None, aws, &tuning(Some(&a.stream), None)).await?;
     let (letters, name) = config::open_dead_letters(&s.dead_letter, aws).await?;
     let options = RedriveOptions { reason: a.reason.clone(), since: s.since, dry_run: a.dry_run };
