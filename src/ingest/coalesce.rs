@@ -25,10 +25,7 @@ pub struct Coalesced {
 /// Coalesces the valid rows of `v`.
 pub fn coalesce(v: &Validated) -> Coalesced {
     let ids = v.trip_ids();
-    let version = |kind: EventKind| {
-        let col = 1 + kind.offset() + kind.version_index();
-        v.batch.column(col).as_primitive::<TimestampMicrosecondType>()
-    };
+    let version = |kind: EventKind| v.batch.column(kind.version_column()).as_primitive::<TimestampMicrosecondType>();
     let (pickup, dropoff) = (version(EventKind::Start), version(EventKind::End));
     let mut order: Vec<&str> = Vec::new();
     let mut newest: HashMap<&str, [Option<usize>; 2]> = HashMap::new();
@@ -68,7 +65,7 @@ pub fn coalesce(v: &Validated) -> Coalesced {
 /// The values of `kind`'s group in row `row`, in the registry's order.
 fn values<const N: usize>(v: &Validated, kind: EventKind, row: usize) -> [Option<CompactString>; N] {
     let fields = kind.fields();
-    std::array::from_fn(|i| v.stored_text(1 + kind.offset() + i, &fields[i], row))
+    std::array::from_fn(|i| v.stored_text(kind.first_column() + i, &fields[i], row))
 }
 
 fn start_group(v: &Validated, row: usize) -> StartGroup {

@@ -287,7 +287,7 @@ impl DeadLetterSink for FileDeadLetters {
         let ledger = self.ledger();
         let context = || format!("the redriven letters {}", ledger.display());
         let mut file = OpenOptions::new().append(true).create(true).open(&ledger).stage(Stage::Output, context())?;
-        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        let text = key_lines(keys);
         file.write_all(text.as_bytes()).stage(Stage::Output, context())?;
         file.sync_data().stage(Stage::Output, context())
     }
@@ -308,6 +308,26 @@ impl ObjectDeadLetters {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, display: &str) -> Self {
         ObjectDeadLetters { store, prefix: ObjectPath::from(prefix), display: display.to_owned() }
     }
+
+    /// Every object under `<prefix>/<dir>`, by path, with its bytes; `what` names them in
+    /// an error.
+    async fn read_dir(&self, dir: &str, what: &str) -> Result<Vec<(ObjectPath, Vec<u8>)>> {
+        let fail =
+            |e: object_store::Error| Stage::Output.error(format!("cannot read {what} under {}", self.display), e);
+        let root = self.prefix.clone().join(dir);
+        let objects: Vec<_> = self.store.list(Some(&root)).try_collect().await.map_err(fail)?;
+        let mut read = Vec::with_capacity(objects.len());
+        for object in objects {
+            let bytes = self.store.get(&object.location).await.map_err(fail)?.bytes().await.map_err(fail)?;
+            read.push((object.location, Vec::from(bytes)));
+        }
+        Ok(read)
+    }
+}
+
+/// The keys of redriven letters as the ledger keeps them: a line each.
+fn key_lines(keys: &[String]) -> String {
+    keys.iter().map(|k| format!("{k}\n")).collect()
 }
 
 #[async_trait]
@@ -341,16 +361,11 @@ impl DeadLetterSink for ObjectDeadLetters {
     }
 
     async fn letters(&self) -> Result<Vec<DeadLetterLine>> {
-        let fail = |e: object_store::Error| {
-            Stage::Output.error(format!("cannot read the dead letters under {}", self.display), e)
-        };
-        let root = self.prefix.clone().join("dead_letters");
-        let objects: Vec<_> = self.store.list(Some(&root)).try_collect().await.map_err(fail)?;
+        let objects = self.read_dir("dead_letters", "the dead letters").await?;
         let mut letters = Vec::with_capacity(objects.len());
-        for object in objects {
-            let bytes = self.store.get(&object.location).await.map_err(fail)?.bytes().await.map_err(fail)?;
+        for (location, bytes) in objects {
             let letter = serde_json::from_slice(&bytes).map_err(|e| {
-                Stage::Output.error(format!("{} under {} is not a dead letter", object.location, self.display), e)
+                Stage::Output.error(format!("{location} under {} is not a dead letter", self.display), e)
             })?;
             letters.push(letter);
         }
@@ -359,14 +374,8 @@ impl DeadLetterSink for ObjectDeadLetters {
     }
 
     async fn redriven(&self) -> Result<HashSet<String>> {
-        let fail = |e: object_store::Error| {
-            Stage::Output.error(format!("cannot read the redriven letters under {}", self.display), e)
-        };
-        let root = self.prefix.clone().join("redriven");
-        let objects: Vec<_> = self.store.list(Some(&root)).try_collect().await.map_err(fail)?;
         let mut keys = HashSet::new();
-        for object in objects {
-            let bytes = self.store.get(&object.location).await.map_err(fail)?.bytes().await.map_err(fail)?;
+        for (_, bytes) in self.read_dir("redriven", "the redriven letters").await? {
             keys.extend(String::from_utf8_lossy(&bytes).lines().map(str::to_owned));
         }
         Ok(keys)
@@ -375,7 +384,7 @@ impl DeadLetterSink for ObjectDeadLetters {
     async fn mark_redriven(&self, keys: &[String]) -> Result<()> {
         // One object per call, named by its content: a call repeated after a crash
         // rewrites the same object.
-        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        let text = key_lines(keys);
         let name = format!("{:x}.txt", md5::Md5::digest(text.as_bytes()));
         let path = self.prefix.clone().join("redriven").join(name);
         self.store.put(&path, PutPayload::from(text.into_bytes())).await.map_err(|e| {

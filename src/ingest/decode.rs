@@ -38,8 +38,8 @@ pub static WIRE_SCHEMA: LazyLock<SchemaRef> =
 
 /// The columns of the groups' versions, which tell an event's kind when it has no
 /// `event_type`.
-const PICKUP: usize = 1 + EventKind::Start.offset() + EventKind::Start.version_index();
-const DROPOFF: usize = 1 + EventKind::End.offset() + EventKind::End.version_index();
+const PICKUP: usize = EventKind::Start.version_column();
+const DROPOFF: usize = EventKind::End.version_column();
 
 /// The wire object, borrowing every field's raw JSON text; unknown fields are ignored.
 /// Read with serde, for the records [`scan_flat`] leaves (escapes, nesting, duplicates).

@@ -144,14 +144,16 @@ pub async fn redrive_failures(aws: &Aws, url: &str, dry_run: bool) -> Result<Fai
                 continue;
             };
             report.messages += 1;
-            let (records, lost) = read_range(aws, &parsed.batch).await?;
+            // The records go back on the stream they were read from.
+            let stream =
+                KinesisStream::new(aws, stream_name(&parsed.batch.stream_arn)?).with_read_interval(Default::default());
+            let (records, lost) = read_range(&stream, &parsed.batch).await?;
             report.past_retention.extend(lost);
             report.redriven += records.len() as u64;
             if dry_run {
                 left.push(receipt);
                 continue;
             }
-            let stream = KinesisStream::new(aws, stream_name(&parsed.batch.stream_arn)?);
             for chunk in records.chunks(500) {
                 let refused = stream.put_records(chunk).await?;
                 report.redriven -= refused.len() as u64;
@@ -178,8 +180,7 @@ fn stream_name(arn: &str) -> Result<&str> {
 }
 
 /// The records of the batch's range still in the stream, and the part it no longer holds.
-async fn read_range(aws: &Aws, batch: &KinesisBatchInfo) -> Result<(Vec<PutRecord>, Vec<String>)> {
-    let stream = KinesisStream::new(aws, stream_name(&batch.stream_arn)?).with_read_interval(Default::default());
+async fn read_range(stream: &KinesisStream, batch: &KinesisBatchInfo) -> Result<(Vec<PutRecord>, Vec<String>)> {
     let start = SequenceNumber(batch.start_sequence_number.as_str().into());
     let end = SequenceNumber(batch.end_sequence_number.as_str().into());
     let shard = batch.shard_id.clone();

@@ -96,15 +96,6 @@ impl Validated {
             FieldType::Decimal => decimal_text(col.as_primitive::<Decimal128Type>().value(row)),
         })
     }
-
-    /// The value of the field `name` in `row`, in the stored form ([`Validated::stored_text`]).
-    ///
-    /// # Panics
-    /// When `name` is not a field of the registry.
-    pub fn text(&self, name: &str, row: usize) -> Option<CompactString> {
-        let at = FIELDS.iter().position(|f| f.name == name).expect("a field of the registry");
-        self.stored_text(1 + at, &FIELDS[at], row)
-    }
 }
 
 /// Rows where `mask` is true (nulls count as false).
@@ -332,6 +323,12 @@ mod tests {
     use arrow::compute::kernels::cmp::neq;
     use proptest::prelude::*;
 
+    /// The value of the field `name` in `row`, in the stored form.
+    fn text(v: &Validated, name: &str, row: usize) -> Option<CompactString> {
+        let at = FIELDS.iter().position(|f| f.name == name).expect("a field of the registry");
+        v.stored_text(1 + at, &FIELDS[at], row)
+    }
+
     /// The integer rule as three cast kernels: text → Decimal128(38, 10) → Int64, and back
     /// to tell a dropped fraction.
     fn integer_by_kernels(text: &str) -> Option<Integer> {
@@ -430,11 +427,11 @@ mod tests {
     fn a_good_start_is_typed_and_normalised() {
         let v = check(&[START]);
         assert!(v.is_valid(0), "{:?}", v.reasons);
-        assert_eq!(v.text("dropoff_location_id", 0).unwrap(), "93");
-        assert_eq!(v.text("vendor_id", 0).unwrap(), "1");
-        assert_eq!(v.text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.000000Z");
-        assert_eq!(v.text("estimated_dropoff_datetime", 0).unwrap(), "2024-05-25T12:03:00.000000Z");
-        assert_eq!(v.text("estimated_fare_amount", 0).unwrap(), "34.18595283806629");
+        assert_eq!(text(&v, "dropoff_location_id", 0).unwrap(), "93");
+        assert_eq!(text(&v, "vendor_id", 0).unwrap(), "1");
+        assert_eq!(text(&v, "pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.000000Z");
+        assert_eq!(text(&v, "estimated_dropoff_datetime", 0).unwrap(), "2024-05-25T12:03:00.000000Z");
+        assert_eq!(text(&v, "estimated_fare_amount", 0).unwrap(), "34.18595283806629");
     }
 
     #[test]
@@ -463,7 +460,7 @@ mod tests {
     fn lower_case_t_and_z_are_taken_as_rfc_3339_allows() {
         let v = check(&[&START.replace("2024-05-25 13:19:00", "2024-05-25t13:19:00.5z")]);
         assert!(v.is_valid(0), "{:?}", v.reasons);
-        assert_eq!(v.text("pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.500000Z");
+        assert_eq!(text(&v, "pickup_datetime", 0).unwrap(), "2024-05-25T13:19:00.500000Z");
         let v = check(&[&START.replace("2024-05-25 13:19:00", "2024-05-25x13:19:00")]);
         assert_eq!(v.reasons[0], ["pickup_datetime: not ISO 8601: \"2024-05-25x13:19:00\""]);
         assert!(v.column("pickup_datetime").is_null(0), "a rejected value is not kept");

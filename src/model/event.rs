@@ -65,13 +65,18 @@ impl EventKind {
         }
     }
 
-    /// Where this kind's group starts in [`FIELDS`]; its fields' columns in the trip
-    /// table (after `trip_id`) start one later.
-    pub const fn offset(self) -> usize {
+    /// The column of this kind's first field wherever the columns are `trip_id` and then
+    /// [`FIELDS`]: the wire columns, the validated batch, the stored cells, the trip table.
+    pub const fn first_column(self) -> usize {
         match self {
-            EventKind::Start => 0,
-            EventKind::End => START_LEN,
+            EventKind::Start => 1,
+            EventKind::End => 1 + START_LEN,
         }
+    }
+
+    /// The column of [`EventKind::version_field`], counted as [`EventKind::first_column`].
+    pub const fn version_column(self) -> usize {
+        self.first_column() + self.version_index()
     }
 
     /// The fields of this kind's group, `trip_id` excluded, in table order.

@@ -31,8 +31,8 @@ pub const EXPORT_BATCH_ROWS: usize = 65_536;
 /// [`TRIP_SCHEMA`] order. The schema's last three columns are derived from them.
 pub const STORED_COLUMNS: usize = 1 + FIELDS.len();
 /// The columns of the groups' versions.
-pub(crate) const PICKUP: usize = 1 + EventKind::Start.offset() + EventKind::Start.version_index();
-pub(crate) const DROPOFF: usize = 1 + EventKind::End.offset() + EventKind::End.version_index();
+pub(crate) const PICKUP: usize = EventKind::Start.version_column();
+pub(crate) const DROPOFF: usize = EventKind::End.version_column();
 const TRIP_DATE: usize = STORED_COLUMNS;
 const TRIP_COMPLETED: usize = STORED_COLUMNS + 1;
 const LAST_UPDATED: usize = STORED_COLUMNS + 2;
@@ -119,7 +119,7 @@ pub(crate) fn cells_of<'a>(
     let groups = [(EventKind::Start, start.map(|s| &s.values()[..])), (EventKind::End, end.map(|e| &e.values()[..]))];
     for (kind, values) in groups {
         for ((spec, value), cell) in
-            kind.fields().iter().zip(values.into_iter().flatten()).zip(&mut cells[1 + kind.offset()..])
+            kind.fields().iter().zip(values.into_iter().flatten()).zip(&mut cells[kind.first_column()..])
         {
             *cell = match (spec.ty, value.as_deref()) {
                 (_, None) => Cell::Null,

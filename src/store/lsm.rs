@@ -94,8 +94,8 @@ const TEXT: u8 = 2;
 const TIME: u8 = 3;
 
 /// Column positions of the groups among the stored cells.
-const START: std::ops::Range<usize> = 1..1 + START_LEN;
-const END: std::ops::Range<usize> = START.end..START.end + END_LEN;
+const START: std::ops::Range<usize> = EventKind::Start.first_column()..EventKind::Start.first_column() + START_LEN;
+const END: std::ops::Range<usize> = EventKind::End.first_column()..EventKind::End.first_column() + END_LEN;
 /// True for the columns holding datetimes, which are kept as microseconds.
 const IS_DATETIME: [bool; STORED_COLUMNS] = {
     let mut is = [false; STORED_COLUMNS];
@@ -292,7 +292,7 @@ fn item(cells: &[Cell<'_>; STORED_COLUMNS]) -> TripItem {
 
 /// True when `cells` hold a group of `kind`: its version is stored.
 fn has(cells: &[Cell<'_>; STORED_COLUMNS], kind: EventKind) -> bool {
-    !matches!(cells[1 + kind.offset() + kind.version_index()], Cell::Null)
+    !matches!(cells[kind.version_column()], Cell::Null)
 }
 
 /// The value stored for a trip: the layout byte, a byte of which groups are present,

@@ -126,10 +126,10 @@ fn read_item(row: &Row<'_>) -> rusqlite::Result<TripItem> {
         })
     };
     let group = |kind: EventKind| -> rusqlite::Result<Option<Vec<Option<CompactString>>>> {
-        let first = 1 + kind.offset();
-        if text(first + kind.version_index())?.is_none() {
+        if text(kind.version_column())?.is_none() {
             return Ok(None);
         }
+        let first = kind.first_column();
         (first..first + kind.fields().len()).map(text).collect::<rusqlite::Result<_>>().map(Some)
     };
     Ok(TripItem {
