@@ -324,7 +324,7 @@ pub struct DateFlags {
 
 /// The dates of a KPI run. `--all` is every date, `--date` the dates given, `--from` /
 /// `--to` an inclusive range (`--to` defaults to `today`); with none of them, the nightly
-/// default: `today` and the `lookback` days before it, so late events still count.
+/// default: `today` and the `lookback` days before it, and every date marked changed.
 ///
 /// # Errors
 /// When a date does not parse, or a range is empty or has no start.
@@ -340,7 +340,7 @@ pub fn date_selection(flags: &DateFlags, today: NaiveDate) -> Result<DateSelecti
         (None, Some(_)) => {
             return Err(Error::config("--to needs --from; give both, e.g. --from 2024-05-24 --to 2024-05-26"));
         }
-        (None, None) => return lookback_dates(flags.lookback, today).map(DateSelection::Dates),
+        (None, None) => return lookback_dates(flags.lookback, today).map(DateSelection::Nightly),
     };
     if from > to {
         return Err(Error::config(format!("--from {from} is after --to {to}; swap them")));
@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(sel(DateFlags { all: true, ..Default::default() }).unwrap(), DateSelection::All);
         assert_eq!(
             sel(DateFlags { lookback: 1, ..Default::default() }).unwrap(),
-            DateSelection::Dates(vec![day(25), day(26)]),
+            DateSelection::Nightly(vec![day(25), day(26)]),
             "nightly: today and yesterday"
         );
         assert_eq!(
@@ -435,7 +435,7 @@ mod tests {
         let long = sel(DateFlags { lookback: 25_502_422, ..Default::default() }).unwrap_err().to_string();
         assert!(long.contains("--lookback 25502422 covers more than 36525 days") && long.contains("--all"), "{long}");
         let century = sel(DateFlags { lookback: 36_524, ..Default::default() }).unwrap();
-        assert!(matches!(century, DateSelection::Dates(d) if d.len() == 36_525), "100 years is still a range");
+        assert!(matches!(century, DateSelection::Nightly(d) if d.len() == 36_525), "100 years is still a window");
         let wide = DateFlags { from: s("0001-01-01"), to: s("9999-12-31"), ..Default::default() };
         assert!(sel(wide).unwrap_err().to_string().contains("covers 3652059 days"));
     }

@@ -12,8 +12,9 @@
 //!   the replay harmless. Near the deadline it stops between chunks and names the first
 //!   record it did not process in `batchItemFailures`; Lambda resumes from there.
 //! - **kpi** takes an EventBridge Scheduler payload (`{"scheduled_time": …}`: that UTC
-//!   date and the lookback days before it) or a backfill (`{"dates": [...]}`), exports
-//!   those dates through the table's date index and writes the files `tripflow kpi` would.
+//!   date, the lookback days before it and every date marked changed) or a backfill
+//!   (`{"dates": [...]}`), exports those dates through the table's date index and
+//!   writes the files `tripflow kpi` would.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -337,6 +338,10 @@ pub enum KpiRequest {
 pub struct KpiSummary {
     /// The dates asked for.
     pub requested: Vec<NaiveDate>,
+    /// The dates marked changed that a scheduled run recomputed with them.
+    pub changed: Vec<NaiveDate>,
+    /// Changed dates left without completed trips, whose KPI files were removed.
+    pub removed: Vec<NaiveDate>,
     /// The dates that had completed trips, each with a `kpi.json`.
     pub dates: Vec<NaiveDate>,
     /// Every file written.
@@ -412,11 +417,22 @@ impl KpiFunction {
         // `{"dates": []}` is a smoke test after a deploy: the function starts and answers.
         if matches!(&request, KpiRequest::Dates { dates } if dates.is_empty()) {
             info!("No dates asked for; nothing to do.");
-            return Ok(KpiSummary { requested: Vec::new(), dates: Vec::new(), files: Vec::new(), exported_rows: 0 });
+            return Ok(KpiSummary {
+                requested: Vec::new(),
+                changed: Vec::new(),
+                removed: Vec::new(),
+                dates: Vec::new(),
+                files: Vec::new(),
+                exported_rows: 0,
+            });
         }
         let began = std::time::Instant::now();
         let requested = self.dates(&request)?;
-        let selection = DateSelection::Dates(requested.clone());
+        // A backfill is exactly its dates; a scheduled run adds the changed ones.
+        let selection = match request {
+            KpiRequest::Dates { .. } => DateSelection::Dates(requested.clone()),
+            KpiRequest::Scheduled { .. } | KpiRequest::Rule { .. } => DateSelection::Nightly(requested.clone()),
+        };
         let report = kpi::run(
             self.store.as_ref(),
             &self.queries,
@@ -426,11 +442,24 @@ impl KpiFunction {
             &crate::observe::progress::Quiet,
         )
         .await?;
-        info!(requested = requested.len(), dates = report.dates.len(), files = report.files.len(), "KPI run done.");
+        info!(
+            requested = requested.len(),
+            changed = report.changed.len(),
+            dates = report.dates.len(),
+            files = report.files.len(),
+            "KPI run done."
+        );
         // For the alarm on a missed night, and the run's figures.
         let emf = telemetry::kpi_emf_line(report.dates.len(), report.exported_rows, began.elapsed(), SystemTime::now());
         println!("{emf}");
-        Ok(KpiSummary { requested, dates: report.dates, files: report.files, exported_rows: report.exported_rows })
+        Ok(KpiSummary {
+            requested,
+            changed: report.changed,
+            removed: report.removed,
+            dates: report.dates,
+            files: report.files,
+            exported_rows: report.exported_rows,
+        })
     }
 }
 

@@ -482,6 +482,13 @@ pub(crate) fn print_kpis(report: &KpiReport, out: &OutputLocation) -> Result<()>
         }
         _ => println!("no completed trips for the dates asked; no KPI file written"),
     }
+    let dates = |d: &[chrono::NaiveDate]| d.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    if !report.changed.is_empty() {
+        println!("recomputed {} date(s) whose trips changed since the last run: {}", report.changed.len(), dates(&report.changed));
+    }
+    if !report.removed.is_empty() {
+        println!("removed the KPI files of {} date(s) left without completed trips: {}", report.removed.len(), dates(&report.removed));
+    }
     println!(
         "{} KPI file(s) for {} date(s) under {}/kpi_output",
         report.files.len(),

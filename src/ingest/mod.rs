@@ -726,6 +726,14 @@ mod tests {
             Ok(Vec::new())
         }
 
+        async fn changed_dates(&self) -> Result<Vec<crate::store::ChangedDate>> {
+            Ok(Vec::new())
+        }
+
+        async fn clear_changed(&self, _read: &[crate::store::ChangedDate]) -> Result<usize> {
+            Ok(0)
+        }
+
         fn write_requests(&self) -> u64 {
             0
         }

@@ -41,10 +41,15 @@ use crate::{Error, Result};
 /// Which dates the job reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DateSelection {
-    /// Every date in the table.
+    /// Every date in the table. The dates marked changed are cleared after, since they
+    /// are among them.
     All,
-    /// Only these dates.
+    /// Only these dates (a backfill); the marks are left for the nightly run.
     Dates(Vec<NaiveDate>),
+    /// The nightly run: these dates (the scheduled date and its lookback), and every
+    /// date marked changed since the last run however old (docs/design.md §5), whose
+    /// marks it clears once their files are written.
+    Nightly(Vec<NaiveDate>),
 }
 
 /// A query's results.
@@ -61,6 +66,16 @@ pub struct QueryResult {
 /// What the job wrote.
 #[derive(Debug)]
 pub struct KpiReport {
+    /// The dates exported and queried, in order (`None`: every date in the table).
+    pub queried: Option<Vec<NaiveDate>>,
+    /// The dates marked changed when the job began, recomputed with the others.
+    pub changed: Vec<NaiveDate>,
+    /// Marked dates left without completed trips (each trip's end moved to another
+    /// day): their `kpi.json`, `kpi.parquet` and snapshot were removed.
+    pub removed: Vec<NaiveDate>,
+    /// Marks cleared after the files were written. A date marked again during the run,
+    /// or marked too recently to be settled (DynamoDB), keeps its mark.
+    pub cleared: usize,
     /// Dates with a `kpi.json`, in order.
     pub dates: Vec<NaiveDate>,
     /// Every KPI file written (JSON, and Parquet when asked).
@@ -202,7 +217,7 @@ pub async fn run_queries(
 ) -> Result<(Vec<QueryResult>, Exported)> {
     let wanted = match dates {
         DateSelection::All => None,
-        DateSelection::Dates(d) => Some(d.clone()),
+        DateSelection::Dates(d) | DateSelection::Nightly(d) => Some(d.clone()),
     };
     let probe = context_over(TRIP_SCHEMA.clone(), &[])?;
     let read = read_columns(&plan_all(&probe, queries).await?)?;
@@ -313,8 +328,13 @@ impl Spill {
 /// Runs the job: queries, then one `kpi.json` per date, one summary file per date-less
 /// query, and the report ([`crate::kpi::report`]) over every date under `out`.
 ///
+/// Unless given dates, the job first reads the dates marked changed and recomputes them
+/// too; once every file is written it clears the marks it read (docs/design.md §5). A
+/// marked date left without completed trips has its files removed.
+///
 /// # Errors
-/// When a query fails (nothing is written then) or an output cannot be written.
+/// When a query fails (nothing is written then), an output cannot be written, or the
+/// marks cannot be read or cleared.
 pub async fn run(
     store: &dyn TripStore,
     queries: &[KpiQuery],
@@ -323,8 +343,28 @@ pub async fn run(
     formats: Formats,
     progress: &dyn Progress,
 ) -> Result<KpiReport> {
+    // Read before the export, so every change a mark covers is in it.
+    let marks = match dates {
+        DateSelection::Dates(_) => Vec::new(),
+        DateSelection::All | DateSelection::Nightly(_) => store.changed_dates().await?,
+    };
+    let changed: Vec<NaiveDate> = marks.iter().map(|m| m.date).collect();
+    let dates = match dates {
+        DateSelection::Nightly(window) => {
+            let all: BTreeSet<NaiveDate> = window.iter().chain(&changed).copied().collect();
+            DateSelection::Nightly(all.into_iter().collect())
+        }
+        other => other.clone(),
+    };
+    let queried = match &dates {
+        DateSelection::All => None,
+        DateSelection::Dates(d) | DateSelection::Nightly(d) => Some(d.clone()),
+    };
+    if !changed.is_empty() {
+        info!(changed = changed.len(), "Recomputing the dates whose trips changed since the last run.");
+    }
     let columns = if formats.parquet { ExportColumns::All } else { ExportColumns::Queried };
-    let (results, export) = run_queries(store, queries, dates, columns, progress).await?;
+    let (results, export) = run_queries(store, queries, &dates, columns, progress).await?;
     let exported_rows = export.rows;
     let (per_date, summaries) = render(&results)?;
     let mut files = Vec::new();
@@ -344,14 +384,29 @@ pub async fn run(
     for (stem, json) in summaries {
         files.push(out.put(&format!("kpi_output/summary/{stem}.json"), json.into_bytes()).await?);
     }
+    // A changed date without completed trips left: its published figures are gone.
+    let removed: Vec<NaiveDate> =
+        changed.iter().copied().filter(|d| !per_date.contains_key(&d.format("%Y-%m-%d").to_string())).collect();
+    for date in &removed {
+        for key in [
+            format!("kpi_output/date={date}/kpi.json"),
+            format!("kpi_output/date={date}/kpi.parquet"),
+            format!("snapshots/trip_date={date}/trips.parquet"),
+        ] {
+            out.delete(&key).await?;
+        }
+        warn!(%date, "No completed trips are left on a changed date; its KPI files were removed.");
+    }
     // Last, over every date under `out` (this run's and earlier ones').
     let written = crate::kpi::report::write(out).await?;
     for (file, why) in &written.skipped {
         warn!(file = %file, %why, "The KPI report skips a file it cannot read.");
     }
+    // Only now that every file is written: a failure before leaves the marks for the next run.
+    let cleared = store.clear_changed(&marks).await?;
     let dates = per_date.keys().filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).collect::<Vec<_>>();
-    info!(dates = dates.len(), files = files.len(), exported_rows, "KPI job done.");
-    Ok(KpiReport { dates, files, report: written.path, results, exported_rows })
+    info!(dates = dates.len(), files = files.len(), exported_rows, changed = changed.len(), cleared, "KPI job done.");
+    Ok(KpiReport { queried, changed, removed, cleared, dates, files, report: written.path, results, exported_rows })
 }
 
 /// Which files the job writes besides `kpi.json`.

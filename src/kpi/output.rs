@@ -87,6 +87,22 @@ impl OutputLocation {
         Ok(format!("{}/{key}", self.display.trim_end_matches('/')))
     }
 
+    /// Removes `key` under the prefix, if it is there.
+    ///
+    /// # Errors
+    /// When the store refuses the removal.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let path = key.split('/').fold(self.prefix.clone(), |p, part| p.clone().join(part));
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Stage::Output.error_then(
+                format!("cannot remove {key} under {}", self.display),
+                e,
+                "choose a --out this process may delete in",
+            )),
+        }
+    }
+
     /// The location as given.
     pub fn display(&self) -> &str {
         &self.display

@@ -19,6 +19,17 @@
 //! backoff and jitter. The export scans the table in parallel segments, or queries the
 //! sparse date index when only some dates are wanted.
 //!
+//! The dates a merge changes (docs/design.md §5) are marked in a second table,
+//! `<table>-changed-dates`: one item per date, `trip_date` → `marked_at`. A merge marks
+//! them before it writes the trips (one BatchWriteItem for the dates of its ends), so no
+//! crash leaves a changed trip without its mark. The dates a write can only learn from
+//! the stored item (the day an end moves away from, or the day of the end a late start
+//! completes) are pinned by the write's condition: a write that would change another
+//! day than the ones marked fails, the failed condition names that day, and the day is
+//! marked before the write is sent again. A mark younger than [`DEFAULT_MARK_GRACE`]
+//! may cover writes still in flight, so a KPI run recomputes its date but leaves the
+//! mark for the next run.
+//!
 //! The date index is write-sharded, so that a day's writes spread over N partitions
 //! (DynamoDB takes about 1,000 writes a second per partition key) and a day is read by N
 //! Queries in parallel: an item with a `trip_date` carries `trip_date_shard` =
@@ -36,10 +47,11 @@ use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
-    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType, PutRequest,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, WriteRequest,
 };
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use chrono::NaiveDate;
@@ -47,10 +59,10 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use super::{
-    CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns, StartGroup,
-    ToCompactString, TripItem, TripStore, TripUpdate, is_newer,
+    ChangedDate, CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns,
+    StartGroup, ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date,
 };
-use crate::backend::aws::{Aws, describe, wait_for};
+use crate::backend::aws::{Aws, create_key_table, describe, wait_for};
 use crate::error::{Context, Stage};
 use crate::model::event::{AttributeType, END_FIELDS, EventKind, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
@@ -123,6 +135,19 @@ pub fn date_shard(trip_id: &str, shards: u32) -> u32 {
     let head = u64::from_be_bytes(digest[..8].try_into().expect("an MD5 digest has 16 bytes"));
     (head % u64::from(shards.max(1))) as u32
 }
+/// The table of changed dates beside trip table `table`.
+pub fn changed_dates_table(table: &str) -> String {
+    format!("{table}-changed-dates")
+}
+
+/// How long a mark may cover writes still in flight: the longest a merge call can take
+/// from its marks to its last write. Lambda stops a function after 15 minutes at most;
+/// a merge's retries end well before.
+pub const DEFAULT_MARK_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// Marks in one BatchWriteItem, DynamoDB's most.
+const MARKS_PER_REQUEST: usize = 25;
+
 /// Default number of UpdateItem calls in flight.
 pub const DEFAULT_WRITE_CONCURRENCY: usize = 16;
 /// Default number of parallel Scan segments of an export.
@@ -133,8 +158,13 @@ const MAX_CONDITION_RETRIES: u32 = 8;
 
 /// The DynamoDB trip table.
 pub struct DynamoStore {
+    aws: Aws,
     client: aws_sdk_dynamodb::Client,
     table: String,
+    /// [`changed_dates_table`] of `table`.
+    marks_table: String,
+    /// [`DEFAULT_MARK_GRACE`] unless set.
+    mark_grace: Duration,
     write_concurrency: usize,
     scan_segments: u32,
     writes: Arc<AtomicU64>,
@@ -158,22 +188,26 @@ enum Other {
     Is(CompactString),
 }
 
-/// One conditional write: which groups it writes, and its assumption about the other.
+/// One conditional write: which groups it writes, its assumption about the other, and,
+/// when it writes the end, about the stored `trip_date`: absent or the new end's
+/// (`None`), or exactly this other day, already marked (`Some`).
 #[derive(Debug, Clone)]
 struct Plan {
     start: bool,
     end: bool,
     other: Other,
+    stored_date: Option<CompactString>,
 }
 
 impl Plan {
     /// The first try: the common case, in which trips start before they end.
     fn first(u: &TripUpdate) -> Plan {
-        match (&u.start, &u.end) {
-            (Some(_), None) => Plan { start: true, end: false, other: Other::Absent },
-            (None, Some(_)) => Plan { start: false, end: true, other: Other::NotNewer },
-            _ => Plan { start: true, end: true, other: Other::Absent },
-        }
+        let (start, end, other) = match (&u.start, &u.end) {
+            (Some(_), None) => (true, false, Other::Absent),
+            (None, Some(_)) => (false, true, Other::NotNewer),
+            _ => (true, true, Other::Absent),
+        };
+        Plan { start, end, other, stored_date: None }
     }
 
     /// The next try after the condition failed against the `stored` versions; `None`
@@ -183,7 +217,20 @@ impl Plan {
         let end = is_newer(u.end.as_ref().map(EndGroup::version), stored.dropoff.as_deref());
         let other_stored = if start { &stored.dropoff } else { &stored.pickup };
         let other = other_stored.clone().map_or(Other::Absent, Other::Is);
-        (start || end).then_some(Plan { start, end, other })
+        let new_date = u.end.as_ref().map(|e| date_of(e.version()));
+        let stored_date = stored.dropoff.as_deref().map(date_of).filter(|&d| end && Some(d) != new_date);
+        (start || end).then(|| Plan { start, end, other, stored_date: stored_date.map(CompactString::from) })
+    }
+
+    /// The day this write changes besides its own end's, which must be marked before it
+    /// is sent: the day its end moves the trip from, or the day of the stored end that
+    /// its start completes.
+    fn other_date(&self) -> Option<&str> {
+        match (&self.stored_date, &self.other) {
+            (Some(d), _) => Some(d),
+            (None, Other::Is(dropoff)) if self.start && !self.end => Some(date_of(dropoff)),
+            _ => None,
+        }
     }
 }
 
@@ -272,11 +319,20 @@ fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
     if let Some(d) = d {
         set.push("#trip_date = :trip_date".into());
         names.insert("#trip_date".into(), "trip_date".into());
-        values.insert(":trip_date".into(), AttributeValue::S(d[..10].to_owned()));
+        values.insert(":trip_date".into(), AttributeValue::S(date_of(d).to_owned()));
+        // The day the trip leaves is marked only once known: a write that would move it
+        // from an unmarked day fails, and the failure names the day.
+        match &plan.stored_date {
+            None => condition.push("(attribute_not_exists(#trip_date) OR #trip_date = :trip_date)".into()),
+            Some(old) => {
+                condition.push("#trip_date = :stored_trip_date".into());
+                values.insert(":stored_trip_date".into(), AttributeValue::S(old.to_string()));
+            }
+        }
         if let DateIndex::Sharded(n) = index {
             set.push(format!("#{DATE_SHARD_ATTRIBUTE} = :{DATE_SHARD_ATTRIBUTE}"));
             names.insert(format!("#{DATE_SHARD_ATTRIBUTE}"), DATE_SHARD_ATTRIBUTE.into());
-            let key = shard_key(&d[..10], date_shard(&u.trip_id, n));
+            let key = shard_key(date_of(d), date_shard(&u.trip_id, n));
             values.insert(format!(":{DATE_SHARD_ATTRIBUTE}"), AttributeValue::S(key));
         }
     }
@@ -362,8 +418,11 @@ impl DynamoStore {
     /// The table `table`, reached with `aws`'s configuration.
     pub fn new(aws: &Aws, table: &str) -> Self {
         DynamoStore {
+            aws: aws.clone(),
             client: aws.dynamodb(),
             table: table.to_owned(),
+            marks_table: changed_dates_table(table),
+            mark_grace: DEFAULT_MARK_GRACE,
             write_concurrency: DEFAULT_WRITE_CONCURRENCY,
             scan_segments: DEFAULT_SCAN_SEGMENTS,
             writes: Arc::default(),
@@ -413,6 +472,12 @@ impl DynamoStore {
         ))
     }
 
+    /// Sets how old a mark must be before a KPI run may clear it ([`DEFAULT_MARK_GRACE`]).
+    pub fn with_mark_grace(mut self, grace: Duration) -> Self {
+        self.mark_grace = grace;
+        self
+    }
+
     /// Sets the number of parallel Scan segments of an export.
     pub fn with_scan_segments(mut self, n: u32) -> Self {
         self.scan_segments = n.max(1);
@@ -425,8 +490,8 @@ impl DynamoStore {
     }
 
     /// Creates the table (key `trip_id`, on-demand) with its sparse date index, sharded
-    /// [`Self::with_date_shards`] ways, unless they exist, and waits until both are
-    /// active. A table without a date index gets the unsharded [`DATE_INDEX`], which
+    /// [`Self::with_date_shards`] ways, and its table of changed dates, unless they
+    /// exist, and waits until all are active. A table without a date index gets the unsharded [`DATE_INDEX`], which
     /// covers the items it already holds. Returns whether anything was created.
     ///
     /// # Errors
@@ -470,9 +535,10 @@ impl DynamoStore {
                 return Err(Error::store(format!("cannot create DynamoDB table {}: {}", self.table, describe(&e))));
             }
         };
+        let created_marks = create_key_table(&self.aws, &self.marks_table, "trip_date", None).await?;
         if wait_until(&self.client, &self.table, &Statuses::table_active, TABLE_WAIT).await?.index.is_some() {
             wait_until(&self.client, &self.table, &Statuses::index_active, INDEX_WAIT).await?;
-            return Ok(created_table);
+            return Ok(created_table || created_marks);
         }
         // A table made without a date index: add the one its items already fit.
         let index = DateIndex::Plain;
@@ -506,12 +572,100 @@ impl DynamoStore {
     /// # Errors
     /// When they do not exist or cannot be described.
     pub async fn check_exists(&self) -> Result<()> {
-        self.date_index().await.map(|_| ())
+        self.date_index().await?;
+        self.client.describe_table().table_name(&self.marks_table).send().await.map_err(|e| self.marks_error(e))?;
+        Ok(())
     }
 
-    async fn merge_one(&self, u: &TripUpdate, index: DateIndex) -> Result<MergeOutcome> {
+    /// The error of a call to the table of changed dates.
+    fn marks_error<E>(
+        &self,
+        e: aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        if e.code() == Some("ResourceNotFoundException") {
+            return Error::config(format!(
+                "DynamoDB table {} (the dates whose KPIs changed) does not exist; create it with 'tripflow setup \
+                 --store dynamodb://{}'",
+                self.marks_table, self.table
+            ));
+        }
+        Error::store(format!("{}: {}", self.marks_table, describe(&e)))
+    }
+
+    /// Removes the mark of `m` if it still holds the value read: 1 if removed, else 0.
+    async fn clear_mark(&self, m: &ChangedDate) -> Result<usize> {
+        let sent = self
+            .client
+            .delete_item()
+            .table_name(&self.marks_table)
+            .key("trip_date", AttributeValue::S(m.date.format("%Y-%m-%d").to_string()))
+            .condition_expression("marked_at = :read")
+            .expression_attribute_values(":read", AttributeValue::S(m.mark.clone()))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(1),
+            // Marked again since it was read: it stays for the next run.
+            Err(e) if matches!(e.as_service_error(), Some(DeleteItemError::ConditionalCheckFailedException(_))) => {
+                Ok(0)
+            }
+            Err(e) => Err(self.marks_error(e)),
+        }
+    }
+
+    /// Marks `dates` changed, as of now, in as few BatchWriteItem calls as DynamoDB
+    /// allows; items it leaves unprocessed are sent again.
+    async fn mark(&self, dates: impl IntoIterator<Item = &str>) -> Result<()> {
+        let at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let requests = dates
+            .into_iter()
+            .map(|date| {
+                let put = PutRequest::builder()
+                    .item("trip_date", AttributeValue::S(date.to_owned()))
+                    .item("marked_at", AttributeValue::S(at.clone()))
+                    .build()
+                    .map_err(|e| Error::store(e.to_string()))?;
+                Ok(WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in requests.chunks(MARKS_PER_REQUEST) {
+            let mut left = chunk.to_vec();
+            for attempt in 0..MAX_CONDITION_RETRIES {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.marks_table, left)
+                    .send()
+                    .await
+                    .map_err(|e| self.marks_error(e))?;
+                left = out.unprocessed_items.and_then(|mut u| u.remove(&self.marks_table)).unwrap_or_default();
+                if left.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            if !left.is_empty() {
+                return Err(Error::store(format!(
+                    "{}: DynamoDB left {} marks unwritten after {MAX_CONDITION_RETRIES} tries",
+                    self.marks_table,
+                    left.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn merge_one(&self, u: &TripUpdate, index: DateIndex, marked: &Marked) -> Result<MergeOutcome> {
         let mut plan = Plan::first(u);
         for _ in 0..MAX_CONDITION_RETRIES {
+            if let Some(date) = plan.other_date()
+                && marked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(date.into())
+            {
+                self.mark([date]).await?;
+            }
             let e = expression(u, &plan, index);
             self.writes.fetch_add(1, Ordering::Relaxed);
             let sent = self
@@ -706,16 +860,60 @@ async fn wait_until(
     .await
 }
 
+/// The dates a merge call has marked.
+type Marked = std::sync::Mutex<std::collections::BTreeSet<CompactString>>;
+
 #[async_trait]
 impl TripStore for DynamoStore {
     async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>> {
-        // Indices, not references, keep the futures free of higher-ranked lifetimes.
         let index = self.date_index().await?;
+        // The days of the ends, marked before any trip is written.
+        let ends: std::collections::BTreeSet<CompactString> =
+            updates.iter().filter_map(|u| u.end.as_ref()).map(|e| date_of(e.version()).into()).collect();
+        self.mark(ends.iter().map(CompactString::as_str)).await?;
+        let marked = Marked::new(ends);
+        // Indices, not references, keep the futures free of higher-ranked lifetimes.
         futures::stream::iter(0..updates.len())
-            .map(|i| self.merge_one(&updates[i], index))
+            .map(|i| self.merge_one(&updates[i], index, &marked))
             .buffered(self.write_concurrency)
             .try_collect()
             .await
+    }
+
+    async fn changed_dates(&self) -> Result<Vec<ChangedDate>> {
+        let settled_before = chrono::Utc::now()
+            - chrono::Duration::from_std(self.mark_grace).unwrap_or(chrono::Duration::MAX);
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.marks_table)
+            .consistent_read(true)
+            .into_paginator()
+            .send();
+        let mut marks = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.marks_error(e))?;
+            for item in page.items() {
+                let (Some(date), Some(at)) = (text(item, "trip_date"), text(item, "marked_at")) else {
+                    return Err(Error::store(format!("{}: an item has no trip_date or marked_at", self.marks_table)));
+                };
+                let date = marked_date(&date, &self.marks_table)?;
+                let settled = chrono::DateTime::parse_from_rfc3339(&at).is_ok_and(|at| at < settled_before);
+                marks.push(ChangedDate { date, mark: at.to_string(), settled });
+            }
+        }
+        marks.sort_by_key(|m| m.date);
+        Ok(marks)
+    }
+
+    async fn clear_changed(&self, read: &[ChangedDate]) -> Result<usize> {
+        let settled: Vec<&ChangedDate> = read.iter().filter(|m| m.settled).collect();
+        let cleared: Vec<usize> = futures::stream::iter(0..settled.len())
+            .map(|i| self.clear_mark(settled[i]))
+            .buffer_unordered(self.write_concurrency)
+            .try_collect()
+            .await?;
+        Ok(cleared.iter().sum())
     }
 
     async fn get(&self, trip_id: &str) -> Result<Option<TripItem>> {
@@ -828,6 +1026,34 @@ mod tests {
         let next = Plan::after_failure(&both, &stored).unwrap();
         assert!(!next.start && next.end, "only the newer group is written again");
         assert_eq!(next.other, Other::Is("2024-05-25 10:00:00".into()));
+    }
+
+    #[test]
+    fn a_write_names_every_day_it_changes_before_it_is_sent() {
+        // First try: an end assumes the trip is on no day yet, or on the end's own day.
+        let u = TripUpdate { trip_id: "t".into(), start: None, end: Some(end("2024-05-27 11:00:00")) };
+        let first = Plan::first(&u);
+        assert_eq!(first.other_date(), None);
+        let e = expression(&u, &first, DateIndex::Plain);
+        assert!(e.condition.contains("(attribute_not_exists(#trip_date) OR #trip_date = :trip_date)"), "{}", e.condition);
+
+        // Stored on another day: that day is marked, and the write pins it.
+        let stored = StoredVersions { pickup: Some("2024-05-25 09:00:00".into()), dropoff: Some("2024-05-25 10:00:00".into()) };
+        let next = Plan::after_failure(&u, &stored).unwrap();
+        assert_eq!(next.other_date(), Some("2024-05-25"));
+        let e = expression(&u, &next, DateIndex::Plain);
+        assert!(e.condition.contains("#trip_date = :stored_trip_date"), "{}", e.condition);
+        assert_eq!(e.values[":stored_trip_date"], AttributeValue::S("2024-05-25".into()));
+
+        // Stored on the same day: nothing more to mark.
+        let stored = StoredVersions { pickup: None, dropoff: Some("2024-05-27 10:00:00".into()) };
+        assert_eq!(Plan::after_failure(&u, &stored).unwrap().other_date(), None);
+
+        // A start that completes a stored end changes the end's day.
+        let s = TripUpdate { trip_id: "t".into(), start: Some(start("2024-05-20 10:00:00")), end: None };
+        assert_eq!(Plan::first(&s).other_date(), None, "first assumed without an end");
+        let stored = StoredVersions { pickup: None, dropoff: Some("2024-05-21 10:00:00".into()) };
+        assert_eq!(Plan::after_failure(&s, &stored).unwrap().other_date(), Some("2024-05-21"));
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! 60% of its 1M rate, the rest being compaction (the README's Performance section has
 //! the figures and what is left to find).
 //!
-//! Two keyspaces, written together by one atomic batch per merge call, made durable
+//! Three keyspaces, written together by one atomic batch per merge call, made durable
 //! (fsync) before the call returns:
 //! - `trips`: `trip_id` → the item's two groups (see `encode`);
 //! - `by_date`: `YYYY-MM-DD` + `trip_id` → nothing, for every trip with an end group:
 //!   the date index a date-filtered export walks, like the DynamoDB backend's sparse
-//!   index.
+//!   index;
+//! - `changed`: `YYYY-MM-DD` → the mark of the last merge call that touched the date
+//!   (docs/design.md §5). Being in the trips' batch, a mark is never lost to a crash.
 //!
 //! The merge reads each trip's stored item, keeps the groups whose incoming version is
 //! newer, and writes the whole item back (a point read per trip, no read-modify-write
@@ -33,8 +35,8 @@ use fjall::{AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOpt
 
 use super::export::{DROPOFF, PICKUP, cells_of};
 use super::{
-    Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
-    ToCompactString, TripItem, TripStore, TripUpdate, is_newer,
+    Cell, ChangedDate, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
+    ToCompactString, TripItem, TripStore, TripUpdate, is_newer, marked_date, next_mark, touched_dates,
 };
 use crate::error::{Context, Stage};
 use crate::model::event::{END_LEN, EventKind, FIELDS, FieldType, START_LEN};
@@ -117,6 +119,10 @@ struct Tables {
     db: Database,
     trips: Keyspace,
     by_date: Keyspace,
+    changed: Keyspace,
+    /// Held while a merge commits and while marks are compared and cleared, so a mark
+    /// set between a clear's read and its removal is never removed.
+    marks: Mutex<()>,
     path: PathBuf,
 }
 
@@ -190,7 +196,8 @@ impl Tables {
         // (on every flush and compaction of 10M keys).
         let trips = keyspace("trips", KeyspaceCreateOptions::default())?;
         let by_date = keyspace("by_date", KeyspaceCreateOptions::default().filter_policy(FilterPolicy::disabled()))?;
-        Ok(Tables { db, trips, by_date, path })
+        let changed = keyspace("changed", KeyspaceCreateOptions::default())?;
+        Ok(Tables { db, trips, by_date, changed, marks: Mutex::new(()), path })
     }
 
     /// Builds every item, or those of `dates`, into batches of `columns`, handing each
@@ -478,6 +485,7 @@ impl TripStore for LsmStore {
             let mut batch = t.db.batch().durability(Some(PersistMode::SyncAll));
             let mut value = Vec::new();
             let mut written = 0;
+            let mut touched = std::collections::BTreeSet::new();
             for &i in &order {
                 let u = &updates[i];
                 let stored = t.trips.get(u.trip_id.as_str()).map_err(|e| t.failed("cannot read a trip", e))?;
@@ -496,6 +504,7 @@ impl TripStore for LsmStore {
                 if !outcome.start_applied && !outcome.end_applied {
                     continue;
                 }
+                touched_dates(outcome, stored_date(stored_end).as_deref(), u, &mut touched);
                 let incoming = cells_of(&u.trip_id, u.start.as_ref(), u.end.as_ref());
                 for (applied, group) in [(outcome.start_applied, START), (outcome.end_applied, END)] {
                     if applied {
@@ -517,7 +526,14 @@ impl TripStore for LsmStore {
                 }
                 written += 1;
             }
-            batch.commit().map_err(|e| t.failed("cannot commit a merge", e))?;
+            let mark = next_mark().to_be_bytes();
+            for date in &touched {
+                batch.insert(&t.changed, date.as_str(), mark);
+            }
+            {
+                let _marks = t.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                batch.commit().map_err(|e| t.failed("cannot commit a merge", e))?;
+            }
             t.seal_when_full(&t.trips)?;
             t.seal_when_full(&t.by_date)?;
             writes.fetch_add(written, Ordering::Relaxed);
@@ -563,9 +579,47 @@ impl TripStore for LsmStore {
         .await
     }
 
+    async fn changed_dates(&self) -> Result<Vec<ChangedDate>> {
+        self.call(|t| {
+            let mut marks = Vec::new();
+            for guard in t.changed.iter() {
+                let (key, value) = guard.into_inner().map_err(|e| t.failed("cannot read the changed dates", e))?;
+                let date = marked_date(&String::from_utf8_lossy(&key), &t.path.display())?;
+                marks.push(ChangedDate { date, mark: hex(&value), settled: true });
+            }
+            Ok(marks)
+        })
+        .await
+    }
+
+    async fn clear_changed(&self, read: &[ChangedDate]) -> Result<usize> {
+        let read = read.to_vec();
+        self.call(move |t| {
+            let _marks = t.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut batch = t.db.batch().durability(Some(PersistMode::SyncAll));
+            let mut cleared = 0;
+            for m in read.iter().filter(|m| m.settled) {
+                let key = m.date.format("%Y-%m-%d").to_string();
+                let now = t.changed.get(&key).map_err(|e| t.failed("cannot read a changed date", e))?;
+                if now.is_some_and(|v| hex(&v) == m.mark) {
+                    batch.remove(&t.changed, key);
+                    cleared += 1;
+                }
+            }
+            batch.commit().map_err(|e| t.failed("cannot clear the changed dates", e))?;
+            Ok(cleared)
+        })
+        .await
+    }
+
     fn write_requests(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
+}
+
+/// A mark's bytes as text, the form [`ChangedDate::mark`] keeps.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

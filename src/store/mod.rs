@@ -112,6 +112,47 @@ pub struct MergeOutcome {
     pub end_applied: bool,
 }
 
+/// Adds to `dates` the dates whose KPIs a merge of one trip changed (docs/design.md §5):
+/// the date of an end that was stored, and the date it replaced when that was another
+/// day; and, for a start stored beside an end that was already there, that end's date
+/// (the trip became complete there). A start without an end changes no date.
+pub(crate) fn touched_dates(
+    outcome: MergeOutcome,
+    stored_date: Option<&str>,
+    update: &TripUpdate,
+    dates: &mut std::collections::BTreeSet<CompactString>,
+) {
+    let new_date = update.end.as_ref().map(|e| date_of(e.version()));
+    if outcome.end_applied {
+        dates.extend(new_date.map(CompactString::from));
+        dates.extend(stored_date.filter(|&old| Some(old) != new_date).map(CompactString::from));
+    } else if outcome.start_applied {
+        dates.extend(stored_date.map(CompactString::from));
+    }
+}
+
+/// The `YYYY-MM-DD` of a stored datetime (the whole text if it is shorter).
+pub(crate) fn date_of(datetime: &str) -> &str {
+    datetime.get(..10).unwrap_or(datetime)
+}
+
+/// A date whose trips changed since its mark was last cleared (docs/design.md §5). Ingest
+/// marks the dates its merges touch, durably, with the trip writes; the KPI job
+/// recomputes every marked date and then clears the marks it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedDate {
+    /// The trips' `trip_date`.
+    pub date: NaiveDate,
+    /// The mark's value when it was read. Clearing compares it, so a date marked again
+    /// since (by a merge during the KPI run) stays marked.
+    pub mark: String,
+    /// True when every write the mark covers is stored, so a run that reads the date
+    /// after reading the mark sees them all. Always true where the mark and the trip
+    /// writes are one atomic batch (the embedded tables); on DynamoDB, where the mark
+    /// is written just before its writes, true once it is older than any batch lives.
+    pub settled: bool,
+}
+
 /// A stored trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TripItem {
@@ -192,6 +233,48 @@ pub trait TripStore: Send + Sync {
         Ok(())
     }
 
+    /// The dates marked changed, oldest first.
+    ///
+    /// # Errors
+    /// When the backend fails, or a stored mark does not name a date.
+    async fn changed_dates(&self) -> Result<Vec<ChangedDate>>;
+
+    /// Clears the marks of `read` that are settled and still hold the value read;
+    /// returns how many it cleared. A date marked again since keeps its mark.
+    ///
+    /// # Errors
+    /// When the backend fails; the marks not yet cleared stay, and the next run
+    /// recomputes their dates again.
+    async fn clear_changed(&self, read: &[ChangedDate]) -> Result<usize>;
+
     /// Write requests sent so far (one per trip per batch in the common case).
     fn write_requests(&self) -> u64;
+}
+
+/// A value for the marks of one merge call that no earlier call in this process gave,
+/// and that a later process does not give again: microseconds since the epoch when
+/// first asked, then one more each call.
+pub(crate) fn next_mark() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// Parses a stored mark's date.
+pub(crate) fn marked_date(text: &str, place: &dyn std::fmt::Display) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        crate::Error::store(format!(
+            "a changed-date mark in {place} names {text:?}, which is not a YYYY-MM-DD date; delete that mark"
+        ))
+    })
 }

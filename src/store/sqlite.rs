@@ -21,8 +21,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
 use super::{
-    Cell, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
-    ToCompactString, TripItem, TripStore, TripUpdate, is_newer,
+    Cell, ChangedDate, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
+    ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date, next_mark, touched_dates,
 };
 use crate::backend::sqlite::{Db, DbResult};
 use crate::error::Stage;
@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS trips (
         (max(coalesce({pickup}, ''), coalesce({dropoff}, ''))) STORED
 );
 CREATE INDEX IF NOT EXISTS trips_by_date ON trips (trip_date) WHERE trip_date IS NOT NULL;
+CREATE TABLE IF NOT EXISTS changed_dates (
+    trip_date TEXT PRIMARY KEY,
+    mark INTEGER NOT NULL
+);
 "
     )
 });
@@ -53,7 +57,8 @@ CREATE INDEX IF NOT EXISTS trips_by_date ON trips (trip_date) WHERE trip_date IS
 /// merges touch the whole `trip_id` index, which must stay in memory to be fast.
 const CACHE_MIB: i64 = 64;
 
-/// The SQLite trip table.
+/// The SQLite trip table, and the dates its merges changed (docs/design.md §5), marked in
+/// `changed_dates` by the merge's own transaction.
 pub struct SqliteStore {
     db: Db,
     writes: Arc<AtomicU64>,
@@ -166,6 +171,7 @@ impl TripStore for SqliteStore {
                 order.sort_unstable_by(|&a, &b| updates[a].trip_id.cmp(&updates[b].trip_id));
                 let mut outcomes = vec![MergeOutcome::default(); updates.len()];
                 let mut written = 0;
+                let mut touched = std::collections::BTreeSet::new();
                 {
                     let mut versions = tx.prepare_cached(&format!(
                         "SELECT {}, {} FROM trips WHERE trip_id = ?1",
@@ -184,6 +190,7 @@ impl TripStore for SqliteStore {
                             end_applied: is_newer(u.end.as_ref().map(EndGroup::version), stored_end.as_deref()),
                         };
                         if outcome.start_applied || outcome.end_applied {
+                            touched_dates(outcome, stored_end.as_deref().map(date_of), u, &mut touched);
                             let start = u.start.as_ref().filter(|_| outcome.start_applied);
                             let end = u.end.as_ref().filter(|_| outcome.end_applied);
                             let values: Vec<Option<CompactString>> = std::iter::once(Some(u.trip_id.clone()))
@@ -194,6 +201,14 @@ impl TripStore for SqliteStore {
                             written += 1;
                         }
                         outcomes[i] = outcome;
+                    }
+                    let mut mark = tx.prepare_cached(
+                        "INSERT INTO changed_dates (trip_date, mark) VALUES (?1, ?2) \
+                         ON CONFLICT (trip_date) DO UPDATE SET mark = excluded.mark",
+                    )?;
+                    let value = i64::try_from(next_mark()).unwrap_or(i64::MAX);
+                    for date in &touched {
+                        mark.execute(rusqlite::params![date.as_str(), value])?;
                     }
                 }
                 tx.commit()?;
@@ -251,6 +266,41 @@ impl TripStore for SqliteStore {
                     }
                 }
                 Ok(builder.finish_into(batches)?)
+            })
+            .await
+    }
+
+    async fn changed_dates(&self) -> Result<Vec<ChangedDate>> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT trip_date, mark FROM changed_dates ORDER BY trip_date")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                let mut marks = Vec::new();
+                for row in rows {
+                    let (date, mark) = row?;
+                    let date = marked_date(&date, &"trips.sqlite")?;
+                    marks.push(ChangedDate { date, mark: mark.to_string(), settled: true });
+                }
+                Ok(marks)
+            })
+            .await
+    }
+
+    async fn clear_changed(&self, read: &[ChangedDate]) -> Result<usize> {
+        let read = read.to_vec();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut cleared = 0;
+                {
+                    let mut delete = tx.prepare("DELETE FROM changed_dates WHERE trip_date = ?1 AND mark = ?2")?;
+                    for m in read.iter().filter(|m| m.settled) {
+                        let Ok(mark) = m.mark.parse::<i64>() else { continue };
+                        cleared += delete.execute(rusqlite::params![m.date.format("%Y-%m-%d").to_string(), mark])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(cleared)
             })
             .await
     }

@@ -18,6 +18,7 @@ mod fuzz_corpus;
 mod golden;
 mod lambda;
 mod lambda_iam;
+mod late_events;
 mod merge_props;
 mod moto;
 mod on_aws;

@@ -160,6 +160,70 @@ pub async fn a_newer_end_moves_the_trip_to_its_day(store: &dyn TripStore) {
     assert_eq!((rows(25).await, rows(27).await), (0, 1));
 }
 
+/// The dates marked changed, as text.
+async fn marked(store: &dyn TripStore) -> Vec<String> {
+    store.changed_dates().await.unwrap().iter().map(|m| m.date.to_string()).collect()
+}
+
+/// Reads the marks and clears them, as a KPI run does once its files are written.
+async fn clear_all(store: &dyn TripStore) {
+    let read = store.changed_dates().await.unwrap();
+    assert_eq!(store.clear_changed(&read).await.unwrap(), read.len(), "every settled mark read is cleared");
+    assert_eq!(marked(store).await, Vec::<String>::new());
+}
+
+/// docs/design.md §5: a merge marks every date whose KPIs it changes, and only those: the
+/// day of an end it stores, the day that end moved the trip from, and the day of an end
+/// that a late start completes. A start without an end changes no day.
+pub async fn merges_mark_the_dates_they_change(store: &dyn TripStore) {
+    let on = |day: &str, fare: &str| end("00:00", fare).with("dropoff_datetime", Some(&format!("{day}T23:59:00.000000Z")));
+    store.merge(vec![update("t", Some(start("10:00", 1)), None)]).await.unwrap();
+    assert_eq!(marked(store).await, Vec::<String>::new(), "a start alone changes no date");
+    store.merge(vec![update("t", None, Some(on("2024-04-15", "7")))]).await.unwrap();
+    assert_eq!(marked(store).await, ["2024-04-15"]);
+    clear_all(store).await;
+
+    // A newer end on another day: both days change.
+    store.merge(vec![update("t", None, Some(on("2024-04-17", "8")))]).await.unwrap();
+    assert_eq!(marked(store).await, ["2024-04-15", "2024-04-17"]);
+    clear_all(store).await;
+
+    // An end first, then its start: the day is marked again when the trip completes.
+    store.merge(vec![update("u", None, Some(on("2024-03-01", "9")))]).await.unwrap();
+    assert_eq!(marked(store).await, ["2024-03-01"]);
+    clear_all(store).await;
+    store.merge(vec![update("u", Some(start("09:00", 1)), None)]).await.unwrap();
+    assert_eq!(marked(store).await, ["2024-03-01"], "the late start completes the trip on its end's day");
+    clear_all(store).await;
+
+    // One batch over several trips and days: each day once.
+    store
+        .merge(vec![
+            update("a", Some(start("10:00", 1)), Some(on("2024-01-02", "5"))),
+            update("b", Some(start("10:00", 1)), Some(on("2024-01-02", "6"))),
+            update("c", Some(start("10:00", 1)), Some(on("2024-01-03", "6"))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(marked(store).await, ["2024-01-02", "2024-01-03"]);
+}
+
+/// A date marked again between a KPI run's read of the marks and its clear keeps its
+/// mark: the run may have exported the day before that change.
+pub async fn a_date_marked_again_after_the_read_keeps_its_mark(store: &dyn TripStore) {
+    let on = |day: &str| end("00:00", "3").with("dropoff_datetime", Some(&format!("{day}T12:00:00.000000Z")));
+    store.merge(vec![update("a", Some(start("10:00", 1)), Some(on("2024-02-01")))]).await.unwrap();
+    store.merge(vec![update("b", Some(start("10:00", 1)), Some(on("2024-02-02")))]).await.unwrap();
+    let read = store.changed_dates().await.unwrap();
+    assert_eq!(read.len(), 2);
+    store.merge(vec![update("c", Some(start("10:00", 1)), Some(on("2024-02-02")))]).await.unwrap();
+    assert_eq!(store.clear_changed(&read).await.unwrap(), 1, "only the mark that did not change");
+    assert_eq!(marked(store).await, ["2024-02-02"]);
+    // Clearing what was read again changes nothing; the next read clears it.
+    assert_eq!(store.clear_changed(&read).await.unwrap(), 0);
+    clear_all(store).await;
+}
+
 /// One `#[tokio::test]` per body above, each on a new store from the calling module's
 /// `with_store`: every backend runs the whole suite, and a new body is added here once.
 macro_rules! every_body {
@@ -171,6 +235,8 @@ macro_rules! every_body {
             export_by_date,
             export_to_sends_what_export_returns,
             a_newer_end_moves_the_trip_to_its_day,
+            merges_mark_the_dates_they_change,
+            a_date_marked_again_after_the_read_keeps_its_mark,
         );
     };
     ($($body:ident),+ $(,)?) => {$(
@@ -204,30 +270,72 @@ mod sqlite {
 }
 
 mod dynamodb {
+    use std::time::Duration;
+
+    use tripflow::store::TripStore;
     use tripflow::store::dynamodb::DynamoStore;
 
     use crate::moto::{aws, unique};
 
     async fn with_store(body: impl AsyncFnOnce(&DynamoStore)) {
-        let store = DynamoStore::new(&aws(), &unique("suite")).with_scan_segments(3);
+        // Marks settle at once: the suite runs one writer and waits for each merge.
+        let store = DynamoStore::new(&aws(), &unique("suite")).with_scan_segments(3).with_mark_grace(Duration::ZERO);
         assert!(store.create_if_missing().await.unwrap());
         assert!(!store.create_if_missing().await.unwrap(), "idempotent");
         body(&store).await;
     }
 
     every_body!();
+
+    fn late_end(trip: &str) -> tripflow::store::TripUpdate {
+        super::update(trip, None, Some(super::end("10:00", "7")))
+    }
+
+    /// A mark is written before the trips it covers, so a mark younger than the time a
+    /// batch may take can cover writes still on their way: a run recomputes its date but
+    /// leaves the mark for the next run.
+    #[tokio::test]
+    async fn a_mark_younger_than_a_batch_may_take_is_recomputed_but_not_cleared() {
+        let store = DynamoStore::new(&aws(), &unique("young"));
+        store.create_if_missing().await.unwrap();
+        store.merge(vec![late_end("t")]).await.unwrap();
+        let read = store.changed_dates().await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert!(!read[0].settled, "just written");
+        assert_eq!(store.clear_changed(&read).await.unwrap(), 0);
+        assert_eq!(store.changed_dates().await.unwrap(), read, "still marked, unchanged");
+    }
+
+    /// The marks go first: a merge that cannot write them writes no trip, so no crash
+    /// between the two can leave a changed trip unmarked.
+    #[tokio::test]
+    async fn a_merge_that_cannot_mark_its_dates_writes_no_trip() {
+        let table = unique("unmarked");
+        let store = DynamoStore::new(&aws(), &table);
+        store.create_if_missing().await.unwrap();
+        let marks = tripflow::store::dynamodb::changed_dates_table(&table);
+        aws().dynamodb().delete_table().table_name(&marks).send().await.unwrap();
+        let err = store.merge(vec![late_end("t")]).await.unwrap_err().to_string();
+        assert!(err.contains(&marks) && err.contains("tripflow setup"), "{err}");
+        assert_eq!(store.get("t").await.unwrap(), None, "the trip was not written");
+        let err = store.check_exists().await.unwrap_err().to_string();
+        assert!(err.contains(&marks), "a check at start says so too: {err}");
+    }
 }
 
 /// An independent DynamoDB: dynalite answers a failed condition without the stored
 /// item, so every merge that needs a second write goes through the GetItem fallback.
 mod dynalite {
+    use std::time::Duration;
+
     use tripflow::store::dynamodb::DynamoStore;
 
     use crate::emulators::dynalite;
     use crate::moto::unique;
 
     async fn with_store(body: impl AsyncFnOnce(&DynamoStore)) {
-        let store = DynamoStore::new(&dynalite(), &unique("suite")).with_scan_segments(3);
+        let store =
+            DynamoStore::new(&dynalite(), &unique("suite")).with_scan_segments(3).with_mark_grace(Duration::ZERO);
         assert!(store.create_if_missing().await.unwrap());
         assert!(!store.create_if_missing().await.unwrap(), "idempotent");
         body(&store).await;
