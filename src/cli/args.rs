@@ -483,7 +483,8 @@ pub(crate) fn print_kpis(report: &KpiReport, out: &OutputLocation) -> Result<()>
         _ => println!("no completed trips for the dates asked; no KPI file written"),
     }
     let dates = |d: &[chrono::NaiveDate]| d.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    if !report.changed.is_empty() {
+    // A run over every date recomputes the changed ones anyway.
+    if !report.changed.is_empty() && report.queried.is_some() {
         println!("recomputed {} date(s) whose trips changed since the last run: {}", report.changed.len(), dates(&report.changed));
     }
     if !report.removed.is_empty() {

@@ -1,9 +1,14 @@
 //! Delivery (docs/design.md §4): a crash between merge and checkpoint replays harmlessly, and
 //! killing the `tripflow ingest` process at any moment and running it again gives
-//! byte-identical KPI files.
+//! byte-identical KPI files. A killed ingest leaves every date it changed marked
+//! (docs/design.md §5): the marks are in the trips' own write.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
+
+use chrono::NaiveDate;
+use tripflow::store::Projection;
 
 use tripflow::config::Home;
 use tripflow::ingest::IngestOptions;
@@ -82,4 +87,48 @@ async fn sigkill_at_any_moment_then_rerun_gives_identical_kpis() {
     let b = kpi_files(&killed, &tmp.path().join("out-killed")).await;
     assert!(!a.is_empty());
     assert_eq!(a, b);
+}
+
+/// The `trip_date`s of the stored trips, and the dates marked changed, in `home`.
+async fn stored_and_marked(home: &Home) -> (BTreeSet<NaiveDate>, BTreeSet<NaiveDate>) {
+    use arrow::array::{Array, Date32Array};
+    let store = home.store().unwrap();
+    let mut stored = BTreeSet::new();
+    for batch in store.export(None, &Projection::all()).await.unwrap() {
+        let dates = batch.column_by_name("trip_date").unwrap();
+        let dates = dates.as_any().downcast_ref::<Date32Array>().unwrap();
+        stored.extend(dates.iter().flatten().map(|d| arrow::temporal_conversions::date32_to_datetime(d).unwrap().date()));
+    }
+    let marked = store.changed_dates().await.unwrap().into_iter().map(|m| m.date).collect();
+    (stored, marked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_ingest_leaves_every_stored_date_marked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path().join("home")).unwrap();
+    produce_generated(&home, &tmp.path().join("gen"), 3000).await;
+    let binary = env!("CARGO_BIN_EXE_tripflow");
+    let mut checked = 0;
+    for delay_ms in [60u64, 120, 200, 300] {
+        let mut child = Command::new(binary)
+            .args(["ingest", "--batch-rows", "97", "--home"])
+            .arg(home.dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
+            child.kill().unwrap(); // SIGKILL
+        }
+        child.wait().unwrap();
+        let (stored, marked) = stored_and_marked(&home).await;
+        let unmarked: Vec<_> = stored.difference(&marked).collect();
+        assert!(unmarked.is_empty(), "after a kill at {delay_ms} ms, stored trips on unmarked dates {unmarked:?}");
+        if killed && !stored.is_empty() {
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no kill came after a trip was stored; the test proves nothing");
 }

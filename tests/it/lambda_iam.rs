@@ -170,6 +170,24 @@ fn role_policies(template: &Value, role: &str, bucket: &str) -> Vec<(String, Val
         .collect()
 }
 
+/// Sets every mark in the table of changed dates `marks` to a time long past; returns
+/// their dates, in order.
+async fn backdate_marks(admin: &Aws, marks: &str) -> Vec<String> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let client = admin.dynamodb();
+    let items = client.scan().table_name(marks).consistent_read(true).send().await.unwrap();
+    let mut dates = Vec::new();
+    for item in items.items() {
+        let date = item["trip_date"].as_s().unwrap().clone();
+        let old = AttributeValue::S("2000-01-01T00:00:00.000000Z".into());
+        let put = client.put_item().table_name(marks).item("trip_date", AttributeValue::S(date.clone()));
+        put.item("marked_at", old).send().await.unwrap();
+        dates.push(date);
+    }
+    dates.sort();
+    dates
+}
+
 /// `policies` without `action`, and whether they had it.
 fn without(policies: &[(String, Value)], action: &str) -> (Vec<(String, Value)>, bool) {
     let mut found = false;
@@ -276,12 +294,19 @@ async fn each_function_works_under_exactly_its_role_and_fails_without_one_of_its
         ("TRIPFLOW_OUT", format!("s3://{bucket}/tripflow")),
         ("TRIPFLOW_PARQUET", "true".into()),
     ];
+    // The nightly run: its window, and the dates the ingest function marked, backdated
+    // here past the time a batch may take, so that the run clears them.
+    let marks = tripflow::store::dynamodb::changed_dates_table(&table);
+    let marked = backdate_marks(&admin, &marks).await;
+    assert!(!marked.is_empty() && marked.iter().all(|d| dates.contains(d)), "{marked:?}");
     let api = RuntimeApi::start().await;
     let function = Function::start(&api, "kpi", &as_user(&endpoint, &kpi_keys, &kpi_vars));
-    let outcome = api.invoke_now(&json!({ "dates": dates })).await;
+    let outcome = api.invoke_now(&json!({ "scheduled_time": "2024-07-01T23:59:00Z" })).await;
     let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", function.log()) };
     assert!(!summary["dates"].as_array().unwrap().is_empty(), "{summary}");
+    assert_eq!(summary["changed"], json!(marked), "{summary}");
     drop(function);
+    assert_eq!(backdate_marks(&admin, &marks).await, Vec::<String>::new(), "the run cleared the marks it read");
     let written = s3_tree(&admin, &bucket, "tripflow").await;
     let has = |suffix: &str| written.keys().any(|k| k.starts_with("kpi_output/") && k.ends_with(suffix));
     assert!(has("/kpi.json") && has(".parquet") && has("report.html"), "{:?}", written.keys());

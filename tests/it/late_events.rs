@@ -266,3 +266,40 @@ mod dynamodb {
 
     every_body!();
 }
+
+/// On `data/`, as a user meets it: `tripflow run`, then one late trip end (a corrected
+/// fare, a minute later on the same day) through `produce --ndjson` and `ingest`, then
+/// the nightly `tripflow kpi`. Of the KPI files, exactly that date's changes; the
+/// report is rebuilt over them.
+#[test]
+fn on_data_one_late_event_changes_exactly_its_dates_file() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    crate::common::copy_dir(&crate::common::data_dir(), &tmp.path().join("data"));
+    crate::common::copy_dir(&queries_dir(), &tmp.path().join("queries"));
+    let tripflow = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tripflow")).current_dir(tmp.path()).args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    tripflow(&["run"]);
+    let before = read_tree(&tmp.path().join("tripflow-out"));
+    assert!(before.len() > 4, "{:?}", before.keys());
+
+    // data/trip_end.csv's first trip ends at 2024-05-24 01:39:00.
+    let late = crate::common::end_event("f00e5c43e5", "2024-05-24 01:40:00", "120.5");
+    std::fs::write(tmp.path().join("late.ndjson"), late + "\n").unwrap();
+    tripflow(&["produce", "--ndjson", "late.ndjson"]);
+    tripflow(&["ingest"]);
+    let kpi = tripflow(&["kpi"]);
+    assert!(kpi.contains("recomputed 1 date(s) whose trips changed since the last run: 2024-05-24"), "{kpi}");
+
+    let after = read_tree(&tmp.path().join("tripflow-out"));
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    let changed: Vec<&String> = after.keys().filter(|k| before[*k] != after[*k]).collect();
+    assert_eq!(changed, ["kpi_output/date=2024-05-24/kpi.json", "kpi_output/report.html"]);
+    // The next night has nothing late to redo.
+    let quiet = tripflow(&["kpi"]);
+    assert!(!quiet.contains("recomputed"), "{quiet}");
+}
