@@ -485,10 +485,18 @@ pub(crate) fn print_kpis(report: &KpiReport, out: &OutputLocation) -> Result<()>
     let dates = |d: &[chrono::NaiveDate]| d.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     // A run over every date recomputes the changed ones anyway.
     if !report.changed.is_empty() && report.queried.is_some() {
-        println!("recomputed {} date(s) whose trips changed since the last run: {}", report.changed.len(), dates(&report.changed));
+        println!(
+            "recomputed {} date(s) whose trips changed since the last run: {}",
+            report.changed.len(),
+            dates(&report.changed)
+        );
     }
     if !report.removed.is_empty() {
-        println!("removed the KPI files of {} date(s) left without completed trips: {}", report.removed.len(), dates(&report.removed));
+        println!(
+            "removed the KPI files of {} date(s) left without completed trips: {}",
+            report.removed.len(),
+            dates(&report.removed)
+        );
     }
     println!(
         "{} KPI file(s) for {} date(s) under {}/kpi_output",

@@ -46,8 +46,8 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
     GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType, PutRequest,
@@ -881,15 +881,9 @@ impl TripStore for DynamoStore {
     }
 
     async fn changed_dates(&self) -> Result<Vec<ChangedDate>> {
-        let settled_before = chrono::Utc::now()
-            - chrono::Duration::from_std(self.mark_grace).unwrap_or(chrono::Duration::MAX);
-        let mut pages = self
-            .client
-            .scan()
-            .table_name(&self.marks_table)
-            .consistent_read(true)
-            .into_paginator()
-            .send();
+        let settled_before =
+            chrono::Utc::now() - chrono::Duration::from_std(self.mark_grace).unwrap_or(chrono::Duration::MAX);
+        let mut pages = self.client.scan().table_name(&self.marks_table).consistent_read(true).into_paginator().send();
         let mut marks = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.marks_error(e))?;
@@ -1035,10 +1029,15 @@ mod tests {
         let first = Plan::first(&u);
         assert_eq!(first.other_date(), None);
         let e = expression(&u, &first, DateIndex::Plain);
-        assert!(e.condition.contains("(attribute_not_exists(#trip_date) OR #trip_date = :trip_date)"), "{}", e.condition);
+        assert!(
+            e.condition.contains("(attribute_not_exists(#trip_date) OR #trip_date = :trip_date)"),
+            "{}",
+            e.condition
+        );
 
         // Stored on another day: that day is marked, and the write pins it.
-        let stored = StoredVersions { pickup: Some("2024-05-25 09:00:00".into()), dropoff: Some("2024-05-25 10:00:00".into()) };
+        let stored =
+            StoredVersions { pickup: Some("2024-05-25 09:00:00".into()), dropoff: Some("2024-05-25 10:00:00".into()) };
         let next = Plan::after_failure(&u, &stored).unwrap();
         assert_eq!(next.other_date(), Some("2024-05-25"));
         let e = expression(&u, &next, DateIndex::Plain);

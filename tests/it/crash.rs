@@ -97,7 +97,8 @@ async fn stored_and_marked(home: &Home) -> (BTreeSet<NaiveDate>, BTreeSet<NaiveD
     for batch in store.export(None, &Projection::all()).await.unwrap() {
         let dates = batch.column_by_name("trip_date").unwrap();
         let dates = dates.as_any().downcast_ref::<Date32Array>().unwrap();
-        stored.extend(dates.iter().flatten().map(|d| arrow::temporal_conversions::date32_to_datetime(d).unwrap().date()));
+        stored
+            .extend(dates.iter().flatten().map(|d| arrow::temporal_conversions::date32_to_datetime(d).unwrap().date()));
     }
     let marked = store.changed_dates().await.unwrap().into_iter().map(|m| m.date).collect();
     (stored, marked)

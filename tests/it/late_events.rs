@@ -10,9 +10,7 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use chrono::{Days, NaiveDate};
 use tripflow::kpi::{self, DateSelection, Formats, KpiReport, OutputLocation};
-use tripflow::store::{
-    ChangedDate, EndGroup, MergeOutcome, Projection, StartGroup, TripItem, TripStore, TripUpdate,
-};
+use tripflow::store::{ChangedDate, EndGroup, MergeOutcome, Projection, StartGroup, TripItem, TripStore, TripUpdate};
 
 use crate::common::{queries_dir, read_tree};
 
@@ -93,7 +91,10 @@ pub async fn a_40_day_late_end_rewrites_exactly_its_date(store: &dyn TripStore) 
     assert_eq!(quiet.queried, Some(vec![days_ago(1), today()]));
     assert_eq!((quiet.changed.len(), json_dates(&quiet.files)), (0, vec![days_ago(1).to_string()]));
 
-    store.merge(vec![TripUpdate { trip_id: "late".into(), start: None, end: Some(end(days_ago(40), "30")) }]).await.unwrap();
+    store
+        .merge(vec![TripUpdate { trip_id: "late".into(), start: None, end: Some(end(days_ago(40), "30")) }])
+        .await
+        .unwrap();
     let night = run(store, nightly(), out.path()).await;
     assert_eq!(night.changed, [days_ago(40)]);
     assert_eq!(night.queried, Some(vec![days_ago(40), days_ago(1), today()]), "the window and the late date");
@@ -104,7 +105,11 @@ pub async fn a_40_day_late_end_rewrites_exactly_its_date(store: &dyn TripStore) 
     let after = kpi_json(out.path());
     for (date, json) in &before {
         if *date == days_ago(40).to_string() {
-            assert!(after[date].contains("\"total_trips\": 2") && json.contains("\"total_trips\": 1"), "{}", after[date]);
+            assert!(
+                after[date].contains("\"total_trips\": 2") && json.contains("\"total_trips\": 1"),
+                "{}",
+                after[date]
+            );
         } else {
             assert_eq!(&after[date], json, "{date} changed");
         }

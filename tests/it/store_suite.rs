@@ -176,7 +176,8 @@ async fn clear_all(store: &dyn TripStore) {
 /// day of an end it stores, the day that end moved the trip from, and the day of an end
 /// that a late start completes. A start without an end changes no day.
 pub async fn merges_mark_the_dates_they_change(store: &dyn TripStore) {
-    let on = |day: &str, fare: &str| end("00:00", fare).with("dropoff_datetime", Some(&format!("{day}T23:59:00.000000Z")));
+    let on =
+        |day: &str, fare: &str| end("00:00", fare).with("dropoff_datetime", Some(&format!("{day}T23:59:00.000000Z")));
     store.merge(vec![update("t", Some(start("10:00", 1)), None)]).await.unwrap();
     assert_eq!(marked(store).await, Vec::<String>::new(), "a start alone changes no date");
     store.merge(vec![update("t", None, Some(on("2024-04-15", "7")))]).await.unwrap();
