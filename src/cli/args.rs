@@ -244,8 +244,9 @@ pub struct LambdaArgs {
 /// `--lookback`, one definition for `kpi`, `schedule` and the KPI function.
 #[derive(Debug, Args)]
 pub struct LookbackArgs {
-    /// Days before its day (UTC) that a run also covers, so late events still count: `kpi`
-    /// with no date flag covers today, `schedule` and the nightly function each run's day.
+    /// Days before its day (UTC) that a run also covers: `kpi` with no date flag covers
+    /// today, `schedule` and the nightly function each run's day. Besides these, such a
+    /// run recomputes every date whose trips changed since the last run, however old.
     #[arg(long, env = "TRIPFLOW_LOOKBACK", default_value_t = 1)]
     pub lookback: u32,
 }
