@@ -1,6 +1,7 @@
 //! Late events (docs/design.md §5): the nightly run recomputes its window and every date
 //! whose trips changed since the last run, however old, and nothing else; it clears only
-//! the marks it read, after writing. Every backend runs every body.
+//! the marks it read, after writing. Every backend runs every body
+//! ([`crate::store_suite::on_every_store`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -216,61 +217,11 @@ pub async fn a_day_whose_trips_moved_away_loses_its_files(store: &dyn TripStore)
     assert!(!report.contains(&from.to_string()), "the report no longer lists the day");
 }
 
-/// One `#[tokio::test]` per body, each on a new store from the module's `with_store`.
-macro_rules! every_body {
-    () => {
-        every_body!(
-            a_40_day_late_end_rewrites_exactly_its_date,
-            a_mark_set_during_a_run_survives_it,
-            a_day_whose_trips_moved_away_loses_its_files,
-        );
-    };
-    ($($body:ident),+ $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $body() {
-            with_store(async |s| super::$body(s).await).await;
-        }
-    )+};
-}
-
-mod lsm {
-    use tripflow::store::lsm::LsmStore;
-
-    async fn with_store(body: impl AsyncFnOnce(&LsmStore)) {
-        let tmp = tempfile::tempdir().unwrap();
-        body(&LsmStore::open(tmp.path()).unwrap()).await;
-    }
-
-    every_body!();
-}
-
-mod sqlite {
-    use tripflow::store::sqlite::SqliteStore;
-
-    async fn with_store(body: impl AsyncFnOnce(&SqliteStore)) {
-        let tmp = tempfile::tempdir().unwrap();
-        body(&SqliteStore::open(tmp.path()).unwrap()).await;
-    }
-
-    every_body!();
-}
-
-mod dynamodb {
-    use std::time::Duration;
-
-    use tripflow::store::dynamodb::DynamoStore;
-
-    use crate::moto::{aws, unique};
-
-    async fn with_store(body: impl AsyncFnOnce(&DynamoStore)) {
-        // One writer that waits for each merge: its marks settle at once.
-        let store = DynamoStore::new(&aws(), &unique("late")).with_mark_grace(Duration::ZERO);
-        store.create_if_missing().await.unwrap();
-        body(&store).await;
-    }
-
-    every_body!();
-}
+crate::store_suite::on_every_store!(
+    a_40_day_late_end_rewrites_exactly_its_date,
+    a_mark_set_during_a_run_survives_it,
+    a_day_whose_trips_moved_away_loses_its_files,
+);
 
 /// On `data/`, as a user meets it: `tripflow run`, then one late trip end (a corrected
 /// fare, a minute later on the same day) through `produce --ndjson` and `ingest`, then

@@ -225,68 +225,87 @@ pub async fn a_date_marked_again_after_the_read_keeps_its_mark(store: &dyn TripS
     clear_all(store).await;
 }
 
-/// One `#[tokio::test]` per body above, each on a new store from the calling module's
-/// `with_store`: every backend runs the whole suite, and a new body is added here once.
-macro_rules! every_body {
-    () => {
-        every_body!(
-            newer_wins_per_group,
-            groups_are_independent,
-            one_write_per_trip_per_batch,
-            export_by_date,
-            export_to_sends_what_export_returns,
-            a_newer_end_moves_the_trip_to_its_day,
-            merges_mark_the_dates_they_change,
-            a_date_marked_again_after_the_read_keeps_its_mark,
-        );
-    };
-    ($($body:ident),+ $(,)?) => {$(
-        #[tokio::test]
-        async fn $body() {
-            with_store(async |s| super::$body(s).await).await;
+/// One `#[tokio::test]` per body and backend: a module per backend (`lsm`, `sqlite`,
+/// `dynamodb` on moto, `dynalite`), each test on a new store, calling the body of the
+/// same name in the invoking module with it. The DynamoDB stores' marks settle at once:
+/// each body is one writer that waits for its merges.
+macro_rules! on_every_store {
+    ($($body:ident),+ $(,)?) => {
+        mod lsm {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    let tmp = tempfile::tempdir().unwrap();
+                    super::$body(&tripflow::store::lsm::LsmStore::open(tmp.path()).unwrap()).await;
+                }
+            )+
         }
-    )+};
+
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    let tmp = tempfile::tempdir().unwrap();
+                    super::$body(&tripflow::store::sqlite::SqliteStore::open(tmp.path()).unwrap()).await;
+                }
+            )+
+        }
+
+        mod dynamodb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    let store = $crate::store_suite::dynamodb_store(&$crate::moto::aws()).await;
+                    super::$body(&store).await;
+                }
+            )+
+        }
+
+        /// An independent DynamoDB: dynalite answers a failed condition without the
+        /// stored item, so every merge that needs a second write goes through the GetItem
+        /// fallback.
+        mod dynalite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    let store = $crate::store_suite::dynamodb_store(&$crate::emulators::dynalite()).await;
+                    super::$body(&store).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use on_every_store;
+
+/// A new DynamoDB trip table (and its table of changed dates) on `aws`, whose marks
+/// settle at once.
+pub async fn dynamodb_store(aws: &tripflow::backend::aws::Aws) -> tripflow::store::dynamodb::DynamoStore {
+    use tripflow::store::dynamodb::DynamoStore;
+    let store = DynamoStore::new(aws, &crate::moto::unique("suite"))
+        .with_scan_segments(3)
+        .with_mark_grace(std::time::Duration::ZERO);
+    assert!(store.create_if_missing().await.unwrap());
+    assert!(!store.create_if_missing().await.unwrap(), "idempotent");
+    store
 }
 
-mod lsm {
-    use tripflow::store::lsm::LsmStore;
+on_every_store!(
+    newer_wins_per_group,
+    groups_are_independent,
+    one_write_per_trip_per_batch,
+    export_by_date,
+    export_to_sends_what_export_returns,
+    a_newer_end_moves_the_trip_to_its_day,
+    merges_mark_the_dates_they_change,
+    a_date_marked_again_after_the_read_keeps_its_mark,
+);
 
-    async fn with_store(body: impl AsyncFnOnce(&LsmStore)) {
-        let tmp = tempfile::tempdir().unwrap();
-        body(&LsmStore::open(tmp.path()).unwrap()).await;
-    }
-
-    every_body!();
-}
-
-mod sqlite {
-    use tripflow::store::sqlite::SqliteStore;
-
-    async fn with_store(body: impl AsyncFnOnce(&SqliteStore)) {
-        let tmp = tempfile::tempdir().unwrap();
-        body(&SqliteStore::open(tmp.path()).unwrap()).await;
-    }
-
-    every_body!();
-}
-
-mod dynamodb {
-    use std::time::Duration;
-
+/// What only DynamoDB's marks do: they are written before the trips.
+mod dynamodb_marks {
     use tripflow::store::TripStore;
     use tripflow::store::dynamodb::DynamoStore;
 
     use crate::moto::{aws, unique};
-
-    async fn with_store(body: impl AsyncFnOnce(&DynamoStore)) {
-        // Marks settle at once: the suite runs one writer and waits for each merge.
-        let store = DynamoStore::new(&aws(), &unique("suite")).with_scan_segments(3).with_mark_grace(Duration::ZERO);
-        assert!(store.create_if_missing().await.unwrap());
-        assert!(!store.create_if_missing().await.unwrap(), "idempotent");
-        body(&store).await;
-    }
-
-    every_body!();
 
     fn late_end(trip: &str) -> tripflow::store::TripUpdate {
         super::update(trip, None, Some(super::end("10:00", "7")))
@@ -322,25 +341,4 @@ mod dynamodb {
         let err = store.check_exists().await.unwrap_err().to_string();
         assert!(err.contains(&marks), "a check at start says so too: {err}");
     }
-}
-
-/// An independent DynamoDB: dynalite answers a failed condition without the stored
-/// item, so every merge that needs a second write goes through the GetItem fallback.
-mod dynalite {
-    use std::time::Duration;
-
-    use tripflow::store::dynamodb::DynamoStore;
-
-    use crate::emulators::dynalite;
-    use crate::moto::unique;
-
-    async fn with_store(body: impl AsyncFnOnce(&DynamoStore)) {
-        let store =
-            DynamoStore::new(&dynalite(), &unique("suite")).with_scan_segments(3).with_mark_grace(Duration::ZERO);
-        assert!(store.create_if_missing().await.unwrap());
-        assert!(!store.create_if_missing().await.unwrap(), "idempotent");
-        body(&store).await;
-    }
-
-    every_body!();
 }
