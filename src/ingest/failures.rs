@@ -52,6 +52,10 @@ pub struct FailuresReport {
     pub redriven: u64,
     /// Ranges the stream no longer holds: `shard from START to END`.
     pub past_retention: Vec<String>,
+    /// Records the stream refused to take back, with its reason. Their message stays in
+    /// the queue, so the next redrive tries its range again (the records it did take go
+    /// again too, which the merge counts as duplicates).
+    pub refused: Vec<String>,
     /// Messages that are not on-failure messages of a Kinesis mapping, left in the queue.
     pub not_understood: u64,
 }
@@ -154,12 +158,15 @@ pub async fn redrive_failures(aws: &Aws, url: &str, dry_run: bool) -> Result<Fai
                 left.push(receipt);
                 continue;
             }
+            let mut refused = Vec::new();
             for chunk in records.chunks(500) {
-                let refused = stream.put_records(chunk).await?;
+                refused.extend(stream.put_records(chunk).await?.into_iter().map(|r| r.reason));
+            }
+            if !refused.is_empty() {
                 report.redriven -= refused.len() as u64;
-                report
-                    .past_retention
-                    .extend(refused.into_iter().map(|r| format!("refused by the stream: {}", r.reason)));
+                report.refused.extend(refused);
+                left.push(receipt);
+                continue;
             }
             sqs.delete_message()
                 .queue_url(url)

@@ -216,6 +216,7 @@ async fn on_aws_a_failed_batch_in_the_queue_is_read_again_from_kinesis() {
         "a dry run leaves the queue as it was: {report:?}"
     );
     assert_eq!(report.past_retention, [format!("{shard} from 0 to 0")]);
+    assert_eq!(report.refused, Vec::<String>::new());
 
     // Records 1 to 3 are on the stream again, with their partition keys.
     let after = stream.read(&it, 100, usize::MAX).await.unwrap().records;

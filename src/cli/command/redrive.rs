@@ -17,12 +17,16 @@ pub(in crate::cli) async fn redrive(s: &Redrive, aws: &AwsEnv) -> Result<()> {
         for range in &report.past_retention {
             eprintln!("warning: past retention, not redriven: {range}");
         }
+        for why in &report.refused {
+            eprintln!("warning: the stream refused a record, whose batch stays in the queue: {why}");
+        }
         println!(
-            "{} {} records of {} failed batches from {url}; {} ranges past retention; {} messages not understood (left in the queue)",
+            "{} {} records of {} failed batches from {url}; {} ranges past retention; {} refused; {} messages not understood (left in the queue)",
             if a.dry_run { "would redrive" } else { "redrove" },
             report.redriven,
             report.messages,
             report.past_retention.len(),
+            report.refused.len(),
             report.not_understood
         );
         return Ok(());
