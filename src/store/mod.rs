@@ -122,12 +122,19 @@ pub(crate) fn touched_dates(
     update: &TripUpdate,
     dates: &mut std::collections::BTreeSet<CompactString>,
 ) {
+    // Called for every trip a merge writes, over a few distinct days: look before
+    // making a key (`perf` put the inserts at 1.3% of a 1M-trip run).
+    let mut add = |date: &str| {
+        if !dates.contains(date) {
+            dates.insert(date.into());
+        }
+    };
     let new_date = update.end.as_ref().map(|e| date_of(e.version()));
     if outcome.end_applied {
-        dates.extend(new_date.map(CompactString::from));
-        dates.extend(stored_date.filter(|&old| Some(old) != new_date).map(CompactString::from));
+        new_date.into_iter().for_each(&mut add);
+        stored_date.filter(|&old| Some(old) != new_date).into_iter().for_each(&mut add);
     } else if outcome.start_applied {
-        dates.extend(stored_date.map(CompactString::from));
+        stored_date.into_iter().for_each(add);
     }
 }
 
