@@ -491,8 +491,9 @@ impl DynamoStore {
 
     /// Creates the table (key `trip_id`, on-demand) with its sparse date index, sharded
     /// [`Self::with_date_shards`] ways, and its table of changed dates, unless they
-    /// exist, and waits until all are active. A table without a date index gets the unsharded [`DATE_INDEX`], which
-    /// covers the items it already holds. Returns whether anything was created.
+    /// exist, and waits until all are active. A table without a date index gets the
+    /// unsharded [`DATE_INDEX`], which covers the items it already holds. Returns whether
+    /// anything was created.
     ///
     /// # Errors
     /// When DynamoDB refuses, or the table does not become active within two minutes.
