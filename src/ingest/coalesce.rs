@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use arrow::array::AsArray;
 use arrow::datatypes::TimestampMicrosecondType;
 
-use super::validate::Validated;
+use super::validate::{Typed, Validated};
 use crate::model::event::EventKind;
-use crate::store::{CompactString, EndGroup, StartGroup, TripUpdate};
+use crate::store::{EndGroup, StartGroup, TripUpdate};
 
 /// The updates of a batch.
 #[derive(Debug, Default)]
@@ -48,32 +48,25 @@ pub fn coalesce(v: &Validated) -> Coalesced {
         }
     }
 
+    // Each column is typed once per batch, not once per value.
+    let (starts, ends) = (columns(v, StartGroup::KIND), columns(v, EndGroup::KIND));
     let updates = order
         .into_iter()
         .map(|id| {
             let [start, end] = newest[id];
             TripUpdate {
                 trip_id: id.into(),
-                start: start.map(|r| start_group(v, r)),
-                end: end.map(|r| end_group(v, r)),
+                start: start.map(|r| StartGroup::from_fn(|i| starts[i].stored_text(r))),
+                end: end.map(|r| EndGroup::from_fn(|i| ends[i].stored_text(r))),
             }
         })
         .collect();
     Coalesced { updates, superseded }
 }
 
-/// The values of `kind`'s group in row `row`, in the registry's order.
-fn values<const N: usize>(v: &Validated, kind: EventKind, row: usize) -> [Option<CompactString>; N] {
-    let fields = kind.fields();
-    std::array::from_fn(|i| v.stored_text(kind.first_column() + i, &fields[i], row))
-}
-
-fn start_group(v: &Validated, row: usize) -> StartGroup {
-    StartGroup(values(v, StartGroup::KIND, row))
-}
-
-fn end_group(v: &Validated, row: usize) -> EndGroup {
-    EndGroup(values(v, EndGroup::KIND, row))
+/// The validated columns of `kind`'s group, in the registry's order.
+fn columns(v: &Validated, kind: EventKind) -> Vec<Typed<'_>> {
+    kind.fields().iter().enumerate().map(|(i, spec)| v.typed(kind.first_column() + i, spec)).collect()
 }
 
 #[cfg(test)]

@@ -86,15 +86,40 @@ impl Validated {
     /// field `spec`, in the stored form: integers in decimal, datetimes fixed-width,
     /// decimals canonical.
     pub fn stored_text(&self, col: usize, spec: &FieldSpec, row: usize) -> Option<CompactString> {
+        self.typed(col, spec).stored_text(row)
+    }
+
+    /// The validated column `col` (of [`VALIDATED_SCHEMA`]) of the field `spec`, typed
+    /// once for reading many rows.
+    pub fn typed(&self, col: usize, spec: &FieldSpec) -> Typed<'_> {
         let col = self.batch.column(col);
-        if col.is_null(row) {
-            return None;
+        match spec.ty {
+            FieldType::Integer => Typed::Integer(col.as_primitive()),
+            FieldType::DateTime => Typed::DateTime(col.as_primitive()),
+            FieldType::Decimal => Typed::Decimal(col.as_primitive()),
         }
-        Some(match spec.ty {
-            FieldType::Integer => col.as_primitive::<Int64Type>().value(row).to_compact_string(),
-            FieldType::DateTime => timestamp::format(col.as_primitive::<TimestampMicrosecondType>().value(row)).into(),
-            FieldType::Decimal => decimal_text(col.as_primitive::<Decimal128Type>().value(row)),
-        })
+    }
+}
+
+/// A validated column as its field's type.
+pub enum Typed<'a> {
+    /// An integer field.
+    Integer(&'a arrow::array::PrimitiveArray<Int64Type>),
+    /// A datetime field, in microseconds (UTC).
+    DateTime(&'a arrow::array::PrimitiveArray<TimestampMicrosecondType>),
+    /// A decimal field, at [`crate::model::event::DECIMAL_SCALE`].
+    Decimal(&'a arrow::array::PrimitiveArray<Decimal128Type>),
+}
+
+impl Typed<'_> {
+    /// The value of `row` in the stored form: integers in decimal, datetimes
+    /// fixed-width, decimals canonical.
+    pub fn stored_text(&self, row: usize) -> Option<CompactString> {
+        match self {
+            Typed::Integer(a) => a.is_valid(row).then(|| a.value(row).to_compact_string()),
+            Typed::DateTime(a) => a.is_valid(row).then(|| timestamp::format_compact(a.value(row))),
+            Typed::Decimal(a) => a.is_valid(row).then(|| decimal_text(a.value(row))),
+        }
     }
 }
 

@@ -156,21 +156,53 @@ pub fn cast_text(
 /// Canonical text of a Decimal128 at [`DECIMAL_SCALE`](crate::model::event::DECIMAL_SCALE): no trailing zeros, no exponent.
 /// Up to 24 bytes (any fare, distance or code) are held inline, with no allocation.
 pub fn decimal_text(value: i128) -> compact_str::CompactString {
-    use std::fmt::Write as _;
-    let scale = 10i128.pow(crate::model::event::DECIMAL_SCALE as u32);
-    let sign = if value < 0 { "-" } else { "" };
-    let (int, mut frac) = ((value / scale).unsigned_abs(), (value % scale).unsigned_abs());
-    let mut out = compact_str::CompactString::default();
-    write!(out, "{sign}{int}").expect("writing to a string");
+    // Written digit by digit from the end of a buffer, the fraction in a u64 (18 places
+    // fit): `perf` put the `write!`s and the 128-bit divisions of the loop that trimmed
+    // the fraction's zeros at 3.7% of a 1M-trip run.
+    const SCALE: u32 = crate::model::event::DECIMAL_SCALE as u32;
+    const _: () = assert!(SCALE <= 19, "the fraction must fit a u64");
+    let magnitude = value.unsigned_abs();
+    let scale = 10u128.pow(SCALE);
+    let (int, frac) = (magnitude / scale, (magnitude % scale) as u64);
+    // A sign, 21 integer digits (u128::MAX / 10^18 has 21), a point, SCALE digits.
+    let mut buf = [0u8; 2 + 21 + SCALE as usize];
+    let mut at = buf.len();
+    let mut push = |digit: u8| {
+        at -= 1;
+        buf[at] = digit;
+    };
     if frac != 0 {
-        let mut width = crate::model::event::DECIMAL_SCALE as usize;
+        let (mut frac, mut width) = (frac, SCALE);
         while frac % 10 == 0 {
             frac /= 10;
             width -= 1;
         }
-        write!(out, ".{frac:0width$}").expect("writing to a string");
+        for _ in 0..width {
+            push(b'0' + (frac % 10) as u8);
+            frac /= 10;
+        }
+        push(b'.');
     }
-    out
+    match u64::try_from(int) {
+        Ok(mut int) => loop {
+            push(b'0' + (int % 10) as u8);
+            int /= 10;
+            if int == 0 {
+                break;
+            }
+        },
+        Err(_) => {
+            let mut int = int;
+            while int != 0 {
+                push(b'0' + (int % 10) as u8);
+                int /= 10;
+            }
+        }
+    }
+    if value < 0 {
+        push(b'-');
+    }
+    compact_str::CompactString::from(std::str::from_utf8(&buf[at..]).expect("ASCII digits"))
 }
 
 #[cfg(test)]
@@ -189,6 +221,40 @@ mod tests {
     fn ours(texts: &[&str], precision: u8, scale: i8) -> Decimal128Array {
         let safe = CastOptions { safe: true, ..Default::default() };
         cast_text(&StringArray::from(texts.to_vec()), precision, scale, &safe).unwrap()
+    }
+
+    /// What `decimal_text` wrote before it wrote digits by hand.
+    fn by_fmt(value: i128) -> String {
+        let scale = 10i128.pow(crate::model::event::DECIMAL_SCALE as u32);
+        let sign = if value < 0 { "-" } else { "" };
+        let (int, frac) = ((value / scale).unsigned_abs(), (value % scale).unsigned_abs());
+        let text = format!("{sign}{int}.{frac:018}");
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+
+    #[test]
+    fn decimal_text_at_the_edges() {
+        for v in [
+            0,
+            1,
+            -1,
+            10i128.pow(18),
+            -(10i128.pow(18)),
+            10i128.pow(38) - 1,
+            -(10i128.pow(38) - 1),
+            i128::MAX,
+            i128::MIN + 1,
+        ] {
+            assert_eq!(decimal_text(v), by_fmt(v), "{v}");
+        }
+        assert_eq!(decimal_text(0), "0");
+    }
+
+    proptest! {
+        #[test]
+        fn decimal_text_writes_what_the_formatter_wrote(v in any::<i128>().prop_filter("i128::MIN has no magnitude in i128", |v| *v != i128::MIN)) {
+            prop_assert_eq!(decimal_text(v).to_string(), by_fmt(v));
+        }
     }
 
     proptest! {

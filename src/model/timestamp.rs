@@ -70,14 +70,32 @@ pub fn parse_plain(text: &str) -> Option<i64> {
 /// The stored form of an instant: `YYYY-MM-DDTHH:MM:SS.ffffffZ`, always 27 bytes for
 /// years 0 to 9999, so comparing two as text compares the instants.
 pub fn format(micros: i64) -> String {
+    match fixed_width(micros) {
+        Some(bytes) => String::from_utf8(bytes.to_vec()).expect("ASCII digits"),
+        None => beyond_four_digits(micros),
+    }
+}
+
+/// [`format`], as the compact string a stored group holds (one allocation, not two).
+pub fn format_compact(micros: i64) -> compact_str::CompactString {
+    match fixed_width(micros) {
+        Some(bytes) => std::str::from_utf8(&bytes).expect("ASCII digits").into(),
+        None => beyond_four_digits(micros).into(),
+    }
+}
+
+/// Beyond four digits the form is chrono's, sign and all.
+fn beyond_four_digits(micros: i64) -> String {
+    DateTime::from_timestamp_micros(micros).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()).unwrap_or_default()
+}
+
+/// The 27 bytes of [`format`] for years 0 to 9999; `None` beyond.
+fn fixed_width(micros: i64) -> Option<[u8; 27]> {
     let seconds = micros.div_euclid(MICROS_PER_SECOND);
     let fraction = micros.rem_euclid(MICROS_PER_SECOND);
     let (year, month, day) = civil_from_days(seconds.div_euclid(SECONDS_PER_DAY));
     if !(0..=9999).contains(&year) {
-        // Beyond four digits the form is chrono's, sign and all.
-        return DateTime::from_timestamp_micros(micros)
-            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-            .unwrap_or_default();
+        return None;
     }
     let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY);
     let mut out = *b"0000-00-00T00:00:00.000000Z";
@@ -94,7 +112,7 @@ pub fn format(micros: i64) -> String {
     put(14, 2, second_of_day / 60 % 60);
     put(17, 2, second_of_day % 60);
     put(20, 6, fraction);
-    String::from_utf8(out.to_vec()).expect("ASCII digits")
+    Some(out)
 }
 
 fn is_leap(year: i64) -> bool {
@@ -188,6 +206,7 @@ mod tests {
         fn formats_as_chrono_and_reads_back(micros in -62_167_219_200_000_000i64..253_402_300_800_000_000) {
             let text = format(micros);
             prop_assert_eq!(&text, &by_chrono(micros));
+            prop_assert_eq!(format_compact(micros).to_string(), text.clone());
             prop_assert_eq!(parse_plain(&text), Some(micros));
         }
     }

@@ -45,7 +45,17 @@ impl std::hash::Hash for SequenceNumber {
 impl SequenceNumber {
     /// The sequence number of an embedded record, zero-padded so text order is number order.
     pub fn from_u64(n: u64) -> Self {
-        SequenceNumber(compact_str::format_compact!("{n:020}"))
+        // By hand: `format_compact!("{n:020}")` was 2.2% of a 1M-trip run, once per record.
+        let mut digits = [b'0'; 20];
+        let mut n = n;
+        for at in (0..20).rev() {
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        SequenceNumber(std::str::from_utf8(&digits).expect("ASCII digits").into())
     }
 
     /// The value as `u64`, when it fits (always, for the embedded stream).
@@ -313,6 +323,9 @@ mod tests {
         assert!(a < b);
         assert_eq!(SequenceNumber::from_u64(10).cmp(&b), std::cmp::Ordering::Equal);
         assert!(SequenceNumber::from_u64(11) > b);
+        for n in [0, 1, 9, 10, 1_234_567, u64::MAX] {
+            assert_eq!(SequenceNumber::from_u64(n).0, format!("{n:020}"));
+        }
     }
 
     #[test]
