@@ -62,7 +62,7 @@ use super::{
     ChangedDate, CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns,
     StartGroup, ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date,
 };
-use crate::backend::aws::{Aws, create_key_table, describe, wait_for};
+use crate::backend::aws::{Aws, backoff, create_key_table, describe, wait_for};
 use crate::error::{Context, Stage};
 use crate::model::event::{AttributeType, END_FIELDS, EventKind, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
 use crate::{Error, Result};
@@ -147,6 +147,8 @@ pub const DEFAULT_MARK_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// Marks in one BatchWriteItem, DynamoDB's most.
 const MARKS_PER_REQUEST: usize = 25;
+/// BatchWriteItem calls for one chunk of marks, while DynamoDB leaves some unprocessed.
+const MAX_MARK_ATTEMPTS: u32 = 8;
 
 /// Default number of UpdateItem calls in flight.
 pub const DEFAULT_WRITE_CONCURRENCY: usize = 16;
@@ -618,7 +620,7 @@ impl DynamoStore {
     }
 
     /// Marks `dates` changed, as of now, in as few BatchWriteItem calls as DynamoDB
-    /// allows; items it leaves unprocessed are sent again.
+    /// allows; items it leaves unprocessed are sent again, after a jittered backoff.
     async fn mark(&self, dates: impl IntoIterator<Item = &str>) -> Result<()> {
         let at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         let requests = dates
@@ -634,7 +636,7 @@ impl DynamoStore {
             .collect::<Result<Vec<_>>>()?;
         for chunk in requests.chunks(MARKS_PER_REQUEST) {
             let mut left = chunk.to_vec();
-            for attempt in 0..MAX_CONDITION_RETRIES {
+            for attempt in 0.. {
                 let out = self
                     .client
                     .batch_write_item()
@@ -646,14 +648,14 @@ impl DynamoStore {
                 if left.is_empty() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-            }
-            if !left.is_empty() {
-                return Err(Error::store(format!(
-                    "{}: DynamoDB left {} marks unwritten after {MAX_CONDITION_RETRIES} tries",
-                    self.marks_table,
-                    left.len()
-                )));
+                if attempt + 1 >= MAX_MARK_ATTEMPTS {
+                    return Err(Error::store(format!(
+                        "{}: DynamoDB left {} marks unwritten after {MAX_MARK_ATTEMPTS} tries",
+                        self.marks_table,
+                        left.len()
+                    )));
+                }
+                tokio::time::sleep(backoff(attempt)).await;
             }
         }
         Ok(())
