@@ -504,7 +504,8 @@ impl TripStore for LsmStore {
                 if !outcome.start_applied && !outcome.end_applied {
                     continue;
                 }
-                touched_dates(outcome, stored_date(stored_end).as_deref(), u, &mut touched);
+                let old_date = stored_date(stored_end);
+                touched_dates(outcome, old_date.as_deref(), u, &mut touched);
                 let incoming = cells_of(&u.trip_id, u.start.as_ref(), u.end.as_ref());
                 for (applied, group) in [(outcome.start_applied, START), (outcome.end_applied, END)] {
                     if applied {
@@ -515,7 +516,7 @@ impl TripStore for LsmStore {
                 batch.insert(&t.trips, u.trip_id.as_str(), &value);
                 if outcome.end_applied {
                     let new = u.end.as_ref().map(|e| date_key(e.version(), &u.trip_id));
-                    if let Some(old) = stored_date(stored_end).map(|d| date_key(&d, &u.trip_id))
+                    if let Some(old) = old_date.map(|d| date_key(&d, &u.trip_id))
                         && Some(&old) != new.as_ref()
                     {
                         batch.remove(&t.by_date, old);
