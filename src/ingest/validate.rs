@@ -82,13 +82,6 @@ impl Validated {
         self.batch.column(0).as_string::<i32>()
     }
 
-    /// The value of `row` in the validated column `col` (of [`VALIDATED_SCHEMA`]), of the
-    /// field `spec`, in the stored form: integers in decimal, datetimes fixed-width,
-    /// decimals canonical.
-    pub fn stored_text(&self, col: usize, spec: &FieldSpec, row: usize) -> Option<CompactString> {
-        self.typed(col, spec).stored_text(row)
-    }
-
     /// The validated column `col` (of [`VALIDATED_SCHEMA`]) of the field `spec`, typed
     /// once for reading many rows.
     pub fn typed(&self, col: usize, spec: &FieldSpec) -> Typed<'_> {
@@ -351,7 +344,7 @@ mod tests {
     /// The value of the field `name` in `row`, in the stored form.
     fn text(v: &Validated, name: &str, row: usize) -> Option<CompactString> {
         let at = FIELDS.iter().position(|f| f.name == name).expect("a field of the registry");
-        v.stored_text(1 + at, &FIELDS[at], row)
+        v.typed(1 + at, &FIELDS[at]).stored_text(row)
     }
 
     /// The integer rule as three cast kernels: text → Decimal128(38, 10) → Int64, and back
