@@ -127,6 +127,36 @@ pub struct DeadLetterArgs {
     pub dead_letter: Option<String>,
 }
 
+impl StreamArgs {
+    /// `--stream`, parsed: the embedded stream under `home` without it.
+    ///
+    /// # Errors
+    /// When the URL is not a stream's.
+    pub fn url(&self, home: &config::Home) -> Result<config::StreamUrl> {
+        config::StreamUrl::parse(self.stream.as_deref(), home)
+    }
+}
+
+impl StoreArgs {
+    /// `--store`, parsed: the embedded table under `home` without it.
+    ///
+    /// # Errors
+    /// When the URL is not a trip table's.
+    pub fn url(&self, home: &config::Home) -> Result<config::StoreUrl> {
+        config::StoreUrl::parse(self.store.as_deref(), home)
+    }
+}
+
+impl DeadLetterArgs {
+    /// `--dead-letter`, parsed: the file under `home` without it.
+    ///
+    /// # Errors
+    /// When the URL is not a dead-letter output's.
+    pub fn url(&self, home: &config::Home) -> Result<config::DeadLetterUrl> {
+        config::DeadLetterUrl::parse(self.dead_letter.as_deref(), home)
+    }
+}
+
 pub(crate) fn parse_positive(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),

@@ -84,9 +84,9 @@ impl TryFrom<RunArgs> for Run {
     fn try_from(args: RunArgs) -> Result<Self> {
         let home = Home::new(&args.home.home)?;
         Ok(Run {
-            stream: StreamUrl::parse(args.stream.stream.as_deref(), &home)?,
-            store: StoreUrl::parse(args.store.store.as_deref(), &home)?,
-            dead_letter: DeadLetterUrl::parse(args.dead_letter.dead_letter.as_deref(), &home)?,
+            stream: args.stream.url(&home)?,
+            store: args.store.url(&home)?,
+            dead_letter: args.dead_letter.url(&home)?,
             out: out(&args.kpi.out)?,
             args,
         })
@@ -107,7 +107,7 @@ impl TryFrom<ProduceArgs> for Produce {
 
     fn try_from(args: ProduceArgs) -> Result<Self> {
         let home = Home::new(&args.home.home)?;
-        Ok(Produce { stream: StreamUrl::parse(args.stream.stream.as_deref(), &home)?, args })
+        Ok(Produce { stream: args.stream.url(&home)?, args })
     }
 }
 
@@ -132,9 +132,9 @@ impl TryFrom<IngestArgs> for Ingest {
     fn try_from(args: IngestArgs) -> Result<Self> {
         let home = Home::new(&args.home.home)?;
         Ok(Ingest {
-            stream: StreamUrl::parse(args.stream.stream.as_deref(), &home)?,
-            store: StoreUrl::parse(args.store.store.as_deref(), &home)?,
-            dead_letter: DeadLetterUrl::parse(args.dead_letter.dead_letter.as_deref(), &home)?,
+            stream: args.stream.url(&home)?,
+            store: args.store.url(&home)?,
+            dead_letter: args.dead_letter.url(&home)?,
             initial_position: parse_position(&args.initial_position)?,
             args,
         })
@@ -160,7 +160,7 @@ impl TryFrom<KpiArgs> for Kpi {
     fn try_from(args: KpiArgs) -> Result<Self> {
         let home = Home::new(&args.home.home)?;
         Ok(Kpi {
-            store: StoreUrl::parse(args.store.store.as_deref(), &home)?,
+            store: args.store.url(&home)?,
             out: out(&args.kpi.out)?,
             dates: config::date_selection(&args.date_flags(), chrono::Utc::now().date_naive())?,
             args,
@@ -189,7 +189,7 @@ impl TryFrom<ScheduleArgs> for Scheduled {
         // The earliest run's lookback must be representable too.
         config::lookback_dates(args.window.lookback, chrono::Utc::now().date_naive())?;
         Ok(Scheduled {
-            store: StoreUrl::parse(args.store.store.as_deref(), &home)?,
+            store: args.store.url(&home)?,
             out: out(&args.kpi.out)?,
             schedule: Schedule::parse(&args.cron)?,
             args,
@@ -219,9 +219,9 @@ impl TryFrom<SetupArgs> for Setup {
         let home = Home::new(&args.home.home)?;
         let given = args.out.as_deref().filter(|o| !o.trim().is_empty());
         Ok(Setup {
-            stream: StreamUrl::parse(args.stream.stream.as_deref(), &home)?,
-            store: StoreUrl::parse(args.store.store.as_deref(), &home)?,
-            dead_letter: DeadLetterUrl::parse(args.dead_letter.dead_letter.as_deref(), &home)?,
+            stream: args.stream.url(&home)?,
+            store: args.store.url(&home)?,
+            dead_letter: args.dead_letter.url(&home)?,
             out: given.map(out).transpose()?,
             args,
         })
@@ -296,8 +296,8 @@ impl TryFrom<RedriveArgs> for Redrive {
             })
             .transpose()?;
         Ok(Redrive {
-            stream: StreamUrl::parse(args.stream.stream.as_deref(), &home)?,
-            dead_letter: DeadLetterUrl::parse(args.dead_letter.dead_letter.as_deref(), &home)?,
+            stream: args.stream.url(&home)?,
+            dead_letter: args.dead_letter.url(&home)?,
             since,
             failures: args.failures.as_deref().map(crate::ingest::failures::FailureQueue::parse).transpose()?,
             args,
