@@ -311,7 +311,7 @@ impl Default for Scratch {
 /// Rows sent in time order lie close together in the files: `gen`'s and the lab's are
 /// nearly in time order, and of a 1M-trip file's rows taken in time order, 99% are
 /// within 56 rows of the one before and all within 5,000. So one read of a window
-/// serves hundreds of rows, where a read of each row cost a system call and a copy each
+/// serves about two thousand rows, where a read of each row cost a system call and a copy
 /// (`pread` was 3% of a 1M `run`'s CPU). A row the window misses moves it.
 #[derive(Default)]
 struct Windows(Vec<Window>);
