@@ -36,7 +36,7 @@ use fjall::{AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOpt
 use super::export::{DROPOFF, PICKUP, cells_of};
 use super::{
     Cell, ChangedDate, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
-    ToCompactString, TripItem, TripStore, TripUpdate, is_newer, marked_date, next_mark, touched_dates,
+    ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date, next_mark, touched_dates,
 };
 use crate::error::{Context, Stage};
 use crate::model::event::{END_LEN, EventKind, FIELDS, FieldType, START_LEN};
@@ -380,8 +380,8 @@ fn newer(incoming: Option<&str>, stored: Cell<'_>) -> bool {
 /// The UTC date (`YYYY-MM-DD`) of a stored dropoff, if one is stored.
 fn stored_date(dropoff: Cell<'_>) -> Option<CompactString> {
     match dropoff {
-        Cell::Text(t) => Some(t.get(..10).unwrap_or(t).into()),
-        Cell::Time(m) => Some(timestamp::format(m)[..10].into()),
+        Cell::Text(t) => Some(date_of(t).into()),
+        Cell::Time(m) => Some(date_of(&timestamp::format(m)).into()),
         Cell::Int(_) | Cell::Null => None,
     }
 }
@@ -467,8 +467,7 @@ fn decode<'a>(trip_id: &'a str, value: &'a [u8]) -> Option<[Cell<'a>; STORED_COL
 /// The key of a trip in `by_date`: its dropoff's UTC date, then its id.
 fn date_key(dropoff_datetime: &str, trip_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(10 + trip_id.len());
-    let date = dropoff_datetime.as_bytes();
-    key.extend_from_slice(date.get(..10).unwrap_or(date));
+    key.extend_from_slice(date_of(dropoff_datetime).as_bytes());
     key.extend_from_slice(trip_id.as_bytes());
     key
 }
