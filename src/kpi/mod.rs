@@ -52,6 +52,16 @@ pub enum DateSelection {
     Nightly(Vec<NaiveDate>),
 }
 
+impl DateSelection {
+    /// The dates selected; `None` for every date in the table.
+    pub fn dates(&self) -> Option<&[NaiveDate]> {
+        match self {
+            DateSelection::All => None,
+            DateSelection::Dates(d) | DateSelection::Nightly(d) => Some(d),
+        }
+    }
+}
+
 /// A query's results.
 #[derive(Debug)]
 pub struct QueryResult {
@@ -215,10 +225,7 @@ pub async fn run_queries(
     columns: ExportColumns,
     progress: &dyn Progress,
 ) -> Result<(Vec<QueryResult>, Exported)> {
-    let wanted = match dates {
-        DateSelection::All => None,
-        DateSelection::Dates(d) | DateSelection::Nightly(d) => Some(d.clone()),
-    };
+    let wanted = dates.dates().map(<[NaiveDate]>::to_vec);
     let probe = context_over(TRIP_SCHEMA.clone(), &[])?;
     let read = read_columns(&plan_all(&probe, queries).await?)?;
     let mut projection = match (columns, read) {
@@ -356,10 +363,7 @@ pub async fn run(
         }
         other => other.clone(),
     };
-    let queried = match &dates {
-        DateSelection::All => None,
-        DateSelection::Dates(d) | DateSelection::Nightly(d) => Some(d.clone()),
-    };
+    let queried = dates.dates().map(<[NaiveDate]>::to_vec);
     if !changed.is_empty() {
         info!(changed = changed.len(), "Recomputing the dates whose trips changed since the last run.");
     }
