@@ -99,12 +99,8 @@ fn fixed_width(micros: i64) -> Option<[u8; 27]> {
     }
     let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY);
     let mut out = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, mut value: i64| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
+    // Every part is at least 0: the year by the check above, the rest by `rem_euclid`.
+    let mut put = |at: usize, width: usize, value: i64| super::zero_padded(&mut out[at..at + width], value as u64);
     put(0, 4, year);
     put(5, 2, month);
     put(8, 2, day);
