@@ -334,7 +334,7 @@ pub enum KpiRequest {
 }
 
 /// What a KPI invocation wrote; the function's response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct KpiSummary {
     /// The dates asked for.
     pub requested: Vec<NaiveDate>,
@@ -417,14 +417,7 @@ impl KpiFunction {
         // `{"dates": []}` is a smoke test after a deploy: the function starts and answers.
         if matches!(&request, KpiRequest::Dates { dates } if dates.is_empty()) {
             info!("No dates asked for; nothing to do.");
-            return Ok(KpiSummary {
-                requested: Vec::new(),
-                changed: Vec::new(),
-                removed: Vec::new(),
-                dates: Vec::new(),
-                files: Vec::new(),
-                exported_rows: 0,
-            });
+            return Ok(KpiSummary::default());
         }
         let began = std::time::Instant::now();
         let requested = self.dates(&request)?;
