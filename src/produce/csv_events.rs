@@ -308,11 +308,13 @@ impl Default for Scratch {
 /// Bytes read from each file around the row read last, by descriptor (a [`Scratch`]
 /// serves the files that are open while it lives).
 ///
-/// Rows sent in time order lie close together in the files: `gen`'s and the lab's are
-/// nearly in time order, and of a 1M-trip file's rows taken in time order, 99% are
-/// within 56 rows of the one before and all within 5,000. So one read of a window
-/// serves about two thousand rows, where a read of each row cost a system call and a copy
-/// (`pread` was 3% of a 1M `run`'s CPU). A row the window misses moves it.
+/// Rows sent in time order lie close together in a start file: `gen`'s and the lab's
+/// are nearly in pickup order, and a window read serves about 230 rows of a 1M-trip
+/// start file, where a read of each row cost a system call and a copy (`pread` was 3%
+/// of a 1M `run`'s CPU). An end file in the same trip order is read in dropoff order,
+/// which jumps across a trip's length of rows: 26 rows a read, at 1M as at 10M, where
+/// that copies 102 GB out of the page cache for a 0.73 GB file (docs/performance.md,
+/// "produce's window misses on the end file"). A row the window misses moves it.
 #[derive(Default)]
 struct Windows(Vec<Window>);
 
