@@ -1,9 +1,9 @@
 //! Produce: CSV rows (or captured NDJSON records) → JSON events → the stream.
 //!
-//! Memory stays small whatever the file sizes: a first pass notes each row's event time
-//! and byte range (24 bytes a row), the rows are ordered by time (an external merge sort
-//! past 2M rows, [`order`]), and a second pass reads them again in that order, a batch
-//! at a time.
+//! Memory stays small whatever the file sizes: one pass reads each row's event time and
+//! cells into runs of 8 MiB sorted by time, spilled to a temporary file (an external
+//! merge sort, [`order`]), and the merge of the runs is sent in time order, a batch at a
+//! time.
 //!
 //! Each CSV row becomes one event: a JSON number where the cell is a number, `null` for a
 //! blank, a string otherwise (`trip_id` is always a string). Nothing is validated here;
@@ -28,7 +28,7 @@ use crate::observe::progress::Progress;
 use crate::stream::{PutRecord, StreamSink};
 use crate::{Error, Result};
 
-pub use self::csv_events::{CsvEvent, CsvFile, RowKey, Scratch, read_events};
+pub use self::csv_events::{CsvEvent, CsvFile, read_events};
 use self::order::TimeOrder;
 
 /// Records per call to the sink. The Kinesis sink splits a call into PutRecords of at
@@ -57,33 +57,31 @@ pub async fn produce_csv(
 ) -> Result<ProduceReport> {
     let mut report = ProduceReport::default();
     let files = [CsvFile::open(start, EventKind::Start)?, CsvFile::open(end, EventKind::End)?];
-    // First pass: where each row is and when it happened (24 bytes a row), in runs
-    // sorted by time; the second pass reads the rows again in the merged order (a start
-    // ahead of an end at the same time), a batch at a time.
+    // First pass: each row's event time, line and cells, in runs sorted by time; then
+    // the runs merged (a start ahead of an end at the same time) and sent, a batch at a
+    // time. No row is read from its file twice.
     let mut order = TimeOrder::default();
     let mut total = 0;
     for (i, f) in files.iter().enumerate() {
-        f.index_each(&mut report.not_sent, |k| {
+        f.rows_each(&mut report.not_sent, |time, line, cells| {
             total += 1;
-            order.push(i as u8, k)
+            order.push(i as u8, time, line, cells)
         })?;
     }
     progress.produce_total(total);
-    let mut scratch = Scratch::default();
+    let mut sorted = order.into_sorted()?;
     let mut failed = None;
-    let events = order.into_sorted()?.map_while(|next| {
-        let event = next.and_then(|(k, i)| {
-            let file = &files[usize::from(i)];
-            let e = file.event(&k, &mut scratch)?;
-            Ok((Line { path: file.path(), line: e.line }, e.record))
+    let events = std::iter::from_fn(|| {
+        let event = sorted.next_row().and_then(|row| {
+            let Some(row) = row else { return Ok(None) };
+            let file = &files[usize::from(row.file)];
+            let e = file.event(row.time, row.line, row.bytes)?;
+            Ok(Some((Line { path: file.path(), line: e.line }, e.record)))
         });
-        match event {
-            Ok(event) => Some(event),
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        }
+        event.unwrap_or_else(|e| {
+            failed = Some(e);
+            None
+        })
     });
     send(sink, events, &mut report, progress).await?;
     if let Some(e) = failed {

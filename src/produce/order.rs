@@ -1,58 +1,136 @@
-//! Row keys in event-time order, in bounded memory: an external merge sort.
+//! Rows in event-time order, in bounded memory: an external merge sort that carries
+//! each row's bytes.
 //!
-//! Keys arrive file by file, each file in its own order. They are kept in runs of at
-//! most [`RUN_KEYS`] keys (24 bytes each, 12 MiB a run); each run is sorted stably by
-//! time, and every run but the last is written to an anonymous temporary file. The runs
-//! are then merged by time, a tie going to the earlier run, so the start file's rows
-//! stay ahead of the end file's at equal times and the rows of one file keep their
-//! order: the result is a stable sort of all the keys. The last run stays in memory;
-//! 1M trips (2M keys) make four runs, three of them spilled (36 MB of disk).
+//! Rows arrive file by file, each file in its own order, each with its event time, its
+//! line and its bytes (the cells, as [`super::CsvFile`] packs them). They are kept in
+//! runs of at most [`RUN_BYTES`]; each run is sorted stably by time, and every run but
+//! the last is appended to one anonymous temporary file. The runs are then merged by
+//! time, a tie going to the earlier run, so the start file's rows stay ahead of the end
+//! file's at equal times and the rows of one file keep their order: the result is a
+//! stable sort of all the rows. The last run stays in memory.
+//!
+//! The bytes travel with the sort so that no row is read from its file a second time:
+//! an end file is in the trips' pickup order and is sent in dropoff order, and reading
+//! it back at each row's place copied 140 times its size out of the page cache
+//! (docs/performance.md, "produce's window misses on the end file"). The spill instead
+//! takes about as much disk as the CSV files, written once and read once in order: 1M
+//! trips make about 24 runs (190 MB).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 
-use super::RowKey;
 use crate::{Error, Result};
 
-/// Keys in one run: 12 MiB of them, and up to 8 MB more while the stable sort runs. In `run`,
-/// produce's runs share the process with ingest: runs of 2M keys (48 MiB) put the peak
-/// of a 10M-trip `run` where produce's last runs merge beside ingest.
-pub const RUN_KEYS: usize = 1 << 19;
-const KEY_BYTES: usize = 24;
+/// Bytes of one run in memory: its rows' bytes and 24 bytes of index a row. The last
+/// run stays in memory while the runs merge; every spilled run reads through a buffer
+/// of [`READ_BYTES`].
+pub const RUN_BYTES: usize = 8 << 20;
+/// Index bytes a row costs in a run in memory.
+const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+/// The buffer each spilled run is read back through.
+const READ_BYTES: usize = 32 << 10;
+/// A row in the spill file: time (8 bytes), line (4), length (4), then its bytes.
+const HEADER: usize = 16;
 
-enum Source {
-    Memory(std::vec::IntoIter<RowKey>),
-    Disk { reader: BufReader<File>, left: usize },
+/// One row of a run in memory: its bytes are `bytes[at..at + len]` of the run.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    time: i64,
+    line: u32,
+    len: u32,
+    at: usize,
 }
 
-/// A sorted run of one file's keys.
+/// A row given back by the merge.
+#[derive(Debug, Clone, Copy)]
+pub struct SortedRow<'a> {
+    /// Event time in microseconds.
+    pub time: i64,
+    /// The row's line in its file.
+    pub line: u32,
+    /// The file it came from, as given to [`TimeOrder::push`].
+    pub file: u8,
+    /// The bytes given with it.
+    pub bytes: &'a [u8],
+}
+
+enum Source {
+    /// The last run: its rows in time order, and their bytes.
+    Memory { entries: Vec<Entry>, bytes: Vec<u8>, next: usize },
+    /// A spilled run: `buf[pos..]` holds the file's bytes from `at` on, up to `end`.
+    Disk { at: u64, end: u64, buf: Vec<u8>, pos: usize },
+}
+
+/// A sorted run of one file's rows, and the row at its head.
 struct Run {
     file: u8,
     source: Source,
+    /// Time, line and length of the head row; its bytes are the next in `source`.
+    head: Option<(i64, u32, u32)>,
 }
 
 impl Run {
-    fn next(&mut self) -> Result<Option<RowKey>> {
+    /// Reads the next row's header into `head`, its bytes made ready in the buffer.
+    fn advance(&mut self, spill: &File) -> Result<()> {
+        self.head = match &mut self.source {
+            Source::Memory { entries, next, .. } => entries.get(*next).map(|e| (e.time, e.line, e.len)),
+            Source::Disk { at, end, buf, pos } => {
+                if *at == *end && *pos == buf.len() {
+                    None
+                } else {
+                    fill(spill, at, *end, buf, pos, HEADER)?;
+                    let h = &buf[*pos..*pos + HEADER];
+                    let time = i64::from_le_bytes(h[0..8].try_into().expect("8 bytes"));
+                    let line = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+                    let len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+                    fill(spill, at, *end, buf, pos, HEADER + len as usize)?;
+                    Some((time, line, len))
+                }
+            }
+        };
+        Ok(())
+    }
+
+    /// The head row's bytes; the next [`Run::advance`] moves past them.
+    fn take(&mut self) -> &[u8] {
+        let (_, _, len) = self.head.expect("a run in the heap has a head");
+        let len = len as usize;
         match &mut self.source {
-            Source::Memory(keys) => Ok(keys.next()),
-            Source::Disk { left: 0, .. } => Ok(None),
-            Source::Disk { reader, left } => {
-                let mut b = [0u8; KEY_BYTES];
-                reader.read_exact(&mut b).map_err(spill_error)?;
-                *left -= 1;
-                let word = |at: usize| <[u8; 8]>::try_from(&b[at..at + 8]).expect("8 bytes");
-                let half = |at: usize| <[u8; 4]>::try_from(&b[at..at + 4]).expect("4 bytes");
-                Ok(Some(RowKey {
-                    time: i64::from_le_bytes(word(0)),
-                    offset: u64::from_le_bytes(word(8)),
-                    len: u32::from_le_bytes(half(16)),
-                    line: u32::from_le_bytes(half(20)),
-                }))
+            Source::Memory { entries, bytes, next } => {
+                let e = entries[*next];
+                *next += 1;
+                &bytes[e.at..e.at + len]
+            }
+            Source::Disk { buf, pos, .. } => {
+                let from = *pos + HEADER;
+                *pos = from + len;
+                &buf[from..from + len]
             }
         }
     }
+}
+
+/// Makes `buf[pos..]` hold at least `want` bytes, reading the spill from `at` on (and
+/// growing `buf` for a row longer than it).
+fn fill(spill: &File, at: &mut u64, end: u64, buf: &mut Vec<u8>, pos: &mut usize, want: usize) -> Result<()> {
+    if buf.len() - *pos >= want {
+        return Ok(());
+    }
+    buf.drain(..*pos);
+    *pos = 0;
+    let room = want.max(READ_BYTES);
+    let have = buf.len();
+    let more = usize::try_from(end - *at).unwrap_or(usize::MAX).min(room - have);
+    if have + more < want {
+        return Err(spill_error(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a sorted run ends early")));
+    }
+    buf.resize(have + more, 0);
+    spill.read_exact_at(&mut buf[have..], *at).map_err(spill_error)?;
+    *at += more as u64;
+    Ok(())
 }
 
 fn spill_error(e: std::io::Error) -> Error {
@@ -62,112 +140,149 @@ fn spill_error(e: std::io::Error) -> Error {
     ))
 }
 
-/// Gathers row keys, then gives them back in time order.
+/// Gathers rows, then gives them back in time order.
 pub struct TimeOrder {
-    run_keys: usize,
-    current: Vec<RowKey>,
+    run_bytes: usize,
+    entries: Vec<Entry>,
+    bytes: Vec<u8>,
     current_file: u8,
-    runs: Vec<Run>,
+    /// The spill file and how much of it is written; created at the first spill.
+    spill: Option<(BufWriter<File>, u64)>,
+    /// Spilled runs: file, and the byte range in the spill.
+    spilled: Vec<(u8, u64, u64)>,
 }
 
 impl Default for TimeOrder {
     fn default() -> Self {
-        Self::with_run_keys(RUN_KEYS)
+        Self::with_run_bytes(RUN_BYTES)
     }
 }
 
 impl TimeOrder {
-    /// Runs of `run_keys` keys (tests use small ones to make several runs).
-    pub fn with_run_keys(run_keys: usize) -> Self {
-        TimeOrder { run_keys: run_keys.max(1), current: Vec::new(), current_file: 0, runs: Vec::new() }
+    /// Runs of about `run_bytes` in memory (tests use small ones to make several runs).
+    pub fn with_run_bytes(run_bytes: usize) -> Self {
+        TimeOrder {
+            run_bytes,
+            entries: Vec::new(),
+            bytes: Vec::new(),
+            current_file: 0,
+            spill: None,
+            spilled: Vec::new(),
+        }
     }
 
-    /// Adds the next key of `file` (files in the order their ties should go).
+    /// Adds the next row of `file` (files in the order their ties should go).
     ///
     /// # Errors
-    /// When a full run cannot be written to a temporary file.
-    pub fn push(&mut self, file: u8, key: RowKey) -> Result<()> {
-        if !self.current.is_empty() && (file != self.current_file || self.current.len() == self.run_keys) {
+    /// When a full run cannot be written to the temporary file, or a row is over 4 GiB.
+    pub fn push(&mut self, file: u8, time: i64, line: u32, bytes: &[u8]) -> Result<()> {
+        let len = u32::try_from(bytes.len()).map_err(|_| Error::output("a CSV row over 4 GiB cannot be sorted"))?;
+        let size = self.bytes.len() + (self.entries.len() + 1) * ENTRY_BYTES + bytes.len();
+        if !self.entries.is_empty() && (file != self.current_file || size > self.run_bytes) {
             self.spill()?;
         }
         self.current_file = file;
-        self.current.push(key);
+        self.entries.push(Entry { time, line, len, at: self.bytes.len() });
+        self.bytes.extend_from_slice(bytes);
         Ok(())
     }
 
-    fn sorted_current(&mut self) -> Vec<RowKey> {
-        let mut keys = std::mem::take(&mut self.current);
-        keys.sort_by_key(|k| k.time);
-        keys
+    /// The current run's rows in time order (a stable sort), and their bytes.
+    fn take_run(&mut self) -> (Vec<Entry>, Vec<u8>) {
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.sort_by_key(|e| e.time);
+        (entries, std::mem::take(&mut self.bytes))
     }
 
     fn spill(&mut self) -> Result<()> {
-        let keys = self.sorted_current();
-        let mut out = BufWriter::with_capacity(1 << 20, tempfile::tempfile().map_err(spill_error)?);
-        for k in &keys {
-            out.write_all(&k.time.to_le_bytes()).map_err(spill_error)?;
-            out.write_all(&k.offset.to_le_bytes()).map_err(spill_error)?;
-            out.write_all(&k.len.to_le_bytes()).map_err(spill_error)?;
-            out.write_all(&k.line.to_le_bytes()).map_err(spill_error)?;
+        let (entries, bytes) = self.take_run();
+        if self.spill.is_none() {
+            let file = tempfile::tempfile().map_err(spill_error)?;
+            self.spill = Some((BufWriter::with_capacity(1 << 20, file), 0));
         }
-        let mut file = out.into_inner().map_err(|e| spill_error(e.into_error()))?;
-        file.seek(SeekFrom::Start(0)).map_err(spill_error)?;
-        let source = Source::Disk { reader: BufReader::new(file), left: keys.len() };
-        self.runs.push(Run { file: self.current_file, source });
+        let (out, written) = self.spill.as_mut().expect("created above");
+        let start = *written;
+        for e in &entries {
+            out.write_all(&e.time.to_le_bytes()).map_err(spill_error)?;
+            out.write_all(&e.line.to_le_bytes()).map_err(spill_error)?;
+            out.write_all(&e.len.to_le_bytes()).map_err(spill_error)?;
+            out.write_all(&bytes[e.at..e.at + e.len as usize]).map_err(spill_error)?;
+            *written += (HEADER + e.len as usize) as u64;
+        }
+        self.spilled.push((self.current_file, start, *written));
+        (self.entries, self.bytes) = (entries, bytes);
+        self.entries.clear();
+        self.bytes.clear();
         Ok(())
     }
 
-    /// Every key added, in time order, each with its file.
+    /// Every row added, in time order, each with its file.
     ///
     /// # Errors
-    /// When a spilled run cannot be read back.
+    /// When the temporary file cannot be written or read back.
     pub fn into_sorted(mut self) -> Result<Sorted> {
-        if !self.current.is_empty() {
+        let spill = match self.spill.take() {
+            Some((out, _)) => Some(out.into_inner().map_err(|e| spill_error(e.into_error()))?),
+            None => None,
+        };
+        let mut runs: Vec<Run> = self
+            .spilled
+            .iter()
+            .map(|&(file, at, end)| Run { file, source: Source::Disk { at, end, buf: Vec::new(), pos: 0 }, head: None })
+            .collect();
+        if !self.entries.is_empty() {
             let file = self.current_file;
-            let keys = self.sorted_current();
-            self.runs.push(Run { file, source: Source::Memory(keys.into_iter()) });
+            let (entries, bytes) = self.take_run();
+            runs.push(Run { file, source: Source::Memory { entries, bytes, next: 0 }, head: None });
         }
-        let mut sorted =
-            Sorted { heads: Vec::with_capacity(self.runs.len()), heap: BinaryHeap::new(), runs: self.runs };
+        // Without a spill no run reads one; the memory run ignores the file it is given.
+        let spill = match spill {
+            Some(f) => f,
+            None => tempfile::tempfile().map_err(spill_error)?,
+        };
+        let mut sorted = Sorted { spill, runs, heap: BinaryHeap::new(), taken: None };
         for i in 0..sorted.runs.len() {
-            let head = sorted.runs[i].next()?;
-            sorted.push_head(i, head);
+            sorted.advance(i)?;
         }
         Ok(sorted)
     }
 }
 
-/// The merge of the runs: yields `(key, file)` in time order.
+/// The merge of the runs: gives the rows back in time order, one at a time
+/// ([`Sorted::next_row`]; each row's bytes are borrowed from the run they are in).
 pub struct Sorted {
+    spill: File,
     runs: Vec<Run>,
-    heads: Vec<Option<RowKey>>,
     heap: BinaryHeap<Reverse<(i64, usize)>>,
+    /// The run whose head was given out last, to move past at the next call.
+    taken: Option<usize>,
 }
 
 impl Sorted {
-    fn push_head(&mut self, run: usize, head: Option<RowKey>) {
-        if let Some(k) = head {
-            self.heap.push(Reverse((k.time, run)));
+    fn advance(&mut self, run: usize) -> Result<()> {
+        self.runs[run].advance(&self.spill)?;
+        if let Some((time, _, _)) = self.runs[run].head {
+            self.heap.push(Reverse((time, run)));
         }
-        if run == self.heads.len() {
-            self.heads.push(head);
-        } else {
-            self.heads[run] = head;
-        }
+        Ok(())
     }
-}
 
-impl Iterator for Sorted {
-    type Item = Result<(RowKey, u8)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let Reverse((_, run)) = self.heap.pop()?;
-        let key = self.heads[run].take().expect("a run in the heap has a head");
-        match self.runs[run].next() {
-            Ok(head) => self.push_head(run, head),
-            Err(e) => return Some(Err(e)),
+    /// The next row in time order, or `None` after the last.
+    ///
+    /// # Errors
+    /// When the temporary file cannot be read back.
+    pub fn next_row(&mut self) -> Result<Option<SortedRow<'_>>> {
+        if let Some(run) = self.taken.take() {
+            self.advance(run)?;
         }
-        Some(Ok((key, self.runs[run].file)))
+        let Some(Reverse((_, run))) = self.heap.pop() else {
+            return Ok(None);
+        };
+        self.taken = Some(run);
+        let r = &mut self.runs[run];
+        let (time, line, _) = r.head.expect("a run in the heap has a head");
+        let file = r.file;
+        Ok(Some(SortedRow { time, line, file, bytes: r.take() }))
     }
 }
 
@@ -176,37 +291,36 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn key(time: i64, line: u32) -> RowKey {
-        RowKey { time, offset: u64::from(line) * 100, len: line + 1, line }
+    /// Row `line`'s bytes: mostly short, every thirteenth longer than two read buffers.
+    fn bytes_of(file: u8, line: u32) -> Vec<u8> {
+        let len = if line % 13 == 5 { 2 * READ_BYTES + line as usize } else { line as usize % 50 };
+        (0..len).map(|i| (i as u32 ^ line ^ u32::from(file)) as u8).collect()
     }
 
     proptest! {
-        /// Whatever the run size, the merge is the stable sort of file 0's keys followed
-        /// by file 1's.
+        /// Whatever the run size, the merge is the stable sort of file 0's rows followed
+        /// by file 1's, each row with its own bytes.
         #[test]
         fn merges_to_a_stable_sort(
             starts in proptest::collection::vec(0i64..20, 0..60),
             ends in proptest::collection::vec(0i64..20, 0..60),
-            run_keys in 1usize..25,
+            run_bytes in 1usize..(4 * READ_BYTES),
         ) {
-            let mut order = TimeOrder::with_run_keys(run_keys);
+            let mut order = TimeOrder::with_run_bytes(run_bytes);
             let mut expected = Vec::new();
             for (file, times) in [(0u8, &starts), (1u8, &ends)] {
                 for (line, &t) in times.iter().enumerate() {
-                    order.push(file, key(t, line as u32)).unwrap();
+                    order.push(file, t, line as u32, &bytes_of(file, line as u32)).unwrap();
                     expected.push((t, file, line as u32));
                 }
             }
             expected.sort_by_key(|&(t, _, _)| t);
-            let got: Vec<(i64, u8, u32)> = order
-                .into_sorted()
-                .unwrap()
-                .map(|r| r.map(|(k, file)| {
-                    assert_eq!((k.offset, k.len), (u64::from(k.line) * 100, k.line + 1), "a key read back whole");
-                    (k.time, file, k.line)
-                }))
-                .collect::<Result<_>>()
-                .unwrap();
+            let mut sorted = order.into_sorted().unwrap();
+            let mut got = Vec::new();
+            while let Some(row) = sorted.next_row().unwrap() {
+                prop_assert_eq!(row.bytes, &bytes_of(row.file, row.line)[..], "row {} of file {}", row.line, row.file);
+                got.push((row.time, row.file, row.line));
+            }
             prop_assert_eq!(got, expected);
         }
     }
