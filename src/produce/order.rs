@@ -3,11 +3,11 @@
 //!
 //! Rows arrive file by file, each file in its own order, each with its event time, its
 //! line and its bytes (the cells, as [`super::CsvFile`] packs them). They are kept in
-//! runs of at most [`RUN_BYTES`]; each run is sorted stably by time, and every run but
-//! the last is appended to one anonymous temporary file. The runs are then merged by
-//! time, a tie going to the earlier run, so the start file's rows stay ahead of the end
-//! file's at equal times and the rows of one file keep their order: the result is a
-//! stable sort of all the rows. The last run stays in memory.
+//! runs of at most [`RUN_BYTES`]; each run is sorted stably by time and appended to one
+//! anonymous temporary file (input that fits in one run stays in memory). The runs are
+//! then merged by time, a tie going to the earlier run, so the start file's rows stay
+//! ahead of the end file's at equal times and the rows of one file keep their order:
+//! the result is a stable sort of all the rows.
 //!
 //! The bytes travel with the sort so that no row is read from its file a second time:
 //! an end file is in the trips' pickup order and is sent in dropoff order, and reading
@@ -24,14 +24,13 @@ use std::os::unix::fs::FileExt;
 
 use crate::{Error, Result};
 
-/// Bytes of one run in memory: its rows' bytes and 24 bytes of index a row. The last
-/// run stays in memory while the runs merge; every spilled run reads through a buffer
-/// of [`READ_BYTES`].
+/// Bytes of one run in memory: its rows' bytes and 24 bytes of index a row. While the
+/// runs merge, each is read through a buffer of [`READ_BYTES`].
 pub const RUN_BYTES: usize = 8 << 20;
 /// Index bytes a row costs in a run in memory.
 const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 /// The buffer each spilled run is read back through.
-const READ_BYTES: usize = 32 << 10;
+const READ_BYTES: usize = 16 << 10;
 /// A row in the spill file: time (8 bytes), line (4), length (4), then its bytes.
 const HEADER: usize = 16;
 
@@ -58,7 +57,7 @@ pub struct SortedRow<'a> {
 }
 
 enum Source {
-    /// The last run: its rows in time order, and their bytes.
+    /// The only run, when nothing was spilled: its rows in time order, and their bytes.
     Memory { entries: Vec<Entry>, bytes: Vec<u8>, next: usize },
     /// A spilled run: `buf[pos..]` holds the file's bytes from `at` on, up to `end`.
     Disk { at: u64, end: u64, buf: Vec<u8>, pos: usize },
@@ -221,6 +220,12 @@ impl TimeOrder {
     /// # Errors
     /// When the temporary file cannot be written or read back.
     pub fn into_sorted(mut self) -> Result<Sorted> {
+        // A last run beside spilled ones is spilled too: the merge then holds a read
+        // buffer a run, and the run's memory is freed before it starts.
+        if !self.entries.is_empty() && !self.spilled.is_empty() {
+            self.spill()?;
+        }
+        (self.entries, self.bytes) = (Vec::new(), Vec::new());
         let spill = match self.spill.take() {
             Some((out, _)) => Some(out.into_inner().map_err(|e| spill_error(e.into_error()))?),
             None => None,
