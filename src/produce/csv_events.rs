@@ -347,7 +347,8 @@ mod tests {
         let mut not_sent = Vec::new();
         let events = read_events(&path, EventKind::Start, &mut not_sent).unwrap();
         assert!(not_sent.is_empty(), "{not_sent:?}");
-        let json: Vec<serde_json::Value> = events.iter().map(|e| serde_json::from_slice(&e.record.data).unwrap()).collect();
+        let json: Vec<serde_json::Value> =
+            events.iter().map(|e| serde_json::from_slice(&e.record.data).unwrap()).collect();
         assert_eq!((json[0]["trip_id"].as_str(), events[0].record.partition_key.as_str()), (Some("7"), "7"));
         assert_eq!(json[0]["note"], "a, \"b\"\nc");
         assert_eq!(json[1]["note"], long.as_str(), "a cell of 400 bytes: a two-byte length");
