@@ -3,11 +3,11 @@
 //!
 //! Rows arrive file by file, each file in its own order, each with its event time, its
 //! line and its bytes (the cells, as [`super::CsvFile`] packs them). They are kept in
-//! runs of at most [`RUN_BYTES`]; each run is sorted stably by time and appended to one
-//! anonymous temporary file (input that fits in one run stays in memory). The runs are
-//! then merged by time, a tie going to the earlier run, so the start file's rows stay
-//! ahead of the end file's at equal times and the rows of one file keep their order:
-//! the result is a stable sort of all the rows.
+//! runs of at most [`RUN_BYTES`], each a stretch of rows as they came; each run is sorted
+//! stably by time and appended to one anonymous temporary file (input that fits in one
+//! run stays in memory). The runs are then merged by time, a tie going to the earlier
+//! run, so the start file's rows stay ahead of the end file's at equal times and the
+//! rows of one file keep their order: the result is a stable sort of all the rows.
 //!
 //! The bytes travel with the sort so that no row is read from its file a second time:
 //! an end file is in the trips' pickup order and is sent in dropoff order, and reading
@@ -31,8 +31,9 @@ pub const RUN_BYTES: usize = 8 << 20;
 const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 /// The buffer each spilled run is read back through.
 const READ_BYTES: usize = 16 << 10;
-/// A row in the spill file: time (8 bytes), line (4), length (4), then its bytes.
-const HEADER: usize = 16;
+/// A row in the spill file: time (8 bytes), line (4), length (4), file (1), then its
+/// bytes.
+const HEADER: usize = 17;
 
 /// One row of a run in memory: its bytes are `bytes[at..at + len]` of the run.
 #[derive(Debug, Clone, Copy)]
@@ -40,8 +41,12 @@ struct Entry {
     time: i64,
     line: u32,
     len: u32,
-    at: usize,
+    at: u32,
+    file: u8,
 }
+
+/// Time, line, length and file of a run's head row.
+type Head = (i64, u32, u32, u8);
 
 /// A row given back by the merge.
 #[derive(Debug, Clone, Copy)]
@@ -63,19 +68,18 @@ enum Source {
     Disk { at: u64, end: u64, buf: Vec<u8>, pos: usize },
 }
 
-/// A sorted run of one file's rows, and the row at its head.
+/// A sorted run, and the row at its head.
 struct Run {
-    file: u8,
     source: Source,
-    /// Time, line and length of the head row; its bytes are the next in `source`.
-    head: Option<(i64, u32, u32)>,
+    /// The head row; its bytes are the next in `source`.
+    head: Option<Head>,
 }
 
 impl Run {
     /// Reads the next row's header into `head`, its bytes made ready in the buffer.
     fn advance(&mut self, spill: &File) -> Result<()> {
         self.head = match &mut self.source {
-            Source::Memory { entries, next, .. } => entries.get(*next).map(|e| (e.time, e.line, e.len)),
+            Source::Memory { entries, next, .. } => entries.get(*next).map(|e| (e.time, e.line, e.len, e.file)),
             Source::Disk { at, end, buf, pos } => {
                 if *at == *end && *pos == buf.len() {
                     None
@@ -85,8 +89,9 @@ impl Run {
                     let time = i64::from_le_bytes(h[0..8].try_into().expect("8 bytes"));
                     let line = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
                     let len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+                    let file = h[16];
                     fill(spill, at, *end, buf, pos, HEADER + len as usize)?;
-                    Some((time, line, len))
+                    Some((time, line, len, file))
                 }
             }
         };
@@ -95,13 +100,13 @@ impl Run {
 
     /// The head row's bytes; the next [`Run::advance`] moves past them.
     fn take(&mut self) -> &[u8] {
-        let (_, _, len) = self.head.expect("a run in the heap has a head");
+        let (_, _, len, _) = self.head.expect("a run in the heap has a head");
         let len = len as usize;
         match &mut self.source {
             Source::Memory { entries, bytes, next } => {
-                let e = entries[*next];
+                let at = entries[*next].at as usize;
                 *next += 1;
-                &bytes[e.at..e.at + len]
+                &bytes[at..at + len]
             }
             Source::Disk { buf, pos, .. } => {
                 let from = *pos + HEADER;
@@ -144,11 +149,10 @@ pub struct TimeOrder {
     run_bytes: usize,
     entries: Vec<Entry>,
     bytes: Vec<u8>,
-    current_file: u8,
     /// The spill file and how much of it is written; created at the first spill.
     spill: Option<(BufWriter<File>, u64)>,
-    /// Spilled runs: file, and the byte range in the spill.
-    spilled: Vec<(u8, u64, u64)>,
+    /// Spilled runs: their byte ranges in the spill.
+    spilled: Vec<(u64, u64)>,
 }
 
 impl Default for TimeOrder {
@@ -160,28 +164,24 @@ impl Default for TimeOrder {
 impl TimeOrder {
     /// Runs of about `run_bytes` in memory (tests use small ones to make several runs).
     pub fn with_run_bytes(run_bytes: usize) -> Self {
-        TimeOrder {
-            run_bytes,
-            entries: Vec::new(),
-            bytes: Vec::new(),
-            current_file: 0,
-            spill: None,
-            spilled: Vec::new(),
-        }
+        // A row's place in its run's bytes is a `u32`.
+        let run_bytes = run_bytes.min(u32::MAX as usize);
+        TimeOrder { run_bytes, entries: Vec::new(), bytes: Vec::new(), spill: None, spilled: Vec::new() }
     }
 
-    /// Adds the next row of `file` (files in the order their ties should go).
+    /// Adds the next row of `file` (files one after the other, in the order their ties
+    /// should go).
     ///
     /// # Errors
     /// When a full run cannot be written to the temporary file, or a row is over 4 GiB.
     pub fn push(&mut self, file: u8, time: i64, line: u32, bytes: &[u8]) -> Result<()> {
         let len = u32::try_from(bytes.len()).map_err(|_| Error::output("a CSV row over 4 GiB cannot be sorted"))?;
         let size = self.bytes.len() + (self.entries.len() + 1) * ENTRY_BYTES + bytes.len();
-        if !self.entries.is_empty() && (file != self.current_file || size > self.run_bytes) {
+        if !self.entries.is_empty() && size > self.run_bytes {
             self.spill()?;
         }
-        self.current_file = file;
-        self.entries.push(Entry { time, line, len, at: self.bytes.len() });
+        let at = u32::try_from(self.bytes.len()).expect("a run's bytes stay under its bound");
+        self.entries.push(Entry { time, line, len, at, file });
         self.bytes.extend_from_slice(bytes);
         Ok(())
     }
@@ -205,10 +205,11 @@ impl TimeOrder {
             out.write_all(&e.time.to_le_bytes()).map_err(spill_error)?;
             out.write_all(&e.line.to_le_bytes()).map_err(spill_error)?;
             out.write_all(&e.len.to_le_bytes()).map_err(spill_error)?;
-            out.write_all(&bytes[e.at..e.at + e.len as usize]).map_err(spill_error)?;
+            out.write_all(&[e.file]).map_err(spill_error)?;
+            out.write_all(&bytes[e.at as usize..][..e.len as usize]).map_err(spill_error)?;
             *written += (HEADER + e.len as usize) as u64;
         }
-        self.spilled.push((self.current_file, start, *written));
+        self.spilled.push((start, *written));
         (self.entries, self.bytes) = (entries, bytes);
         self.entries.clear();
         self.bytes.clear();
@@ -224,8 +225,8 @@ impl TimeOrder {
         // buffer a run, and the run's memory is freed before it starts.
         if !self.entries.is_empty() && !self.spilled.is_empty() {
             self.spill()?;
+            (self.entries, self.bytes) = (Vec::new(), Vec::new());
         }
-        (self.entries, self.bytes) = (Vec::new(), Vec::new());
         let spill = match self.spill.take() {
             Some((out, _)) => Some(out.into_inner().map_err(|e| spill_error(e.into_error()))?),
             None => None,
@@ -233,12 +234,11 @@ impl TimeOrder {
         let mut runs: Vec<Run> = self
             .spilled
             .iter()
-            .map(|&(file, at, end)| Run { file, source: Source::Disk { at, end, buf: Vec::new(), pos: 0 }, head: None })
+            .map(|&(at, end)| Run { source: Source::Disk { at, end, buf: Vec::new(), pos: 0 }, head: None })
             .collect();
         if !self.entries.is_empty() {
-            let file = self.current_file;
             let (entries, bytes) = self.take_run();
-            runs.push(Run { file, source: Source::Memory { entries, bytes, next: 0 }, head: None });
+            runs.push(Run { source: Source::Memory { entries, bytes, next: 0 }, head: None });
         }
         // Without a spill no run reads one; the memory run ignores the file it is given.
         let spill = match spill {
@@ -266,7 +266,7 @@ pub struct Sorted {
 impl Sorted {
     fn advance(&mut self, run: usize) -> Result<()> {
         self.runs[run].advance(&self.spill)?;
-        if let Some((time, _, _)) = self.runs[run].head {
+        if let Some((time, ..)) = self.runs[run].head {
             self.heap.push(Reverse((time, run)));
         }
         Ok(())
@@ -285,8 +285,7 @@ impl Sorted {
         };
         self.taken = Some(run);
         let r = &mut self.runs[run];
-        let (time, line, _) = r.head.expect("a run in the heap has a head");
-        let file = r.file;
+        let (time, line, _, file) = r.head.expect("a run in the heap has a head");
         Ok(Some(SortedRow { time, line, file, bytes: r.take() }))
     }
 }
@@ -300,6 +299,25 @@ mod tests {
     fn bytes_of(file: u8, line: u32) -> Vec<u8> {
         let len = if line % 13 == 5 { 2 * READ_BYTES + line as usize } else { line as usize % 50 };
         (0..len).map(|i| (i as u32 ^ line ^ u32::from(file)) as u8).collect()
+    }
+
+    #[test]
+    fn input_that_fits_in_one_run_comes_back_sorted_without_a_spill() {
+        let mut order = TimeOrder::default();
+        for (line, t) in [(0u32, 5i64), (1, 3), (2, 5), (3, 1)] {
+            order.push(0, t, line, &bytes_of(0, line)).unwrap();
+        }
+        order.push(1, 3, 0, b"end").unwrap();
+        let mut sorted = order.into_sorted().unwrap();
+        assert!(sorted.runs.iter().all(|r| matches!(r.source, Source::Memory { .. })), "nothing spilled");
+        let mut got = Vec::new();
+        while let Some(row) = sorted.next_row().unwrap() {
+            got.push((row.time, row.file, row.line, row.bytes.to_vec()));
+        }
+        let want = [(1, 0, 3), (3, 0, 1), (3, 1, 0), (5, 0, 0), (5, 0, 2)];
+        let want: Vec<_> =
+            want.iter().map(|&(t, f, l)| (t, f, l, if f == 1 { b"end".to_vec() } else { bytes_of(0, l) })).collect();
+        assert_eq!(got, want);
     }
 
     proptest! {
