@@ -77,10 +77,11 @@ struct Run {
 
 impl Run {
     /// Reads the next row's header into `head`, its bytes made ready in the buffer.
-    fn advance(&mut self, spill: &File) -> Result<()> {
+    fn advance(&mut self, spill: Option<&File>) -> Result<()> {
         self.head = match &mut self.source {
             Source::Memory { entries, next, .. } => entries.get(*next).map(|e| (e.time, e.line, e.len, e.file)),
             Source::Disk { at, end, buf, pos } => {
+                let spill = spill.expect("a spilled run has the spill file");
                 if *at == *end && *pos == buf.len() {
                     None
                 } else {
@@ -240,11 +241,6 @@ impl TimeOrder {
             let (entries, bytes) = self.take_run();
             runs.push(Run { source: Source::Memory { entries, bytes, next: 0 }, head: None });
         }
-        // Without a spill no run reads one; the memory run ignores the file it is given.
-        let spill = match spill {
-            Some(f) => f,
-            None => tempfile::tempfile().map_err(spill_error)?,
-        };
         let mut sorted = Sorted { spill, runs, heap: BinaryHeap::new(), taken: None };
         for i in 0..sorted.runs.len() {
             sorted.advance(i)?;
@@ -256,7 +252,8 @@ impl TimeOrder {
 /// The merge of the runs: gives the rows back in time order, one at a time
 /// ([`Sorted::next_row`]; each row's bytes are borrowed from the run they are in).
 pub struct Sorted {
-    spill: File,
+    /// The temporary file of the spilled runs; `None` when nothing was spilled.
+    spill: Option<File>,
     runs: Vec<Run>,
     heap: BinaryHeap<Reverse<(i64, usize)>>,
     /// The run whose head was given out last, to move past at the next call.
@@ -265,7 +262,7 @@ pub struct Sorted {
 
 impl Sorted {
     fn advance(&mut self, run: usize) -> Result<()> {
-        self.runs[run].advance(&self.spill)?;
+        self.runs[run].advance(self.spill.as_ref())?;
         if let Some((time, ..)) = self.runs[run].head {
             self.heap.push(Reverse((time, run)));
         }
