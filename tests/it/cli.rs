@@ -84,6 +84,46 @@ fn an_unwritable_output_is_one_line() {
     assert_one_line_error(&out, 1, &["cannot create output directory", "--out"]);
 }
 
+/// Bytes of the stream's segment files under `home`.
+fn stream_bytes(home: &Path) -> u64 {
+    let Ok(shards) = std::fs::read_dir(home.join("stream")) else { return 0 };
+    let files = shards.flatten().filter(|s| s.path().is_dir()).flat_map(|s| std::fs::read_dir(s.path()).unwrap());
+    files
+        .flatten()
+        .filter(|f| f.path().extension().is_some_and(|e| e == "log"))
+        .map(|f| f.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn produce_sorts_small_files_in_memory_and_a_spill_with_nowhere_to_go_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let generated = tripflow(tmp.path(), &["gen", "--trips", "100000", "--seed", "5", "--out", "input"]);
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let data = data_dir();
+    let (start, end) = (data.join("trip_start.csv"), data.join("trip_end.csv"));
+    let produce = |home: &str, start: &Path, end: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_tripflow"))
+            .current_dir(tmp.path())
+            .env("TMPDIR", tmp.path().join("no-such-folder"))
+            .args(["produce", "-q", "--home", home, "--start"])
+            .arg(start)
+            .arg("--end")
+            .arg(end)
+            .output()
+            .unwrap()
+    };
+    // The sample's 10,000 rows fit in one run of the sort: no temporary file is needed.
+    let small = produce("small", &start, &end);
+    assert!(small.status.success(), "{}", text(&small.stderr));
+    assert!(stream_bytes(&tmp.path().join("small")) > 0);
+    // 200,000 rows take several runs, which cannot be spilled: one line, nothing sent.
+    let input = tmp.path().join("input");
+    let big = produce("big", &input.join("trip_start.csv"), &input.join("trip_end.csv"));
+    assert_one_line_error(&big, 1, &["cannot sort rows through a temporary file", "no-such-folder", "set TMPDIR"]);
+    assert_eq!(stream_bytes(&tmp.path().join("big")), 0, "no record was put");
+}
+
 #[test]
 fn bad_flags_are_one_line() {
     let tmp = tempfile::tempdir().unwrap();
