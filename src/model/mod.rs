@@ -23,3 +23,29 @@ pub(crate) fn zero_padded(out: &mut [u8], mut value: u64) {
     }
     out[..at].fill(b'0');
 }
+
+/// Appends `value` as a LEB128 varint: seven bits a byte, the low ones first, the high
+/// bit set on every byte but the last. The LSM table's stored values and produce's
+/// packed rows write their lengths and integers this way.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads the LEB128 varint at the front of `rest` and moves past it; `None` when the
+/// bytes end first or it runs past 64 bits.
+pub(crate) fn take_varint(rest: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, after) = rest.split_first()?;
+        *rest = after;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}

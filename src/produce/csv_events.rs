@@ -5,6 +5,7 @@ use std::path::Path;
 use chrono::{DateTime, NaiveDateTime};
 
 use crate::model::event::EventKind;
+use crate::model::{put_varint, take_varint};
 use crate::stream::PutRecord;
 use crate::{Error, Result};
 
@@ -231,29 +232,14 @@ impl CsvFile {
 
 /// Appends a cell to a packed row: its length as a LEB128 varint, then its bytes.
 fn pack(out: &mut Vec<u8>, cell: &[u8]) {
-    let mut n = cell.len();
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
+    put_varint(out, cell.len() as u64);
     out.extend_from_slice(cell);
 }
 
 /// The next cell of a packed row, or `None` when the bytes end too soon.
 fn unpack<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let mut n = 0usize;
-    let mut shift = 0;
-    loop {
-        let (&b, tail) = rest.split_first()?;
-        *rest = tail;
-        n |= usize::from(b & 0x7f).checked_shl(shift)?;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    let (cell, tail) = (rest.get(..n)?, rest.get(n..)?);
+    let len = usize::try_from(take_varint(rest)?).ok()?;
+    let (cell, tail) = rest.split_at_checked(len)?;
     *rest = tail;
     Some(cell)
 }

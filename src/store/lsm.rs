@@ -40,7 +40,7 @@ use super::{
 };
 use crate::error::{Context, Stage};
 use crate::model::event::{END_LEN, EventKind, FIELDS, FieldType, START_LEN};
-use crate::model::timestamp;
+use crate::model::{put_varint, take_varint, timestamp};
 use crate::{Error, Result};
 
 /// The folder of the table under `--home`.
@@ -332,16 +332,9 @@ fn encode(cells: &[Cell<'_>; STORED_COLUMNS], out: &mut Vec<u8>) {
 }
 
 fn encode_cell(cell: Cell<'_>, is_datetime: bool, out: &mut Vec<u8>) {
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
     fn text(out: &mut Vec<u8>, v: &str) {
         out.push(TEXT);
-        varint(out, v.len() as u64);
+        put_varint(out, v.len() as u64);
         out.extend_from_slice(v.as_bytes());
     }
     fn time(out: &mut Vec<u8>, micros: i64) {
@@ -352,7 +345,7 @@ fn encode_cell(cell: Cell<'_>, is_datetime: bool, out: &mut Vec<u8>) {
         Cell::Null => out.push(NULL),
         Cell::Int(v) => {
             out.push(INT);
-            varint(out, ((v << 1) ^ (v >> 63)) as u64);
+            put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
         }
         Cell::Time(micros) => time(out, micros),
         Cell::Text(v) => match is_datetime.then(|| stored_micros(v)).flatten() {
@@ -402,18 +395,6 @@ fn stored_micros(text: &str) -> Option<i64> {
 /// [`encode`] or an earlier build wrote. Fields missing from a group that was shorter
 /// when it was written are null.
 fn decode<'a>(trip_id: &'a str, value: &'a [u8]) -> Option<[Cell<'a>; STORED_COLUMNS]> {
-    fn varint(rest: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, after) = rest.split_first()?;
-            *rest = after;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
     fn take<const N: usize>(rest: &mut &[u8]) -> Option<[u8; N]> {
         let (bytes, after) = rest.split_first_chunk::<N>()?;
         *rest = after;
@@ -439,11 +420,12 @@ fn decode<'a>(trip_id: &'a str, value: &'a [u8]) -> Option<[Cell<'a>; STORED_COL
                     NULL => Cell::Null,
                     INT if v1 => Cell::Int(i64::from_le_bytes(take(&mut rest)?)),
                     INT => {
-                        let v = varint(&mut rest)?;
+                        let v = take_varint(&mut rest)?;
                         Cell::Int((v >> 1) as i64 ^ -((v & 1) as i64))
                     }
                     TEXT => {
-                        let len = if v1 { u64::from(u32::from_le_bytes(take(&mut rest)?)) } else { varint(&mut rest)? };
+                        let len =
+                            if v1 { u64::from(u32::from_le_bytes(take(&mut rest)?)) } else { take_varint(&mut rest)? };
                         let len = usize::try_from(len).ok()?;
                         let (bytes, after) = rest.split_at_checked(len)?;
                         rest = after;
