@@ -32,6 +32,7 @@ use crate::ingest::batcher::Pending;
 use crate::ingest::deadletter::DeadLetterSink;
 use crate::ingest::{IngestCounts, merge_batch};
 use crate::kpi::{self, DateSelection, Formats, KpiQuery, OutputLocation};
+use crate::model::extra::UnknownFields;
 use crate::observe::telemetry::{self, BatchTimes};
 use crate::store::TripStore;
 use crate::stream::{SequenceNumber, ShardId, StreamRecord};
@@ -86,6 +87,8 @@ pub struct Settings {
     pub parquet: bool,
     /// `TRIPFLOW_WRITE_CONCURRENCY`, `TRIPFLOW_SCAN_SEGMENTS`.
     pub tuning: AwsTuning,
+    /// `TRIPFLOW_UNKNOWN_FIELDS`: keep (the default) or reject undeclared fields.
+    pub unknown_fields: UnknownFields,
 }
 
 impl Settings {
@@ -161,6 +164,7 @@ impl Settings {
             lookback: args.window.lookback,
             queries: args.kpi.queries,
             parquet: args.kpi.parquet,
+            unknown_fields: args.dead_letter.unknown_fields,
             tuning: AwsTuning {
                 write_concurrency: args.store.write_concurrency,
                 scan_segments: args.store.scan_segments,
@@ -174,6 +178,8 @@ impl Settings {
 pub struct IngestFunction {
     store: Arc<dyn TripStore>,
     dead_letters: Arc<dyn DeadLetterSink>,
+    /// What to do with undeclared fields.
+    pub unknown_fields: UnknownFields,
     /// Records merged between two looks at the deadline.
     pub chunk_records: usize,
     /// Time kept in hand at the deadline.
@@ -204,7 +210,7 @@ impl IngestFunction {
         };
         let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
         let (dead_letters, _) = config::open_dead_letters(&DeadLetterUrl::Object(dead_letter.clone()), aws).await?;
-        Ok(Self::new(store, dead_letters))
+        Ok(IngestFunction { unknown_fields: settings.unknown_fields, ..Self::new(store, dead_letters) })
     }
 
     /// A function over a store and a dead-letter output already opened.
@@ -212,6 +218,7 @@ impl IngestFunction {
         IngestFunction {
             store,
             dead_letters,
+            unknown_fields: UnknownFields::Keep,
             chunk_records: DEFAULT_CHUNK_RECORDS,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
         }
@@ -288,8 +295,15 @@ impl IngestFunction {
                 break;
             }
             let chunk: Vec<Pending> = rest.by_ref().take(self.chunk_records.max(1)).collect();
-            let (chunk_counts, _, chunk_times) =
-                merge_batch(self.store.as_ref(), self.dead_letters.as_ref(), &stream, &shards, chunk).await?;
+            let (chunk_counts, _, chunk_times) = merge_batch(
+                self.store.as_ref(),
+                self.dead_letters.as_ref(),
+                &stream,
+                &shards,
+                chunk,
+                self.unknown_fields,
+            )
+            .await?;
             counts.add(&chunk_counts);
             times.add(&chunk_times);
             longest = longest.max(now().duration_since(began).unwrap_or_default());
@@ -301,6 +315,7 @@ impl IngestFunction {
             applied = counts.applied,
             duplicate_or_stale = counts.duplicate_or_stale,
             dead_lettered = counts.dead_lettered,
+            undeclared = counts.undeclared,
             store_writes = counts.store_writes,
             stopped_at = response.batch_item_failures.first().and_then(|f| f.item_identifier.as_deref()),
             "Merged Kinesis batch."

@@ -104,9 +104,9 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     let began = Instant::now();
     // The queries first: a broken one fails the run before produce and ingest start.
     let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
-    kpi::check(&queries).await?;
-    let opened = config::open_stream(&settings.stream, settings.shards, aws, &settings.tuning).await?;
     let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
+    kpi::check(&queries, kpi::kept_columns(store.as_ref()).await?).await?;
+    let opened = config::open_stream(&settings.stream, settings.shards, aws, &settings.tuning).await?;
     let (dead_letters, dead_letter_file) = config::open_dead_letters(&settings.dead_letter, aws).await?;
 
     // Produce and ingest side by side, as the original's script and Lambda ran: the

@@ -55,6 +55,30 @@ pub enum Command {
     /// Put dead letters back on the stream (after a fix); a second redrive skips what
     /// the first one sent.
     Redrive(RedriveArgs),
+    /// List the declared fields and every undeclared field ingest has kept: its group,
+    /// where it was first seen, how many records carried it, its JSON types.
+    Fields(FieldsArgs),
+}
+
+/// `tripflow fields`.
+#[derive(Debug, Args)]
+pub struct FieldsArgs {
+    #[command(flatten)]
+    pub(crate) home: HomeArgs,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// How the fields are printed.
+    #[arg(long, env = "TRIPFLOW_FORMAT", value_enum, default_value_t = FieldsFormat::Table)]
+    pub(crate) format: FieldsFormat,
+}
+
+/// How `tripflow fields` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FieldsFormat {
+    /// A table for a person.
+    Table,
+    /// One JSON object: `declared` and `undeclared`.
+    Json,
 }
 
 /// `tripflow redrive`.
@@ -125,6 +149,10 @@ pub struct DeadLetterArgs {
     /// Rejected records: a file, file:// or s3://bucket/prefix; without it, <home>/dead_letters.ndjson.
     #[arg(long, env = "TRIPFLOW_DEAD_LETTER")]
     pub dead_letter: Option<String>,
+    /// Fields no declared field names: keep them with their group (and count them, see
+    /// `tripflow fields`), or reject the record to the dead letters.
+    #[arg(long, env = "TRIPFLOW_UNKNOWN_FIELDS", value_enum, default_value_t)]
+    pub unknown_fields: crate::model::extra::UnknownFields,
 }
 
 impl StreamArgs {

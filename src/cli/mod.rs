@@ -37,5 +37,6 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Settings::Gen(a) => command::generate::gen_data(&a),
         Settings::Report(s) => command::kpi::rebuild_report(&s, &aws).await,
         Settings::Redrive(s) => command::redrive::redrive(&s, &aws).await,
+        Settings::Fields(s) => command::fields::fields(&s, &aws).await,
     }
 }

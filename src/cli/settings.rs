@@ -5,8 +5,8 @@
 
 use crate::backend::location::{Location, ObjectPlace};
 use crate::cli::args::{
-    Command, GenArgs, IngestArgs, KpiArgs, ProduceArgs, RedriveArgs, ReportArgs, RunArgs, ScheduleArgs, SetupArgs,
-    SqlArgs, parse_position,
+    Command, FieldsArgs, GenArgs, IngestArgs, KpiArgs, ProduceArgs, RedriveArgs, ReportArgs, RunArgs, ScheduleArgs,
+    SetupArgs, SqlArgs, parse_position,
 };
 use crate::config::{self, DeadLetterUrl, Home, StoreUrl, StreamUrl};
 use crate::kpi::DateSelection;
@@ -37,6 +37,26 @@ pub enum Settings {
     Redrive(Redrive),
     /// `tripflow gen` (its flags are checked by clap alone).
     Gen(GenArgs),
+    /// `tripflow fields`.
+    Fields(Fields),
+}
+
+/// `tripflow fields`.
+#[derive(Debug)]
+pub struct Fields {
+    /// The flags.
+    pub args: FieldsArgs,
+    /// `--store`.
+    pub store: StoreUrl,
+}
+
+impl TryFrom<FieldsArgs> for Fields {
+    type Error = Error;
+
+    fn try_from(args: FieldsArgs) -> Result<Self> {
+        let home = Home::new(&args.home.home)?;
+        Ok(Fields { store: args.store.url(&home)?, args })
+    }
 }
 
 impl TryFrom<Command> for Settings {
@@ -54,6 +74,7 @@ impl TryFrom<Command> for Settings {
             Command::Report(a) => Settings::Report(a.try_into()?),
             Command::Redrive(a) => Settings::Redrive(a.try_into()?),
             Command::Gen(a) => Settings::Gen(a),
+            Command::Fields(a) => Settings::Fields(a.try_into()?),
         })
     }
 }

@@ -6,12 +6,12 @@
 
 use std::collections::HashMap;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMicrosecondType;
 
 use super::validate::{Typed, Validated};
 use crate::model::event::EventKind;
-use crate::store::{EndGroup, StartGroup, TripUpdate};
+use crate::store::{EndGroup, Extras, StartGroup, TripUpdate};
 
 /// The updates of a batch.
 #[derive(Debug, Default)]
@@ -50,14 +50,15 @@ pub fn coalesce(v: &Validated) -> Coalesced {
 
     // Each column is typed once per batch, not once per value.
     let (starts, ends) = (columns(v, StartGroup::KIND), columns(v, EndGroup::KIND));
+    let extras = |row: usize| Extras::from_canonical(v.extras.is_valid(row).then(|| v.extras.value(row)));
     let updates = order
         .into_iter()
         .map(|id| {
             let [start, end] = newest[id];
             TripUpdate {
                 trip_id: id.into(),
-                start: start.map(|r| StartGroup::from_fn(|i| starts[i].stored_text(r))),
-                end: end.map(|r| EndGroup::from_fn(|i| ends[i].stored_text(r))),
+                start: start.map(|r| StartGroup::from_fn(|i| starts[i].stored_text(r)).with_extras(extras(r))),
+                end: end.map(|r| EndGroup::from_fn(|i| ends[i].stored_text(r)).with_extras(extras(r))),
             }
         })
         .collect();

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::model::event::{EventKind, FIELDS, MAX_RECORD_BYTES};
+use crate::model::extra::Extras;
 
 /// Number of wire columns: `trip_id` and every field of [`FIELDS`].
 pub const N_COLUMNS: usize = 1 + FIELDS.len();
@@ -41,9 +42,13 @@ pub static WIRE_SCHEMA: LazyLock<SchemaRef> =
 const PICKUP: usize = EventKind::Start.version_column();
 const DROPOFF: usize = EventKind::End.version_column();
 
-/// The wire object, borrowing every field's raw JSON text; unknown fields are ignored.
-/// Read with serde, for the records [`scan_flat`] leaves (escapes, nesting, duplicates).
-struct Wire<'a>(Fields<'a>);
+/// The wire object, borrowing every field's raw JSON text, and the keys no field names
+/// with theirs. Read with serde, for the records [`scan_flat`] leaves (escapes, nesting,
+/// duplicates).
+struct Wire<'a>(Fields<'a>, Unknown<'a>);
+
+/// The keys of a record that no field names, each with its value's JSON text, as found.
+type Unknown<'a> = Vec<(Cow<'a, str>, &'a str)>;
 
 impl<'de> Deserialize<'de> for Wire<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -55,40 +60,54 @@ impl<'de> Deserialize<'de> for Wire<'de> {
             }
             fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Wire<'de>, M::Error> {
                 let mut fields: Fields<'de> = [None; N_KEYS];
+                let mut unknown: Unknown<'de> = Vec::new();
                 let mut seen = [false; N_KEYS];
-                while let Some(Key(key)) = map.next_key()? {
-                    let Some(k) = key else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                        continue;
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    let k = match key {
+                        Key::Known(k) => k,
+                        Key::Unknown(name) => {
+                            if unknown.iter().any(|(n, _)| *n == name) {
+                                return Err(serde::de::Error::custom(format_args!("duplicate field `{name}`")));
+                            }
+                            let value = map.next_value::<&'de RawValue>()?.get();
+                            unknown.push((name, value));
+                            continue;
+                        }
                     };
                     if std::mem::replace(&mut seen[k], true) {
                         return Err(serde::de::Error::duplicate_field(KEYS[k]));
                     }
                     fields[k] = map.next_value::<Option<&'de RawValue>>()?.map(|r| Raw::Json(r.get()));
                 }
-                Ok(Wire(fields))
+                Ok(Wire(fields, unknown))
             }
         }
         deserializer.deserialize_map(Visit)
     }
 }
 
-/// A key of the wire object: its slot in [`Fields`], or `None` for a key ingest ignores.
-struct Key(Option<usize>);
+/// A key of the wire object: its slot in [`Fields`], or the name of a key no field names.
+enum Key<'a> {
+    Known(usize),
+    Unknown(Cow<'a, str>),
+}
 
-impl<'de> Deserialize<'de> for Key {
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visit;
-        impl serde::de::Visitor<'_> for Visit {
-            type Value = Key;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Key<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a field name")
             }
-            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
-                Ok(Key(slot(key.as_bytes())))
+            fn visit_borrowed_str<E: serde::de::Error>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(slot(key.as_bytes()).map_or(Key::Unknown(Cow::Borrowed(key)), Key::Known))
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(slot(key.as_bytes()).map_or_else(|| Key::Unknown(Cow::Owned(key.to_owned())), Key::Known))
             }
         }
-        deserializer.deserialize_identifier(Visit)
+        deserializer.deserialize_str(Visit)
     }
 }
 
@@ -150,14 +169,15 @@ fn slot(key: &[u8]) -> Option<usize> {
 
 /// Reads a flat wire object into `fields` without serde: an object whose keys and
 /// strings have no escapes and whose values are strings, numbers, booleans or nulls,
-/// with no key twice. Returns false for anything else, valid or not, which then goes
-/// through serde (`fields` may then hold part of the record, for serde to overwrite);
-/// where both read a record they agree (tested), so reasons never depend on the path.
-fn scan_flat<'a>(text: &'a str, fields: &mut Fields<'a>) -> bool {
-    scan_into(text, fields).is_some()
+/// with no key twice. Keys no field names go to `unknown`. Returns false for anything
+/// else, valid or not, which then goes through serde (`fields` and `unknown` may then
+/// hold part of the record, for serde to overwrite); where both read a record they agree
+/// (tested), so reasons never depend on the path.
+fn scan_flat<'a>(text: &'a str, fields: &mut Fields<'a>, unknown: &mut Unknown<'a>) -> bool {
+    scan_into(text, fields, unknown).is_some()
 }
 
-fn scan_into<'a>(text: &'a str, fields: &mut Fields<'a>) -> Option<()> {
+fn scan_into<'a>(text: &'a str, fields: &mut Fields<'a>, unknown: &mut Unknown<'a>) -> Option<()> {
     let b = text.as_bytes();
     let mut seen = [false; N_KEYS];
     // Producers write the keys in `KEYS` order, so the key after slot k is first tried
@@ -175,6 +195,7 @@ fn scan_into<'a>(text: &'a str, fields: &mut Fields<'a>) -> Option<()> {
         let predicted = KEYS.get(next).map(|k| k.as_bytes()).filter(|k| {
             b.get(i) == Some(&b'"') && b.get(i + 1..i + 1 + k.len()) == Some(k) && b.get(i + 1 + k.len()) == Some(&b'"')
         });
+        let key_start = i;
         let (key, key_end) = match predicted {
             Some(k) => (Some(next), i + k.len() + 2),
             None => {
@@ -207,6 +228,13 @@ fn scan_into<'a>(text: &'a str, fields: &mut Fields<'a>) -> Option<()> {
                 (false, _) => Some(Raw::Json(&text[start..end])),
             };
             next = k + 1;
+        } else {
+            // Between ASCII quotes, so on char boundaries; without escapes, as read.
+            let name = &text[key_start + 1..key_end - 1];
+            if unknown.iter().any(|(n, _)| n == name) {
+                return None; // serde names the duplicate
+            }
+            unknown.push((Cow::Borrowed(name), &text[start..end]));
         }
         i = skip_ws(b, end);
         match b.get(i) {
@@ -302,6 +330,8 @@ pub struct Decoded {
     pub reasons: Vec<Vec<String>>,
     /// `(row, column)` pairs whose value had a JSON type no rule accepts (already reasoned).
     pub wrong_type: HashSet<(usize, usize)>,
+    /// Per row, the keys no field names, as an [`Extras`] object's text; null when none.
+    pub extras: StringArray,
 }
 
 impl Decoded {
@@ -387,11 +417,19 @@ fn decode_with<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>, scan: bool)
     let mut is_end = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
     let mut wrong_type = HashSet::new();
+    let mut extras = StringBuilder::new();
 
     for (row, data) in records.enumerate() {
         let mut why = Vec::new();
         let mut fields: Fields<'_> = [None; N_KEYS];
-        if !parse(data, scan, &mut fields, &mut why) {
+        let mut unknown: Unknown<'_> = Vec::new();
+        let parsed = parse(data, scan, &mut fields, &mut unknown, &mut why);
+        if unknown.is_empty() || !parsed {
+            extras.append_null();
+        } else {
+            extras.append_option(Extras::from_pairs(unknown).as_json());
+        }
+        if !parsed {
             for b in &mut builders {
                 b.append_null();
             }
@@ -429,12 +467,19 @@ fn decode_with<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>, scan: bool)
         is_end: BooleanArray::from(is_end),
         reasons,
         wrong_type,
+        extras: extras.finish(),
     }
 }
 
 /// Reads a record into `fields`; false, with the reasons in `why`, if it is not a JSON
 /// object.
-fn parse<'a>(data: &'a [u8], scan: bool, fields: &mut Fields<'a>, why: &mut Vec<String>) -> bool {
+fn parse<'a>(
+    data: &'a [u8],
+    scan: bool,
+    fields: &mut Fields<'a>,
+    unknown: &mut Unknown<'a>,
+    why: &mut Vec<String>,
+) -> bool {
     if data.len() > MAX_RECORD_BYTES {
         why.push(format!("record: {} bytes, over the 1 MiB limit", data.len()));
         return false;
@@ -458,12 +503,13 @@ fn parse<'a>(data: &'a [u8], scan: bool, fields: &mut Fields<'a>, why: &mut Vec<
             return false;
         }
     }
-    if scan && scan_flat(text, fields) {
+    if scan && scan_flat(text, fields, unknown) {
         return true;
     }
     match serde_json::from_str::<Wire<'_>>(text) {
-        Ok(Wire(read)) => {
+        Ok(Wire(read, others)) => {
             *fields = read;
+            *unknown = others;
             true
         }
         Err(e) => {
@@ -610,6 +656,7 @@ mod tests {
             prop_assert_eq!(&fast.is_start, &slow.is_start);
             prop_assert_eq!(&fast.is_end, &slow.is_end);
             prop_assert_eq!(&fast.wrong_type, &slow.wrong_type);
+            prop_assert_eq!(&fast.extras, &slow.extras);
         }
     }
 
@@ -617,11 +664,13 @@ mod tests {
     fn producer_records_take_the_fast_scan() {
         let start = r#"{"event_type":"trip_start","trip_id":"c66ce556bc","pickup_location_id":93,"dropoff_location_id":93,"vendor_id":1,"pickup_datetime":"2024-05-25 13:19:00","estimated_dropoff_datetime":"2024-05-25 14:03:00","estimated_fare_amount":34.18595283806629}"#;
         let mut fields = [None; N_KEYS];
-        assert!(scan_flat(start, &mut fields), "a flat record");
+        let mut unknown = Vec::new();
+        assert!(scan_flat(start, &mut fields, &mut unknown), "a flat record");
+        assert!(unknown.is_empty());
         assert_eq!(fields[0], Some(Raw::Plain("trip_start")));
         assert_eq!(fields[7], Some(Raw::Json("34.18595283806629")));
         assert_eq!(fields[8], None);
-        assert!(!scan_flat(r#"{"trip_id":"a\"b"}"#, &mut fields), "escapes go to serde");
+        assert!(!scan_flat(r#"{"trip_id":"a\"b"}"#, &mut fields, &mut unknown), "escapes go to serde");
         assert_eq!(slot(b"event_type"), Some(0));
         for (i, name) in COLUMNS.iter().enumerate() {
             assert_eq!(slot(name.as_bytes()), Some(i + 1), "{name}");
@@ -629,7 +678,8 @@ mod tests {
         for unknown in [&b"tip_amounT"[..], b"trip_idx", b"", &[b'a'; 200]] {
             assert_eq!(slot(unknown), None);
         }
-        assert!(!scan_flat(r#"{"trip_id":"a","trip_id":null}"#, &mut fields), "duplicates go to serde");
+        assert!(!scan_flat(r#"{"trip_id":"a","trip_id":null}"#, &mut fields, &mut unknown), "duplicates go to serde");
+        assert!(!scan_flat(r#"{"x":null,"x":1}"#, &mut fields, &mut unknown), "and so do unknown ones");
     }
 
     #[test]
@@ -640,6 +690,7 @@ mod tests {
         assert!(d.reasons[0].is_empty(), "{:?}", d.reasons);
         assert_eq!(d.column("trip_id").value(0), "t1");
         assert!(d.is_end.value(0));
+        assert_eq!(d.extras.value(0), r#"{"extra":{"a":[1]}}"#, "an unknown object is kept");
         let d = one(r#"{"trip_id":"a","trip_id":null}"#);
         assert_eq!(d.reasons[0].len(), 1);
         assert!(d.reasons[0][0].starts_with("record: not JSON: duplicate field `trip_id`"), "{:?}", d.reasons);
@@ -647,6 +698,27 @@ mod tests {
 
     fn one(record: &str) -> Decoded {
         decode(std::iter::once(record.as_bytes()))
+    }
+
+    #[test]
+    fn keys_no_field_names_are_kept_sorted_and_compact_and_nulls_are_absent() {
+        let d = decode(
+            [
+                &br#"{"event_type":"end","trip_id":"t1","surge":1.50,"dropoff_datetime":"2024-05-25 14:05:00","app":"v2","gone":null}"#[..],
+                br#"{"event_type":"end","trip_id":"t2","app":"\u0076 3","tags":[ 1, 2 ]}"#,
+                br#"{"event_type":"end","trip_id":"t3"}"#,
+                br#"{"event_type":"end","trip_id":"t4","x":1,"x":2}"#,
+                br#"{"x":1,"trip_id":"t5","x":null}"#,
+            ]
+            .into_iter(),
+        );
+        assert_eq!(d.extras.value(0), r#"{"app":"v2","surge":1.50}"#);
+        assert_eq!(d.extras.value(1), r#"{"app":"\u0076 3","tags":[1,2]}"#, "values as sent");
+        assert!(d.extras.is_null(2));
+        for row in [3, 4] {
+            assert!(d.reasons[row][0].contains("duplicate field `x`"), "{:?}", d.reasons[row]);
+            assert!(d.extras.is_null(row));
+        }
     }
 
     #[test]

@@ -19,13 +19,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, instrument, warn};
 
 use self::batcher::{Batcher, Pending};
 use self::deadletter::{DeadLetter, DeadLetterSink};
+use crate::model::event::EventKind;
+pub use crate::model::extra::UnknownFields;
+use crate::model::extra::{Extras, JsonType};
 pub use crate::observe::IngestCounts;
 use crate::observe::progress::{Progress, Quiet};
 use crate::observe::telemetry::{self, BatchTimes};
+use crate::store::ledger::Sighting;
 use crate::store::{TripStore, TripUpdate};
 use crate::stream::{
     Checkpoint, CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource,
@@ -54,6 +58,8 @@ pub struct IngestOptions {
     pub initial_position: StartPosition,
     /// How long to wait before polling a caught-up stream again (with `follow`).
     pub poll_interval: Duration,
+    /// What to do with an event's undeclared fields.
+    pub unknown_fields: UnknownFields,
     /// Set to finish the batch in hand, checkpoint it and return.
     pub stop: Arc<AtomicBool>,
     /// With `follow`, a producer running beside ingest (`tripflow run`) sets this once it
@@ -90,6 +96,7 @@ impl Default for IngestOptions {
             follow: false,
             initial_position: StartPosition::TrimHorizon,
             poll_interval: Duration::from_millis(200),
+            unknown_fields: UnknownFields::Keep,
             stop: Arc::default(),
             drain: None,
             crash_after_batches: None,
@@ -315,7 +322,7 @@ impl Ingest<'_> {
             let stopping = opts.stop.load(Ordering::Relaxed);
             let due = batcher.room() == 0 || (may_linger && batcher.ready(Instant::now()));
             if due || (!batcher.is_empty() && (all_caught_up && !following || stopping)) {
-                let batch = prepare_batch(&stream, &readers.ids, batcher.take())?;
+                let batch = prepare_batch(&stream, &readers.ids, batcher.take(), opts.unknown_fields)?;
                 let millis_behind = readers.millis_behind.iter().flatten().max().copied();
                 slot.take().expect("reserved above").send(Handover {
                     batch: Some(batch),
@@ -406,6 +413,8 @@ pub struct PreparedBatch {
     groups: u64,
     superseded: u64,
     letters: Vec<DeadLetter>,
+    /// The records that carried undeclared fields, for the ledger.
+    sightings: Vec<Sighting>,
     last: Vec<Option<SequenceNumber>>,
     decode_validate: Duration,
 }
@@ -431,8 +440,9 @@ pub async fn merge_batch(
     stream: &str,
     shards: &[ShardId],
     batch: Vec<Pending>,
+    unknown_fields: UnknownFields,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
-    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch)?).await
+    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch, unknown_fields)?).await
 }
 
 /// The CPU half of [`merge_batch`]: decode into Arrow, validate, coalesce, and take the
@@ -440,11 +450,20 @@ pub async fn merge_batch(
 ///
 /// # Errors
 /// Only on an Arrow kernel failure, never because of the records' contents.
-pub fn prepare_batch(stream: &str, shards: &[ShardId], batch: Vec<Pending>) -> Result<PreparedBatch> {
+pub fn prepare_batch(
+    stream: &str,
+    shards: &[ShardId],
+    batch: Vec<Pending>,
+    unknown_fields: UnknownFields,
+) -> Result<PreparedBatch> {
     let read = batch.len() as u64;
     let began = Instant::now();
     let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
     let mut validated = validate::validate(&decoded)?;
+    if unknown_fields == UnknownFields::Reject {
+        validate::refuse_unknown(&mut validated);
+    }
+    let sightings = sightings(stream, shards, &batch, &decoded);
     drop(decoded);
     let coalesced = coalesce::coalesce(&validated);
     let groups: u64 = coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
@@ -477,9 +496,49 @@ pub fn prepare_batch(stream: &str, shards: &[ShardId], batch: Vec<Pending>) -> R
         groups,
         superseded: coalesced.superseded as u64,
         letters,
+        sightings,
         last,
         decode_validate: began.elapsed(),
     })
+}
+
+/// The records of a batch that carried undeclared fields, with what the ledger keeps of
+/// each: where it was read, its kind and event time, and each field's JSON type. A
+/// record of no known kind has no group to count under (it is dead-lettered, bytes and
+/// all).
+fn sightings(stream: &str, shards: &[ShardId], batch: &[Pending], decoded: &decode::Decoded) -> Vec<Sighting> {
+    use arrow::array::Array;
+    let extras = &decoded.extras;
+    if extras.null_count() == extras.len() {
+        return Vec::new();
+    }
+    let version = |kind: EventKind| decoded.text(kind.version_column());
+    (0..extras.len())
+        .filter(|&row| extras.is_valid(row))
+        .filter_map(|row| {
+            let kind = if decoded.is_start.value(row) {
+                EventKind::Start
+            } else if decoded.is_end.value(row) {
+                EventKind::End
+            } else {
+                return None;
+            };
+            let fields = Extras::from_canonical(Some(extras.value(row)))
+                .fields()
+                .into_iter()
+                .map(|(name, value)| (name, JsonType::of(value)))
+                .collect();
+            let time = version(kind);
+            let p = &batch[row];
+            Some(Sighting {
+                position: format!("{stream}/{}", shards[p.shard]),
+                sequence: p.record.sequence_number.clone(),
+                kind,
+                event_time: time.is_valid(row).then(|| time.value(row).to_owned()),
+                fields,
+            })
+        })
+        .collect()
 }
 
 /// The I/O half of [`merge_batch`]: the conditional merge into `store` and the dead
@@ -492,18 +551,24 @@ pub async fn merge_prepared(
     dead_letters: &dyn DeadLetterSink,
     batch: PreparedBatch,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
-    let PreparedBatch { read, updates, groups, superseded, letters, last, decode_validate } = batch;
+    let PreparedBatch { read, updates, groups, superseded, letters, sightings, last, decode_validate } = batch;
     let began = Instant::now();
     let writes_before = store.write_requests();
     let outcomes = store.merge(updates).await?;
     let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
     dead_letters.write(&letters).await?;
+    if !sightings.is_empty() {
+        for field in store.record_fields(&sightings).await? {
+            warn!(%field, "Undeclared field seen for the first time; it is kept with its group (see `tripflow fields`).");
+        }
+    }
 
     let counts = IngestCounts {
         read,
         applied,
         duplicate_or_stale: superseded + groups - applied,
         dead_lettered: letters.len() as u64,
+        undeclared: sightings.len() as u64,
         batches: 1,
         store_writes: store.write_requests() - writes_before,
     };

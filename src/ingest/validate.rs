@@ -23,6 +23,7 @@ use crate::model::decimal::decimal_text;
 use crate::model::event::{
     DECIMAL_PRECISION, DECIMAL_SCALE, EventKind, FIELDS, FieldSpec, FieldType, arrow_type, timestamp_type,
 };
+use crate::model::extra::Extras;
 use crate::model::{cast, decimal, timestamp};
 
 /// The kernels' errors, inside validation; [`validate`] labels them with the stage.
@@ -64,6 +65,8 @@ pub struct Validated {
     pub is_end: BooleanArray,
     /// The typed batch, of [`VALIDATED_SCHEMA`]; null where absent or invalid.
     pub batch: RecordBatch,
+    /// Per row, the fields no declared field names ([`Decoded::extras`]).
+    pub extras: StringArray,
 }
 
 impl Validated {
@@ -207,7 +210,21 @@ fn validate_columns(decoded: &Decoded) -> Result<Validated> {
         is_start: is_start.clone(),
         is_end: is_end.clone(),
         batch: RecordBatch::try_new(VALIDATED_SCHEMA.clone(), columns)?,
+        extras: decoded.extras.clone(),
     })
+}
+
+/// Rejects every record that carries a field no declared field names, with a reason
+/// naming each such field (`--unknown-fields reject`).
+pub fn refuse_unknown(v: &mut Validated) {
+    for row in (0..v.extras.len()).filter(|&r| v.extras.is_valid(r)) {
+        let extras = Extras::from_stored(Some(v.extras.value(row))).expect("decode writes a JSON object");
+        for (name, _) in extras.fields() {
+            let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let name = if plain { name } else { quote(&name) };
+            v.reasons[row].push(format!("{name}: undeclared field (refused by --unknown-fields reject)"));
+        }
+    }
 }
 
 /// How a value reads as a 64-bit integer.

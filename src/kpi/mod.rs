@@ -33,7 +33,6 @@ use tracing::{info, warn};
 pub use self::output::OutputLocation;
 pub use self::queries::{DEFAULT_QUERY, KpiQuery};
 use crate::error::{Context, Stage};
-use crate::model::event::TRIP_SCHEMA;
 use crate::observe::progress::Progress;
 use crate::store::{Projection, TripStore};
 use crate::{Error, Result};
@@ -161,9 +160,9 @@ fn context_over(schema: SchemaRef, batches: &[RecordBatch]) -> Result<SessionCon
     Ok(ctx)
 }
 
-/// The columns of `trips` the planned queries read, from their optimised plans' scans
-/// (`None`: all of them).
-fn read_columns(planned: &[(&KpiQuery, DataFrame)]) -> Result<Option<BTreeSet<usize>>> {
+/// The columns of `trips` (of `schema`) the planned queries read, from their optimised
+/// plans' scans (`None`: all of them).
+fn read_columns(planned: &[(&KpiQuery, DataFrame)], schema: &SchemaRef) -> Result<Option<BTreeSet<usize>>> {
     let mut read = BTreeSet::new();
     let mut all = false;
     for (q, df) in planned {
@@ -177,7 +176,7 @@ fn read_columns(planned: &[(&KpiQuery, DataFrame)]) -> Result<Option<BTreeSet<us
                     None => all = true,
                 }
                 for filter in &scan.filters {
-                    read.extend(filter.column_refs().iter().filter_map(|c| TRIP_SCHEMA.index_of(&c.name).ok()));
+                    read.extend(filter.column_refs().iter().filter_map(|c| schema.index_of(&c.name).ok()));
                 }
             }
             Ok(TreeNodeRecursion::Continue)
@@ -187,15 +186,25 @@ fn read_columns(planned: &[(&KpiQuery, DataFrame)]) -> Result<Option<BTreeSet<us
     Ok((!all).then_some(read))
 }
 
-/// Plans every query against an empty `trips` table, naming the file (and line) of the
-/// first that does not parse or plan. `tripflow run` and `tripflow schedule` call it
-/// before any long work, so a typo costs seconds, not a night.
+/// Plans every query against an empty `trips` table with the `kept` columns of
+/// [`kept_columns`], naming the file (and line) of the first that does not parse or
+/// plan. `tripflow run` and `tripflow schedule` call it before any long work, so a typo
+/// costs seconds, not a night.
 ///
 /// # Errors
 /// The first query that does not plan.
-pub async fn check(queries: &[KpiQuery]) -> Result<()> {
-    let probe = context_over(TRIP_SCHEMA.clone(), &[])?;
+pub async fn check(queries: &[KpiQuery], kept: Arc<[String]>) -> Result<()> {
+    let probe = context_over(Projection::all_with(kept).schema(), &[])?;
     plan_all(&probe, queries).await.map(drop)
+}
+
+/// The kept columns of `store`'s `trips`: one text column per undeclared field of its
+/// ledger ([`crate::store::export::kept_columns`]).
+///
+/// # Errors
+/// When the ledger cannot be read.
+pub async fn kept_columns(store: &dyn TripStore) -> Result<Arc<[String]>> {
+    Ok(crate::store::export::kept_columns(&store.seen_fields().await?))
 }
 
 /// What a KPI job's export held.
@@ -226,15 +235,17 @@ pub async fn run_queries(
     progress: &dyn Progress,
 ) -> Result<(Vec<QueryResult>, Exported)> {
     let wanted = dates.dates().map(<[NaiveDate]>::to_vec);
-    let probe = context_over(TRIP_SCHEMA.clone(), &[])?;
-    let read = read_columns(&plan_all(&probe, queries).await?)?;
+    // The table's columns: the built-in ones, then one per undeclared field kept.
+    let whole = Projection::all_with(kept_columns(store).await?);
+    let probe = context_over(whole.schema(), &[])?;
+    let read = read_columns(&plan_all(&probe, queries).await?, &whole.schema())?;
     let mut projection = match (columns, read) {
-        (ExportColumns::Queried, Some(read)) => Projection::of(read),
-        _ => Projection::all(),
+        (ExportColumns::Queried, Some(read)) => Projection::of_with(read, whole.kept()),
+        _ => whole.clone(),
     };
     // A query whose optimised plan dropped a column it names needs them all.
     if !projection.is_all() && plan_all(&context_over(projection.schema(), &[])?, queries).await.is_err() {
-        projection = Projection::all();
+        projection = whole;
     }
     let (ctx, exported, spill) = match columns {
         ExportColumns::All => {
@@ -430,8 +441,11 @@ async fn write_snapshots(export: &[RecordBatch], out: &OutputLocation) -> Result
         let f = ArrayFormatter::try_new(col.as_ref(), &Default::default()).stage(Stage::Output, "snapshot dates")?;
         dates.extend((0..b.num_rows()).filter(|&i| col.is_valid(i)).map(|i| f.value(i).to_string()));
     }
-    let keep = crate::kpi::tables::snapshot_columns();
-    let schema = Arc::new(TRIP_SCHEMA.project(&keep).stage(Stage::Output, "snapshot columns")?);
+    // Every column but `trip_date`, which the path holds: the built-in ones and the kept.
+    let Some(first) = export.first() else { return Ok(Vec::new()) };
+    let date_col = first.schema().index_of("trip_date").expect("trip table has trip_date");
+    let keep: Vec<usize> = (0..first.num_columns()).filter(|&i| i != date_col).collect();
+    let schema = Arc::new(first.schema().project(&keep).stage(Stage::Output, "snapshot columns")?);
     let mut files = Vec::new();
     for date in dates {
         let rows = output::rows_of_date(export, "trip_date", &date)?;

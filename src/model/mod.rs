@@ -1,10 +1,12 @@
 //! What every stage shares about a trip event: its kinds, fields and Arrow schemas
 //! ([`event`]), and exact, fast conversions between their text and Arrow values
-//! ([`decimal`], [`timestamp`], with what the two share in [`cast`]).
+//! ([`decimal`], [`timestamp`], with what the two share in [`cast`]), and the fields an
+//! event carries that no field of the registry names ([`extra`]).
 
 pub mod cast;
 pub mod decimal;
 pub mod event;
+pub mod extra;
 pub mod timestamp;
 
 /// Writes `value` in decimal into all of `out`, right-aligned and padded with zeros, as

@@ -14,6 +14,9 @@ pub struct IngestCounts {
     pub duplicate_or_stale: u64,
     /// Records rejected to the dead-letter output.
     pub dead_lettered: u64,
+    /// Records that carried fields no declared field names (kept, or rejected under
+    /// `--unknown-fields reject`); they are also counted above.
+    pub undeclared: u64,
     /// Micro-batches flushed.
     pub batches: u64,
     /// Write requests sent to the store.
@@ -32,6 +35,7 @@ impl IngestCounts {
         self.applied += o.applied;
         self.duplicate_or_stale += o.duplicate_or_stale;
         self.dead_lettered += o.dead_lettered;
+        self.undeclared += o.undeclared;
         self.batches += o.batches;
         self.store_writes += o.store_writes;
     }

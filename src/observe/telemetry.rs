@@ -23,6 +23,8 @@ pub const APPLIED: &str = "tripflow_ingest_records_applied_total";
 pub const DUPLICATE_OR_STALE: &str = "tripflow_ingest_records_duplicate_or_stale_total";
 /// Records sent to the dead-letter output.
 pub const DEAD_LETTERED: &str = "tripflow_ingest_records_dead_lettered_total";
+/// Records that carried fields no declared field names.
+pub const UNDECLARED: &str = "tripflow_ingest_records_with_undeclared_fields_total";
 /// Write requests sent to the trip store.
 pub const STORE_WRITES: &str = "tripflow_ingest_store_writes_total";
 /// Micro-batches flushed.
@@ -62,6 +64,7 @@ pub fn batch(counts: &IngestCounts, times: &BatchTimes) {
     counter!(APPLIED).increment(counts.applied);
     counter!(DUPLICATE_OR_STALE).increment(counts.duplicate_or_stale);
     counter!(DEAD_LETTERED).increment(counts.dead_lettered);
+    counter!(UNDECLARED).increment(counts.undeclared);
     counter!(STORE_WRITES).increment(counts.store_writes);
     counter!(BATCHES).increment(counts.batches);
     histogram!(BATCH_SECONDS, "phase" => "decode_validate").record(times.decode_validate.as_secs_f64());
@@ -103,6 +106,7 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
     describe_counter!(APPLIED, "Records whose group was stored (absent before, or older).");
     describe_counter!(DUPLICATE_OR_STALE, "Records whose version was already stored, or older than the stored one.");
     describe_counter!(DEAD_LETTERED, "Records rejected to the dead-letter output.");
+    describe_counter!(UNDECLARED, "Records that carried fields no declared field names (see `tripflow fields`).");
     describe_counter!(STORE_WRITES, "Write requests sent to the trip store.");
     describe_counter!(BATCHES, "Micro-batches flushed.");
     describe_histogram!(BATCH_SECONDS, metrics::Unit::Seconds, "Seconds per micro-batch, by phase.");
@@ -157,6 +161,7 @@ pub fn emf_line(function: &str, counts: &IngestCounts, times: &BatchTimes, at: S
         ("applied", Unit::Count, json!(counts.applied)),
         ("duplicate_or_stale", Unit::Count, json!(counts.duplicate_or_stale)),
         ("dead_lettered", Unit::Count, json!(counts.dead_lettered)),
+        ("undeclared", Unit::Count, json!(counts.undeclared)),
         ("store_writes", Unit::Count, json!(counts.store_writes)),
         ("decode_validate_seconds", Unit::Seconds, json!(times.decode_validate.as_secs_f64())),
         ("merge_seconds", Unit::Seconds, json!(times.merge.as_secs_f64())),
@@ -184,8 +189,15 @@ mod tests {
 
     #[test]
     fn an_emf_line_names_every_figure_it_carries() {
-        let counts =
-            IngestCounts { read: 5, applied: 3, duplicate_or_stale: 1, dead_lettered: 1, batches: 1, store_writes: 2 };
+        let counts = IngestCounts {
+            read: 5,
+            applied: 3,
+            duplicate_or_stale: 1,
+            dead_lettered: 1,
+            batches: 1,
+            store_writes: 2,
+            undeclared: 1,
+        };
         let times = BatchTimes { decode_validate: Duration::from_millis(2), merge: Duration::from_millis(30) };
         let line = emf_line("ingest", &counts, &times, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

@@ -30,6 +30,12 @@
 //! may cover writes still in flight, so a KPI run recomputes its date but leaves the
 //! mark for the next run.
 //!
+//! The ledger of undeclared fields lives in the same second table, one item per stream
+//! shard, keyed `fields#stream/shard` (never a date, so the marks' readers pass it by):
+//! its entry as JSON text and a version that each write raises, on condition that no
+//! other write raised it first; and one item per field, `fields@group/name`, whose
+//! conditional put tells its first sighting in the whole ledger.
+//!
 //! The date index is write-sharded, so that a day's writes spread over N partitions
 //! (DynamoDB takes about 1,000 writes a second per partition key) and a day is read by N
 //! Queries in parallel: an item with a `trip_date` carries `trip_date_shard` =
@@ -45,8 +51,10 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
@@ -58,13 +66,15 @@ use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
+use super::ledger::{self, SeenField, ShardLedger, Sighting};
 use super::{
     ChangedDate, CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns,
     StartGroup, ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date,
 };
 use crate::backend::aws::{Aws, backoff, create_key_table, describe, wait_for};
 use crate::error::{Context, Stage};
-use crate::model::event::{AttributeType, END_FIELDS, EventKind, FieldSpec, FieldType, START_FIELDS, TRIP_SCHEMA};
+use crate::model::event::{AttributeType, END_FIELDS, EventKind, FieldSpec, FieldType, START_FIELDS};
+use crate::model::extra::{EXTRAS_ATTRIBUTES, Extras};
 use crate::{Error, Result};
 
 /// The unsharded date index of tables made before write-sharding: on `trip_date` (only
@@ -144,6 +154,12 @@ pub fn changed_dates_table(table: &str) -> String {
 /// from its marks to its last write. Lambda stops a function after 15 minutes at most;
 /// a merge's retries end well before.
 pub const DEFAULT_MARK_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// The key prefix of the ledger's entries in the table of changed dates.
+const LEDGER_KEY_PREFIX: &str = "fields#";
+/// The key prefix of the items that say a field was seen (`fields@group/name`), put
+/// once, on condition that none is there: the put that succeeds is the first sighting.
+const FIRST_SEEN_KEY_PREFIX: &str = "fields@";
 
 /// Marks in one BatchWriteItem, DynamoDB's most.
 const MARKS_PER_REQUEST: usize = 25;
@@ -282,6 +298,19 @@ fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
             put(spec, v, &mut set, &mut remove);
         }
     }
+    // A group's undeclared fields go with it: the winning group's replace the stored ones.
+    let extras = [start.map(StartGroup::extras), end.map(EndGroup::extras)];
+    for (attribute, extras) in EXTRAS_ATTRIBUTES.iter().zip(extras) {
+        let Some(extras) = extras else { continue };
+        names.insert(format!("#{attribute}"), (*attribute).to_owned());
+        match extras.as_json() {
+            Some(json) => {
+                set.push(format!("#{attribute} = :{attribute}"));
+                values.insert(format!(":{attribute}"), AttributeValue::S(json.to_owned()));
+            }
+            None => remove.push(format!("#{attribute}")),
+        }
+    }
 
     // The groups' versions, and the condition on each.
     let (pickup, dropoff) = (StartGroup::KIND.version_field(), EndGroup::KIND.version_field());
@@ -385,22 +414,29 @@ fn trip_item(item: &HashMap<String, AttributeValue>) -> Result<TripItem> {
         });
         values.collect::<Result<_>>().map(Some)
     };
+    let extras = |g: usize| {
+        let attribute = EXTRAS_ATTRIBUTES[g];
+        Extras::from_stored(text(item, attribute).as_deref())
+            .map_err(|e| Error::store(format!("trip {trip_id}: {attribute} is {e}")))
+    };
     let start = group(EventKind::Start)?.map(|mut v| StartGroup::from_fn(|i| v[i].take()));
     let end = group(EventKind::End)?.map(|mut v| EndGroup::from_fn(|i| v[i].take()));
+    let start = start.map(|g| extras(0).map(|x| g.with_extras(x))).transpose()?;
+    let end = end.map(|g| extras(1).map(|x| g.with_extras(x))).transpose()?;
     Ok(TripItem { trip_id, start, end })
 }
 
-/// Rows sorted by `trip_id`.
-fn sorted(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let all = concat_batches(&TRIP_SCHEMA, batches).stage(Stage::Store, "export")?;
+/// Rows of `schema` sorted by `trip_id`.
+fn sorted(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let all = concat_batches(schema, batches).stage(Stage::Store, "export")?;
     let order = sort_to_indices(all.column(0), None, None).stage(Stage::Store, "export")?;
     take_record_batch(&all, &order).stage(Stage::Store, "export")
 }
 
 /// Cuts rows into batches of [`EXPORT_BATCH_ROWS`], the shape the embedded store
 /// exports, so both backends give the same files.
-fn chunked(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
-    let all = concat_batches(&TRIP_SCHEMA, batches).stage(Stage::Store, "export")?;
+fn chunked(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+    let all = concat_batches(schema, batches).stage(Stage::Store, "export")?;
     if all.num_rows() == 0 {
         return Ok(vec![all]);
     }
@@ -598,6 +634,53 @@ impl DynamoStore {
         Error::store(format!("{}: {}", self.marks_table, describe(&e)))
     }
 
+    /// Adds `seen` to the ledger entry of `position`, read and written again until no
+    /// other write came between. Returns the fields it saw first.
+    async fn record_position(&self, position: &str, seen: &[&Sighting], now: &str) -> Result<Vec<String>> {
+        let key = format!("{LEDGER_KEY_PREFIX}{position}");
+        for _ in 0..MAX_CONDITION_RETRIES {
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.marks_table)
+                .key("trip_date", AttributeValue::S(key.clone()))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| self.marks_error(e))?;
+            let item = out.item.unwrap_or_default();
+            let version = text(&item, "version").and_then(|v| v.parse::<u64>().ok());
+            let mut entry = match text(&item, "ledger") {
+                Some(t) => ShardLedger::parse(&t, &self.marks_table)?,
+                None => ShardLedger::default(),
+            };
+            let Some(new) = entry.add(seen.iter().copied(), now) else { return Ok(Vec::new()) };
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.marks_table)
+                .item("trip_date", AttributeValue::S(key.clone()))
+                .item("ledger", AttributeValue::S(entry.to_text()))
+                .item("version", AttributeValue::N((version.unwrap_or(0) + 1).to_string()));
+            let put = match version {
+                Some(v) => put
+                    .condition_expression("version = :read")
+                    .expression_attribute_values(":read", AttributeValue::N(v.to_string())),
+                None => put.condition_expression("attribute_not_exists(trip_date)"),
+            };
+            match put.send().await {
+                Ok(_) => return Ok(new),
+                Err(e) if matches!(e.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {}
+                Err(e) => return Err(self.marks_error(e)),
+            }
+        }
+        Err(Error::store(format!(
+            "{}: the ledger entry of {position} changed under {MAX_CONDITION_RETRIES} writes in a row; are two \
+             consumers reading the same shard?",
+            self.marks_table
+        )))
+    }
+
     /// Removes the mark of `m` if it still holds the value read: 1 if removed, else 0.
     async fn clear_mark(&self, m: &ChangedDate) -> Result<usize> {
         let sent = self
@@ -742,8 +825,8 @@ impl DynamoStore {
     }
 
     /// Every item of one Scan segment, into Arrow batches.
-    async fn scan_segment(&self, segment: u32) -> Result<Vec<RecordBatch>> {
-        let mut builder = ExportBuilder::new(Columns::all());
+    async fn scan_segment(&self, segment: u32, whole: &Columns) -> Result<Vec<RecordBatch>> {
+        let mut builder = ExportBuilder::new(whole.clone());
         let mut batches = Vec::new();
         let mut pages = self
             .client
@@ -766,10 +849,10 @@ impl DynamoStore {
 
     /// The items of one `trip_date`, from the sparse date index: one Query per shard, in
     /// parallel.
-    async fn query_date(&self, index: DateIndex, date: NaiveDate) -> Result<Vec<RecordBatch>> {
+    async fn query_date(&self, index: DateIndex, date: NaiveDate, whole: &Columns) -> Result<Vec<RecordBatch>> {
         let keys = index.keys(&date.format("%Y-%m-%d").to_string());
         let shards: Vec<Vec<RecordBatch>> = futures::stream::iter(keys)
-            .map(|key| self.query_key(index, key))
+            .map(|key| self.query_key(index, key, whole))
             .buffer_unordered(MAX_DATE_SHARDS as usize)
             .try_collect()
             .await?;
@@ -777,8 +860,8 @@ impl DynamoStore {
     }
 
     /// The items under one key of the date index.
-    async fn query_key(&self, index: DateIndex, key: String) -> Result<Vec<RecordBatch>> {
-        let mut builder = ExportBuilder::new(Columns::all());
+    async fn query_key(&self, index: DateIndex, key: String, whole: &Columns) -> Result<Vec<RecordBatch>> {
+        let mut builder = ExportBuilder::new(whole.clone());
         let mut batches = Vec::new();
         let name = index.name();
         let mut pages = self
@@ -891,6 +974,9 @@ impl TripStore for DynamoStore {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.marks_error(e))?;
             for item in page.items() {
+                if text(item, "trip_date").is_some_and(|k| k.starts_with("fields")) {
+                    continue; // the ledger's items, never a date
+                }
                 let (Some(date), Some(at)) = (text(item, "trip_date"), text(item, "marked_at")) else {
                     return Err(Error::store(format!("{}: an item has no trip_date or marked_at", self.marks_table)));
                 };
@@ -919,35 +1005,94 @@ impl TripStore for DynamoStore {
 
     async fn export(&self, dates: Option<Vec<NaiveDate>>, columns: &Columns) -> Result<Vec<RecordBatch>> {
         // Rows in the embedded store's order: by trip_id, or by date and then trip_id.
+        let whole = columns.whole();
+        let schema = whole.schema();
         let rows = match dates {
             None => {
                 let segments: Vec<Vec<RecordBatch>> = futures::stream::iter(0..self.scan_segments)
-                    .map(|s| self.scan_segment(s))
+                    .map(|s| self.scan_segment(s, &whole))
                     .buffer_unordered(self.scan_segments as usize)
                     .try_collect()
                     .await?;
-                vec![sorted(&segments.concat())?]
+                vec![sorted(&schema, &segments.concat())?]
             }
             Some(mut dates) => {
                 dates.sort();
                 dates.dedup();
                 let index = self.date_index().await?;
                 let per_date: Vec<Vec<RecordBatch>> = futures::stream::iter(dates)
-                    .map(|d| self.query_date(index, d))
+                    .map(|d| self.query_date(index, d, &whole))
                     .buffered(self.scan_segments as usize)
                     .try_collect()
                     .await?;
-                per_date.iter().map(|b| sorted(b)).collect::<Result<_>>()?
+                per_date.iter().map(|b| sorted(&schema, b)).collect::<Result<_>>()?
             }
         };
         // Whole items come back either way; the kept columns are cut out at the end.
-        let out = chunked(&rows)?
+        let out = chunked(&schema, &rows)?
             .iter()
             .map(|b| b.project(columns.columns()))
             .collect::<Result<Vec<_>, _>>()
             .stage(Stage::Store, "export")?;
         debug!(rows = out.iter().map(RecordBatch::num_rows).sum::<usize>(), "Exported the table.");
         Ok(out)
+    }
+
+    async fn record_fields(&self, sightings: &[Sighting]) -> Result<Vec<String>> {
+        // A field new to its entry is new to the ledger when this put is the first of
+        // its item: a conditional put, which no other writer can also win (and which
+        // needs no Scan, which the ingest function's role does not grant).
+        let now = ledger::now();
+        let mut first = Vec::new();
+        for key in self.add_sightings(sightings, &now).await? {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.marks_table)
+                .item("trip_date", AttributeValue::S(format!("{FIRST_SEEN_KEY_PREFIX}{key}")))
+                .item("seen_at", AttributeValue::S(now.clone()))
+                .condition_expression("attribute_not_exists(trip_date)")
+                .send()
+                .await;
+            match put {
+                Ok(_) => first.push(key),
+                Err(e) if matches!(e.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {}
+                Err(e) => return Err(self.marks_error(e)),
+            }
+        }
+        first.sort();
+        first.dedup();
+        Ok(first)
+    }
+
+    async fn add_sightings(&self, sightings: &[Sighting], now: &str) -> Result<Vec<String>> {
+        let mut new = Vec::new();
+        for (position, seen) in ledger::by_position(sightings) {
+            new.extend(self.record_position(position, &seen, now).await?);
+        }
+        Ok(new)
+    }
+
+    async fn seen_fields(&self) -> Result<Vec<SeenField>> {
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.marks_table)
+            .consistent_read(true)
+            .filter_expression("begins_with(trip_date, :prefix)")
+            .expression_attribute_values(":prefix", AttributeValue::S(LEDGER_KEY_PREFIX.into()))
+            .into_paginator()
+            .send();
+        let mut entries = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.marks_error(e))?;
+            for item in page.items() {
+                let text = text(item, "ledger")
+                    .ok_or_else(|| Error::store(format!("{}: a ledger item has no ledger", self.marks_table)))?;
+                entries.push(ShardLedger::parse(&text, &self.marks_table)?);
+            }
+        }
+        Ok(ledger::combine(entries))
     }
 
     fn write_requests(&self) -> u64 {

@@ -1,4 +1,6 @@
 //! Export: stored items → Arrow batches of [`TRIP_SCHEMA`], or of the columns a job reads.
+//! Past [`TRIP_SCHEMA`]'s columns, a table has one text column per undeclared field it
+//! keeps ([`kept_columns`]), read from each group's [`crate::model::extra::Extras`].
 //!
 //! Values are parsed straight from their stored text into typed builders: datetimes in
 //! the fixed-width UTC form, decimals as canonical text ([`crate::model::decimal`]), with
@@ -6,7 +8,7 @@
 //! columns with the kernel spent a fifth of a 1M-trip KPI job formatting strings inside
 //! its decimal parser.)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -14,13 +16,16 @@ use arrow::array::{
     TimestampMicrosecondBuilder,
 };
 use arrow::compute::CastOptions;
-use arrow::datatypes::{Decimal128Type, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Decimal128Type, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use serde_json::value::RawValue;
 
-use super::{EndGroup, StartGroup, TripItem};
+use super::ledger::SeenField;
+use super::{EndGroup, Extras, StartGroup, TripItem};
 use crate::error::{Context, Stage};
 use crate::model::event::{
     DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, EventKind, FIELDS, FieldType, TRIP_SCHEMA, UTC, timestamp_type,
 };
+use crate::model::extra::column_text;
 use crate::model::{cast, decimal, timestamp};
 use crate::{Error, Result};
 
@@ -38,45 +43,89 @@ const TRIP_COMPLETED: usize = STORED_COLUMNS + 1;
 const LAST_UPDATED: usize = STORED_COLUMNS + 2;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-/// The columns of [`TRIP_SCHEMA`] an export fills, in schema order.
+/// The columns of a table an export fills, in schema order: indices into
+/// [`TRIP_SCHEMA`], then past its end into the table's kept columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Projection(Vec<usize>);
+pub struct Projection {
+    columns: Vec<usize>,
+    /// The table's kept columns (undeclared fields), which come after [`TRIP_SCHEMA`]'s.
+    kept: Arc<[String]>,
+}
+
+/// Number of [`TRIP_SCHEMA`]'s columns, after which the kept ones come.
+fn built_in() -> usize {
+    TRIP_SCHEMA.fields().len()
+}
 
 impl Projection {
-    /// Every column.
+    /// Every column of [`TRIP_SCHEMA`].
     pub fn all() -> Self {
-        Projection((0..TRIP_SCHEMA.fields().len()).collect())
+        Self::all_with(Arc::from([]))
+    }
+
+    /// Every column of [`TRIP_SCHEMA`], then the `kept` columns ([`kept_columns`]).
+    pub fn all_with(kept: Arc<[String]>) -> Self {
+        Projection { columns: (0..built_in() + kept.len()).collect(), kept }
     }
 
     /// These columns, by index into [`TRIP_SCHEMA`]. With none, `trip_completed` (one
     /// bit a row) is kept, so the batches still carry their row counts.
     pub fn of(columns: impl IntoIterator<Item = usize>) -> Self {
-        let mut set: BTreeSet<usize> = columns.into_iter().filter(|&c| c < TRIP_SCHEMA.fields().len()).collect();
+        Self::of_with(columns, Arc::from([]))
+    }
+
+    /// These columns, by index into the schema of [`Projection::all_with`]`(kept)`.
+    pub fn of_with(columns: impl IntoIterator<Item = usize>, kept: Arc<[String]>) -> Self {
+        let width = built_in() + kept.len();
+        let mut set: BTreeSet<usize> = columns.into_iter().filter(|&c| c < width).collect();
         if set.is_empty() {
             set.insert(TRIP_COMPLETED);
         }
-        Projection(set.into_iter().collect())
+        Projection { columns: set.into_iter().collect(), kept }
     }
 
-    /// The indices into [`TRIP_SCHEMA`].
+    /// The table's kept columns.
+    pub fn kept(&self) -> Arc<[String]> {
+        self.kept.clone()
+    }
+
+    /// Every column of the same table.
+    pub fn whole(&self) -> Self {
+        Self::all_with(self.kept.clone())
+    }
+
+    /// The indices into the table's schema.
     pub fn columns(&self) -> &[usize] {
-        &self.0
+        &self.columns
     }
 
     /// True when every column is kept.
     pub fn is_all(&self) -> bool {
-        self.0.len() == TRIP_SCHEMA.fields().len()
+        self.columns.len() == built_in() + self.kept.len()
+    }
+
+    /// True when a kept column is among the columns: the export then needs each
+    /// group's undeclared fields.
+    pub fn has_kept(&self) -> bool {
+        self.columns.last().is_some_and(|&c| c >= built_in())
+    }
+
+    /// The table's whole schema: [`TRIP_SCHEMA`], then a nullable text column per kept
+    /// field.
+    pub fn table_schema(&self) -> SchemaRef {
+        trip_schema_with(&self.kept)
     }
 
     /// The exported batches' schema.
     pub fn schema(&self) -> SchemaRef {
-        Arc::new(TRIP_SCHEMA.project(&self.0).expect("projection indices are in range"))
+        Arc::new(self.table_schema().project(&self.columns).expect("projection indices are in range"))
     }
 
-    /// The stored columns the kept ones are built from, in table order.
+    /// The stored columns the kept ones are built from, in table order (the kept
+    /// columns come from each group's undeclared fields: see [`Projection::has_kept`]).
     pub fn stored(&self) -> Vec<usize> {
         let mut stored = BTreeSet::new();
-        for &c in &self.0 {
+        for &c in &self.columns {
             match c {
                 TRIP_DATE => {
                     stored.insert(DROPOFF);
@@ -84,6 +133,7 @@ impl Projection {
                 TRIP_COMPLETED | LAST_UPDATED => {
                     stored.extend([PICKUP, DROPOFF]);
                 }
+                c if c >= built_in() => {}
                 c => {
                     stored.insert(c);
                 }
@@ -91,6 +141,25 @@ impl Projection {
         }
         stored.into_iter().collect()
     }
+}
+
+/// [`TRIP_SCHEMA`], then a nullable text column for each name of `kept`.
+pub fn trip_schema_with(kept: &[String]) -> SchemaRef {
+    if kept.is_empty() {
+        return TRIP_SCHEMA.clone();
+    }
+    let fields =
+        TRIP_SCHEMA.fields().iter().cloned().chain(kept.iter().map(|n| Arc::new(Field::new(n, DataType::Utf8, true))));
+    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+}
+
+/// The columns a table's ledger gives it, sorted: each undeclared field's name once
+/// (a name both groups carry is one column), leaving out those named like a column of
+/// [`TRIP_SCHEMA`], which they never shadow.
+pub fn kept_columns(seen: &[SeenField]) -> Arc<[String]> {
+    let names: BTreeSet<&str> =
+        seen.iter().map(|f| f.name.as_str()).filter(|n| TRIP_SCHEMA.index_of(n).is_err()).collect();
+    names.into_iter().map(str::to_owned).collect()
 }
 
 /// One stored value, as a backend reads it.
@@ -132,6 +201,8 @@ pub(crate) fn cells_of<'a>(
 }
 
 enum Column {
+    /// A kept field, by its name: the end group's value, else the start group's.
+    Kept(String, StringBuilder),
     Text(StringBuilder),
     Int(Int64Builder),
     Time(TimestampMicrosecondBuilder),
@@ -141,9 +212,10 @@ enum Column {
 }
 
 impl Column {
-    fn for_index(index: usize) -> Self {
+    fn for_index(index: usize, kept: &[String]) -> Self {
         match index {
             0 => Column::Text(StringBuilder::new()),
+            i if i >= built_in() => Column::Kept(kept[i - built_in()].clone(), StringBuilder::new()),
             TRIP_DATE => Column::Date(Date32Builder::new()),
             TRIP_COMPLETED => Column::Bool(BooleanBuilder::new()),
             LAST_UPDATED => Column::Time(TimestampMicrosecondBuilder::new().with_timezone(UTC)),
@@ -161,7 +233,7 @@ impl Column {
 
     fn finish(&mut self) -> ArrayRef {
         match self {
-            Column::Text(b) => Arc::new(b.finish()),
+            Column::Text(b) | Column::Kept(_, b) => Arc::new(b.finish()),
             Column::Int(b) => Arc::new(b.finish()),
             Column::Time(b) => Arc::new(b.finish()),
             Column::Decimal(b) => Arc::new(b.finish()),
@@ -184,7 +256,7 @@ impl ExportBuilder {
     pub fn new(projection: Projection) -> Self {
         ExportBuilder {
             schema: projection.schema(),
-            columns: projection.columns().iter().map(|&i| Column::for_index(i)).collect(),
+            columns: projection.columns().iter().map(|&i| Column::for_index(i, &projection.kept)).collect(),
             projection,
             rows: 0,
         }
@@ -206,7 +278,22 @@ impl ExportBuilder {
     /// # Errors
     /// When a stored value does not convert to its column's type (a corrupt table).
     pub fn push_into(&mut self, cells: &[Cell<'_>; STORED_COLUMNS], batches: &mut Vec<RecordBatch>) -> Result<()> {
-        self.push_row(cells).map_err(|e| e.into_error(cells[0]))?;
+        self.push_with_extras(cells, [None; 2], batches)
+    }
+
+    /// [`ExportBuilder::push_into`], with each group's undeclared fields (start, end),
+    /// as their [`crate::model::extra::Extras`] text, for the kept columns.
+    ///
+    /// # Errors
+    /// See [`ExportBuilder::push_into`]; also when a group's undeclared fields are not
+    /// a JSON object.
+    pub fn push_with_extras(
+        &mut self,
+        cells: &[Cell<'_>; STORED_COLUMNS],
+        extras: [Option<&str>; 2],
+        batches: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.push_row(cells, extras).map_err(|e| e.into_error(cells[0]))?;
         self.rows += 1;
         if self.rows == EXPORT_BATCH_ROWS {
             batches.push(self.finish()?);
@@ -214,11 +301,17 @@ impl ExportBuilder {
         Ok(())
     }
 
-    fn push_row(&mut self, cells: &[Cell<'_>; STORED_COLUMNS]) -> Result<(), Unreadable> {
+    fn push_row(&mut self, cells: &[Cell<'_>; STORED_COLUMNS], extras: [Option<&str>; 2]) -> Result<(), Unreadable> {
         let pickup = timestamp(cells[PICKUP], PICKUP)?;
         let dropoff = timestamp(cells[DROPOFF], DROPOFF)?;
-        for (&index, column) in self.projection.0.iter().zip(&mut self.columns) {
+        // Each group's fields are read once a row, and only when a kept column asks.
+        let kept = if self.projection.has_kept() { kept_fields(extras)? } else { [None, None] };
+        for (&index, column) in self.projection.columns.iter().zip(&mut self.columns) {
             match column {
+                Column::Kept(name, b) => {
+                    let value = kept.iter().rev().flatten().find_map(|fields| fields.get(name.as_str()));
+                    b.append_option(value.map(|v| column_text(v.get())));
+                }
                 Column::Text(b) => match cells[index] {
                     Cell::Text(v) => b.append_value(v),
                     Cell::Null => b.append_null(),
@@ -245,7 +338,9 @@ impl ExportBuilder {
     /// # Errors
     /// See [`ExportBuilder::push_into`].
     pub fn push_item_into(&mut self, item: &TripItem, batches: &mut Vec<RecordBatch>) -> Result<()> {
-        self.push_into(&cells_of(&item.trip_id, item.start.as_ref(), item.end.as_ref()), batches)
+        let extras = [item.start.as_ref().map(StartGroup::extras), item.end.as_ref().map(EndGroup::extras)];
+        let extras = extras.map(|e| e.and_then(Extras::as_json));
+        self.push_with_extras(&cells_of(&item.trip_id, item.start.as_ref(), item.end.as_ref()), extras, batches)
     }
 
     /// The pending rows as one batch.
@@ -271,9 +366,22 @@ impl ExportBuilder {
     }
 }
 
+/// Each group's undeclared fields, by name.
+type KeptFields<'a> = [Option<BTreeMap<String, &'a RawValue>>; 2];
+
+/// Reads each group's [`crate::model::extra::Extras`] text into its fields.
+fn kept_fields(extras: [Option<&str>; 2]) -> Result<KeptFields<'_>, Unreadable> {
+    fn read(text: Option<&str>) -> Result<Option<BTreeMap<String, &RawValue>>, Unreadable> {
+        text.map(|t| serde_json::from_str(t).map_err(|_| Unreadable { index: usize::MAX, value: t.to_owned() }))
+            .transpose()
+    }
+    Ok([read(extras[0])?, read(extras[1])?])
+}
+
 /// A stored value its column's type cannot hold: which column, and the value.
 #[derive(Debug)]
 struct Unreadable {
+    /// The column; `usize::MAX` for a group's undeclared fields.
     index: usize,
     value: String,
 }
@@ -293,6 +401,14 @@ impl Unreadable {
             Cell::Time(v) => timestamp::format(v),
             Cell::Null => String::new(),
         };
+        if self.index == usize::MAX {
+            return Error::store(format!(
+                "trip {trip_id:?}: its stored undeclared fields {:?} are not a JSON object; an older build wrote \
+                 them or they were edited by hand. Rewrite start_extras / end_extras in the trip table (or delete the \
+                 item and replay its events), then run the KPI job again",
+                self.value
+            ));
+        }
         let field = TRIP_SCHEMA.field(self.index);
         Error::store(format!(
             "trip {trip_id:?}: stored {} {:?} cannot be read as {}; an older build wrote it or it was edited by \

@@ -8,6 +8,7 @@
 
 pub mod dynamodb;
 pub mod export;
+pub mod ledger;
 pub mod lsm;
 pub mod sqlite;
 
@@ -19,23 +20,38 @@ pub use compact_str::{CompactString, ToCompactString};
 pub use self::export::{Cell, EXPORT_BATCH_ROWS, ExportBuilder, Projection, STORED_COLUMNS};
 use crate::Result;
 use crate::model::event::{END_LEN, EventKind, START_LEN};
+pub use crate::model::extra::Extras;
 
 /// A trip's field group, as stored: its kind's values in [`EventKind::fields`] order,
 /// integers in decimal, datetimes in the fixed-width UTC form of
-/// [`crate::model::timestamp::format`], decimals as canonical text.
+/// [`crate::model::timestamp::format`], decimals as canonical text; and the fields its
+/// event carried that no declared field names ([`Extras`]), which are versioned with it.
 macro_rules! group {
     ($name:ident, $kind:expr, $len:expr, $what:literal) => {
         #[doc = $what]
         #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $name(pub [Option<CompactString>; $len]);
+        pub struct $name(pub [Option<CompactString>; $len], pub Extras);
 
         impl $name {
             /// The kind of event that carries this group.
             pub const KIND: EventKind = $kind;
 
-            /// The group whose `i`th value (in [`EventKind::fields`] order) is `value(i)`.
+            /// The group whose `i`th value (in [`EventKind::fields`] order) is `value(i)`,
+            /// with no undeclared field.
             pub fn from_fn(value: impl FnMut(usize) -> Option<CompactString>) -> Self {
-                $name(std::array::from_fn(value))
+                $name(std::array::from_fn(value), Extras::NONE)
+            }
+
+            /// The undeclared fields its event carried.
+            pub fn extras(&self) -> &Extras {
+                &self.1
+            }
+
+            /// This group with `extras` as its undeclared fields.
+            #[must_use]
+            pub fn with_extras(mut self, extras: Extras) -> Self {
+                self.1 = extras;
+                self
             }
 
             /// The values, in [`EventKind::fields`] order.
@@ -71,7 +87,7 @@ macro_rules! group {
             /// # Panics
             /// When a name is not one of the group's fields.
             pub fn of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-                pairs.into_iter().fold($name(Default::default()), |g, (k, v)| g.with(k, Some(v)))
+                pairs.into_iter().fold($name(Default::default(), Extras::NONE), |g, (k, v)| g.with(k, Some(v)))
             }
         }
     };
@@ -253,6 +269,39 @@ pub trait TripStore: Send + Sync {
     /// When the backend fails; the marks not yet cleared stay, and the next run
     /// recomputes their dates again.
     async fn clear_changed(&self, read: &[ChangedDate]) -> Result<usize>;
+
+    /// Counts in the ledger of undeclared fields the `sightings` past each entry's
+    /// position ([`ledger::ShardLedger::add`]), durably. Returns the fields never seen
+    /// before in any entry, as `group/name`.
+    ///
+    /// # Errors
+    /// When the backend fails; a replay then counts the sightings once.
+    async fn record_fields(&self, sightings: &[ledger::Sighting]) -> Result<Vec<String>> {
+        let now = ledger::now();
+        let new_in_entries = self.add_sightings(sightings, &now).await?;
+        if new_in_entries.is_empty() {
+            return Ok(new_in_entries);
+        }
+        Ok(ledger::first_sightings(new_in_entries, &self.seen_fields().await?, &now))
+    }
+
+    /// [`TripStore::record_fields`]'s work on the backend: adds the sightings to their
+    /// entries, read at `now`, and returns the fields new to each entry.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn add_sightings(&self, sightings: &[ledger::Sighting], now: &str) -> Result<Vec<String>> {
+        let _ = (sightings, now);
+        Err(crate::Error::store("this trip table keeps no ledger of undeclared fields"))
+    }
+
+    /// The ledger of undeclared fields, every entry combined ([`ledger::combine`]).
+    ///
+    /// # Errors
+    /// When the backend fails, or an entry is damaged.
+    async fn seen_fields(&self) -> Result<Vec<ledger::SeenField>> {
+        Err(crate::Error::store("this trip table keeps no ledger of undeclared fields"))
+    }
 
     /// Write requests sent so far (one per trip per batch in the common case).
     fn write_requests(&self) -> u64;

@@ -20,6 +20,7 @@ use chrono::NaiveDate;
 use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Row, params_from_iter};
 
+use super::ledger::{self, SeenField, ShardLedger, Sighting};
 use super::{
     Cell, ChangedDate, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
     ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date, next_mark, touched_dates,
@@ -27,18 +28,20 @@ use super::{
 use crate::backend::sqlite::{Db, DbResult};
 use crate::error::Stage;
 use crate::model::event::{END_LEN, EventKind, FIELDS, FieldType, START_LEN, TRIP_SCHEMA};
+use crate::model::extra::{EXTRAS_ATTRIBUTES, Extras};
 use crate::{Error, Result};
 
 /// The table: `trip_id`, a column per field of the registry (integers as INTEGER, the
 /// rest as their stored text), and the derived columns.
 static SCHEMA: LazyLock<String> = LazyLock::new(|| {
     let fields: String = FIELDS.iter().map(|f| format!("    {} {},\n", f.name, column_type(f.ty))).collect();
+    let extras: String = EXTRAS_ATTRIBUTES.iter().map(|e| format!("    {e} TEXT,\n")).collect();
     let (pickup, dropoff) = (EventKind::Start.version_field(), EventKind::End.version_field());
     format!(
         "
 CREATE TABLE IF NOT EXISTS trips (
     trip_id TEXT PRIMARY KEY,
-{fields}    trip_date TEXT GENERATED ALWAYS AS (substr({dropoff}, 1, 10)) STORED,
+{fields}{extras}    trip_date TEXT GENERATED ALWAYS AS (substr({dropoff}, 1, 10)) STORED,
     trip_completed INTEGER GENERATED ALWAYS AS
         ({pickup} IS NOT NULL AND {dropoff} IS NOT NULL) STORED,
     last_updated TEXT GENERATED ALWAYS AS
@@ -48,6 +51,10 @@ CREATE INDEX IF NOT EXISTS trips_by_date ON trips (trip_date) WHERE trip_date IS
 CREATE TABLE IF NOT EXISTS changed_dates (
     trip_date TEXT PRIMARY KEY,
     mark INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen_fields (
+    position TEXT PRIMARY KEY,
+    ledger TEXT NOT NULL
 );
 "
     )
@@ -77,13 +84,14 @@ impl SqliteStore {
     }
 }
 
-/// Adds a column for each field of the registry that a table made by an earlier build
-/// lacks: its rows read with the field absent.
+/// Adds a column for each field of the registry, and for each group's undeclared
+/// fields, that a table made by an earlier build lacks: its rows read with them absent.
 fn add_new_fields(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     let mut info = conn.prepare("SELECT name FROM pragma_table_info('trips')")?;
     let have: Vec<String> = info.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-    for f in FIELDS.iter().filter(|f| !have.iter().any(|h| h == f.name)) {
-        conn.execute_batch(&format!("ALTER TABLE trips ADD COLUMN {} {}", f.name, column_type(f.ty)))?;
+    let wanted = FIELDS.iter().map(|f| (f.name, column_type(f.ty))).chain(EXTRAS_ATTRIBUTES.map(|e| (e, "TEXT")));
+    for (name, ty) in wanted.filter(|(name, _)| !have.iter().any(|h| h == name)) {
+        conn.execute_batch(&format!("ALTER TABLE trips ADD COLUMN {name} {ty}"))?;
     }
     Ok(())
 }
@@ -92,8 +100,9 @@ fn column_type(ty: FieldType) -> &'static str {
     if ty == FieldType::Integer { "INTEGER" } else { "TEXT" }
 }
 
+/// `trip_id`, the registry's fields, then each group's undeclared fields.
 fn all_columns() -> Vec<&'static str> {
-    std::iter::once("trip_id").chain(FIELDS.iter().map(|f| f.name)).collect()
+    std::iter::once("trip_id").chain(FIELDS.iter().map(|f| f.name)).chain(EXTRAS_ATTRIBUTES).collect()
 }
 
 /// The upsert: each group's columns change only where the incoming version is newer.
@@ -103,12 +112,14 @@ fn upsert_sql() -> String {
     let cols = all_columns();
     let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     let mut sets = Vec::new();
-    for f in FIELDS {
+    let kinds = [EventKind::Start, EventKind::End];
+    let extras = EXTRAS_ATTRIBUTES.iter().zip(kinds).map(|(&e, kind)| (e, kind));
+    for (column, kind) in FIELDS.iter().map(|f| (f.name, f.kind)).chain(extras) {
         sets.push(format!(
             "{c} = CASE WHEN excluded.{version} > coalesce(trips.{version}, '') \
              THEN excluded.{c} ELSE trips.{c} END",
-            c = f.name,
-            version = f.kind.version_field(),
+            c = column,
+            version = kind.version_field(),
         ));
     }
     format!(
@@ -137,10 +148,18 @@ fn read_item(row: &Row<'_>) -> rusqlite::Result<TripItem> {
         let first = kind.first_column();
         (first..first + kind.fields().len()).map(text).collect::<rusqlite::Result<_>>().map(Some)
     };
+    let extras = |g: usize| -> rusqlite::Result<Extras> {
+        let text = row.get_ref(1 + FIELDS.len() + g)?.as_str_or_null()?;
+        Extras::from_stored(text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1 + FIELDS.len() + g, rusqlite::types::Type::Text, e.into())
+        })
+    };
+    let start = group(EventKind::Start)?.map(|mut v| StartGroup::from_fn(|i| v[i].take()));
+    let end = group(EventKind::End)?.map(|mut v| EndGroup::from_fn(|i| v[i].take()));
     Ok(TripItem {
         trip_id: text(0)?.unwrap_or_default(),
-        start: group(EventKind::Start)?.map(|mut v| StartGroup::from_fn(|i| v[i].take())),
-        end: group(EventKind::End)?.map(|mut v| EndGroup::from_fn(|i| v[i].take())),
+        start: start.map(|g| extras(0).map(|x| g.with_extras(x))).transpose()?,
+        end: end.map(|g| extras(1).map(|x| g.with_extras(x))).transpose()?,
     })
 }
 
@@ -196,6 +215,10 @@ impl TripStore for SqliteStore {
                             let values: Vec<Option<CompactString>> = std::iter::once(Some(u.trip_id.clone()))
                                 .chain(start.map_or([const { None }; START_LEN], |s| s.values().clone()))
                                 .chain(end.map_or([const { None }; END_LEN], |e| e.values().clone()))
+                                .chain(
+                                    [start.map(|s| s.extras()), end.map(|e| e.extras())]
+                                        .map(|x| x.and_then(Extras::as_json).map(CompactString::from)),
+                                )
                                 .collect();
                             upsert.execute(params_from_iter(values.iter().map(|v| v.as_deref())))?;
                             written += 1;
@@ -234,7 +257,11 @@ impl TripStore for SqliteStore {
             .call(move |conn| {
                 // Only the stored columns the kept ones need, read in place from each row.
                 let stored = columns.stored();
-                let names: Vec<&str> = stored.iter().map(|&i| TRIP_SCHEMA.field(i).name().as_str()).collect();
+                let mut names: Vec<&str> = stored.iter().map(|&i| TRIP_SCHEMA.field(i).name().as_str()).collect();
+                let kept = columns.has_kept();
+                if kept {
+                    names.extend(EXTRAS_ATTRIBUTES);
+                }
                 let select = format!("SELECT {} FROM trips", names.join(", "));
                 // Key order costs a B-tree seek per row (10M trips: 28 s against 6.5 s in
                 // storage order), so only the whole table, which becomes the snapshot
@@ -250,7 +277,14 @@ impl TripStore for SqliteStore {
                         for (k, &c) in stored.iter().enumerate() {
                             cells[c] = cell(row.get_ref(k)?, c)?;
                         }
-                        builder.push_into(&cells, &mut batches)?;
+                        let mut extras = [None; 2];
+                        if kept {
+                            for (g, extra) in extras.iter_mut().enumerate() {
+                                *extra =
+                                    row.get_ref(stored.len() + g)?.as_str_or_null().map_err(rusqlite::Error::from)?;
+                            }
+                        }
+                        builder.push_with_extras(&cells, extras, &mut batches)?;
                     }
                     Ok(())
                 };
@@ -301,6 +335,49 @@ impl TripStore for SqliteStore {
                 }
                 tx.commit()?;
                 Ok(cleared)
+            })
+            .await
+    }
+
+    async fn add_sightings(&self, sightings: &[Sighting], now: &str) -> Result<Vec<String>> {
+        let (sightings, now) = (sightings.to_vec(), now.to_owned());
+        let new = self
+            .db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut new = Vec::new();
+                for (position, seen) in ledger::by_position(&sightings) {
+                    let stored: Option<String> = tx
+                        .query_row("SELECT ledger FROM seen_fields WHERE position = ?1", [position], |r| r.get(0))
+                        .optional()?;
+                    let mut entry = match stored {
+                        Some(text) => ShardLedger::parse(&text, &"trips.sqlite")?,
+                        None => ShardLedger::default(),
+                    };
+                    if let Some(first) = entry.add(seen, &now) {
+                        new.extend(first);
+                        tx.execute(
+                            "INSERT INTO seen_fields (position, ledger) VALUES (?1, ?2) \
+                             ON CONFLICT (position) DO UPDATE SET ledger = excluded.ledger",
+                            rusqlite::params![position, entry.to_text()],
+                        )?;
+                    }
+                }
+                tx.commit()?;
+                Ok(new)
+            })
+            .await?;
+        Ok(new)
+    }
+
+    async fn seen_fields(&self) -> Result<Vec<SeenField>> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT ledger FROM seen_fields")?;
+                let texts = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+                let entries =
+                    texts.iter().map(|t| ShardLedger::parse(t, &"trips.sqlite")).collect::<Result<Vec<_>>>()?;
+                Ok(ledger::combine(entries))
             })
             .await
     }

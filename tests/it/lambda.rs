@@ -511,3 +511,61 @@ async fn the_functions_refuse_what_the_cli_refuses_with_the_same_message() {
         assert_eq!(error["errorType"], stage, "{error}");
     }
 }
+
+/// The ingest function keeps undeclared fields with their group and counts them in the
+/// ledger once per record, through a redelivered batch; under
+/// `TRIPFLOW_UNKNOWN_FIELDS=reject` it dead-letters them instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_function_keeps_undeclared_fields_and_their_ledger() {
+    let aws = moto::aws();
+    let bucket = unique("fields").to_lowercase();
+    assert!(aws.create_bucket_if_missing(&bucket).await.unwrap());
+    let end = |trip: &str, extra: &str| {
+        format!(
+            r#"{{"event_type":"trip_end","trip_id":"{trip}","dropoff_datetime":"2024-05-25 14:05:00","fare_amount":40.5{extra}}}"#
+        )
+        .into_bytes()
+    };
+    let shard = "shardId-000000000000".to_owned();
+    let records = vec![
+        (shard.clone(), "a".to_owned(), end("a", r#","surge_multiplier":1.25"#)),
+        (shard.clone(), "b".to_owned(), end("b", "")),
+        (shard.clone(), "c".to_owned(), end("c", r#","surge_multiplier":"x","app":{"v":2}"#)),
+    ];
+    let (event, _) = kinesis_event(&records, 1);
+
+    for policy in ["keep", "reject"] {
+        let table = unique("bolt");
+        assert!(DynamoStore::new(&aws, &table).create_if_missing().await.unwrap());
+        let api = RuntimeApi::start().await;
+        let ingest = Function::start(
+            &api,
+            "ingest",
+            &[
+                ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
+                ("TRIPFLOW_DEAD_LETTER", format!("s3://{bucket}/{policy}")),
+                ("TRIPFLOW_UNKNOWN_FIELDS", policy.into()),
+            ],
+        );
+        for _ in 0..2 {
+            let outcome = api.invoke_now(&event).await;
+            assert!(failures(&outcome).is_empty(), "{outcome:?}\n{}", ingest.log());
+        }
+        let store = DynamoStore::new(&aws, &table);
+        let seen = store.seen_fields().await.unwrap();
+        let counted: Vec<(String, u64)> = seen.iter().map(|f| (f.name.clone(), f.events)).collect();
+        assert_eq!(counted, [("app".to_owned(), 1), ("surge_multiplier".to_owned(), 2)], "{policy}: once a record");
+        assert!(seen[1].conflict());
+        let letters = s3_tree(&aws, &bucket, &format!("{policy}/dead_letters")).await;
+        let c = store.get("c").await.unwrap();
+        if policy == "keep" {
+            assert!(letters.is_empty());
+            let kept = c.unwrap().end.unwrap();
+            assert_eq!(kept.extras().as_json(), Some(r#"{"app":{"v":2},"surge_multiplier":"x"}"#));
+            assert!(ingest.log().contains("Undeclared field seen for the first time"), "{}", ingest.log());
+        } else {
+            assert_eq!(letters.len(), 2, "{:?}", letters.keys());
+            assert!(c.is_none() && store.get("b").await.unwrap().is_some());
+        }
+    }
+}

@@ -171,6 +171,10 @@ impl TripStore for MergesDuringExport<'_> {
         self.store.clear_changed(read).await
     }
 
+    async fn seen_fields(&self) -> tripflow::Result<Vec<tripflow::store::ledger::SeenField>> {
+        self.store.seen_fields().await
+    }
+
     fn write_requests(&self) -> u64 {
         self.store.write_requests()
     }

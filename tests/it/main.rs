@@ -29,3 +29,4 @@ mod sql;
 mod store_suite;
 mod stream_suite;
 mod template;
+mod undeclared;

@@ -17,6 +17,7 @@ pub(in crate::cli) async fn ingest(s: &Settings, aws: &AwsEnv, watch: &Watch) ->
     let (dead_letters, dead_letter_file) = config::open_dead_letters(&s.dead_letter, aws).await?;
     let mut opts = ingest_options(&a.batch);
     opts.follow = a.follow;
+    opts.unknown_fields = a.dead_letter.unknown_fields;
     opts.consumer = a.consumer.clone();
     opts.initial_position = s.initial_position.clone();
     opts.stop = stop_on_signal();

@@ -26,7 +26,8 @@ pub(in crate::cli) async fn schedule(s: &Scheduled, aws: &AwsEnv) -> Result<()> 
     let out = config::open_output(&s.out, aws).await?;
     let t = tuning(None, Some(&a.store));
     // Planned now, so a broken query fails at start, not at 23:59.
-    kpi::check(&kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?).await?;
+    let kept = kpi::kept_columns(config::open_store(&s.store, aws, &t).await?.as_ref()).await?;
+    kpi::check(&kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?, kept).await?;
     let stop = stop_on_signal();
     let formats = Formats { parquet: a.kpi.parquet };
     let (out, queries, lookback, store_url, t) = (&out, a.kpi.queries.as_deref(), a.window.lookback, &s.store, &t);

@@ -22,7 +22,11 @@ pub(in crate::cli) async fn run(s: &Run, aws: &AwsEnv, watch: &Watch) -> Result<
         shards: a.input.shards,
         out: config::open_output(&s.out, aws).await?,
         queries: a.kpi.queries.clone(),
-        ingest: IngestOptions { progress: watch.progress(), ..ingest_options(&a.batch) },
+        ingest: IngestOptions {
+            progress: watch.progress(),
+            unknown_fields: a.dead_letter.unknown_fields,
+            ..ingest_options(&a.batch)
+        },
         formats: Formats { parquet: a.kpi.parquet },
     };
     let (report, kpi) = pipeline::run(&settings, aws).await?;
