@@ -192,6 +192,7 @@ fn export_and_kpis(c: &mut Criterion) {
                         rt.block_on(tripflow::kpi::run_queries(
                             store,
                             &queries,
+                            &tripflow::model::declared::Fields::default(),
                             &all,
                             columns,
                             &tripflow::observe::progress::Quiet,

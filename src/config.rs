@@ -298,6 +298,30 @@ pub async fn open_output(out: &ObjectPlace, aws: &AwsEnv) -> Result<OutputLocati
     }
 }
 
+/// The trip's fields: the built-in ones, and those the fields file `location` declares
+/// (`--fields`, `TRIPFLOW_FIELDS`): a path, or `s3://BUCKET/KEY` (the Lambda functions
+/// read theirs there).
+///
+/// # Errors
+/// When the file cannot be read, or is not a fields file: the message names it.
+pub async fn read_fields(location: Option<&str>, aws: &AwsEnv) -> Result<crate::model::declared::Fields> {
+    use crate::model::declared::Fields;
+    use object_store::ObjectStoreExt;
+    let Some(location) = location.map(str::trim).filter(|l| !l.is_empty()) else { return Ok(Fields::built_in()) };
+    let Some(rest) = location.strip_prefix("s3://") else { return Fields::read(std::path::Path::new(location)) };
+    let Some((bucket, key)) = rest.split_once('/').filter(|(b, k)| !b.is_empty() && !k.is_empty()) else {
+        return Err(Error::config(format!("--fields {location:?}: give a path or s3://BUCKET/KEY of a fields file")));
+    };
+    let store = aws.get().await?.s3(bucket)?;
+    let failed = |e: object_store::Error| {
+        Error::config(format!("--fields {location}: cannot read the fields file ({e}); check the URL and access to it"))
+    };
+    let bytes = store.get(&object_store::path::Path::from(key)).await.map_err(failed)?.bytes().await.map_err(failed)?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| Error::config(format!("--fields {location}: the fields file is not UTF-8 text")))?;
+    Fields::parse(&text, location)
+}
+
 /// Parses a `YYYY-MM-DD` date flag.
 ///
 /// # Errors

@@ -30,8 +30,9 @@ use crate::backend::location::{DeadLetterPlace, Location, ObjectPlace, StorePlac
 use crate::config::{self, AwsEnv, AwsTuning, DeadLetterUrl, StoreUrl};
 use crate::ingest::batcher::Pending;
 use crate::ingest::deadletter::DeadLetterSink;
-use crate::ingest::{IngestCounts, merge_batch};
+use crate::ingest::{FieldRules, IngestCounts, merge_batch};
 use crate::kpi::{self, DateSelection, Formats, KpiQuery, OutputLocation};
+use crate::model::declared::Fields;
 use crate::model::extra::UnknownFields;
 use crate::observe::telemetry::{self, BatchTimes};
 use crate::store::TripStore;
@@ -89,6 +90,9 @@ pub struct Settings {
     pub tuning: AwsTuning,
     /// `TRIPFLOW_UNKNOWN_FIELDS`: keep (the default) or reject undeclared fields.
     pub unknown_fields: UnknownFields,
+    /// `TRIPFLOW_FIELDS`: the fields file, a path or `s3://BUCKET/KEY`; read when a
+    /// function opens ([`crate::config::read_fields`]).
+    pub fields: Option<String>,
 }
 
 impl Settings {
@@ -165,6 +169,7 @@ impl Settings {
             queries: args.kpi.queries,
             parquet: args.kpi.parquet,
             unknown_fields: args.dead_letter.unknown_fields,
+            fields: args.fields.fields.clone(),
             tuning: AwsTuning {
                 write_concurrency: args.store.write_concurrency,
                 scan_segments: args.store.scan_segments,
@@ -178,8 +183,8 @@ impl Settings {
 pub struct IngestFunction {
     store: Arc<dyn TripStore>,
     dead_letters: Arc<dyn DeadLetterSink>,
-    /// What to do with undeclared fields.
-    pub unknown_fields: UnknownFields,
+    /// The declared fields, and what to do with undeclared ones.
+    pub fields: FieldRules,
     /// Records merged between two looks at the deadline.
     pub chunk_records: usize,
     /// Time kept in hand at the deadline.
@@ -210,7 +215,9 @@ impl IngestFunction {
         };
         let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
         let (dead_letters, _) = config::open_dead_letters(&DeadLetterUrl::Object(dead_letter.clone()), aws).await?;
-        Ok(IngestFunction { unknown_fields: settings.unknown_fields, ..Self::new(store, dead_letters) })
+        let declared = config::read_fields(settings.fields.as_deref(), aws).await?;
+        let fields = FieldRules { declared, unknown: settings.unknown_fields };
+        Ok(IngestFunction { fields, ..Self::new(store, dead_letters) })
     }
 
     /// A function over a store and a dead-letter output already opened.
@@ -218,7 +225,7 @@ impl IngestFunction {
         IngestFunction {
             store,
             dead_letters,
-            unknown_fields: UnknownFields::Keep,
+            fields: FieldRules::default(),
             chunk_records: DEFAULT_CHUNK_RECORDS,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
         }
@@ -295,15 +302,9 @@ impl IngestFunction {
                 break;
             }
             let chunk: Vec<Pending> = rest.by_ref().take(self.chunk_records.max(1)).collect();
-            let (chunk_counts, _, chunk_times) = merge_batch(
-                self.store.as_ref(),
-                self.dead_letters.as_ref(),
-                &stream,
-                &shards,
-                chunk,
-                self.unknown_fields,
-            )
-            .await?;
+            let (chunk_counts, _, chunk_times) =
+                merge_batch(self.store.as_ref(), self.dead_letters.as_ref(), &stream, &shards, chunk, &self.fields)
+                    .await?;
             counts.add(&chunk_counts);
             times.add(&chunk_times);
             longest = longest.max(now().duration_since(began).unwrap_or_default());
@@ -372,6 +373,7 @@ pub struct KpiFunction {
     out: OutputLocation,
     lookback: u32,
     formats: Formats,
+    fields: Fields,
 }
 
 impl KpiFunction {
@@ -387,12 +389,14 @@ impl KpiFunction {
         let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
         let out = config::open_output(out, aws).await?;
         let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
+        let fields = config::read_fields(settings.fields.as_deref(), aws).await?;
         Ok(KpiFunction {
             store,
             queries,
             out,
             lookback: settings.lookback,
             formats: Formats { parquet: settings.parquet },
+            fields,
         })
     }
 
@@ -444,6 +448,7 @@ impl KpiFunction {
         let report = kpi::run(
             self.store.as_ref(),
             &self.queries,
+            &self.fields,
             &selection,
             &self.out,
             self.formats,

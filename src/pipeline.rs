@@ -105,7 +105,7 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     // The queries first: a broken one fails the run before produce and ingest start.
     let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
     let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
-    kpi::check(&queries, kpi::kept_columns(store.as_ref()).await?).await?;
+    kpi::check(&queries, kpi::table_columns(store.as_ref(), &settings.ingest.fields.declared).await?).await?;
     let opened = config::open_stream(&settings.stream, settings.shards, aws, &settings.tuning).await?;
     let (dead_letters, dead_letter_file) = config::open_dead_letters(&settings.dead_letter, aws).await?;
 
@@ -154,6 +154,7 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
     let kpi = kpi::run(
         store.as_ref(),
         &queries,
+        &settings.ingest.fields.declared,
         &DateSelection::All,
         &settings.out,
         settings.formats,

@@ -64,12 +64,25 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct FieldsArgs {
     #[command(flatten)]
+    pub(crate) declared: DeclaredArgs,
+    #[command(flatten)]
     pub(crate) home: HomeArgs,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+    /// `check`: list every stored value of a field --fields declares that its type
+    /// cannot read (what the KPI job would stop at), and fail if there is one.
+    #[arg(value_enum)]
+    pub(crate) action: Option<FieldsAction>,
     /// How the fields are printed.
     #[arg(long, env = "TRIPFLOW_FORMAT", value_enum, default_value_t = FieldsFormat::Table)]
     pub(crate) format: FieldsFormat,
+}
+
+/// What `tripflow fields` does besides listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FieldsAction {
+    /// Check the stored values of the declared fields against their types.
+    Check,
 }
 
 /// How `tripflow fields` prints.
@@ -141,6 +154,16 @@ pub struct StoreArgs {
     /// Parallel DynamoDB Scan segments of the KPI export.
     #[arg(long, env = "TRIPFLOW_SCAN_SEGMENTS", default_value_t = crate::store::dynamodb::DEFAULT_SCAN_SEGMENTS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub scan_segments: u32,
+}
+
+/// `--fields`, one definition for every command that reads or writes trips.
+#[derive(Debug, Args)]
+pub struct DeclaredArgs {
+    /// A TOML file of fields to declare beside the built-in ones ([[field]] with name,
+    /// group start|end, type integer|decimal|datetime|text, required): a path or
+    /// s3://BUCKET/KEY. See docs/usage.md#schema-changes.
+    #[arg(long, env = "TRIPFLOW_FIELDS", value_name = "FILE")]
+    pub fields: Option<String>,
 }
 
 /// `--dead-letter`.
@@ -297,6 +320,9 @@ pub struct LambdaArgs {
     /// The days a nightly run covers.
     #[command(flatten)]
     pub window: LookbackArgs,
+    /// The declared fields (both functions).
+    #[command(flatten)]
+    pub fields: DeclaredArgs,
 }
 
 /// `--lookback`, one definition for `kpi`, `schedule` and the KPI function.
@@ -312,6 +338,8 @@ pub struct LookbackArgs {
 /// `tripflow run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub(crate) declared: DeclaredArgs,
     #[command(flatten)]
     pub(crate) input: InputArgs,
     #[command(flatten)]
@@ -346,6 +374,8 @@ pub struct ProduceArgs {
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     #[command(flatten)]
+    pub(crate) declared: DeclaredArgs,
+    #[command(flatten)]
     pub(crate) home: HomeArgs,
     #[command(flatten)]
     pub(crate) stream: StreamArgs,
@@ -372,6 +402,8 @@ pub struct IngestArgs {
 /// `tripflow kpi`.
 #[derive(Debug, Args)]
 pub struct KpiArgs {
+    #[command(flatten)]
+    pub(crate) declared: DeclaredArgs,
     #[command(flatten)]
     pub(crate) home: HomeArgs,
     #[command(flatten)]
@@ -428,6 +460,8 @@ pub struct GenArgs {
 #[derive(Debug, Args)]
 pub struct ScheduleArgs {
     #[command(flatten)]
+    pub(crate) declared: DeclaredArgs,
+    #[command(flatten)]
     pub(crate) home: HomeArgs,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
@@ -443,6 +477,8 @@ pub struct ScheduleArgs {
 /// `tripflow sql`.
 #[derive(Debug, Args)]
 pub struct SqlArgs {
+    #[command(flatten)]
+    pub(crate) declared: DeclaredArgs,
     /// The query; without one (or --file), an interactive prompt opens. Text that
     /// begins with `-`, such as a `--` comment, goes after `--`: `tripflow sql -- "…"`.
     #[arg(conflicts_with = "file")]

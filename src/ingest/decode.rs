@@ -356,18 +356,7 @@ impl Decoded {
     }
 }
 
-/// Quotes a value for a reason, cut to a readable length.
-pub fn quote(value: &str) -> String {
-    const MAX: usize = 80;
-    if value.len() <= MAX {
-        return serde_json::to_string(value).unwrap_or_default();
-    }
-    let mut end = MAX;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", serde_json::to_string(&value[..end]).unwrap_or_default())
-}
+pub use crate::model::rules::quote;
 
 enum Text<'a> {
     Blank,

@@ -23,6 +23,7 @@ use tracing::{debug, info, instrument, warn};
 
 use self::batcher::{Batcher, Pending};
 use self::deadletter::{DeadLetter, DeadLetterSink};
+use crate::model::declared::Fields;
 use crate::model::event::EventKind;
 pub use crate::model::extra::UnknownFields;
 use crate::model::extra::{Extras, JsonType};
@@ -38,6 +39,16 @@ use crate::{Error, Result};
 
 /// Default consumer name under which checkpoints are kept.
 pub const DEFAULT_CONSUMER: &str = "tripflow";
+
+/// What ingest does with fields beyond the built-in ones: those a fields file declares
+/// are checked and kept typed; the rest are kept (or refused) as `unknown` says.
+#[derive(Debug, Clone, Default)]
+pub struct FieldRules {
+    /// The fields the `--fields` file declares.
+    pub declared: Fields,
+    /// What to do with a field no field names.
+    pub unknown: UnknownFields,
+}
 
 /// Settings of one ingest run.
 #[derive(Debug, Clone)]
@@ -58,8 +69,8 @@ pub struct IngestOptions {
     pub initial_position: StartPosition,
     /// How long to wait before polling a caught-up stream again (with `follow`).
     pub poll_interval: Duration,
-    /// What to do with an event's undeclared fields.
-    pub unknown_fields: UnknownFields,
+    /// The declared fields, and what to do with undeclared ones.
+    pub fields: FieldRules,
     /// Set to finish the batch in hand, checkpoint it and return.
     pub stop: Arc<AtomicBool>,
     /// With `follow`, a producer running beside ingest (`tripflow run`) sets this once it
@@ -96,7 +107,7 @@ impl Default for IngestOptions {
             follow: false,
             initial_position: StartPosition::TrimHorizon,
             poll_interval: Duration::from_millis(200),
-            unknown_fields: UnknownFields::Keep,
+            fields: FieldRules::default(),
             stop: Arc::default(),
             drain: None,
             crash_after_batches: None,
@@ -322,7 +333,7 @@ impl Ingest<'_> {
             let stopping = opts.stop.load(Ordering::Relaxed);
             let due = batcher.room() == 0 || (may_linger && batcher.ready(Instant::now()));
             if due || (!batcher.is_empty() && (all_caught_up && !following || stopping)) {
-                let batch = prepare_batch(&stream, &readers.ids, batcher.take(), opts.unknown_fields)?;
+                let batch = prepare_batch(&stream, &readers.ids, batcher.take(), &opts.fields)?;
                 let millis_behind = readers.millis_behind.iter().flatten().max().copied();
                 slot.take().expect("reserved above").send(Handover {
                     batch: Some(batch),
@@ -440,9 +451,9 @@ pub async fn merge_batch(
     stream: &str,
     shards: &[ShardId],
     batch: Vec<Pending>,
-    unknown_fields: UnknownFields,
+    fields: &FieldRules,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
-    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch, unknown_fields)?).await
+    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch, fields)?).await
 }
 
 /// The CPU half of [`merge_batch`]: decode into Arrow, validate, coalesce, and take the
@@ -454,16 +465,17 @@ pub fn prepare_batch(
     stream: &str,
     shards: &[ShardId],
     batch: Vec<Pending>,
-    unknown_fields: UnknownFields,
+    fields: &FieldRules,
 ) -> Result<PreparedBatch> {
     let read = batch.len() as u64;
     let began = Instant::now();
     let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
     let mut validated = validate::validate(&decoded)?;
-    if unknown_fields == UnknownFields::Reject {
-        validate::refuse_unknown(&mut validated);
+    validate::check_declared(&mut validated, &fields.declared)?;
+    if fields.unknown == UnknownFields::Reject {
+        validate::refuse_unknown(&mut validated, &fields.declared);
     }
-    let sightings = sightings(stream, shards, &batch, &decoded);
+    let sightings = sightings(stream, shards, &batch, &decoded, &fields.declared);
     drop(decoded);
     let coalesced = coalesce::coalesce(&validated);
     let groups: u64 = coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
@@ -506,7 +518,13 @@ pub fn prepare_batch(
 /// each: where it was read, its kind and event time, and each field's JSON type. A
 /// record of no known kind has no group to count under (it is dead-lettered, bytes and
 /// all).
-fn sightings(stream: &str, shards: &[ShardId], batch: &[Pending], decoded: &decode::Decoded) -> Vec<Sighting> {
+fn sightings(
+    stream: &str,
+    shards: &[ShardId],
+    batch: &[Pending],
+    decoded: &decode::Decoded,
+    declared: &Fields,
+) -> Vec<Sighting> {
     use arrow::array::Array;
     let extras = &decoded.extras;
     if extras.null_count() == extras.len() {
@@ -523,11 +541,15 @@ fn sightings(stream: &str, shards: &[ShardId], batch: &[Pending], decoded: &deco
             } else {
                 return None;
             };
-            let fields = Extras::from_canonical(Some(extras.value(row)))
+            let fields: Vec<(String, JsonType)> = Extras::from_canonical(Some(extras.value(row)))
                 .fields()
                 .into_iter()
+                .filter(|(name, _)| !declared.names(kind, name))
                 .map(|(name, value)| (name, JsonType::of(value)))
                 .collect();
+            if fields.is_empty() {
+                return None;
+            }
             let time = version(kind);
             let p = &batch[row];
             Some(Sighting {

@@ -7,39 +7,28 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
-use arrow::buffer::{BooleanBuffer, NullBuffer};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
 use arrow::compute::kernels::boolean::{and, or};
-use arrow::compute::{CastOptions, is_not_null, is_null};
+use arrow::compute::{is_not_null, is_null};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use compact_str::{CompactString, ToCompactString};
-use regex::Regex;
 
 use super::decode::{COLUMNS, Decoded, is_blank, quote};
 use crate::error::{Context, Stage};
 use crate::model::decimal::decimal_text;
-use crate::model::event::{
-    DECIMAL_PRECISION, DECIMAL_SCALE, EventKind, FIELDS, FieldSpec, FieldType, arrow_type, timestamp_type,
-};
-use crate::model::extra::Extras;
-use crate::model::{cast, decimal, timestamp};
+use crate::model::declared::Fields;
+use crate::model::event::{EventKind, FIELDS, FieldSpec, FieldType, arrow_type};
+use crate::model::extra::{Extras, scalar_text};
+#[cfg(test)]
+use crate::model::rules::{Integer, integers, safe};
+use crate::model::rules::{check_typed, rows, typed_column};
+use crate::model::timestamp;
 
 /// The kernels' errors, inside validation; [`validate`] labels them with the stage.
 type Result<T, E = arrow::error::ArrowError> = std::result::Result<T, E>;
 
 /// Longest accepted `trip_id`, in bytes (DynamoDB allows 2048 for a partition key).
 pub const MAX_TRIP_ID_BYTES: usize = 1024;
-
-/// What a datetime must look like before it is parsed: date, `T` or space, time, optional
-/// fraction, optional `Z` or offset; `t` and `z` are taken too, as RFC 3339 allows.
-/// Compiled once: Arrow's `regexp_is_match_scalar` compiles its pattern on every call,
-/// an eighth of decode + validate in `perf`.
-static ISO_8601: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$")
-        .expect("a valid pattern")
-});
 
 /// `test` of every value; null where the value is null.
 fn each(text: &StringArray, test: impl Fn(&str) -> bool) -> BooleanArray {
@@ -119,12 +108,6 @@ impl Typed<'_> {
     }
 }
 
-/// Rows where `mask` is true (nulls count as false).
-fn rows(mask: &BooleanArray) -> impl Iterator<Item = usize> + '_ {
-    let any = mask.true_count() > 0;
-    (0..mask.len()).filter(move |&i| any && mask.is_valid(i) && mask.value(i))
-}
-
 struct Checker<'a> {
     decoded: &'a Decoded,
     reasons: Vec<Vec<String>>,
@@ -145,10 +128,13 @@ impl Checker<'_> {
         let value = if raw.is_null(row) { "" } else { raw.value(row) };
         self.reasons[row].push(format!("{}: {}", COLUMNS[col], rule(value)));
     }
-}
 
-fn safe() -> CastOptions<'static> {
-    CastOptions { safe: true, ..Default::default() }
+    /// A reason for `row`'s field `col`, already worded (see [`typed_column`]).
+    fn reject_worded(&mut self, row: usize, col: usize, why: String) {
+        if !self.decoded.wrong_type.contains(&(row, col)) {
+            self.reasons[row].push(format!("{}: {why}", COLUMNS[col]));
+        }
+    }
 }
 
 /// Validates a decoded batch.
@@ -191,17 +177,7 @@ fn validate_columns(decoded: &Decoded) -> Result<Validated> {
             checker.reject(&and(of_kind, &is_null(raw)?)?, col, |_| "missing".into());
         }
         let checked = and(of_kind, &present)?;
-        let typed = match spec.ty {
-            FieldType::Integer => check_integer(&mut checker, col, raw, &checked)?,
-            FieldType::DateTime => check_datetime(&mut checker, col, raw, &checked)?,
-            FieldType::Decimal => {
-                let dec: ArrayRef = Arc::new(decimal::cast_text(raw, DECIMAL_PRECISION, DECIMAL_SCALE, &safe())?);
-                checker.reject(&and(&checked, &is_null(&dec)?)?, col, |v| {
-                    format!("not a finite decimal within ±10^20: {}", quote(v))
-                });
-                dec
-            }
-        };
+        let typed = check_typed(spec.ty, raw, &checked, &mut |row, why| checker.reject_worded(row, col, why))?;
         columns.push(typed);
     }
 
@@ -214,140 +190,77 @@ fn validate_columns(decoded: &Decoded) -> Result<Validated> {
     })
 }
 
-/// Rejects every record that carries a field no declared field names, with a reason
-/// naming each such field (`--unknown-fields reject`).
-pub fn refuse_unknown(v: &mut Validated) {
+/// The kind of `row`, if it has one.
+fn kind_of(v: &Validated, row: usize) -> Option<EventKind> {
+    if v.is_start.value(row) {
+        Some(EventKind::Start)
+    } else if v.is_end.value(row) {
+        Some(EventKind::End)
+    } else {
+        None
+    }
+}
+
+/// Checks the fields a fields file declares, as the built-in ones are checked: each
+/// row of the field's group must carry it if it is required, as a string or a number
+/// that its rule types. Their values stay in the row's [`Validated::extras`], as sent.
+///
+/// # Errors
+/// Only when an Arrow kernel fails.
+pub fn check_declared(v: &mut Validated, fields: &Fields) -> crate::Result<()> {
+    if fields.declared().is_empty() {
+        return Ok(());
+    }
+    let extras: Vec<Extras> =
+        (0..v.extras.len()).map(|r| Extras::from_canonical(v.extras.is_valid(r).then(|| v.extras.value(r)))).collect();
+    for f in fields.declared() {
+        let mut wrong = vec![false; extras.len()];
+        let raw: StringArray = (0..extras.len())
+            .map(|row| {
+                if kind_of(v, row) != Some(f.kind) {
+                    return None;
+                }
+                match scalar_text(&extras[row].get(&f.name)?) {
+                    Ok(text) => text,
+                    Err(got) => {
+                        v.reasons[row]
+                            .push(format!("{}: wrong type: expected a string or a number, got {got}", f.name));
+                        wrong[row] = true;
+                        None
+                    }
+                }
+            })
+            .collect();
+        for (row, &wrong) in wrong.iter().enumerate() {
+            if f.required && !wrong && raw.is_null(row) && kind_of(v, row) == Some(f.kind) {
+                v.reasons[row].push(format!("{}: missing", f.name));
+            }
+        }
+        if let Some(rule) = f.ty.rule() {
+            let (_, rejected) = typed_column(rule, &raw).stage(Stage::Ingest, "validating a declared field")?;
+            for (row, why) in rejected {
+                v.reasons[row].push(format!("{}: {why}", f.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rejects every record that carries a field no field names, built-in or declared for
+/// its group, with a reason naming each such field (`--unknown-fields reject`).
+pub fn refuse_unknown(v: &mut Validated, fields: &Fields) {
     for row in (0..v.extras.len()).filter(|&r| v.extras.is_valid(r)) {
         let extras = Extras::from_stored(Some(v.extras.value(row))).expect("decode writes a JSON object");
+        let kind = kind_of(v, row);
         for (name, _) in extras.fields() {
+            if kind.is_some_and(|k| fields.names(k, &name)) {
+                continue;
+            }
             let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             let name = if plain { name } else { quote(&name) };
             v.reasons[row].push(format!("{name}: undeclared field (refused by --unknown-fields reject)"));
         }
     }
-}
-
-/// How a value reads as a 64-bit integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Integer {
-    Whole(i64),
-    NotANumber,
-    OutOfRange,
-    /// A fraction was dropped; the value truncated toward zero is kept, as the cast
-    /// kernel would.
-    Fraction(i64),
-}
-
-/// Plain integer text (`-?digits`, at most 18 digits, with an optional `.` and up to
-/// ten zeros) as an `i64`; `None` for any other form.
-fn plain_integer(v: &str) -> Option<i64> {
-    let (negative, b) = match v.as_bytes() {
-        [b'-', rest @ ..] => (true, rest),
-        all => (false, all),
-    };
-    let (digits, zeros) = match b.iter().position(|&c| c == b'.') {
-        Some(dot) => (&b[..dot], &b[dot + 1..]),
-        None => (b, &b[..0]),
-    };
-    if digits.is_empty() || digits.len() > 18 || zeros.len() > 10 || (zeros.is_empty() && digits.len() < b.len()) {
-        return None;
-    }
-    if !zeros.iter().all(|&z| z == b'0') {
-        return None;
-    }
-    let n = digits.iter().try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))?;
-    Some(if negative { -n } else { n })
-}
-
-/// How each value of `raw` reads as an integer, as the cast kernels read it (text →
-/// Decimal128(38, 10), truncated toward zero to 64 bits); plain integers are read
-/// directly.
-fn integers(raw: &StringArray) -> Result<Vec<Option<Integer>>> {
-    const SCALE: i8 = 10;
-    let mut out = Vec::with_capacity(raw.len());
-    let mut others = Vec::new();
-    for (row, v) in raw.iter().enumerate() {
-        out.push(v.map(|v| match plain_integer(v) {
-            Some(n) => Integer::Whole(n),
-            None => {
-                others.push(row);
-                Integer::NotANumber
-            }
-        }));
-    }
-    if others.is_empty() {
-        return Ok(out);
-    }
-    let rest = StringArray::from(others.iter().map(|&row| raw.value(row)).collect::<Vec<_>>());
-    let dec = decimal::cast_text(&rest, 38, SCALE, &safe())?;
-    let one = 10i128.pow(SCALE as u32);
-    for (k, &row) in others.iter().enumerate() {
-        if dec.is_valid(k) {
-            let value = dec.value(k);
-            out[row] = Some(match i64::try_from(value / one) {
-                Err(_) => Integer::OutOfRange,
-                Ok(n) if value % one != 0 => Integer::Fraction(n),
-                Ok(n) => Integer::Whole(n),
-            });
-        }
-    }
-    Ok(out)
-}
-
-fn check_integer(checker: &mut Checker<'_>, col: usize, raw: &StringArray, checked: &BooleanArray) -> Result<ArrayRef> {
-    let read = integers(raw)?;
-    for (row, int) in read.iter().enumerate() {
-        let rule = match int {
-            _ if !checked.value(row) => continue,
-            None | Some(Integer::Whole(_)) => continue,
-            Some(Integer::NotANumber) => "not an integer",
-            Some(Integer::OutOfRange) => "out of the 64-bit range",
-            Some(Integer::Fraction(_)) => "not a whole number",
-        };
-        checker.reject_row(row, col, |v| format!("{rule}: {}", quote(v)));
-    }
-    Ok(Arc::new(Int64Array::from_iter(read.into_iter().map(|int| match int? {
-        Integer::Whole(n) | Integer::Fraction(n) => Some(n),
-        Integer::NotANumber | Integer::OutOfRange => None,
-    }))))
-}
-
-fn check_datetime(
-    checker: &mut Checker<'_>,
-    col: usize,
-    raw: &StringArray,
-    checked: &BooleanArray,
-) -> Result<ArrayRef> {
-    let (ts, not_plain) =
-        cast::cast_text::<TimestampMicrosecondType>(raw, &timestamp_type(), &safe(), timestamp::parse_plain)?;
-    // Rows whose value the kernel read but a rule rejects.
-    let mut rejected = Vec::new();
-    for row in (0..ts.len()).filter(|&row| checked.value(row)) {
-        // Plain text is ISO 8601. The kernel also reads forms docs/design.md §2 does not allow
-        // (a bare date, say), so what it read must have the shape as well.
-        let shaped = || not_plain.binary_search(&row).is_err() || ISO_8601.is_match(raw.value(row));
-        if ts.is_null(row) || !shaped() {
-            checker.reject_row(row, col, |v| format!("not ISO 8601: {}", quote(v)));
-            rejected.push(row);
-        } else if !timestamp::in_range(ts.value(row)) {
-            // Valid text, but an instant the stored form and the export cannot hold
-            // (`0000-01-01T00:30:00+01:00` is in year -1 in UTC): stored, it would stop
-            // every later KPI run.
-            let utc = timestamp::format(ts.value(row));
-            checker.reject_row(row, col, |v| format!("outside years 0001-9999 once in UTC: {} is {utc}", quote(v)));
-        }
-    }
-    // A rejected value, and any instant out of range, is null in the typed column, as a
-    // value the cast cannot read is, so it can never reach the store.
-    let outside = |row: usize| ts.is_valid(row) && !timestamp::in_range(ts.value(row));
-    if !rejected.is_empty() || (0..ts.len()).any(outside) {
-        let kept: BooleanBuffer = (0..ts.len())
-            .map(|row| ts.is_valid(row) && !outside(row) && rejected.binary_search(&row).is_err())
-            .collect();
-        let ts = TimestampMicrosecondArray::new(ts.values().clone(), Some(NullBuffer::new(kept)));
-        return Ok(Arc::new(ts.with_data_type(timestamp_type())));
-    }
-    Ok(Arc::new(ts))
 }
 
 #[cfg(test)]

@@ -33,7 +33,9 @@ use tracing::{info, warn};
 pub use self::output::OutputLocation;
 pub use self::queries::{DEFAULT_QUERY, KpiQuery};
 use crate::error::{Context, Stage};
+use crate::model::declared::Fields;
 use crate::observe::progress::Progress;
+use crate::store::export::ExtraColumn;
 use crate::store::{Projection, TripStore};
 use crate::{Error, Result};
 
@@ -186,25 +188,26 @@ fn read_columns(planned: &[(&KpiQuery, DataFrame)], schema: &SchemaRef) -> Resul
     Ok((!all).then_some(read))
 }
 
-/// Plans every query against an empty `trips` table with the `kept` columns of
-/// [`kept_columns`], naming the file (and line) of the first that does not parse or
+/// Plans every query against an empty `trips` table with the further `columns` of
+/// [`table_columns`], naming the file (and line) of the first that does not parse or
 /// plan. `tripflow run` and `tripflow schedule` call it before any long work, so a typo
 /// costs seconds, not a night.
 ///
 /// # Errors
 /// The first query that does not plan.
-pub async fn check(queries: &[KpiQuery], kept: Arc<[String]>) -> Result<()> {
-    let probe = context_over(Projection::all_with(kept).schema(), &[])?;
+pub async fn check(queries: &[KpiQuery], columns: Arc<[ExtraColumn]>) -> Result<()> {
+    let probe = context_over(Projection::all_with(columns).schema(), &[])?;
     plan_all(&probe, queries).await.map(drop)
 }
 
-/// The kept columns of `store`'s `trips`: one text column per undeclared field of its
-/// ledger ([`crate::store::export::kept_columns`]).
+/// The columns of `store`'s `trips` after the built-in ones: a typed column per field
+/// `fields` declares, then a text column per undeclared field of its ledger
+/// ([`crate::store::export::table_columns`]).
 ///
 /// # Errors
 /// When the ledger cannot be read.
-pub async fn kept_columns(store: &dyn TripStore) -> Result<Arc<[String]>> {
-    Ok(crate::store::export::kept_columns(&store.seen_fields().await?))
+pub async fn table_columns(store: &dyn TripStore, fields: &Fields) -> Result<Arc<[ExtraColumn]>> {
+    Ok(crate::store::export::table_columns(fields, &store.seen_fields().await?))
 }
 
 /// What a KPI job's export held.
@@ -230,13 +233,14 @@ pub struct Exported {
 pub async fn run_queries(
     store: &dyn TripStore,
     queries: &[KpiQuery],
+    fields: &Fields,
     dates: &DateSelection,
     columns: ExportColumns,
     progress: &dyn Progress,
 ) -> Result<(Vec<QueryResult>, Exported)> {
     let wanted = dates.dates().map(<[NaiveDate]>::to_vec);
     // The table's columns: the built-in ones, then one per undeclared field kept.
-    let whole = Projection::all_with(kept_columns(store).await?);
+    let whole = Projection::all_with(table_columns(store, fields).await?);
     let probe = context_over(whole.schema(), &[])?;
     let read = read_columns(&plan_all(&probe, queries).await?, &whole.schema())?;
     let mut projection = match (columns, read) {
@@ -356,6 +360,7 @@ impl Spill {
 pub async fn run(
     store: &dyn TripStore,
     queries: &[KpiQuery],
+    fields: &Fields,
     dates: &DateSelection,
     out: &OutputLocation,
     formats: Formats,
@@ -379,7 +384,7 @@ pub async fn run(
         info!(changed = changed.len(), "Recomputing the dates whose trips changed since the last run.");
     }
     let columns = if formats.parquet { ExportColumns::All } else { ExportColumns::Queried };
-    let (results, export) = run_queries(store, queries, &dates, columns, progress).await?;
+    let (results, export) = run_queries(store, queries, fields, &dates, columns, progress).await?;
     let exported_rows = export.rows;
     let (per_date, summaries) = render(&results)?;
     let mut files = Vec::new();

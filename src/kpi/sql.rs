@@ -22,6 +22,7 @@ use crate::backend::aws::Aws;
 use crate::backend::location::{Location, ObjectPlace};
 use crate::error::Stage;
 use crate::kpi::tables::{read_only, snapshot_columns};
+use crate::model::declared::Fields;
 use crate::model::event::TRIP_SCHEMA;
 use crate::{Error, Result};
 
@@ -114,6 +115,22 @@ fn parquet_schema<R: parquet::file::reader::ChunkReader + 'static>(
     Ok(builder.schema().as_ref().clone())
 }
 
+/// `schema` with each field `fields` declares as a column of its declared type: in
+/// place of a column of that name (a snapshot written before the declaration holds it
+/// as text), or after the others.
+fn with_declared(schema: &arrow::datatypes::Schema, fields: &Fields) -> arrow::datatypes::Schema {
+    use arrow::datatypes::Field;
+    let mut columns: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for d in fields.declared() {
+        let typed = Field::new(&d.name, d.ty.arrow_type(), true);
+        match columns.iter_mut().find(|c| c.name() == &d.name) {
+            Some(c) => *c = typed,
+            None => columns.push(typed),
+        }
+    }
+    arrow::datatypes::Schema::new(columns)
+}
+
 impl SqlSession {
     /// Registers `trips` and `kpis` from `root`, the `--out` of a KPI run: a local
     /// folder, a `file://` URL or an `s3://bucket/prefix` URL (which needs `aws`).
@@ -121,14 +138,16 @@ impl SqlSession {
     /// # Errors
     /// When `root` does not exist or holds neither snapshots nor KPI Parquet files.
     pub async fn open(root: &str, aws: Option<&Aws>) -> Result<Self> {
-        SqlSession::open_at(&Location::parse_as("--snapshots", Some(root))?, aws).await
+        SqlSession::open_at(&Location::parse_as("--snapshots", Some(root))?, aws, &Fields::default()).await
     }
 
-    /// [`SqlSession::open`] on a parsed `--snapshots`.
+    /// [`SqlSession::open`] on a parsed `--snapshots`. A field `fields` declares is a
+    /// column of `trips` of its declared type, in every snapshot: one written before the
+    /// declaration, which holds it as text, or none, is read into that type.
     ///
     /// # Errors
     /// As [`SqlSession::open`].
-    pub async fn open_at(root: &ObjectPlace, aws: Option<&Aws>) -> Result<Self> {
+    pub async fn open_at(root: &ObjectPlace, aws: Option<&Aws>, fields: &Fields) -> Result<Self> {
         let ctx = SessionContext::new();
         let location = match root.clone() {
             ObjectPlace::S3 { bucket, prefix } => {
@@ -157,10 +176,13 @@ impl SqlSession {
             // table's; KPI files have their query's, read from one of them.
             let trips = name == "trips";
             let Some((sample_schema, url)) = location.sample(dir, !trips).await? else { continue };
-            let schema = match sample_schema {
+            let mut schema = match sample_schema {
                 Some(schema) => schema,
                 None => TRIP_SCHEMA.project(&snapshot_columns()).map_err(sql_error)?,
             };
+            if trips {
+                schema = with_declared(&schema, fields);
+            }
             let options = ParquetReadOptions::default()
                 .schema(&schema)
                 .table_partition_cols(vec![(partition.to_owned(), DataType::Date32)]);

@@ -153,6 +153,22 @@ pub fn column_text(value: &str) -> String {
     }
 }
 
+/// A kept value as a declared field reads it: a string's content, a number's literal;
+/// `Ok(None)` for a blank string, as for a built-in field. `Err` names the JSON type no
+/// rule takes (a boolean, an object, an array).
+pub fn scalar_text(value: &str) -> Result<Option<String>, &'static str> {
+    match JsonType::of(value) {
+        JsonType::String => {
+            let text = serde_json::from_str::<String>(value).map_err(|_| "a malformed string")?;
+            Ok((!text.trim().is_empty()).then_some(text))
+        }
+        JsonType::Number => Ok(Some(value.to_owned())),
+        JsonType::Boolean => Err("a boolean"),
+        JsonType::Object => Err("an object"),
+        JsonType::Array => Err("an array"),
+    }
+}
+
 /// `json` without the whitespace between its tokens (strings are kept as they are).
 fn compact(json: &str) -> String {
     let mut out = String::with_capacity(json.len());

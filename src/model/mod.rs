@@ -5,8 +5,10 @@
 
 pub mod cast;
 pub mod decimal;
+pub mod declared;
 pub mod event;
 pub mod extra;
+pub mod rules;
 pub mod timestamp;
 
 /// Writes `value` in decimal into all of `out`, right-aligned and padded with zeros, as

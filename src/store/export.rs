@@ -1,6 +1,8 @@
 //! Export: stored items → Arrow batches of [`TRIP_SCHEMA`], or of the columns a job reads.
-//! Past [`TRIP_SCHEMA`]'s columns, a table has one text column per undeclared field it
-//! keeps ([`kept_columns`]), read from each group's [`crate::model::extra::Extras`].
+//! Past [`TRIP_SCHEMA`]'s columns, a table has a typed column per declared field, then
+//! a text column per undeclared field it keeps ([`table_columns`]), both read from each
+//! group's [`crate::model::extra::Extras`]. A declared field's values are typed a batch
+//! at a time by the rules validation applies ([`crate::model::rules::typed_column`]).
 //!
 //! Values are parsed straight from their stored text into typed builders: datetimes in
 //! the fixed-width UTC form, decimals as canonical text ([`crate::model::decimal`]), with
@@ -22,10 +24,12 @@ use serde_json::value::RawValue;
 use super::ledger::SeenField;
 use super::{EndGroup, Extras, StartGroup, TripItem};
 use crate::error::{Context, Stage};
+use crate::model::declared::{DeclaredType, Fields};
 use crate::model::event::{
     DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_TYPE, EventKind, FIELDS, FieldType, TRIP_SCHEMA, UTC, timestamp_type,
 };
-use crate::model::extra::column_text;
+use crate::model::extra::{column_text, scalar_text};
+use crate::model::rules::typed_column;
 use crate::model::{cast, decimal, timestamp};
 use crate::{Error, Result};
 
@@ -44,12 +48,42 @@ const LAST_UPDATED: usize = STORED_COLUMNS + 2;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// The columns of a table an export fills, in schema order: indices into
-/// [`TRIP_SCHEMA`], then past its end into the table's kept columns.
+/// [`TRIP_SCHEMA`], then past its end into the table's further columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projection {
     columns: Vec<usize>,
-    /// The table's kept columns (undeclared fields), which come after [`TRIP_SCHEMA`]'s.
-    kept: Arc<[String]>,
+    /// The table's columns after [`TRIP_SCHEMA`]'s: declared and kept fields.
+    kept: Arc<[ExtraColumn]>,
+}
+
+/// A column of `trips` after the built-in ones, read from the groups' stored
+/// [`crate::model::extra::Extras`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraColumn {
+    /// Its name: the field's.
+    pub name: String,
+    /// How it is read.
+    pub from: ExtraSource,
+}
+
+/// How an [`ExtraColumn`] reads its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtraSource {
+    /// An undeclared field, as text: the end group's value, else the start group's.
+    Kept,
+    /// A declared field of a group, typed by its rule.
+    Declared(EventKind, DeclaredType),
+    /// A declared field's values as stored, as their JSON text (`tripflow fields check`).
+    Stored(EventKind),
+}
+
+impl ExtraColumn {
+    fn data_type(&self) -> DataType {
+        match self.from {
+            ExtraSource::Kept | ExtraSource::Stored(_) => DataType::Utf8,
+            ExtraSource::Declared(_, ty) => ty.arrow_type(),
+        }
+    }
 }
 
 /// Number of [`TRIP_SCHEMA`]'s columns, after which the kept ones come.
@@ -63,8 +97,8 @@ impl Projection {
         Self::all_with(Arc::from([]))
     }
 
-    /// Every column of [`TRIP_SCHEMA`], then the `kept` columns ([`kept_columns`]).
-    pub fn all_with(kept: Arc<[String]>) -> Self {
+    /// Every column of [`TRIP_SCHEMA`], then the `kept` columns ([`table_columns`]).
+    pub fn all_with(kept: Arc<[ExtraColumn]>) -> Self {
         Projection { columns: (0..built_in() + kept.len()).collect(), kept }
     }
 
@@ -75,7 +109,7 @@ impl Projection {
     }
 
     /// These columns, by index into the schema of [`Projection::all_with`]`(kept)`.
-    pub fn of_with(columns: impl IntoIterator<Item = usize>, kept: Arc<[String]>) -> Self {
+    pub fn of_with(columns: impl IntoIterator<Item = usize>, kept: Arc<[ExtraColumn]>) -> Self {
         let width = built_in() + kept.len();
         let mut set: BTreeSet<usize> = columns.into_iter().filter(|&c| c < width).collect();
         if set.is_empty() {
@@ -84,8 +118,8 @@ impl Projection {
         Projection { columns: set.into_iter().collect(), kept }
     }
 
-    /// The table's kept columns.
-    pub fn kept(&self) -> Arc<[String]> {
+    /// The table's columns after [`TRIP_SCHEMA`]'s.
+    pub fn kept(&self) -> Arc<[ExtraColumn]> {
         self.kept.clone()
     }
 
@@ -110,8 +144,8 @@ impl Projection {
         self.columns.last().is_some_and(|&c| c >= built_in())
     }
 
-    /// The table's whole schema: [`TRIP_SCHEMA`], then a nullable text column per kept
-    /// field.
+    /// The table's whole schema: [`TRIP_SCHEMA`], then a column per declared field and a
+    /// nullable text column per kept one.
     pub fn table_schema(&self) -> SchemaRef {
         trip_schema_with(&self.kept)
     }
@@ -143,23 +177,94 @@ impl Projection {
     }
 }
 
-/// [`TRIP_SCHEMA`], then a nullable text column for each name of `kept`.
-pub fn trip_schema_with(kept: &[String]) -> SchemaRef {
+/// A stored value of a declared field that its rule cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Misfit {
+    /// The trip.
+    pub trip_id: String,
+    /// The declared field.
+    pub field: String,
+    /// The value as stored (its JSON text).
+    pub value: String,
+    /// Why it does not read, as validation would say it.
+    pub reason: String,
+}
+
+/// Every stored value of a field `fields` declares that its declared type cannot read:
+/// what the KPI export would stop at, found before the file is deployed
+/// (`tripflow fields check`).
+///
+/// # Errors
+/// When the store fails.
+pub async fn misfits(store: &dyn super::TripStore, fields: &Fields) -> Result<Vec<Misfit>> {
+    use arrow::array::{Array, AsArray};
+    let columns: Arc<[ExtraColumn]> = fields
+        .declared()
+        .iter()
+        .map(|f| ExtraColumn { name: f.name.clone(), from: ExtraSource::Stored(f.kind) })
+        .collect();
+    let projection = Projection::of_with(std::iter::once(0).chain(built_in()..built_in() + columns.len()), columns);
+    let mut found = Vec::new();
+    for batch in store.export(None, &projection).await? {
+        let ids = batch.column(0).as_string::<i32>();
+        for (k, f) in fields.declared().iter().enumerate() {
+            let stored = batch.column(1 + k).as_string::<i32>();
+            let mut misfit = |row: usize, reason: String| {
+                found.push(Misfit {
+                    trip_id: ids.value(row).to_owned(),
+                    field: f.name.clone(),
+                    value: stored.value(row).to_owned(),
+                    reason,
+                });
+            };
+            let mut texts = Vec::with_capacity(stored.len());
+            for row in 0..stored.len() {
+                texts.push(match stored.is_valid(row).then(|| scalar_text(stored.value(row))) {
+                    None | Some(Ok(None)) => None,
+                    Some(Ok(Some(text))) => Some(text),
+                    Some(Err(got)) => {
+                        misfit(row, format!("wrong type: expected a string or a number, got {got}"));
+                        None
+                    }
+                });
+            }
+            let Some(rule) = f.ty.rule() else { continue };
+            let (_, rejected) =
+                typed_column(rule, &arrow::array::StringArray::from(texts)).stage(Stage::Store, "fields check")?;
+            for (row, why) in rejected {
+                misfit(row, why);
+            }
+        }
+    }
+    found.sort_by(|a, b| (&a.trip_id, &a.field).cmp(&(&b.trip_id, &b.field)));
+    Ok(found)
+}
+
+/// [`TRIP_SCHEMA`], then a nullable column for each of `kept`.
+pub fn trip_schema_with(kept: &[ExtraColumn]) -> SchemaRef {
     if kept.is_empty() {
         return TRIP_SCHEMA.clone();
     }
-    let fields =
-        TRIP_SCHEMA.fields().iter().cloned().chain(kept.iter().map(|n| Arc::new(Field::new(n, DataType::Utf8, true))));
-    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+    let extra = kept.iter().map(|c| Arc::new(Field::new(&c.name, c.data_type(), true)));
+    Arc::new(Schema::new(TRIP_SCHEMA.fields().iter().cloned().chain(extra).collect::<Vec<_>>()))
 }
 
-/// The columns a table's ledger gives it, sorted: each undeclared field's name once
-/// (a name both groups carry is one column), leaving out those named like a column of
-/// [`TRIP_SCHEMA`], which they never shadow.
-pub fn kept_columns(seen: &[SeenField]) -> Arc<[String]> {
-    let names: BTreeSet<&str> =
-        seen.iter().map(|f| f.name.as_str()).filter(|n| TRIP_SCHEMA.index_of(n).is_err()).collect();
-    names.into_iter().map(str::to_owned).collect()
+/// The columns a table has after the built-in ones: each field `fields` declares, typed,
+/// in the file's order; then, sorted, each undeclared field of its ledger (`seen`) once
+/// (a name both groups carry is one column), leaving out those named like a built-in or
+/// declared column, which they never shadow.
+pub fn table_columns(fields: &Fields, seen: &[SeenField]) -> Arc<[ExtraColumn]> {
+    let declared = fields
+        .declared()
+        .iter()
+        .map(|f| ExtraColumn { name: f.name.clone(), from: ExtraSource::Declared(f.kind, f.ty) });
+    let names: BTreeSet<&str> = seen
+        .iter()
+        .map(|f| f.name.as_str())
+        .filter(|n| TRIP_SCHEMA.index_of(n).is_err() && fields.get(n).is_none())
+        .collect();
+    let kept = names.into_iter().map(|n| ExtraColumn { name: n.to_owned(), from: ExtraSource::Kept });
+    declared.chain(kept).collect()
 }
 
 /// One stored value, as a backend reads it.
@@ -203,6 +308,16 @@ pub(crate) fn cells_of<'a>(
 enum Column {
     /// A kept field, by its name: the end group's value, else the start group's.
     Kept(String, StringBuilder),
+    /// A declared field of a group: its text values, typed by `rule` (text without one)
+    /// when the batch is finished.
+    Declared {
+        name: String,
+        kind: EventKind,
+        rule: Option<FieldType>,
+        raw: StringBuilder,
+    },
+    /// A declared field's values as stored (JSON text), from its group.
+    Stored(String, EventKind, StringBuilder),
     Text(StringBuilder),
     Int(Int64Builder),
     Time(TimestampMicrosecondBuilder),
@@ -212,10 +327,20 @@ enum Column {
 }
 
 impl Column {
-    fn for_index(index: usize, kept: &[String]) -> Self {
+    fn for_index(index: usize, kept: &[ExtraColumn]) -> Self {
         match index {
             0 => Column::Text(StringBuilder::new()),
-            i if i >= built_in() => Column::Kept(kept[i - built_in()].clone(), StringBuilder::new()),
+            i if i >= built_in() => {
+                let c = &kept[i - built_in()];
+                let name = c.name.clone();
+                match c.from {
+                    ExtraSource::Kept => Column::Kept(name, StringBuilder::new()),
+                    ExtraSource::Stored(kind) => Column::Stored(name, kind, StringBuilder::new()),
+                    ExtraSource::Declared(kind, ty) => {
+                        Column::Declared { name, kind, rule: ty.rule(), raw: StringBuilder::new() }
+                    }
+                }
+            }
             TRIP_DATE => Column::Date(Date32Builder::new()),
             TRIP_COMPLETED => Column::Bool(BooleanBuilder::new()),
             LAST_UPDATED => Column::Time(TimestampMicrosecondBuilder::new().with_timezone(UTC)),
@@ -231,15 +356,32 @@ impl Column {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Column::Text(b) | Column::Kept(_, b) => Arc::new(b.finish()),
+    /// The column's values; `ids` names the rows in a declared value's error.
+    fn finish(&mut self, ids: &[String]) -> Result<ArrayRef> {
+        Ok(match self {
+            Column::Text(b) | Column::Kept(_, b) | Column::Stored(_, _, b) => Arc::new(b.finish()),
+            Column::Declared { name, rule, raw, .. } => {
+                let raw = raw.finish();
+                let Some(rule) = rule else { return Ok(Arc::new(raw)) };
+                let (typed, rejected) =
+                    typed_column(*rule, &raw).stage(Stage::Store, format!("export of the declared field {name}"))?;
+                if let Some((row, why)) = rejected.first() {
+                    let trip = ids.get(*row).map_or("", String::as_str);
+                    return Err(Error::store(format!(
+                        "trip {trip:?}: the kept value of the declared field {name} is {why}, so it cannot be read \
+                         as its declared type. List every such value with 'tripflow fields check --fields FILE', then \
+                         change the field's type in the fields file, or rewrite the value in the trip table \
+                         (start_extras / end_extras), and run the KPI job again"
+                    )));
+                }
+                typed
+            }
             Column::Int(b) => Arc::new(b.finish()),
             Column::Time(b) => Arc::new(b.finish()),
             Column::Decimal(b) => Arc::new(b.finish()),
             Column::Date(b) => Arc::new(b.finish()),
             Column::Bool(b) => Arc::new(b.finish()),
-        }
+        })
     }
 }
 
@@ -249,6 +391,8 @@ pub struct ExportBuilder {
     schema: SchemaRef,
     columns: Vec<Column>,
     rows: usize,
+    /// The rows' trip ids, kept while a declared column may need to name one.
+    ids: Option<Vec<String>>,
 }
 
 impl ExportBuilder {
@@ -257,6 +401,7 @@ impl ExportBuilder {
         ExportBuilder {
             schema: projection.schema(),
             columns: projection.columns().iter().map(|&i| Column::for_index(i, &projection.kept)).collect(),
+            ids: projection.kept.iter().any(|c| matches!(c.from, ExtraSource::Declared(..))).then(Vec::new),
             projection,
             rows: 0,
         }
@@ -306,11 +451,32 @@ impl ExportBuilder {
         let dropoff = timestamp(cells[DROPOFF], DROPOFF)?;
         // Each group's fields are read once a row, and only when a kept column asks.
         let kept = if self.projection.has_kept() { kept_fields(extras)? } else { [None, None] };
+        let group = |kind: EventKind| kept[usize::from(kind == EventKind::End)].as_ref();
+        if let Some(ids) = &mut self.ids {
+            ids.push(match cells[0] {
+                Cell::Text(t) => t.to_owned(),
+                _ => String::new(),
+            });
+        }
         for (&index, column) in self.projection.columns.iter().zip(&mut self.columns) {
             match column {
                 Column::Kept(name, b) => {
                     let value = kept.iter().rev().flatten().find_map(|fields| fields.get(name.as_str()));
                     b.append_option(value.map(|v| column_text(v.get())));
+                }
+                Column::Stored(name, kind, b) => {
+                    b.append_option(group(*kind).and_then(|f| f.get(name.as_str())).map(|v| v.get()));
+                }
+                Column::Declared { name, kind, raw, .. } => {
+                    let value = group(*kind).and_then(|f| f.get(name.as_str()));
+                    match value.map(|v| scalar_text(v.get())) {
+                        None | Some(Ok(None)) => raw.append_null(),
+                        Some(Ok(Some(text))) => raw.append_value(text),
+                        Some(Err(_)) => {
+                            let value = value.map(|v| v.get().to_owned()).unwrap_or_default();
+                            return Err(Unreadable { index: usize::MAX - 1, value: format!("{name}={value}") });
+                        }
+                    }
                 }
                 Column::Text(b) => match cells[index] {
                     Cell::Text(v) => b.append_value(v),
@@ -348,7 +514,8 @@ impl ExportBuilder {
     /// # Errors
     /// Never in practice: every column has the schema's type and the same length.
     pub fn finish(&mut self) -> Result<RecordBatch> {
-        let arrays = self.columns.iter_mut().map(Column::finish).collect();
+        let ids = self.ids.as_mut().map(std::mem::take).unwrap_or_default();
+        let arrays = self.columns.iter_mut().map(|c| c.finish(&ids)).collect::<Result<Vec<_>>>()?;
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), arrays).stage(Stage::Store, "export")
     }
@@ -401,6 +568,14 @@ impl Unreadable {
             Cell::Time(v) => timestamp::format(v),
             Cell::Null => String::new(),
         };
+        if self.index == usize::MAX - 1 {
+            return Error::store(format!(
+                "trip {trip_id:?}: the kept value of a declared field is not a string or a number ({}), so it cannot \
+                 be read as its declared type. List every such value with 'tripflow fields check --fields FILE', \
+                 then change the fields file, or rewrite the value in the trip table, and run the KPI job again",
+                self.value
+            ));
+        }
         if self.index == usize::MAX {
             return Error::store(format!(
                 "trip {trip_id:?}: its stored undeclared fields {:?} are not a JSON object; an older build wrote \

@@ -44,6 +44,7 @@ pub async fn kpi_files(home: &Home, out: &Path) -> BTreeMap<String, Vec<u8>> {
     kpi::run(
         &*home.store().unwrap(),
         &queries,
+        &tripflow::model::declared::Fields::default(),
         &DateSelection::All,
         &location,
         formats,

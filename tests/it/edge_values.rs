@@ -326,6 +326,7 @@ fn check(trips: Vec<Trip>, rt: &tokio::runtime::Runtime) -> Result<(), TestCaseE
         let run = kpi::run_queries(
             &*store,
             &queries,
+            &tripflow::model::declared::Fields::default(),
             &DateSelection::All,
             kpi::ExportColumns::Queried,
             &tripflow::observe::progress::Quiet,

@@ -132,6 +132,7 @@ async fn further_queries_nest_under_their_stem_and_summaries_get_their_own_file(
     let report = tripflow::kpi::run(
         &*home.store().unwrap(),
         &loaded,
+        &tripflow::model::declared::Fields::default(),
         &all,
         &out,
         Default::default(),

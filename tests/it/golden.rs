@@ -74,6 +74,7 @@ async fn every_query_matches_its_snapshot_and_an_independent_computation() {
     let (results, _) = kpi::run_queries(
         &*home.store().unwrap(),
         &queries,
+        &tripflow::model::declared::Fields::default(),
         &DateSelection::All,
         kpi::ExportColumns::Queried,
         &tripflow::observe::progress::Quiet,

@@ -569,3 +569,87 @@ async fn the_ingest_function_keeps_undeclared_fields_and_their_ledger() {
         }
     }
 }
+
+/// The functions read a fields file from S3 (`TRIPFLOW_FIELDS`): the KPI function reads
+/// the kept values of a field declared after they were ingested into its typed column,
+/// and the ingest function checks the field in the records that follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_functions_read_a_fields_file_from_s3() {
+    let aws = moto::aws();
+    let table = unique("bolt");
+    let bucket = unique("declared").to_lowercase();
+    assert!(DynamoStore::new(&aws, &table).create_if_missing().await.unwrap());
+    assert!(aws.create_bucket_if_missing(&bucket).await.unwrap());
+    let end = |trip: &str, surge: &str| {
+        format!(
+            r#"{{"event_type":"trip_end","trip_id":"{trip}","dropoff_datetime":"2024-05-25 14:05:00","fare_amount":40.5,"surge_multiplier":{surge}}}"#
+        )
+        .into_bytes()
+    };
+    let start = |trip: &str| start_event(trip, "2024-05-25 13:19:00").into_bytes();
+    let shard = "shardId-000000000000".to_owned();
+    let record = |key: &str, data: Vec<u8>| (shard.clone(), key.to_owned(), data);
+    let vars = |fields: bool| {
+        let mut v = vec![
+            ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
+            ("TRIPFLOW_DEAD_LETTER", format!("s3://{bucket}/tripflow")),
+            ("TRIPFLOW_OUT", format!("s3://{bucket}/tripflow")),
+        ];
+        if fields {
+            v.push(("TRIPFLOW_FIELDS", format!("s3://{bucket}/config/fields.toml")));
+        }
+        v
+    };
+
+    // Ingested before the field is declared: kept as sent.
+    let api = RuntimeApi::start().await;
+    let ingest = Function::start(&api, "ingest", &vars(false));
+    let (event, _) = kinesis_event(
+        &[
+            record("a", start("a")),
+            record("a", end("a", "1.25")),
+            record("b", start("b")),
+            record("b", end("b", r#""2.5""#)),
+        ],
+        1,
+    );
+    assert!(failures(&api.invoke_now(&event).await).is_empty(), "{}", ingest.log());
+    drop(ingest);
+
+    // The field declared, in S3; a query over it, typed.
+    let fields = "[[field]]\nname = \"surge_multiplier\"\ngroup = \"end\"\ntype = \"decimal\"\n";
+    let s3 = aws.s3_client();
+    s3.put_object()
+        .bucket(&bucket)
+        .key("config/fields.toml")
+        .body(fields.as_bytes().to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let queries = tempfile::tempdir().unwrap();
+    std::fs::write(
+        queries.path().join("daily_kpis.sql"),
+        "SELECT trip_date, sum(surge_multiplier) * 2 AS doubled FROM trips GROUP BY trip_date",
+    )
+    .unwrap();
+    let api = RuntimeApi::start().await;
+    let mut kpi_vars = vars(true);
+    kpi_vars.push(("TRIPFLOW_QUERIES", queries.path().display().to_string()));
+    let kpi = Function::start(&api, "kpi", &kpi_vars);
+    let outcome = api.invoke_now(&json!({ "dates": ["2024-05-25"] })).await;
+    assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}\n{}", kpi.log());
+    let written = s3_tree(&aws, &bucket, "tripflow/kpi_output").await;
+    let day: Value = serde_json::from_slice(&written["date=2024-05-25/kpi.json"]).unwrap();
+    assert_eq!(day["doubled"].to_string().trim_matches('"').trim_end_matches('0'), "7.5", "{day}");
+    drop(kpi);
+
+    // Ingested after: checked as a decimal.
+    let api = RuntimeApi::start().await;
+    let ingest = Function::start(&api, "ingest", &vars(true));
+    let (event, seqs) = kinesis_event(&[record("c", end("c", r#""high""#))], 100);
+    assert!(failures(&api.invoke_now(&event).await).is_empty(), "{}", ingest.log());
+    let letters = s3_tree(&aws, &bucket, "tripflow/dead_letters").await;
+    let letter: Value =
+        serde_json::from_slice(&letters[&format!("kinesis:bolt_streams/{shard}/{}.json", seqs[0])]).unwrap();
+    assert!(letter["reasons"].to_string().contains("surge_multiplier: not a finite decimal"), "{letter}");
+}

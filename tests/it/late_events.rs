@@ -46,7 +46,17 @@ fn trip(id: &str, day: NaiveDate, fare: &str) -> TripUpdate {
 async fn run(store: &dyn TripStore, dates: DateSelection, out: &Path) -> KpiReport {
     let queries = kpi::queries::load(&queries_dir()).unwrap();
     let out = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
-    kpi::run(store, &queries, &dates, &out, Formats::default(), &tripflow::observe::progress::Quiet).await.unwrap()
+    kpi::run(
+        store,
+        &queries,
+        &tripflow::model::declared::Fields::default(),
+        &dates,
+        &out,
+        Formats::default(),
+        &tripflow::observe::progress::Quiet,
+    )
+    .await
+    .unwrap()
 }
 
 /// The nightly run of [`today`], with a lookback of one day.

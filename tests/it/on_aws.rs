@@ -261,9 +261,17 @@ async fn a_sharded_date_index_gives_byte_identical_kpis_with_one_query_per_shard
         let before = proxy.counts.queries.load(std::sync::atomic::Ordering::Relaxed);
         let selection = DateSelection::Dates(dates.clone());
         let formats = Formats { parquet: true };
-        tripflow::kpi::run(&store, &queries, &selection, &location, formats, &tripflow::observe::progress::Quiet)
-            .await
-            .unwrap();
+        tripflow::kpi::run(
+            &store,
+            &queries,
+            &tripflow::model::declared::Fields::default(),
+            &selection,
+            &location,
+            formats,
+            &tripflow::observe::progress::Quiet,
+        )
+        .await
+        .unwrap();
         let sent = proxy.counts.queries.load(std::sync::atomic::Ordering::Relaxed) - before;
         assert_eq!(sent, dates.len() as u64 * u64::from(shards), "one Query per date and shard");
         outputs.push(read_tree(&out));

@@ -27,6 +27,7 @@ async fn parquet_outputs(dir: &Path) -> (Home, std::path::PathBuf, Vec<chrono::N
     let report = kpi::run(
         &*home.store().unwrap(),
         &queries,
+        &tripflow::model::declared::Fields::default(),
         &DateSelection::All,
         &location,
         Formats { parquet: true },
@@ -130,6 +131,7 @@ async fn broken_query_files_are_named_with_their_line_and_nothing_is_written() {
         let err = kpi::run(
             &*home.store().unwrap(),
             &loaded,
+            &tripflow::model::declared::Fields::default(),
             &DateSelection::All,
             &location,
             Formats::default(),

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use tripflow::model::declared::Fields;
 use tripflow::model::extra::{Extras, JsonType};
 use tripflow::store::ledger::Sighting;
 use tripflow::store::{EndGroup, StartGroup, TripItem, TripStore, TripUpdate};
@@ -176,8 +177,9 @@ pub async fn kept_fields_are_text_columns_of_trips(store: &dyn TripStore) {
         ),
     ];
     store.record_fields(&sightings).await.unwrap();
-    let kept = tripflow::kpi::kept_columns(store).await.unwrap();
-    assert_eq!(&kept[..], ["app".to_owned(), "surge".to_owned()], "trip_date is trips' own");
+    let kept = tripflow::kpi::table_columns(store, &Fields::default()).await.unwrap();
+    let names: Vec<&str> = kept.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["app", "surge"], "trip_date is trips' own");
 
     let whole = tripflow::store::Projection::all_with(kept.clone());
     let batches = store.export(None, &whole).await.unwrap();
@@ -201,6 +203,7 @@ pub async fn kept_fields_are_text_columns_of_trips(store: &dyn TripStore) {
     let (results, _) = tripflow::kpi::run_queries(
         store,
         &[q],
+        &tripflow::model::declared::Fields::default(),
         &tripflow::kpi::DateSelection::All,
         tripflow::kpi::ExportColumns::Queried,
         &tripflow::observe::progress::Quiet,
@@ -217,6 +220,7 @@ crate::store_suite::on_every_store!(
     kept_fields_go_with_the_winning_group,
     the_ledger_counts_each_record_once,
     kept_fields_are_text_columns_of_trips,
+    a_declared_field_reads_its_kept_values_typed,
 );
 
 fn tripflow(dir: &Path, args: &[&str]) -> Output {
@@ -376,4 +380,152 @@ async fn the_kpi_files_are_byte_identical_with_undeclared_fields_in_the_events()
             ("end".into(), "surge_multiplier".into(), ends as u64),
         ]
     );
+}
+
+fn declared(text: &str) -> Fields {
+    Fields::parse(text, "fields.toml").unwrap()
+}
+
+const SURGE_DECIMAL: &str = "[[field]]\nname = \"surge\"\ngroup = \"end\"\ntype = \"decimal\"\n";
+
+/// A field declared after its values were kept is read into its typed column, with no
+/// replay, by the rules validation applies; a kept value its type cannot read stops the
+/// export with a message naming the trip, and `fields check` lists it first.
+pub async fn a_declared_field_reads_its_kept_values_typed(store: &dyn TripStore) {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Decimal128Type;
+    let trip = |id: &str, at: &str, surge: &str| TripUpdate {
+        trip_id: id.into(),
+        start: None,
+        end: Some(end(at, &[("surge", surge), ("note", r#""x""#)])),
+    };
+    store
+        .merge(vec![trip("a", "10:00", "1.50"), trip("b", "11:00", r#""2""#), trip("c", "12:00", "1e1")])
+        .await
+        .unwrap();
+    store.merge(vec![TripUpdate { trip_id: "d".into(), start: None, end: Some(end("13:00", &[])) }]).await.unwrap();
+    let fields = declared(SURGE_DECIMAL);
+    let columns = tripflow::kpi::table_columns(store, &fields).await.unwrap();
+    assert_eq!(columns[0].name, "surge");
+    let whole = tripflow::store::Projection::all_with(columns);
+    let batches = store.export(None, &whole).await.unwrap();
+    let batch = arrow::compute::concat_batches(&whole.schema(), &batches).unwrap();
+    let surge = batch.column_by_name("surge").unwrap().as_primitive::<Decimal128Type>();
+    let scale = 10i128.pow(18);
+    let values: Vec<Option<i128>> = (0..surge.len()).map(|i| surge.is_valid(i).then(|| surge.value(i))).collect();
+    assert_eq!(values, [Some(15 * scale / 10), Some(2 * scale), Some(10 * scale), None]);
+    assert!(tripflow::store::export::misfits(store, &fields).await.unwrap().is_empty());
+
+    // A value a decimal cannot be: listed by the check, and the export names it.
+    store.merge(vec![trip("e", "14:00", r#""high""#), trip("f", "14:30", "true")]).await.unwrap();
+    let found = tripflow::store::export::misfits(store, &fields).await.unwrap();
+    let listed: Vec<(&str, &str)> = found.iter().map(|m| (m.trip_id.as_str(), m.value.as_str())).collect();
+    assert_eq!(listed, [("e", r#""high""#), ("f", "true")]);
+    assert!(found[0].reason.contains("not a finite decimal"), "{found:?}");
+    assert!(found[1].reason.contains("got a boolean"), "{found:?}");
+    let e = store.export(None, &whole).await.unwrap_err().to_string();
+    assert!(e.contains("trip \"e\"") || e.contains("trip \"f\""), "{e}");
+    assert!(e.contains("tripflow fields check"), "{e}");
+}
+
+/// Ingest checks a declared field as it checks a built-in one: a bad value, a missing
+/// required one, or a boolean, dead-letters the record with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_checks_declared_fields_as_built_in_ones() {
+    use tripflow::config::Home;
+    use tripflow::ingest::{FieldRules, IngestOptions};
+
+    use crate::common::{ingest, put_raw};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path()).unwrap();
+    let records = [
+        end_with("a", r#","surge":"1.5""#),
+        end_with("b", r#","surge":"high""#),
+        end_with("c", ""),
+        end_with("d", r#","surge":true"#),
+        START.replace("\"T\"", "\"e\""),
+    ];
+    put_raw(&home.stream(Some(1)).unwrap(), &records.iter().map(|r| r.as_bytes().to_vec()).collect::<Vec<_>>()).await;
+    let fields = declared(&SURGE_DECIMAL.replace("decimal\"\n", "decimal\"\nrequired = true\n"));
+    let opts = IngestOptions { fields: FieldRules { declared: fields, ..Default::default() }, ..Default::default() };
+    let counts = ingest(&home, &opts).await.unwrap();
+    assert_eq!((counts.read, counts.applied, counts.dead_lettered, counts.undeclared), (5, 2, 3, 0));
+    let letters = std::fs::read_to_string(tmp.path().join("dead_letters.ndjson")).unwrap();
+    let reasons: Vec<String> =
+        letters.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reasons"].to_string()).collect();
+    assert!(reasons[0].contains(r#"surge: not a finite decimal within ±10^20: \"high\""#), "{reasons:?}");
+    assert!(reasons[1].contains("surge: missing"), "{reasons:?}");
+    assert!(reasons[2].contains("surge: wrong type: expected a string or a number, got a boolean"), "{reasons:?}");
+    let store = home.store().unwrap();
+    assert!(store.seen_fields().await.unwrap().is_empty(), "a declared field is not undeclared");
+    assert_eq!(store.get("a").await.unwrap().unwrap().end.unwrap().extras().get("surge").as_deref(), Some(r#""1.5""#));
+}
+
+/// A KPI over a declared decimal field, kept before it was declared, gives the bytes the
+/// same KPI gives over a built-in decimal field holding the same values: `data/`'s tips,
+/// sent once as `tip_amount` and once as an undeclared `tip_kept` that is declared later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_field_gives_the_kpis_of_a_built_in_one() {
+    use tripflow::config::Home;
+    use tripflow::ingest::IngestOptions;
+    use tripflow::kpi::sql::{Format, render};
+    use tripflow::kpi::{DateSelection, ExportColumns, KpiQuery};
+    use tripflow::stream::{StartPosition, StreamSource};
+
+    use crate::common::{data_dir, ingest, produce_dir, put_raw};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let built_in = Home::new(tmp.path().join("built-in")).unwrap();
+    let stream = built_in.stream(Some(1)).unwrap();
+    produce_dir(&stream, &data_dir()).await;
+    let shard = stream.shards().await.unwrap().remove(0).id;
+    let mut it = stream.iterator(&shard, &StartPosition::TrimHorizon).await.unwrap();
+    let mut records = Vec::new();
+    loop {
+        let read = stream.read(&it, 10_000, usize::MAX).await.unwrap();
+        records.extend(read.records.into_iter().map(|r| String::from_utf8(r.data).unwrap()));
+        it = read.next;
+        if read.caught_up {
+            break;
+        }
+    }
+    assert!(records.iter().filter(|r| r.contains(r#""tip_amount":"#)).count() > 1000);
+    ingest(&built_in, &IngestOptions::default()).await.unwrap();
+    let renamed: Vec<Vec<u8>> =
+        records.iter().map(|r| r.replace(r#""tip_amount":"#, r#""tip_kept":"#).into_bytes()).collect();
+    let kept = Home::new(tmp.path().join("kept")).unwrap();
+    put_raw(&kept.stream(Some(1)).unwrap(), &renamed).await;
+    ingest(&kept, &IngestOptions::default()).await.unwrap();
+
+    let query = |column: &str| {
+        KpiQuery::parse(
+            std::path::Path::new("tips.sql"),
+            format!(
+                "SELECT trip_date, count({column}) AS n, sum({column}) AS total, min({column}) AS low, \
+                 max({column}) AS high, avg({column}) AS mean FROM trips WHERE trip_completed \
+                 GROUP BY trip_date ORDER BY trip_date"
+            ),
+        )
+    };
+    let run = |home: Home, column: &'static str, fields: Fields| async move {
+        let store = home.store().unwrap();
+        let quiet = tripflow::observe::progress::Quiet;
+        let (results, _) = tripflow::kpi::run_queries(
+            &*store,
+            &[query(column)],
+            &fields,
+            &DateSelection::All,
+            ExportColumns::Queried,
+            &quiet,
+        )
+        .await
+        .unwrap();
+        render(&results[0].batches, Format::Ndjson).unwrap()
+    };
+    let want = run(built_in, "tip_amount", Fields::default()).await;
+    let got =
+        run(kept, "tip_kept", declared("[[field]]\nname = \"tip_kept\"\ngroup = \"end\"\ntype = \"decimal\"\n")).await;
+    assert!(want.lines().count() >= 3, "{want}");
+    assert_eq!(got, want);
 }

@@ -5,7 +5,7 @@ use crate::cli::args::{ingest_options, print_counts, stop_on_signal, tuning};
 use crate::cli::bars::Watch;
 use crate::cli::settings::Ingest as Settings;
 use crate::config::{self, AwsEnv};
-use crate::ingest::{Ingest, IngestCounts};
+use crate::ingest::{FieldRules, Ingest, IngestCounts};
 use crate::pipeline;
 
 /// `tripflow ingest`.
@@ -17,7 +17,8 @@ pub(in crate::cli) async fn ingest(s: &Settings, aws: &AwsEnv, watch: &Watch) ->
     let (dead_letters, dead_letter_file) = config::open_dead_letters(&s.dead_letter, aws).await?;
     let mut opts = ingest_options(&a.batch);
     opts.follow = a.follow;
-    opts.unknown_fields = a.dead_letter.unknown_fields;
+    let declared = config::read_fields(a.declared.fields.as_deref(), aws).await?;
+    opts.fields = FieldRules { declared, unknown: a.dead_letter.unknown_fields };
     opts.consumer = a.consumer.clone();
     opts.initial_position = s.initial_position.clone();
     opts.stop = stop_on_signal();

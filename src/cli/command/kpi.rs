@@ -15,7 +15,9 @@ pub(in crate::cli) async fn kpi(s: &Kpi, aws: &AwsEnv, watch: &Watch) -> Result<
     let out = config::open_output(&s.out, aws).await?;
     let store = config::open_store(&s.store, aws, &tuning(None, Some(&a.store))).await?;
     let formats = Formats { parquet: a.kpi.parquet };
-    let report = kpi::run(store.as_ref(), &queries, &s.dates, &out, formats, watch.progress().as_ref()).await?;
+    let fields = config::read_fields(a.declared.fields.as_deref(), aws).await?;
+    let report =
+        kpi::run(store.as_ref(), &queries, &fields, &s.dates, &out, formats, watch.progress().as_ref()).await?;
     watch.done();
     print_kpis(&report, &out)
 }
@@ -26,18 +28,21 @@ pub(in crate::cli) async fn schedule(s: &Scheduled, aws: &AwsEnv) -> Result<()> 
     let out = config::open_output(&s.out, aws).await?;
     let t = tuning(None, Some(&a.store));
     // Planned now, so a broken query fails at start, not at 23:59.
-    let kept = kpi::kept_columns(config::open_store(&s.store, aws, &t).await?.as_ref()).await?;
-    kpi::check(&kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?, kept).await?;
+    let fields = config::read_fields(a.declared.fields.as_deref(), aws).await?;
+    let columns = kpi::table_columns(config::open_store(&s.store, aws, &t).await?.as_ref(), &fields).await?;
+    kpi::check(&kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?, columns).await?;
     let stop = stop_on_signal();
     let formats = Formats { parquet: a.kpi.parquet };
     let (out, queries, lookback, store_url, t) = (&out, a.kpi.queries.as_deref(), a.window.lookback, &s.store, &t);
+    let fields = &fields;
     crate::kpi::schedule::run(&s.schedule, &crate::kpi::schedule::SystemClock, &stop, |at| async move {
         // Queries are read at each run, so an edited file takes effect at the next one.
         let queries = kpi::queries::load_or_builtin(queries)?;
         let flags = config::DateFlags { lookback, ..Default::default() };
         let dates = config::date_selection(&flags, at.date_naive())?;
         let store = config::open_store(store_url, aws, t).await?;
-        let report = kpi::run(store.as_ref(), &queries, &dates, out, formats, &crate::observe::progress::Quiet).await?;
+        let quiet = crate::observe::progress::Quiet;
+        let report = kpi::run(store.as_ref(), &queries, fields, &dates, out, formats, &quiet).await?;
         Ok(format!("{} files for {} dates", report.files.len(), report.dates.len()))
     })
     .await?;

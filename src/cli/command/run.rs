@@ -5,7 +5,7 @@ use crate::cli::args::{ingest_options, print_counts, print_kpis, tuning};
 use crate::cli::bars::Watch;
 use crate::cli::settings::Run;
 use crate::config::{self, AwsEnv};
-use crate::ingest::IngestOptions;
+use crate::ingest::{FieldRules, IngestOptions};
 use crate::kpi::Formats;
 use crate::pipeline::{self, RunSettings};
 
@@ -24,7 +24,10 @@ pub(in crate::cli) async fn run(s: &Run, aws: &AwsEnv, watch: &Watch) -> Result<
         queries: a.kpi.queries.clone(),
         ingest: IngestOptions {
             progress: watch.progress(),
-            unknown_fields: a.dead_letter.unknown_fields,
+            fields: FieldRules {
+                declared: config::read_fields(a.declared.fields.as_deref(), aws).await?,
+                unknown: a.dead_letter.unknown_fields,
+            },
             ..ingest_options(&a.batch)
         },
         formats: Formats { parquet: a.kpi.parquet },
