@@ -59,11 +59,16 @@ enum Root {
 impl Root {
     /// The URL of `dir` to register and, when `schema` asks, the Arrow schema of its
     /// first Parquet file (in path order); `None` when `dir` holds no Parquet file.
-    async fn sample(&self, dir: &str, schema: bool) -> Result<Option<(Option<arrow::datatypes::Schema>, String)>> {
+    async fn sample(
+        &self,
+        dir: &str,
+        schema: bool,
+        last: bool,
+    ) -> Result<Option<(Option<arrow::datatypes::Schema>, String)>> {
         match self {
             Root::Local(root) => {
                 let dir = root.join(dir);
-                let Some(sample) = first_parquet(&dir) else { return Ok(None) };
+                let Some(sample) = first_parquet(&dir, last) else { return Ok(None) };
                 let schema = match schema {
                     false => None,
                     true => {
@@ -85,7 +90,7 @@ impl Root {
                         Stage::Output.error(format!("--snapshots s3://{bucket}/{prefix}: cannot list {dir}/"), e)
                     })?;
                 names.sort();
-                let Some(sample) = names.first() else { return Ok(None) };
+                let Some(sample) = (if last { names.last() } else { names.first() }) else { return Ok(None) };
                 let schema = match schema {
                     false => None,
                     true => {
@@ -172,10 +177,19 @@ impl SqlSession {
         let mut tables = Vec::new();
         for (name, dir, partition) in [("trips", "snapshots", "trip_date"), ("kpis", "kpi_output", "date")] {
             // The schema is not inferred from every file: that would open them all at
-            // start, and a date filter could no longer spare them. Snapshots have the trip
-            // table's; KPI files have their query's, read from one of them.
+            // start, and a date filter could no longer spare them. KPI files have their
+            // query's, read from one of them. Snapshots have the trip table's, and its
+            // columns for the undeclared and declared fields as of the run that wrote
+            // them: read from the newest date's, which the latest run wrote (an older
+            // file without a column reads it as null).
+            // A newest snapshot that cannot be read leaves the built-in schema; it fails
+            // when a query reads it, as any spoiled snapshot does.
             let trips = name == "trips";
-            let Some((sample_schema, url)) = location.sample(dir, !trips).await? else { continue };
+            let sampled = match location.sample(dir, true, trips).await {
+                Err(_) if trips => location.sample(dir, false, trips).await?,
+                other => other?,
+            };
+            let Some((sample_schema, url)) = sampled else { continue };
             let mut schema = match sample_schema {
                 Some(schema) => schema,
                 None => TRIP_SCHEMA.project(&snapshot_columns()).map_err(sql_error)?,
@@ -242,11 +256,15 @@ impl SqlSession {
 }
 
 /// The first Parquet file under `dir`, in path order.
-fn first_parquet(dir: &Path) -> Option<std::path::PathBuf> {
+/// The first Parquet file under `dir` in path order, or the last with `last`.
+fn first_parquet(dir: &Path, last: bool) -> Option<std::path::PathBuf> {
     let mut entries: Vec<_> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
+    if last {
+        entries.reverse();
+    }
     entries.into_iter().find_map(|p| {
-        if p.is_dir() { first_parquet(&p) } else { p.extension().is_some_and(|x| x == "parquet").then_some(p) }
+        if p.is_dir() { first_parquet(&p, last) } else { p.extension().is_some_and(|x| x == "parquet").then_some(p) }
     })
 }
 

@@ -288,6 +288,35 @@ fn ingest_keeps_undeclared_fields_and_fields_lists_them() {
     let again: serde_json::Value =
         serde_json::from_slice(&tripflow(tmp.path(), &["fields", "--format", "json"]).stdout).unwrap();
     assert_eq!(again["undeclared"], v["undeclared"]);
+
+    // The kept fields are columns of the snapshots, and so of `tripflow sql`.
+    let out = tripflow(tmp.path(), &["kpi", "--all", "--parquet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sql = "SELECT trip_id, surge_multiplier, app FROM trips ORDER BY trip_id";
+    let out = tripflow(tmp.path(), &["sql", "--format", "csv", sql]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(csv.contains("a,1.25,ios") && csv.contains("c,high,"), "{csv}");
+
+    // Declared a decimal, the field cannot hold trip c's "high": the check lists it
+    // and fails. A KPI job whose queries do not read the field is not stopped; one that
+    // exports it (the snapshots) stops with one line naming the trip.
+    std::fs::write(
+        tmp.path().join("fields.toml"),
+        "[[field]]\nname = \"surge_multiplier\"\ngroup = \"end\"\ntype = \"decimal\"\n",
+    )
+    .unwrap();
+    let out = tripflow(tmp.path(), &["fields", "check", "--fields", "fields.toml"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{listed}");
+    assert!(listed.contains(r#"trip "c"  surge_multiplier  "high": not a finite decimal"#), "{listed}");
+    assert!(!listed.contains(r#"trip "a""#), "{listed}");
+    assert!(tripflow(tmp.path(), &["kpi", "--all", "--fields", "fields.toml"]).status.success());
+    let out = tripflow(tmp.path(), &["kpi", "--all", "--parquet", "--fields", "fields.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1, "{stderr}");
+    assert!(stderr.contains(r#"trip "c""#) && stderr.contains("tripflow fields check"), "{stderr}");
 }
 
 #[test]
@@ -528,4 +557,84 @@ async fn a_declared_field_gives_the_kpis_of_a_built_in_one() {
         run(kept, "tip_kept", declared("[[field]]\nname = \"tip_kept\"\ngroup = \"end\"\ntype = \"decimal\"\n")).await;
     assert!(want.lines().count() >= 3, "{want}");
     assert_eq!(got, want);
+}
+
+/// A crash after some batches were merged, and the replay from the checkpoint, leave the
+/// items and the ledger's counts of one clean run: each group's fields once, each record
+/// counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_and_its_replay_keep_the_fields_and_count_each_record_once() {
+    use tripflow::config::Home;
+    use tripflow::ingest::IngestOptions;
+
+    use crate::common::{ingest, put_raw};
+
+    let mut records = Vec::new();
+    for i in 0..20 {
+        let id = format!("t{i}");
+        records.push(START.replace("\"T\"", &format!("\"{id}\"")).replace('}', &format!(r#","app":"v{i}"}}"#)));
+        let end = end_with(&id, &format!(r#","surge":{i},"tags":["x",{i}]"#));
+        if i % 5 == 0 {
+            records.push(end.clone()); // delivered twice
+        }
+        records.push(end);
+    }
+    let records: Vec<Vec<u8>> = records.into_iter().map(String::into_bytes).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let (crashed, clean) =
+        (Home::new(tmp.path().join("crashed")).unwrap(), Home::new(tmp.path().join("clean")).unwrap());
+    for home in [&crashed, &clean] {
+        put_raw(&home.stream(Some(1)).unwrap(), &records).await;
+    }
+    let opts = IngestOptions { batch_rows: 7, ..Default::default() };
+    let crash = IngestOptions { crash_after_batches: Some(3), ..opts.clone() };
+    assert!(ingest(&crashed, &crash).await.is_err(), "the injected crash");
+    let replay = ingest(&crashed, &opts).await.unwrap();
+    assert!(replay.read < records.len() as u64, "the replay starts at the checkpoint");
+    ingest(&clean, &opts).await.unwrap();
+
+    let (a, b) = (crashed.store().unwrap(), clean.store().unwrap());
+    for i in 0..20 {
+        let id = format!("t{i}");
+        let item = a.get(&id).await.unwrap().unwrap();
+        assert_eq!(Some(&item), b.get(&id).await.unwrap().as_ref());
+        assert_eq!(item.end.unwrap().extras().get("surge"), Some(i.to_string()));
+    }
+    let counted = |seen: Vec<tripflow::store::ledger::SeenField>| -> Vec<(String, String, u64)> {
+        seen.into_iter().map(|f| (f.group, f.name, f.events)).collect()
+    };
+    let want =
+        [("start".into(), "app".into(), 20), ("end".into(), "surge".into(), 24), ("end".into(), "tags".into(), 24)];
+    assert_eq!(counted(a.seen_fields().await.unwrap()), want);
+    assert_eq!(counted(b.seen_fields().await.unwrap()), want);
+}
+
+/// `tripflow sql --fields` reads a declared field as its type, also in snapshots written
+/// before the declaration, where it was text.
+#[test]
+fn sql_reads_a_declared_field_typed_in_snapshots_written_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = [
+        START.replace("\"T\"", "\"a\""),
+        end_with("a", r#","surge_multiplier":1.25"#),
+        START.replace("\"T\"", "\"b\""),
+        end_with("b", r#","surge_multiplier":"2.5""#),
+    ];
+    std::fs::write(tmp.path().join("in.ndjson"), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    for step in [&["produce", "--ndjson", "in.ndjson"][..], &["ingest"], &["kpi", "--all", "--parquet"]] {
+        let out = tripflow(tmp.path(), step);
+        assert!(out.status.success(), "{step:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sql = "SELECT sum(surge_multiplier) * 2 AS doubled, arrow_typeof(surge_multiplier) AS t FROM trips GROUP BY t";
+    let text = tripflow(tmp.path(), &["sql", "--format", "csv", sql]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Utf8") || !text.status.success());
+    std::fs::write(
+        tmp.path().join("fields.toml"),
+        "[[field]]\nname = \"surge_multiplier\"\ngroup = \"end\"\ntype = \"decimal\"\n",
+    )
+    .unwrap();
+    let typed = tripflow(tmp.path(), &["sql", "--format", "csv", "--fields", "fields.toml", sql]);
+    let csv = String::from_utf8_lossy(&typed.stdout);
+    assert!(typed.status.success(), "{}", String::from_utf8_lossy(&typed.stderr));
+    assert!(csv.contains("7.5") && csv.contains("Decimal128(38, 18)"), "{csv}");
 }
