@@ -345,28 +345,15 @@ fn reject_dead_letters_exactly_the_records_with_undeclared_fields() {
 /// counts every record that carried them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kpi_files_are_byte_identical_with_undeclared_fields_in_the_events() {
+    use crate::common::{data_dir, ingest, kpi_files, produce_dir, put_raw};
     use tripflow::config::Home;
     use tripflow::ingest::IngestOptions;
-    use tripflow::stream::{StartPosition, StreamSource};
-
-    use crate::common::{data_dir, ingest, kpi_files, produce_dir, put_raw};
 
     let tmp = tempfile::tempdir().unwrap();
     let clean = Home::new(tmp.path().join("clean")).unwrap();
     let stream = clean.stream(Some(2)).unwrap();
     produce_dir(&stream, &data_dir()).await;
-    let mut records = Vec::new();
-    for shard in stream.shards().await.unwrap() {
-        let mut it = stream.iterator(&shard.id, &StartPosition::TrimHorizon).await.unwrap();
-        loop {
-            let read = stream.read(&it, 10_000, usize::MAX).await.unwrap();
-            records.extend(read.records.into_iter().map(|r| String::from_utf8(r.data).unwrap()));
-            it = read.next;
-            if read.caught_up {
-                break;
-            }
-        }
-    }
+    let records = records_of(&stream).await;
     drop(stream);
     let counts = ingest(&clean, &IngestOptions::default()).await.unwrap();
     assert_eq!((counts.dead_lettered, counts.undeclared), (0, 0));
@@ -500,7 +487,6 @@ async fn a_declared_field_gives_the_kpis_of_a_built_in_one() {
     use tripflow::ingest::IngestOptions;
     use tripflow::kpi::sql::{Format, render};
     use tripflow::kpi::{DateSelection, ExportColumns, KpiQuery};
-    use tripflow::stream::{StartPosition, StreamSource};
 
     use crate::common::{data_dir, ingest, produce_dir, put_raw};
 
@@ -508,17 +494,7 @@ async fn a_declared_field_gives_the_kpis_of_a_built_in_one() {
     let built_in = Home::new(tmp.path().join("built-in")).unwrap();
     let stream = built_in.stream(Some(1)).unwrap();
     produce_dir(&stream, &data_dir()).await;
-    let shard = stream.shards().await.unwrap().remove(0).id;
-    let mut it = stream.iterator(&shard, &StartPosition::TrimHorizon).await.unwrap();
-    let mut records = Vec::new();
-    loop {
-        let read = stream.read(&it, 10_000, usize::MAX).await.unwrap();
-        records.extend(read.records.into_iter().map(|r| String::from_utf8(r.data).unwrap()));
-        it = read.next;
-        if read.caught_up {
-            break;
-        }
-    }
+    let records = records_of(&stream).await;
     assert!(records.iter().filter(|r| r.contains(r#""tip_amount":"#)).count() > 1000);
     ingest(&built_in, &IngestOptions::default()).await.unwrap();
     let renamed: Vec<Vec<u8>> =
@@ -637,4 +613,22 @@ fn sql_reads_a_declared_field_typed_in_snapshots_written_before_it() {
     let csv = String::from_utf8_lossy(&typed.stdout);
     assert!(typed.status.success(), "{}", String::from_utf8_lossy(&typed.stderr));
     assert!(csv.contains("7.5") && csv.contains("Decimal128(38, 18)"), "{csv}");
+}
+
+/// Every record of `stream`, shard by shard, each in its order, as text.
+async fn records_of(stream: &tripflow::stream::embedded::EmbeddedStream) -> Vec<String> {
+    use tripflow::stream::{StartPosition, StreamSource};
+    let mut records = Vec::new();
+    for shard in stream.shards().await.unwrap() {
+        let mut it = stream.iterator(&shard.id, &StartPosition::TrimHorizon).await.unwrap();
+        loop {
+            let read = stream.read(&it, 10_000, usize::MAX).await.unwrap();
+            records.extend(read.records.into_iter().map(|r| String::from_utf8(r.data).unwrap()));
+            it = read.next;
+            if read.caught_up {
+                break;
+            }
+        }
+    }
+    records
 }
