@@ -18,7 +18,8 @@
 //!   coalesces a trip's events, merges them into the store, dead-letters the rest
 //!   (`ingest::deadletter`) and only then moves the checkpoints.
 //! - [`store`]: the [`store::TripStore`] trait and its conditional merge; `store::lsm`
-//!   is the embedded trip table, `store::dynamodb` the table on DynamoDB.
+//!   is the embedded trip table, `store::dynamodb` the table on DynamoDB;
+//!   `store::ledger` counts the fields events carry that no field names.
 //! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion;
 //!   `kpi::report` draws `kpi_output/report.html`, `kpi::schedule` runs the job on a
 //!   cron, `kpi::sql` asks ad-hoc SQL of its outputs.
@@ -27,7 +28,9 @@
 //!   flags become each command's checked settings once (`cli::settings`).
 //!
 //! The shared layers: [`model`] (event kinds, the registry of the trip's fields
-//! `model::event::FIELDS`, Arrow schemas, exact decimals and datetimes), [`backend`] (AWS
+//! `model::event::FIELDS` and those a fields file declares beside them
+//! (`model::declared`), the undeclared fields an event carries (`model::extra`), Arrow
+//! schemas, the rules that type a field's text, exact decimals and datetimes), [`backend`] (AWS
 //! clients, and the places each backend flag takes), [`observe`] (progress, metrics,
 //! memory), [`config`] (the backends' URLs, each embedded one with its home, and their
 //! openers) and [`error`].
