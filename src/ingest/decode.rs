@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::model::event::{EventKind, FIELDS, MAX_RECORD_BYTES};
-use crate::model::extra::Extras;
+use crate::model::extra::{Extras, fields_of};
 
 /// Number of wire columns: `trip_id` and every field of [`FIELDS`].
 pub const N_COLUMNS: usize = 1 + FIELDS.len();
@@ -334,7 +334,27 @@ pub struct Decoded {
     pub extras: StringArray,
 }
 
+/// Each row's undeclared fields (name, JSON text), read once from [`Decoded::extras`]
+/// for the steps after decoding that need them: `None` for a row without, and no row at
+/// all when none has any (the common batch, which then allocates nothing).
+pub type Undeclared<'a> = Vec<Option<Vec<(String, &'a str)>>>;
+
 impl Decoded {
+    /// The kind of the event in `row`, if it has one.
+    pub fn kind(&self, row: usize) -> Option<EventKind> {
+        kind_at(&self.is_start, &self.is_end, row)
+    }
+
+    /// Each row's undeclared fields, each object parsed once.
+    pub fn undeclared(&self) -> Undeclared<'_> {
+        use arrow::array::Array;
+        let extras = &self.extras;
+        if extras.null_count() == extras.len() {
+            return Vec::new();
+        }
+        (0..extras.len()).map(|row| extras.is_valid(row).then(|| fields_of(extras.value(row)))).collect()
+    }
+
     /// Number of rows (= records).
     pub fn len(&self) -> usize {
         self.reasons.len()
@@ -388,6 +408,17 @@ pub fn is_blank(v: &str) -> bool {
     match v.as_bytes().first() {
         Some(c) if c.is_ascii_graphic() => false,
         _ => v.trim().is_empty(),
+    }
+}
+
+/// The kind of the event in `row`, from the masks of start and end events.
+pub fn kind_at(is_start: &BooleanArray, is_end: &BooleanArray, row: usize) -> Option<EventKind> {
+    if is_start.value(row) {
+        Some(EventKind::Start)
+    } else if is_end.value(row) {
+        Some(EventKind::End)
+    } else {
+        None
     }
 }
 

@@ -25,8 +25,8 @@ use self::batcher::{Batcher, Pending};
 use self::deadletter::{DeadLetter, DeadLetterSink};
 use crate::model::declared::Fields;
 use crate::model::event::EventKind;
+use crate::model::extra::JsonType;
 pub use crate::model::extra::UnknownFields;
-use crate::model::extra::{Extras, JsonType};
 pub use crate::observe::IngestCounts;
 use crate::observe::progress::{Progress, Quiet};
 use crate::observe::telemetry::{self, BatchTimes};
@@ -471,11 +471,14 @@ pub fn prepare_batch(
     let began = Instant::now();
     let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
     let mut validated = validate::validate(&decoded)?;
-    validate::check_declared(&mut validated, &fields.declared)?;
+    // Each record's undeclared fields, read once for the three steps that need them.
+    let undeclared = decoded.undeclared();
+    validate::check_declared(&mut validated, &undeclared, &fields.declared)?;
     if fields.unknown == UnknownFields::Reject {
-        validate::refuse_unknown(&mut validated, &fields.declared);
+        validate::refuse_unknown(&mut validated, &undeclared, &fields.declared);
     }
-    let sightings = sightings(stream, shards, &batch, &decoded, &fields.declared);
+    let sightings = sightings(stream, shards, &batch, &decoded, &undeclared, &fields.declared);
+    drop(undeclared);
     drop(decoded);
     let coalesced = coalesce::coalesce(&validated);
     let groups: u64 = coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
@@ -523,29 +526,19 @@ fn sightings(
     shards: &[ShardId],
     batch: &[Pending],
     decoded: &decode::Decoded,
+    undeclared: &decode::Undeclared<'_>,
     declared: &Fields,
 ) -> Vec<Sighting> {
     use arrow::array::Array;
-    let extras = &decoded.extras;
-    if extras.null_count() == extras.len() {
-        return Vec::new();
-    }
     let version = |kind: EventKind| decoded.text(kind.version_column());
-    (0..extras.len())
-        .filter(|&row| extras.is_valid(row))
+    (0..undeclared.len())
         .filter_map(|row| {
-            let kind = if decoded.is_start.value(row) {
-                EventKind::Start
-            } else if decoded.is_end.value(row) {
-                EventKind::End
-            } else {
-                return None;
-            };
-            let fields: Vec<(String, JsonType)> = Extras::from_canonical(Some(extras.value(row)))
-                .fields()
-                .into_iter()
+            let kept = undeclared[row].as_ref()?;
+            let kind = decoded.kind(row)?;
+            let fields: Vec<(String, JsonType)> = kept
+                .iter()
                 .filter(|(name, _)| !declared.names(kind, name))
-                .map(|(name, value)| (name, JsonType::of(value)))
+                .map(|(name, value)| (name.clone(), JsonType::of(value)))
                 .collect();
             if fields.is_empty() {
                 return None;

@@ -13,12 +13,12 @@ use arrow::compute::{is_not_null, is_null};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use compact_str::{CompactString, ToCompactString};
 
-use super::decode::{COLUMNS, Decoded, is_blank, quote};
+use super::decode::{COLUMNS, Decoded, Undeclared, is_blank, kind_at, quote};
 use crate::error::{Context, Stage};
 use crate::model::decimal::decimal_text;
 use crate::model::declared::Fields;
 use crate::model::event::{EventKind, FIELDS, FieldSpec, FieldType, arrow_type};
-use crate::model::extra::{Extras, scalar_text};
+use crate::model::extra::scalar_text;
 #[cfg(test)]
 use crate::model::rules::{Integer, integers, safe};
 use crate::model::rules::{check_typed, rows, typed_column};
@@ -190,37 +190,35 @@ fn validate_columns(decoded: &Decoded) -> Result<Validated> {
     })
 }
 
-/// The kind of `row`, if it has one.
-fn kind_of(v: &Validated, row: usize) -> Option<EventKind> {
-    if v.is_start.value(row) {
-        Some(EventKind::Start)
-    } else if v.is_end.value(row) {
-        Some(EventKind::End)
-    } else {
-        None
+impl Validated {
+    /// The kind of the event in `row`, if it has one.
+    fn kind(&self, row: usize) -> Option<EventKind> {
+        kind_at(&self.is_start, &self.is_end, row)
     }
 }
 
 /// Checks the fields a fields file declares, as the built-in ones are checked: each
 /// row of the field's group must carry it if it is required, as a string or a number
-/// that its rule types. Their values stay in the row's [`Validated::extras`], as sent.
+/// that its rule types. Their values stay in the row's [`Validated::extras`], as sent;
+/// `undeclared` holds them read ([`Decoded::undeclared`]).
 ///
 /// # Errors
 /// Only when an Arrow kernel fails.
-pub fn check_declared(v: &mut Validated, fields: &Fields) -> crate::Result<()> {
+pub fn check_declared(v: &mut Validated, undeclared: &Undeclared<'_>, fields: &Fields) -> crate::Result<()> {
     if fields.declared().is_empty() {
         return Ok(());
     }
-    let extras: Vec<Extras> =
-        (0..v.extras.len()).map(|r| Extras::from_canonical(v.extras.is_valid(r).then(|| v.extras.value(r)))).collect();
+    let rows = v.reasons.len();
     for f in fields.declared() {
-        let mut wrong = vec![false; extras.len()];
-        let raw: StringArray = (0..extras.len())
+        let mut wrong = vec![false; rows];
+        let raw: StringArray = (0..rows)
             .map(|row| {
-                if kind_of(v, row) != Some(f.kind) {
+                if v.kind(row) != Some(f.kind) {
                     return None;
                 }
-                match scalar_text(&extras[row].get(&f.name)?) {
+                let kept = undeclared.get(row)?.as_ref()?;
+                let value = kept.iter().find(|(name, _)| *name == f.name)?.1;
+                match scalar_text(value) {
                     Ok(text) => text,
                     Err(got) => {
                         v.reasons[row]
@@ -232,7 +230,7 @@ pub fn check_declared(v: &mut Validated, fields: &Fields) -> crate::Result<()> {
             })
             .collect();
         for (row, &wrong) in wrong.iter().enumerate() {
-            if f.required && !wrong && raw.is_null(row) && kind_of(v, row) == Some(f.kind) {
+            if f.required && !wrong && raw.is_null(row) && v.kind(row) == Some(f.kind) {
                 v.reasons[row].push(format!("{}: missing", f.name));
             }
         }
@@ -248,16 +246,15 @@ pub fn check_declared(v: &mut Validated, fields: &Fields) -> crate::Result<()> {
 
 /// Rejects every record that carries a field no field names, built-in or declared for
 /// its group, with a reason naming each such field (`--unknown-fields reject`).
-pub fn refuse_unknown(v: &mut Validated, fields: &Fields) {
-    for row in (0..v.extras.len()).filter(|&r| v.extras.is_valid(r)) {
-        let extras = Extras::from_stored(Some(v.extras.value(row))).expect("decode writes a JSON object");
-        let kind = kind_of(v, row);
-        for (name, _) in extras.fields() {
-            if kind.is_some_and(|k| fields.names(k, &name)) {
+pub fn refuse_unknown(v: &mut Validated, undeclared: &Undeclared<'_>, fields: &Fields) {
+    for (row, kept) in undeclared.iter().enumerate() {
+        let kind = v.kind(row);
+        for (name, _) in kept.iter().flatten() {
+            if kind.is_some_and(|k| fields.names(k, name)) {
                 continue;
             }
             let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            let name = if plain { name } else { quote(&name) };
+            let name = if plain { name.clone() } else { quote(name) };
             v.reasons[row].push(format!("{name}: undeclared field (refused by --unknown-fields reject)"));
         }
     }

@@ -70,12 +70,7 @@ impl DeclaredType {
 
     /// Its name in the file.
     pub fn name(self) -> &'static str {
-        match self {
-            DeclaredType::Integer => "integer",
-            DeclaredType::Decimal => "decimal",
-            DeclaredType::Datetime => "datetime",
-            DeclaredType::Text => "text",
-        }
+        self.rule().map_or("text", FieldType::name)
     }
 }
 

@@ -99,6 +99,17 @@ pub enum FieldType {
     Decimal,
 }
 
+impl FieldType {
+    /// Its name, as a fields file and `tripflow fields` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::Integer => "integer",
+            FieldType::DateTime => "datetime",
+            FieldType::Decimal => "decimal",
+        }
+    }
+}
+
 /// A DynamoDB attribute type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttributeType {

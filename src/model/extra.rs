@@ -93,15 +93,22 @@ impl Extras {
 
     /// Each field's name and JSON text, in name order.
     pub fn fields(&self) -> Vec<(String, &str)> {
-        let Some(text) = self.0.as_deref() else { return Vec::new() };
-        let fields: BTreeMap<String, &RawValue> = serde_json::from_str(text).expect("extras are a JSON object");
-        fields.into_iter().map(|(k, v)| (k, v.get())).collect()
+        self.0.as_deref().map(fields_of).unwrap_or_default()
     }
 
     /// The JSON text of the field `name`.
     pub fn get(&self, name: &str) -> Option<String> {
         self.fields().into_iter().find(|(k, _)| k == name).map(|(_, v)| v.to_owned())
     }
+}
+
+/// Each field's name and JSON text of an [`Extras`] object's `text`, in name order.
+///
+/// # Panics
+/// When `text` is not a JSON object (an [`Extras`] text always is).
+pub fn fields_of(text: &str) -> Vec<(String, &str)> {
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(text).expect("extras are a JSON object");
+    fields.into_iter().map(|(k, v)| (k, v.get())).collect()
 }
 
 /// The JSON type of a value, as the ledger names it.

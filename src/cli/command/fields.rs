@@ -8,7 +8,7 @@ use crate::cli::args::{FieldsAction, FieldsFormat, tuning};
 use crate::cli::settings::Fields as Settings;
 use crate::config::{self, AwsEnv};
 use crate::model::declared::Fields;
-use crate::model::event::{FIELDS, FieldType};
+use crate::model::event::FIELDS;
 use crate::store::export::{Misfit, misfits};
 use crate::store::ledger::{SeenField, group_name};
 use crate::{Error, Result};
@@ -53,14 +53,6 @@ pub(in crate::cli) async fn fields(s: &Settings, aws: &AwsEnv) -> Result<()> {
     Ok(())
 }
 
-fn type_name(ty: FieldType) -> &'static str {
-    match ty {
-        FieldType::Integer => "integer",
-        FieldType::Decimal => "decimal",
-        FieldType::DateTime => "datetime",
-    }
-}
-
 /// What a kept field is in `trips`: a text column, or no column when its name is one of
 /// the table's own or a declared field's.
 fn column(f: &SeenField, declared: &Fields) -> &'static str {
@@ -75,7 +67,7 @@ fn column(f: &SeenField, declared: &Fields) -> &'static str {
 
 /// Each declared field: (group, name, type, required, where from).
 fn declared_rows(declared: &Fields) -> Vec<(&'static str, &str, &'static str, bool, &'static str)> {
-    let built_in = FIELDS.iter().map(|f| (group_name(f.kind), f.name, type_name(f.ty), f.required, "built in"));
+    let built_in = FIELDS.iter().map(|f| (group_name(f.kind), f.name, f.ty.name(), f.required, "built in"));
     let from_file =
         declared.declared().iter().map(|f| (group_name(f.kind), f.name.as_str(), f.ty.name(), f.required, "--fields"));
     built_in.chain(from_file).collect()
