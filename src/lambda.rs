@@ -93,6 +93,10 @@ pub struct Settings {
     /// `TRIPFLOW_FIELDS`: the fields file, a path or `s3://BUCKET/KEY`; read when a
     /// function opens ([`crate::config::read_fields`]).
     pub fields: Option<String>,
+    /// `TRIPFLOW_STACK` (the template sets the stack's name), else the function's own
+    /// name (`AWS_LAMBDA_FUNCTION_NAME`): the `stack` dimension of the EMF metrics, so
+    /// that two stacks in one account have series, and alarms, of their own.
+    pub stack: String,
 }
 
 impl Settings {
@@ -161,7 +165,12 @@ impl Settings {
             .transpose()?;
         // The lookback's bound is the date selection's, as `tripflow kpi` checks it.
         config::lookback_dates(args.window.lookback, chrono::Utc::now().date_naive())?;
+        let stack = ["TRIPFLOW_STACK", "AWS_LAMBDA_FUNCTION_NAME"]
+            .iter()
+            .find_map(|name| var(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| telemetry::DEFAULT_STACK.to_owned());
         Ok(Settings {
+            stack,
             store,
             dead_letter,
             out,
@@ -189,6 +198,8 @@ pub struct IngestFunction {
     pub chunk_records: usize,
     /// Time kept in hand at the deadline.
     pub deadline_margin: Duration,
+    /// The `stack` dimension of its EMF lines ([`Settings::stack`]).
+    pub stack: String,
 }
 
 /// What one ingest invocation did: the counts of its one log line.
@@ -217,7 +228,7 @@ impl IngestFunction {
         let (dead_letters, _) = config::open_dead_letters(&DeadLetterUrl::Object(dead_letter.clone()), aws).await?;
         let declared = config::read_fields(settings.fields.as_deref(), aws).await?;
         let fields = FieldRules { declared, unknown: settings.unknown_fields };
-        Ok(IngestFunction { fields, ..Self::new(store, dead_letters) })
+        Ok(IngestFunction { fields, stack: settings.stack.clone(), ..Self::new(store, dead_letters) })
     }
 
     /// A function over a store and a dead-letter output already opened.
@@ -228,6 +239,7 @@ impl IngestFunction {
             fields: FieldRules::default(),
             chunk_records: DEFAULT_CHUNK_RECORDS,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
+            stack: telemetry::DEFAULT_STACK.to_owned(),
         }
     }
 
@@ -322,7 +334,7 @@ impl IngestFunction {
             "Merged Kinesis batch."
         );
         // The same figures as `tripflow ingest --metrics-addr` serves, for CloudWatch.
-        println!("{}", telemetry::emf_line("ingest", &counts, &times, now()));
+        println!("{}", telemetry::emf_line(&self.stack, "ingest", &counts, &times, now()));
         Ok((response, summary))
     }
 }
@@ -374,6 +386,7 @@ pub struct KpiFunction {
     lookback: u32,
     formats: Formats,
     fields: Fields,
+    stack: String,
 }
 
 impl KpiFunction {
@@ -397,6 +410,7 @@ impl KpiFunction {
             lookback: settings.lookback,
             formats: Formats { parquet: settings.parquet },
             fields,
+            stack: settings.stack.clone(),
         })
     }
 
@@ -463,7 +477,17 @@ impl KpiFunction {
             "KPI run done."
         );
         // For the alarm on a missed night, and the run's figures.
-        let emf = telemetry::kpi_emf_line(report.dates.len(), report.exported_rows, began.elapsed(), SystemTime::now());
+        let emf = telemetry::kpi_emf_line(
+            &self.stack,
+            &telemetry::KpiFigures {
+                dates: report.dates.len(),
+                trips: report.exported_rows,
+                took: began.elapsed(),
+                consumed: report.consumed,
+                bytes_written: report.bytes_written,
+            },
+            SystemTime::now(),
+        );
         println!("{emf}");
         Ok(KpiSummary {
             requested,
@@ -527,6 +551,11 @@ mod tests {
         assert!(segments.starts_with("TRIPFLOW_SCAN_SEGMENTS: invalid value '0'"), "{segments}");
         let quiet = Settings::from_vars(vars(&[store])).unwrap();
         assert_eq!((quiet.out, quiet.lookback, quiet.parquet), (None, 1, false), "unset is unset, not a default");
+        // The metrics' stack: the template's, else the function's name.
+        assert_eq!(quiet.stack, telemetry::DEFAULT_STACK);
+        let named = |pairs: &[(&str, &str)]| Settings::from_vars(vars(&[&[store], pairs].concat())).unwrap().stack;
+        assert_eq!(named(&[("AWS_LAMBDA_FUNCTION_NAME", "a-ingest")]), "a-ingest");
+        assert_eq!(named(&[("AWS_LAMBDA_FUNCTION_NAME", "a-ingest"), ("TRIPFLOW_STACK", "a")]), "a");
         for (value, parquet) in [("true", true), ("1", true), ("yes", true), ("false", false), ("0", false)] {
             assert_eq!(Settings::from_vars(vars(&[store, ("TRIPFLOW_PARQUET", value)])).unwrap().parquet, parquet);
         }

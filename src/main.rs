@@ -1,6 +1,7 @@
 //! The `tripflow` binary: parse the command line, set up logging, run the library,
 //! and turn an error into one line and a non-zero exit.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,7 +19,10 @@ fn main() -> ExitCode {
         _ => "info,tripflow=debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only on a terminal (and not under NO_COLOR): a log in a file or a pipe is
+    // plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

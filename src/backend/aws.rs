@@ -5,17 +5,19 @@
 //! `AWS_ENDPOINT_URL_KINESIS`, `..._DYNAMODB`, `..._S3`, the shared config files, SSO,
 //! instance roles). The S3 object store gets the same region and the same credential
 //! chain, so one profile serves every backend. The SDK clients retry throttling, 5xx
-//! responses, timeouts and dropped connections with exponential backoff and jitter.
+//! responses, timeouts and dropped connections with exponential backoff and jitter, from
+//! a retry budget of their own ([`RETRY_BUDGET_CALLS`]; docs/aws.md#retries).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
+use aws_config::retry::{RetryConfig, RetryMode};
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_dynamodb::config::retry::{RetryPartition, TokenBucket};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::{CredentialProvider, ObjectStore};
@@ -25,15 +27,52 @@ use crate::{Error, Result};
 /// Attempts per request, the first included, before an SDK call gives up.
 pub const MAX_ATTEMPTS: u32 = 10;
 
+/// SDK calls in flight at once that the retry budget is sized for: each may hold one
+/// retry's tokens while it waits, and have every retry it is allowed spent.
+pub const RETRY_BUDGET_CALLS: usize = 64;
+
 /// The AWS configuration of a process.
 #[derive(Clone, Debug)]
 pub struct Aws {
     sdk: SdkConfig,
     s3_endpoint: Option<String>,
+    /// The retry partition of every client this configuration makes; `None` leaves the
+    /// SDK's own (one per service and region, shared by the process).
+    retries: Option<RetryPartition>,
 }
 
-fn retry_config() -> RetryConfig {
-    RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS).with_initial_backoff(Duration::from_millis(50))
+/// The retry mode `AWS_RETRY_MODE` asks for, if any: then the SDK's own retry
+/// partition, token bucket and (adaptive) rate limiter apply, as AWS documents them.
+fn sdk_retry_mode() -> Result<Option<RetryMode>> {
+    match std::env::var("AWS_RETRY_MODE").ok().filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "standard" | "legacy" => Ok(Some(RetryMode::Standard)),
+            "adaptive" => Ok(Some(RetryMode::Adaptive)),
+            _ => Err(Error::config(format!(
+                "AWS_RETRY_MODE={v:?} is not a retry mode; unset it for tripflow's retry budget, or set standard or adaptive"
+            ))),
+        },
+    }
+}
+
+fn retry_config(mode: Option<RetryMode>) -> RetryConfig {
+    let config = match mode {
+        Some(RetryMode::Adaptive) => RetryConfig::adaptive(),
+        _ => RetryConfig::standard(),
+    };
+    config.with_max_attempts(MAX_ATTEMPTS).with_initial_backoff(Duration::from_millis(50))
+}
+
+/// The retry budget of a process, shared by its clients: unlike the SDK's default
+/// bucket (500 tokens, refilled only by successes), it holds a full set of retries for
+/// [`RETRY_BUDGET_CALLS`] calls and refills with time, so sustained throttling slows the
+/// calls down (their backoff) instead of failing them on their first fault.
+fn retry_budget() -> RetryPartition {
+    // A retry costs at most 10 tokens (a timeout or dropped connection; a throttle 5).
+    let capacity = RETRY_BUDGET_CALLS * (MAX_ATTEMPTS as usize - 1) * 10;
+    let bucket = TokenBucket::builder().capacity(capacity).refill_rate(capacity as f32 / 60.0).build();
+    RetryPartition::custom("tripflow").token_bucket(bucket).build()
 }
 
 fn timeout_config() -> TimeoutConfig {
@@ -57,9 +96,10 @@ impl Aws {
     /// # Errors
     /// When no region is set anywhere the SDK looks.
     pub async fn from_env() -> Result<Self> {
+        let mode = sdk_retry_mode()?;
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client())
-            .retry_config(retry_config())
+            .retry_config(retry_config(mode))
             .timeout_config(timeout_config())
             .load()
             .await;
@@ -71,7 +111,7 @@ impl Aws {
                 "no AWS region is set: set AWS_REGION (e.g. export AWS_REGION=eu-west-1) or a region in your AWS profile",
             ));
         }
-        Ok(Aws { sdk, s3_endpoint })
+        Ok(Aws { sdk, s3_endpoint, retries: mode.is_none().then(retry_budget) })
     }
 
     /// A configuration that sends every service to `endpoint` (an emulator such as
@@ -90,10 +130,10 @@ impl Aws {
             .region(Region::new("us-east-1"))
             .endpoint_url(endpoint)
             .credentials_provider(SharedCredentialsProvider::new(credentials))
-            .retry_config(retry_config())
+            .retry_config(retry_config(None))
             .timeout_config(timeout_config())
             .build();
-        Aws { sdk, s3_endpoint: Some(endpoint.to_owned()) }
+        Aws { sdk, s3_endpoint: Some(endpoint.to_owned()), retries: Some(retry_budget()) }
     }
 
     /// The loaded SDK configuration.
@@ -103,13 +143,16 @@ impl Aws {
 
     /// A Kinesis client.
     pub fn kinesis(&self) -> aws_sdk_kinesis::Client {
-        aws_sdk_kinesis::Client::new(&self.sdk)
+        let mut conf = aws_sdk_kinesis::config::Builder::from(&self.sdk);
+        conf.set_retry_partition(self.retries.clone());
+        aws_sdk_kinesis::Client::from_conf(conf.build())
     }
 
     /// An S3 client (for creating buckets; data goes through [`Aws::s3`]).
     pub fn s3_client(&self) -> aws_sdk_s3::Client {
-        let conf = aws_sdk_s3::config::Builder::from(&self.sdk).force_path_style(self.s3_endpoint.is_some()).build();
-        aws_sdk_s3::Client::from_conf(conf)
+        let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk).force_path_style(self.s3_endpoint.is_some());
+        conf.set_retry_partition(self.retries.clone());
+        aws_sdk_s3::Client::from_conf(conf.build())
     }
 
     /// Creates `bucket` unless it exists. Returns whether it was created.
@@ -144,12 +187,16 @@ impl Aws {
 
     /// An SQS client (for the on-failure queue of the Lambda ingest function).
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
-        aws_sdk_sqs::Client::new(&self.sdk)
+        let mut conf = aws_sdk_sqs::config::Builder::from(&self.sdk);
+        conf.set_retry_partition(self.retries.clone());
+        aws_sdk_sqs::Client::from_conf(conf.build())
     }
 
     /// A DynamoDB client.
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
-        aws_sdk_dynamodb::Client::new(&self.sdk)
+        let mut conf = aws_sdk_dynamodb::config::Builder::from(&self.sdk);
+        conf.set_retry_partition(self.retries.clone());
+        aws_sdk_dynamodb::Client::from_conf(conf.build())
     }
 
     /// An object store for `s3://bucket`, with this configuration's region, endpoint and

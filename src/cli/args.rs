@@ -13,6 +13,7 @@ use crate::config::{self, AwsTuning};
 use crate::error::{Context, Stage};
 use crate::ingest::{IngestCounts, IngestOptions};
 use crate::kpi::{KpiReport, OutputLocation};
+use crate::observe::units;
 use crate::stream::StartPosition;
 use crate::{Error, Result};
 
@@ -564,6 +565,15 @@ pub(crate) fn print_counts(c: &IngestCounts, dead_letters: &str) {
         "read {} = applied {} + duplicate_or_stale {} + dead_lettered {}  ({} batches, {} store writes)",
         c.read, c.applied, c.duplicate_or_stale, c.dead_lettered, c.batches, c.store_writes
     );
+    if c.write_milliunits + c.read_milliunits > 0 {
+        println!(
+            "DynamoDB capacity: {} write units, {} read units{}, for {} bytes read from the stream",
+            units(c.write_milliunits),
+            units(c.read_milliunits),
+            if c.capacity_computed { " (computed from item sizes: the service reported none)" } else { "" },
+            c.stream_bytes
+        );
+    }
     if c.dead_lettered > 0 {
         println!("dead letters, with their reasons: {dead_letters}");
     }
@@ -600,6 +610,16 @@ pub(crate) fn print_kpis(report: &KpiReport, out: &OutputLocation) -> Result<()>
         out.display().trim_end_matches('/')
     );
     println!("report: {}", report.report);
+    let c = report.consumed;
+    if c.read_milliunits + c.write_milliunits > 0 {
+        println!(
+            "DynamoDB capacity: {} read units, {} write units{}; {} bytes written",
+            units(c.read_milliunits),
+            units(c.write_milliunits),
+            if c.computed { " (computed from item sizes: the service reported none)" } else { "" },
+            report.bytes_written
+        );
+    }
     Ok(())
 }
 

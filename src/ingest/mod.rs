@@ -419,6 +419,8 @@ struct Handover {
 /// checkpoints need, with the records and their Arrow columns freed.
 pub struct PreparedBatch {
     read: u64,
+    /// Bytes of the records' data.
+    bytes: u64,
     updates: Vec<TripUpdate>,
     /// Valid groups among the updates, and valid events superseded inside the batch.
     groups: u64,
@@ -468,6 +470,7 @@ pub fn prepare_batch(
     fields: &FieldRules,
 ) -> Result<PreparedBatch> {
     let read = batch.len() as u64;
+    let bytes = batch.iter().map(|p| p.record.data.len() as u64).sum();
     let began = Instant::now();
     let decoded = decode::decode(batch.iter().map(|p| p.record.data.as_slice()));
     let mut validated = validate::validate(&decoded)?;
@@ -507,6 +510,7 @@ pub fn prepare_batch(
 
     Ok(PreparedBatch {
         read,
+        bytes,
         updates: coalesced.updates,
         groups,
         superseded: coalesced.superseded as u64,
@@ -566,9 +570,10 @@ pub async fn merge_prepared(
     dead_letters: &dyn DeadLetterSink,
     batch: PreparedBatch,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
-    let PreparedBatch { read, updates, groups, superseded, letters, sightings, last, decode_validate } = batch;
+    let PreparedBatch { read, bytes, updates, groups, superseded, letters, sightings, last, decode_validate } = batch;
     let began = Instant::now();
     let writes_before = store.write_requests();
+    let consumed_before = store.consumed();
     let outcomes = store.merge(updates).await?;
     let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
     dead_letters.write(&letters).await?;
@@ -586,7 +591,10 @@ pub async fn merge_prepared(
         undeclared: sightings.len() as u64,
         batches: 1,
         store_writes: store.write_requests() - writes_before,
-    };
+        stream_bytes: bytes,
+        ..IngestCounts::default()
+    }
+    .with_consumed(consumed_before, store.consumed());
     debug!(
         rows = counts.read,
         applied = counts.applied,

@@ -97,6 +97,10 @@ pub struct KpiReport {
     pub results: Vec<QueryResult>,
     /// Trips exported to the query engine.
     pub exported_rows: usize,
+    /// DynamoDB capacity the job consumed (the export's reads, the marks' clearing).
+    pub consumed: crate::store::Consumed,
+    /// Bytes of the files written (S3 PUTs, on S3).
+    pub bytes_written: u64,
 }
 
 impl KpiReport {
@@ -366,6 +370,7 @@ pub async fn run(
     formats: Formats,
     progress: &dyn Progress,
 ) -> Result<KpiReport> {
+    let (consumed_before, written_before) = (store.consumed(), out.bytes_written());
     // Read before the export, so every change a mark covers is in it.
     let marks = match dates {
         DateSelection::Dates(_) => Vec::new(),
@@ -426,7 +431,26 @@ pub async fn run(
     let cleared = store.clear_changed(&marks).await?;
     let dates = per_date.keys().filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).collect::<Vec<_>>();
     info!(dates = dates.len(), files = files.len(), exported_rows, changed = changed.len(), cleared, "KPI job done.");
-    Ok(KpiReport { queried, changed, removed, cleared, dates, files, report: written.path, results, exported_rows })
+    let after = store.consumed();
+    let consumed = crate::store::Consumed {
+        write_milliunits: after.write_milliunits - consumed_before.write_milliunits,
+        read_milliunits: after.read_milliunits - consumed_before.read_milliunits,
+        computed: after.computed,
+    };
+    let bytes_written = out.bytes_written() - written_before;
+    Ok(KpiReport {
+        queried,
+        changed,
+        removed,
+        cleared,
+        dates,
+        files,
+        report: written.path,
+        results,
+        exported_rows,
+        consumed,
+        bytes_written,
+    })
 }
 
 /// Which files the job writes besides `kpi.json`.

@@ -29,6 +29,8 @@ pub struct OutputLocation {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     display: String,
+    /// Bytes put so far, through any clone.
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl OutputLocation {
@@ -53,6 +55,7 @@ impl OutputLocation {
                     store: aws.s3(bucket)?,
                     prefix: ObjectPath::from(prefix.as_str()),
                     display: place.to_string(),
+                    written: Arc::default(),
                 });
             }
             ObjectPlace::Local(path) => path,
@@ -67,7 +70,13 @@ impl OutputLocation {
             store: Arc::new(store),
             prefix: ObjectPath::default(),
             display: path.display().to_string(),
+            written: Arc::default(),
         })
+    }
+
+    /// Bytes written through [`OutputLocation::put`] so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The object store and the prefix inside it.
@@ -81,9 +90,11 @@ impl OutputLocation {
     /// When the store refuses the write.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<String> {
         let path = key.split('/').fold(self.prefix.clone(), |p, part| p.clone().join(part));
+        let size = bytes.len() as u64;
         self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| {
             Stage::Output.error_then(format!("cannot write {key} under {}", self.display), e, "choose a writable --out")
         })?;
+        self.written.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         Ok(format!("{}/{key}", self.display.trim_end_matches('/')))
     }
 

@@ -8,4 +8,4 @@ pub mod memory;
 pub mod progress;
 pub mod telemetry;
 
-pub use counts::IngestCounts;
+pub use counts::{IngestCounts, units};

@@ -13,6 +13,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use super::IngestCounts;
+use super::units;
 use crate::{Error, Result};
 
 /// Records read from the stream.
@@ -27,6 +28,13 @@ pub const DEAD_LETTERED: &str = "tripflow_ingest_records_dead_lettered_total";
 pub const UNDECLARED: &str = "tripflow_ingest_records_with_undeclared_fields_total";
 /// Write requests sent to the trip store.
 pub const STORE_WRITES: &str = "tripflow_ingest_store_writes_total";
+/// Bytes of record data read from the stream.
+pub const STREAM_BYTES: &str = "tripflow_ingest_stream_bytes_total";
+/// DynamoDB write capacity units consumed by this process so far (a gauge, as units
+/// come in halves).
+pub const WRITE_UNITS: &str = "tripflow_dynamodb_write_capacity_units";
+/// DynamoDB read capacity units consumed by this process so far.
+pub const READ_UNITS: &str = "tripflow_dynamodb_read_capacity_units";
 /// Micro-batches flushed.
 pub const BATCHES: &str = "tripflow_ingest_batches_total";
 /// Seconds per batch, by `phase`: `decode_validate` or `merge`.
@@ -67,6 +75,9 @@ pub fn batch(counts: &IngestCounts, times: &BatchTimes) {
     counter!(UNDECLARED).increment(counts.undeclared);
     counter!(STORE_WRITES).increment(counts.store_writes);
     counter!(BATCHES).increment(counts.batches);
+    counter!(STREAM_BYTES).increment(counts.stream_bytes);
+    gauge!(WRITE_UNITS, "computed" => counts.capacity_computed.to_string()).increment(units(counts.write_milliunits));
+    gauge!(READ_UNITS, "computed" => counts.capacity_computed.to_string()).increment(units(counts.read_milliunits));
     histogram!(BATCH_SECONDS, "phase" => "decode_validate").record(times.decode_validate.as_secs_f64());
     histogram!(BATCH_SECONDS, "phase" => "merge").record(times.merge.as_secs_f64());
 }
@@ -109,6 +120,9 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
     describe_counter!(UNDECLARED, "Records that carried fields no declared field names (see `tripflow fields`).");
     describe_counter!(STORE_WRITES, "Write requests sent to the trip store.");
     describe_counter!(BATCHES, "Micro-batches flushed.");
+    describe_counter!(STREAM_BYTES, metrics::Unit::Bytes, "Bytes of record data read from the stream.");
+    describe_gauge!(WRITE_UNITS, "DynamoDB write capacity units consumed so far (computed=true: from item sizes).");
+    describe_gauge!(READ_UNITS, "DynamoDB read capacity units consumed so far (computed=true: from item sizes).");
     describe_histogram!(BATCH_SECONDS, metrics::Unit::Seconds, "Seconds per micro-batch, by phase.");
     describe_gauge!(MILLIS_BEHIND, "Milliseconds between the last record read and the newest in the shard.");
     describe_gauge!(RECORDS_BEHIND, "Records in the shard not yet read (embedded stream; capped at 100000).");
@@ -123,12 +137,23 @@ pub fn serve(addr: SocketAddr) -> Result<()> {
 enum Unit {
     Count,
     Seconds,
+    Bytes,
 }
 
+/// The `stack` dimension of a process that was not told its stack.
+pub const DEFAULT_STACK: &str = "tripflow";
+
 /// One CloudWatch Embedded Metric Format log line: each figure as a metric in the
-/// `tripflow` namespace, by `function`. CloudWatch Logs turns the line into metrics with
-/// no API call from the process.
-fn emf(function: &str, figures: &[(&str, Unit, serde_json::Value)], at: SystemTime) -> String {
+/// `tripflow` namespace, by `stack` and `function` (one series per stack, so that two
+/// stacks in one account never answer for each other's alarms). CloudWatch Logs turns
+/// the line into metrics with no API call from the process.
+fn emf(
+    stack: &str,
+    function: &str,
+    figures: &[(&str, Unit, serde_json::Value)],
+    properties: &[(&str, serde_json::Value)],
+    at: SystemTime,
+) -> String {
     let millis = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
     let metrics: Vec<serde_json::Value> = figures
         .iter()
@@ -136,6 +161,7 @@ fn emf(function: &str, figures: &[(&str, Unit, serde_json::Value)], at: SystemTi
             let unit = match unit {
                 Unit::Count => "Count",
                 Unit::Seconds => "Seconds",
+                Unit::Bytes => "Bytes",
             };
             serde_json::json!({ "Name": name, "Unit": unit })
         })
@@ -143,18 +169,22 @@ fn emf(function: &str, figures: &[(&str, Unit, serde_json::Value)], at: SystemTi
     let mut line = serde_json::json!({
         "_aws": {
             "Timestamp": millis,
-            "CloudWatchMetrics": [{ "Namespace": "tripflow", "Dimensions": [["function"]], "Metrics": metrics }],
+            "CloudWatchMetrics": [{ "Namespace": "tripflow", "Dimensions": [["stack", "function"]], "Metrics": metrics }],
         },
+        "stack": stack,
         "function": function,
     });
     for (name, _, value) in figures {
+        line[*name] = value.clone();
+    }
+    for (name, value) in properties {
         line[*name] = value.clone();
     }
     line.to_string()
 }
 
 /// The EMF line of an ingest batch: the counts and the phases' seconds.
-pub fn emf_line(function: &str, counts: &IngestCounts, times: &BatchTimes, at: SystemTime) -> String {
+pub fn emf_line(stack: &str, function: &str, counts: &IngestCounts, times: &BatchTimes, at: SystemTime) -> String {
     use serde_json::json;
     let figures = [
         ("read", Unit::Count, json!(counts.read)),
@@ -163,24 +193,47 @@ pub fn emf_line(function: &str, counts: &IngestCounts, times: &BatchTimes, at: S
         ("dead_lettered", Unit::Count, json!(counts.dead_lettered)),
         ("undeclared", Unit::Count, json!(counts.undeclared)),
         ("store_writes", Unit::Count, json!(counts.store_writes)),
+        ("stream_bytes", Unit::Bytes, json!(counts.stream_bytes)),
+        ("write_capacity_units", Unit::Count, json!(units(counts.write_milliunits))),
+        ("read_capacity_units", Unit::Count, json!(units(counts.read_milliunits))),
         ("decode_validate_seconds", Unit::Seconds, json!(times.decode_validate.as_secs_f64())),
         ("merge_seconds", Unit::Seconds, json!(times.merge.as_secs_f64())),
     ];
-    emf(function, &figures, at)
+    // Whether the capacity units were computed (the service reported none): a property,
+    // not a metric.
+    emf(stack, function, &figures, &[("capacity_computed", json!(counts.capacity_computed))], at)
+}
+
+/// What a KPI run did, for its EMF line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KpiFigures {
+    /// Dates written.
+    pub dates: usize,
+    /// Trips exported.
+    pub trips: usize,
+    /// The run's time.
+    pub took: Duration,
+    /// DynamoDB capacity consumed.
+    pub consumed: crate::store::Consumed,
+    /// Bytes of the files written.
+    pub bytes_written: u64,
 }
 
 /// The EMF line of a KPI run that wrote its files and the report: `KpiRunSucceeded` (1;
 /// the template's alarm fires when no run succeeded in 25 hours), and the run's dates,
 /// trips and seconds.
-pub fn kpi_emf_line(dates: usize, trips: usize, took: Duration, at: SystemTime) -> String {
+pub fn kpi_emf_line(stack: &str, run: &KpiFigures, at: SystemTime) -> String {
     use serde_json::json;
     let figures = [
         ("KpiRunSucceeded", Unit::Count, json!(1)),
-        ("dates", Unit::Count, json!(dates)),
-        ("trips", Unit::Count, json!(trips)),
-        ("seconds", Unit::Seconds, json!(took.as_secs_f64())),
+        ("dates", Unit::Count, json!(run.dates)),
+        ("trips", Unit::Count, json!(run.trips)),
+        ("seconds", Unit::Seconds, json!(run.took.as_secs_f64())),
+        ("read_capacity_units", Unit::Count, json!(units(run.consumed.read_milliunits))),
+        ("write_capacity_units", Unit::Count, json!(units(run.consumed.write_milliunits))),
+        ("bytes_written", Unit::Bytes, json!(run.bytes_written)),
     ];
-    emf("kpi", &figures, at)
+    emf(stack, "kpi", &figures, &[("capacity_computed", json!(run.consumed.computed))], at)
 }
 
 #[cfg(test)]
@@ -197,9 +250,13 @@ mod tests {
             batches: 1,
             store_writes: 2,
             undeclared: 1,
+            stream_bytes: 640,
+            write_milliunits: 2500,
+            read_milliunits: 500,
+            capacity_computed: true,
         };
         let times = BatchTimes { decode_validate: Duration::from_millis(2), merge: Duration::from_millis(30) };
-        let line = emf_line("ingest", &counts, &times, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let line = emf_line("prod", "ingest", &counts, &times, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000u64);
         let names: Vec<&str> = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
@@ -213,10 +270,19 @@ mod tests {
         }
         assert_eq!((v["read"].as_u64(), v["dead_lettered"].as_u64()), (Some(5), Some(1)));
         assert_eq!(v["merge_seconds"].as_f64(), Some(0.03));
+        // Capacity in units, and whether they were computed.
+        assert_eq!((v["write_capacity_units"].as_f64(), v["read_capacity_units"].as_f64()), (Some(2.5), Some(0.5)));
+        assert_eq!((v["stream_bytes"].as_u64(), v["capacity_computed"].as_bool()), (Some(640), Some(true)));
         assert!(!line.contains('\n'), "one line");
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["stack", "function"]]));
+        assert_eq!((v["stack"].as_str(), v["function"].as_str()), (Some("prod"), Some("ingest")));
 
-        let kpi: serde_json::Value =
-            serde_json::from_str(&kpi_emf_line(3, 1200, Duration::from_millis(1500), UNIX_EPOCH)).unwrap();
+        let kpi: serde_json::Value = serde_json::from_str(&kpi_emf_line(
+            "prod",
+            &KpiFigures { dates: 3, trips: 1200, took: Duration::from_millis(1500), ..KpiFigures::default() },
+            UNIX_EPOCH,
+        ))
+        .unwrap();
         let metrics = kpi["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap();
         for m in metrics {
             assert!(kpi[m["Name"].as_str().unwrap()].is_number(), "{m} is declared but not given");

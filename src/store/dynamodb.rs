@@ -59,13 +59,15 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
     GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType, PutRequest,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, WriteRequest,
+    ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
+    WriteRequest,
 };
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
+use super::capacity;
 use super::ledger::{self, SeenField, ShardLedger, Sighting};
 use super::{
     ChangedDate, CompactString, EXPORT_BATCH_ROWS, EndGroup, ExportBuilder, MergeOutcome, Projection as Columns,
@@ -186,6 +188,8 @@ pub struct DynamoStore {
     write_concurrency: usize,
     scan_segments: u32,
     writes: Arc<AtomicU64>,
+    /// The capacity units its requests consumed.
+    capacity: Arc<capacity::Meter>,
     /// Shards of the date index of a table this store creates.
     date_shards: u32,
     /// The table's date index, from DescribeTable, learnt once.
@@ -257,6 +261,29 @@ impl Plan {
 struct StoredVersions {
     pickup: Option<CompactString>,
     dropoff: Option<CompactString>,
+    /// The [`WRITE_TOKEN_ATTRIBUTE`] of the write that stored it.
+    token: Option<CompactString>,
+}
+
+/// The attribute each write sets to a token of its own: when a write's answer is lost
+/// and the SDK's retry finds its condition failed, the stored token tells whether it
+/// was that very write that took effect (then it counts as applied) or another.
+const WRITE_TOKEN_ATTRIBUTE: &str = "write_token";
+
+/// The size of the attributes an update writes, with its key: the item's size when it
+/// holds no other group.
+fn written_size(trip_id: &str, e: &Expression) -> usize {
+    let values = e.values.iter().filter_map(|(placeholder, v)| {
+        let name = e.names.get(&format!("#{}", placeholder.trim_start_matches(':')))?;
+        Some(name.len() + capacity::item_size(&HashMap::from([(String::new(), v.clone())])))
+    });
+    "trip_id".len() + trip_id.len() + values.sum::<usize>()
+}
+
+/// A token no other write sends: 64 random bits.
+fn write_token() -> String {
+    use rand::Rng;
+    format!("{:016x}", rand::rng().random::<u64>())
 }
 
 /// The UpdateItem expression of a plan.
@@ -267,7 +294,7 @@ struct Expression {
     values: HashMap<String, AttributeValue>,
 }
 
-fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
+fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex, token: &str) -> Expression {
     let mut set = Vec::new();
     let mut remove = Vec::new();
     let mut names = HashMap::new();
@@ -373,6 +400,9 @@ fn expression(u: &TripUpdate, plan: &Plan, index: DateIndex) -> Expression {
     names.insert("#last_updated".into(), "last_updated".into());
     values.insert(":trip_completed".into(), AttributeValue::Bool(completed));
     values.insert(":last_updated".into(), AttributeValue::S(last_updated.to_owned()));
+    set.push(format!("#{WRITE_TOKEN_ATTRIBUTE} = :{WRITE_TOKEN_ATTRIBUTE}"));
+    names.insert(format!("#{WRITE_TOKEN_ATTRIBUTE}"), WRITE_TOKEN_ATTRIBUTE.into());
+    values.insert(format!(":{WRITE_TOKEN_ATTRIBUTE}"), AttributeValue::S(token.to_owned()));
 
     let mut update = format!("SET {}", set.join(", "));
     if !remove.is_empty() {
@@ -392,6 +422,7 @@ fn stored_versions(item: Option<&HashMap<String, AttributeValue>>) -> StoredVers
     item.map(|i| StoredVersions {
         pickup: text(i, StartGroup::KIND.version_field()),
         dropoff: text(i, EndGroup::KIND.version_field()),
+        token: text(i, WRITE_TOKEN_ATTRIBUTE),
     })
     .unwrap_or_default()
 }
@@ -464,6 +495,7 @@ impl DynamoStore {
             write_concurrency: DEFAULT_WRITE_CONCURRENCY,
             scan_segments: DEFAULT_SCAN_SEGMENTS,
             writes: Arc::default(),
+            capacity: Arc::default(),
             date_shards: DEFAULT_DATE_SHARDS,
             index: tokio::sync::OnceCell::new(),
             returns_old_items: AtomicBool::new(false),
@@ -645,9 +677,13 @@ impl DynamoStore {
                 .table_name(&self.marks_table)
                 .key("trip_date", AttributeValue::S(key.clone()))
                 .consistent_read(true)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
                 .map_err(|e| self.marks_error(e))?;
+            self.capacity.read(out.consumed_capacity(), || {
+                capacity::read_units(out.item().map_or(0, capacity::item_size), true)
+            });
             let item = out.item.unwrap_or_default();
             let version = text(&item, "version").and_then(|v| v.parse::<u64>().ok());
             let mut entry = match text(&item, "ledger") {
@@ -655,13 +691,16 @@ impl DynamoStore {
                 None => ShardLedger::default(),
             };
             let Some(new) = entry.add(seen.iter().copied(), now) else { return Ok(Vec::new()) };
+            let text = entry.to_text();
+            let size = "trip_date".len() + key.len() + "ledger".len() + text.len() + "version".len() + 3;
             let put = self
                 .client
                 .put_item()
                 .table_name(&self.marks_table)
                 .item("trip_date", AttributeValue::S(key.clone()))
-                .item("ledger", AttributeValue::S(entry.to_text()))
-                .item("version", AttributeValue::N((version.unwrap_or(0) + 1).to_string()));
+                .item("ledger", AttributeValue::S(text))
+                .item("version", AttributeValue::N((version.unwrap_or(0) + 1).to_string()))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
             let put = match version {
                 Some(v) => put
                     .condition_expression("version = :read")
@@ -669,8 +708,13 @@ impl DynamoStore {
                 None => put.condition_expression("attribute_not_exists(trip_date)"),
             };
             match put.send().await {
-                Ok(_) => return Ok(new),
-                Err(e) if matches!(e.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {}
+                Ok(out) => {
+                    self.capacity.write(out.consumed_capacity(), || capacity::write_units(size));
+                    return Ok(new);
+                }
+                Err(e) if matches!(e.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {
+                    self.capacity.unreported_write(capacity::write_units(size));
+                }
                 Err(e) => return Err(self.marks_error(e)),
             }
         }
@@ -690,10 +734,14 @@ impl DynamoStore {
             .key("trip_date", AttributeValue::S(m.date.format("%Y-%m-%d").to_string()))
             .condition_expression("marked_at = :read")
             .expression_attribute_values(":read", AttributeValue::S(m.mark.clone()))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
         match sent {
-            Ok(_) => Ok(1),
+            Ok(out) => {
+                self.capacity.write(out.consumed_capacity(), || 1.0);
+                Ok(1)
+            }
             // Marked again since it was read: it stays for the next run.
             Err(e) if matches!(e.as_service_error(), Some(DeleteItemError::ConditionalCheckFailedException(_))) => {
                 Ok(0)
@@ -723,10 +771,14 @@ impl DynamoStore {
                 let out = self
                     .client
                     .batch_write_item()
-                    .request_items(&self.marks_table, left)
+                    .request_items(&self.marks_table, left.clone())
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
                     .await
                     .map_err(|e| self.marks_error(e))?;
+                let unprocessed = out.unprocessed_items().and_then(|u| u.get(&self.marks_table)).map_or(0, Vec::len);
+                // One unit per mark written (a mark is far under 1 KB).
+                self.capacity.write(out.consumed_capacity().first(), || (left.len() - unprocessed) as f64);
                 left = out.unprocessed_items.and_then(|mut u| u.remove(&self.marks_table)).unwrap_or_default();
                 if left.is_empty() {
                     break;
@@ -752,7 +804,11 @@ impl DynamoStore {
             {
                 self.mark([date]).await?;
             }
-            let e = expression(u, &plan, index);
+            let token = write_token();
+            let e = expression(u, &plan, index, &token);
+            // Without reported capacity, the new item's size is what the units follow.
+            let written = written_size(&u.trip_id, &e);
+            let computes = self.capacity.computes();
             self.writes.fetch_add(1, Ordering::Relaxed);
             let sent = self
                 .client
@@ -764,12 +820,32 @@ impl DynamoStore {
                 .set_expression_attribute_names(Some(e.names))
                 .set_expression_attribute_values(Some(e.values))
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .return_values(if computes { ReturnValue::AllNew } else { ReturnValue::None })
                 .send()
                 .await;
             match sent {
-                Ok(_) => return Ok(MergeOutcome { start_applied: plan.start, end_applied: plan.end }),
+                Ok(out) => {
+                    self.capacity.write(out.consumed_capacity(), || {
+                        let size = out.attributes().map_or(written, capacity::item_size);
+                        // The item, and its date index's item when it has one (moved:
+                        // deleted under the old key too).
+                        let indexed = out.attributes().map_or(plan.end, |a| a.contains_key(index.attribute()));
+                        let index_items = if !indexed {
+                            0.0
+                        } else if plan.stored_date.is_some() {
+                            2.0
+                        } else {
+                            1.0
+                        };
+                        capacity::write_units(size) * (1.0 + index_items)
+                    });
+                    return Ok(MergeOutcome { start_applied: plan.start, end_applied: plan.end });
+                }
                 Err(err) => match err.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
+                        self.capacity
+                            .unreported_write(capacity::write_units(failed.item().map_or(0, capacity::item_size)));
                         let stored = match failed.item() {
                             Some(item) => {
                                 self.returns_old_items.store(true, Ordering::Relaxed);
@@ -778,6 +854,11 @@ impl DynamoStore {
                             None if self.returns_old_items.load(Ordering::Relaxed) => StoredVersions::default(),
                             None => stored_versions(self.get_raw(&u.trip_id).await?.as_ref()),
                         };
+                        // An earlier attempt of this very write took effect, and its
+                        // answer was lost: the SDK's retry failed against it.
+                        if stored.token.as_deref() == Some(token.as_str()) {
+                            return Ok(MergeOutcome { start_applied: plan.start, end_applied: plan.end });
+                        }
                         match Plan::after_failure(u, &stored) {
                             None => return Ok(MergeOutcome::default()),
                             Some(next) => {
@@ -812,6 +893,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .key("trip_id", AttributeValue::S(trip_id.to_owned()))
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(|e| {
@@ -821,6 +903,8 @@ impl DynamoStore {
                     Error::store(format!("GetItem {trip_id} from {}: {}", self.table, describe(&e)))
                 }
             })?;
+        self.capacity
+            .read(out.consumed_capacity(), || capacity::read_units(out.item().map_or(0, capacity::item_size), true));
         Ok(out.item)
     }
 
@@ -835,10 +919,14 @@ impl DynamoStore {
             .consistent_read(true)
             .segment(segment as i32)
             .total_segments(self.scan_segments as i32)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::store(format!("Scan of {}: {}", self.table, describe(&e))))?;
+            self.capacity.read(page.consumed_capacity(), || {
+                capacity::read_units(page.items().iter().map(capacity::item_size).sum(), true)
+            });
             page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
@@ -872,11 +960,16 @@ impl DynamoStore {
             .key_condition_expression("#d = :d")
             .expression_attribute_names("#d", index.attribute())
             .expression_attribute_values(":d", AttributeValue::S(key))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page =
                 page.map_err(|e| Error::store(format!("Query of {} on {name}: {}", self.table, describe(&e))))?;
+            // An index is read eventually consistent.
+            self.capacity.read(page.consumed_capacity(), || {
+                capacity::read_units(page.items().iter().map(capacity::item_size).sum(), false)
+            });
             page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
@@ -969,10 +1062,20 @@ impl TripStore for DynamoStore {
     async fn changed_dates(&self) -> Result<Vec<ChangedDate>> {
         let settled_before =
             chrono::Utc::now() - chrono::Duration::from_std(self.mark_grace).unwrap_or(chrono::Duration::MAX);
-        let mut pages = self.client.scan().table_name(&self.marks_table).consistent_read(true).into_paginator().send();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.marks_table)
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .into_paginator()
+            .send();
         let mut marks = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.marks_error(e))?;
+            self.capacity.read(page.consumed_capacity(), || {
+                capacity::read_units(page.items().iter().map(capacity::item_size).sum(), true)
+            });
             for item in page.items() {
                 if text(item, "trip_date").is_some_and(|k| k.starts_with("fields")) {
                     continue; // the ledger's items, never a date
@@ -1052,10 +1155,14 @@ impl TripStore for DynamoStore {
                 .item("trip_date", AttributeValue::S(format!("{FIRST_SEEN_KEY_PREFIX}{key}")))
                 .item("seen_at", AttributeValue::S(now.clone()))
                 .condition_expression("attribute_not_exists(trip_date)")
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
             match put {
-                Ok(_) => first.push(key),
+                Ok(out) => {
+                    self.capacity.write(out.consumed_capacity(), || 1.0);
+                    first.push(key);
+                }
                 Err(e) if matches!(e.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {}
                 Err(e) => return Err(self.marks_error(e)),
             }
@@ -1081,11 +1188,17 @@ impl TripStore for DynamoStore {
             .consistent_read(true)
             .filter_expression("begins_with(trip_date, :prefix)")
             .expression_attribute_values(":prefix", AttributeValue::S(LEDGER_KEY_PREFIX.into()))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .into_paginator()
             .send();
         let mut entries = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.marks_error(e))?;
+            // Filtered after the read: what it read is what the filter kept and left,
+            // which the page does not say; the kept items are a lower bound.
+            self.capacity.read(page.consumed_capacity(), || {
+                capacity::read_units(page.items().iter().map(capacity::item_size).sum(), true)
+            });
             for item in page.items() {
                 let text = text(item, "ledger")
                     .ok_or_else(|| Error::store(format!("{}: a ledger item has no ledger", self.marks_table)))?;
@@ -1097,6 +1210,10 @@ impl TripStore for DynamoStore {
 
     fn write_requests(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+
+    fn consumed(&self) -> super::Consumed {
+        self.capacity.consumed()
     }
 }
 
@@ -1123,15 +1240,19 @@ mod tests {
     #[test]
     fn a_lone_start_assumes_no_end_and_a_lone_end_assumes_an_earlier_start() {
         let u = TripUpdate { trip_id: "t".into(), start: Some(start("2024-05-25 10:00:00")), end: None };
-        let e = expression(&u, &Plan::first(&u), DateIndex::Sharded(4));
+        let e = expression(&u, &Plan::first(&u), DateIndex::Sharded(4), "t");
         assert!(e.condition.contains("attribute_not_exists(#dropoff_datetime)"), "{}", e.condition);
         assert!(!e.values.contains_key(":trip_date_shard"), "no date, no shard");
         assert_eq!(e.values[":trip_completed"], AttributeValue::Bool(false));
         assert!(e.update.contains("REMOVE #estimated_dropoff_datetime"), "{}", e.update);
+        // Each write stores its token, to know itself again if its answer is lost.
+        assert!(e.update.contains("#write_token = :write_token"), "{}", e.update);
+        assert_eq!(e.values[":write_token"], AttributeValue::S("t".into()));
+        assert_ne!(write_token(), write_token());
 
         let u = TripUpdate { trip_id: "t".into(), start: None, end: Some(end("2024-05-25 11:00:00")) };
-        assert!(!expression(&u, &Plan::first(&u), DateIndex::Plain).values.contains_key(":trip_date_shard"));
-        let e = expression(&u, &Plan::first(&u), DateIndex::Sharded(4));
+        assert!(!expression(&u, &Plan::first(&u), DateIndex::Plain, "t").values.contains_key(":trip_date_shard"));
+        let e = expression(&u, &Plan::first(&u), DateIndex::Sharded(4), "t");
         assert!(e.condition.contains("#pickup_datetime <= :dropoff_datetime"), "{}", e.condition);
         assert_eq!(e.values[":trip_date"], AttributeValue::S("2024-05-25".into()));
         let shard = format!("2024-05-25#{}", date_shard("t", 4));
@@ -1149,22 +1270,22 @@ mod tests {
     #[test]
     fn a_failed_condition_tells_stale_from_a_wrong_assumption() {
         let u = TripUpdate { trip_id: "t".into(), start: None, end: Some(end("2024-05-25 11:00:00")) };
-        let stored = StoredVersions { pickup: None, dropoff: Some("2024-05-25 11:00:00".into()) };
+        let stored = StoredVersions { pickup: None, dropoff: Some("2024-05-25 11:00:00".into()), ..Default::default() };
         assert!(Plan::after_failure(&u, &stored).is_none(), "an equal version is a duplicate");
 
-        let stored = StoredVersions { pickup: None, dropoff: None };
+        let stored = StoredVersions { pickup: None, dropoff: None, ..Default::default() };
         let next = Plan::after_failure(&u, &stored).unwrap();
         assert_eq!(next.other, Other::Absent, "the end came first");
-        let e = expression(&u, &next, DateIndex::Plain);
+        let e = expression(&u, &next, DateIndex::Plain, "t");
         assert_eq!(e.values[":trip_completed"], AttributeValue::Bool(false));
 
-        let stored = StoredVersions { pickup: Some("2024-05-25 12:00:00".into()), dropoff: None };
+        let stored = StoredVersions { pickup: Some("2024-05-25 12:00:00".into()), dropoff: None, ..Default::default() };
         let next = Plan::after_failure(&u, &stored).unwrap();
-        let e = expression(&u, &next, DateIndex::Plain);
+        let e = expression(&u, &next, DateIndex::Plain, "t");
         assert_eq!(e.values[":last_updated"], AttributeValue::S("2024-05-25 12:00:00".into()), "the newer version");
 
         let both = TripUpdate { start: Some(start("2024-05-25 10:00:00")), ..u };
-        let stored = StoredVersions { pickup: Some("2024-05-25 10:00:00".into()), dropoff: None };
+        let stored = StoredVersions { pickup: Some("2024-05-25 10:00:00".into()), dropoff: None, ..Default::default() };
         let next = Plan::after_failure(&both, &stored).unwrap();
         assert!(!next.start && next.end, "only the newer group is written again");
         assert_eq!(next.other, Other::Is("2024-05-25 10:00:00".into()));
@@ -1176,7 +1297,7 @@ mod tests {
         let u = TripUpdate { trip_id: "t".into(), start: None, end: Some(end("2024-05-27 11:00:00")) };
         let first = Plan::first(&u);
         assert_eq!(first.other_date(), None);
-        let e = expression(&u, &first, DateIndex::Plain);
+        let e = expression(&u, &first, DateIndex::Plain, "t");
         assert!(
             e.condition.contains("(attribute_not_exists(#trip_date) OR #trip_date = :trip_date)"),
             "{}",
@@ -1184,22 +1305,25 @@ mod tests {
         );
 
         // Stored on another day: that day is marked, and the write pins it.
-        let stored =
-            StoredVersions { pickup: Some("2024-05-25 09:00:00".into()), dropoff: Some("2024-05-25 10:00:00".into()) };
+        let stored = StoredVersions {
+            pickup: Some("2024-05-25 09:00:00".into()),
+            dropoff: Some("2024-05-25 10:00:00".into()),
+            ..Default::default()
+        };
         let next = Plan::after_failure(&u, &stored).unwrap();
         assert_eq!(next.other_date(), Some("2024-05-25"));
-        let e = expression(&u, &next, DateIndex::Plain);
+        let e = expression(&u, &next, DateIndex::Plain, "t");
         assert!(e.condition.contains("#trip_date = :stored_trip_date"), "{}", e.condition);
         assert_eq!(e.values[":stored_trip_date"], AttributeValue::S("2024-05-25".into()));
 
         // Stored on the same day: nothing more to mark.
-        let stored = StoredVersions { pickup: None, dropoff: Some("2024-05-27 10:00:00".into()) };
+        let stored = StoredVersions { pickup: None, dropoff: Some("2024-05-27 10:00:00".into()), ..Default::default() };
         assert_eq!(Plan::after_failure(&u, &stored).unwrap().other_date(), None);
 
         // A start that completes a stored end changes the end's day.
         let s = TripUpdate { trip_id: "t".into(), start: Some(start("2024-05-20 10:00:00")), end: None };
         assert_eq!(Plan::first(&s).other_date(), None, "first assumed without an end");
-        let stored = StoredVersions { pickup: None, dropoff: Some("2024-05-21 10:00:00".into()) };
+        let stored = StoredVersions { pickup: None, dropoff: Some("2024-05-21 10:00:00".into()), ..Default::default() };
         assert_eq!(Plan::after_failure(&s, &stored).unwrap().other_date(), Some("2024-05-21"));
     }
 

@@ -6,6 +6,7 @@
 //! any order, duplication or replay of a trip's events gives the same item.
 //! `trip_completed`, `trip_date` and `last_updated` are derived from what is stored.
 
+pub mod capacity;
 pub mod dynamodb;
 pub mod export;
 pub mod ledger;
@@ -305,6 +306,22 @@ pub trait TripStore: Send + Sync {
 
     /// Write requests sent so far (one per trip per batch in the common case).
     fn write_requests(&self) -> u64;
+
+    /// Capacity units consumed so far: DynamoDB's; none for the embedded stores.
+    fn consumed(&self) -> Consumed {
+        Consumed::default()
+    }
+}
+
+/// Capacity units a store consumed, in thousandths of a unit ([`capacity::Meter`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Consumed {
+    /// Write units, in thousandths.
+    pub write_milliunits: u64,
+    /// Read units, in thousandths.
+    pub read_milliunits: u64,
+    /// Some units were computed from item sizes: the service reported none.
+    pub computed: bool,
 }
 
 /// A value for the marks of one merge call that no earlier call in this process gave,

@@ -443,3 +443,30 @@ fn a_metrics_address_in_use_is_one_line() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--metrics-addr"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn logs_are_coloured_on_a_terminal_and_plain_in_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let generated = tripflow(tmp.path(), &["gen", "--trips", "200", "--seed", "3", "--out", "input"]);
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let run = |home: &'static str| {
+        ["run", "-v", "--home", home, "--out", "out", "--start", "input/trip_start.csv", "--end", "input/trip_end.csv"]
+    };
+
+    // `-v` turns the bars off: what colours a terminal gets come from the log lines.
+    let seen = on_a_terminal(tmp.path(), &run("a"));
+    assert!(seen.contains("INFO") && seen.contains("\u{1b}["), "no coloured log lines on a terminal: {seen:?}");
+
+    // `tripflow run -v 2>log`.
+    let log = tmp.path().join("log");
+    let out = Command::new(env!("CARGO_BIN_EXE_tripflow"))
+        .current_dir(tmp.path())
+        .args(run("b"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(written.contains(" INFO "), "no log lines in the file: {written:?}");
+    assert!(!written.contains('\u{1b}'), "control codes in a log file: {written:?}");
+}

@@ -14,6 +14,7 @@ mod deadletter_suite;
 mod edge_values;
 mod emulators;
 mod end_to_end;
+mod faults;
 mod fuzz_corpus;
 mod golden;
 mod lambda;

@@ -83,6 +83,25 @@ pub struct FaultCounts {
     pub expired: AtomicU64,
     /// DynamoDB Query calls seen.
     pub queries: AtomicU64,
+    /// BatchWriteItem calls of more than one item seen.
+    pub batch_writes: AtomicU64,
+    /// BatchWriteItem calls of which only the first half of the items was forwarded,
+    /// the rest answered as UnprocessedItems.
+    pub unprocessed: AtomicU64,
+}
+
+/// Which requests a proxy faults, and how.
+#[derive(Clone, Copy, Debug, Default)]
+struct Faults {
+    rate: f64,
+    seed: u64,
+    /// Every this many GetRecords answer ExpiredIteratorException (0: never).
+    expire_every: u64,
+    /// Only DynamoDB's requests are faulted (the rest pass), and a faulted BatchWriteItem
+    /// may also come back with half its items unprocessed.
+    dynamodb_only: bool,
+    /// DynamoDB's answers lose their ConsumedCapacity, as from a service that reports none.
+    hide_capacity: bool,
 }
 
 /// A proxy in front of the emulator that faults a share of the requests: throttling
@@ -97,28 +116,41 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts the proxy in front of `upstream`, faulting `rate` of the requests.
     pub async fn start(upstream: &str, rate: f64, seed: u64) -> Self {
-        Self::start_with(upstream, rate, seed, 0).await
+        Self::start_with(upstream, Faults { rate, seed, ..Faults::default() }).await
+    }
+
+    /// Starts a proxy that faults `rate` of DynamoDB's requests (and passes the other
+    /// services' untouched): besides the faults of [`FaultProxy::start`], a faulted
+    /// BatchWriteItem may have half its items left unprocessed.
+    pub async fn dynamodb(upstream: &str, rate: f64, seed: u64) -> Self {
+        Self::start_with(upstream, Faults { rate, seed, dynamodb_only: true, ..Faults::default() }).await
+    }
+
+    /// Starts a proxy that faults nothing, but takes ConsumedCapacity out of DynamoDB's
+    /// answers.
+    pub async fn without_capacity(upstream: &str) -> Self {
+        Self::start_with(upstream, Faults { hide_capacity: true, ..Faults::default() }).await
     }
 
     /// Starts a proxy that answers every `every`-th GetRecords with
     /// ExpiredIteratorException (which moto itself never sends), and faults nothing else.
     pub async fn expiring_iterators(upstream: &str, every: u64) -> Self {
-        Self::start_with(upstream, 0.0, 0, every).await
+        Self::start_with(upstream, Faults { expire_every: every, ..Faults::default() }).await
     }
 
-    async fn start_with(upstream: &str, rate: f64, seed: u64, expire_every: u64) -> Self {
+    async fn start_with(upstream: &str, faults: Faults) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let counts = Arc::new(FaultCounts::default());
         let upstream = host_port(upstream);
-        let rng = Arc::new(std::sync::Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)));
+        let rng = Arc::new(std::sync::Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(faults.seed)));
         let c = counts.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else { return };
                 let (upstream, counts, rng) = (upstream.clone(), c.clone(), rng.clone());
                 tokio::spawn(async move {
-                    let _ = serve(conn, &upstream, rate, expire_every, &counts, &rng).await;
+                    let _ = serve(conn, &upstream, faults, &counts, &rng).await;
                 });
             }
         });
@@ -128,10 +160,16 @@ impl FaultProxy {
     /// Requests faulted so far.
     pub fn faulted(&self) -> u64 {
         let c = &self.counts;
-        [&c.throttled, &c.errors, &c.slowed, &c.dropped_before, &c.dropped_after]
+        [&c.throttled, &c.errors, &c.slowed, &c.dropped_before, &c.dropped_after, &c.unprocessed]
             .iter()
             .map(|n| n.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Requests that failed, or did part of their work, so far: every fault but a slow
+    /// answer.
+    pub fn failed(&self) -> u64 {
+        self.faulted() - self.counts.slowed.load(Ordering::Relaxed)
     }
 }
 
@@ -200,19 +238,100 @@ fn error_response(status: &str, json_target: bool, code: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Half of a BatchWriteItem's items (at least one kept), and the other half, by table:
+/// the body the proxy forwards, and what it says DynamoDB left unprocessed.
+fn split_batch(body: &[u8]) -> Option<(Vec<u8>, serde_json::Value)> {
+    let mut request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut left = serde_json::Map::new();
+    for (table, items) in request["RequestItems"].as_object_mut()? {
+        let items = items.as_array_mut()?;
+        let kept = items.len().div_ceil(2);
+        if items.len() > kept {
+            left.insert(table.clone(), serde_json::Value::Array(items.split_off(kept)));
+        }
+    }
+    (!left.is_empty()).then(|| (serde_json::to_vec(&request).unwrap(), serde_json::Value::Object(left)))
+}
+
+/// `head` with its Content-Length set to `length`.
+fn with_length(head: &str, length: usize) -> String {
+    let mut out = String::new();
+    for line in head.trim_end().lines() {
+        if !line.to_ascii_lowercase().starts_with("content-length:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(&format!("Content-Length: {length}\r\n\r\n"));
+    out
+}
+
+/// DynamoDB's answer to the forwarded half of a batch, with the other half added to its
+/// UnprocessedItems (a new answer: its checksum header would no longer match).
+fn with_unprocessed(answer: &[u8], left: serde_json::Value) -> Vec<u8> {
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&answer[..head_end]);
+    let Ok(mut out) = serde_json::from_slice::<serde_json::Value>(&answer[head_end..]) else { return answer.to_vec() };
+    if !head.starts_with("HTTP/1.1 200") || head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return answer.to_vec();
+    }
+    let unprocessed = out.as_object_mut().unwrap().entry("UnprocessedItems").or_insert_with(|| serde_json::json!({}));
+    for (table, items) in left.as_object().unwrap() {
+        let list = unprocessed.as_object_mut().unwrap().entry(table.clone()).or_insert_with(|| serde_json::json!([]));
+        list.as_array_mut().unwrap().extend(items.as_array().unwrap().iter().cloned());
+    }
+    let body = serde_json::to_vec(&out).unwrap();
+    let mut bytes = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// A DynamoDB answer without its ConsumedCapacity (a new answer, like
+/// [`with_unprocessed`]'s).
+fn without_consumed_capacity(answer: &[u8]) -> Vec<u8> {
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&answer[..head_end]);
+    let Ok(mut out) = serde_json::from_slice::<serde_json::Value>(&answer[head_end..]) else { return answer.to_vec() };
+    let Some(fields) = out.as_object_mut() else { return answer.to_vec() };
+    if fields.remove("ConsumedCapacity").is_none() || head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return answer.to_vec();
+    }
+    let status = head.lines().next().unwrap_or("HTTP/1.1 200 OK");
+    let body = serde_json::to_vec(&out).unwrap();
+    let mut bytes = format!(
+        "{status}\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
 async fn serve(
     mut conn: TcpStream,
     upstream: &str,
-    rate: f64,
-    expire_every: u64,
+    faults: Faults,
     counts: &FaultCounts,
     rng: &std::sync::Mutex<rand_chacha::ChaCha8Rng>,
 ) -> std::io::Result<()> {
+    let Faults { mut rate, expire_every, dynamodb_only, hide_capacity, .. } = faults;
     let mut buf = Vec::new();
     // One request per connection: every answer closes it, and the client reconnects.
     let Some((head, body)) = read_request(&mut conn, &mut buf).await? else { return Ok(()) };
     counts.requests.fetch_add(1, Ordering::Relaxed);
-    let json_target = head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:"));
+    let target = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("x-amz-target")))
+        .map(|(_, v)| v.trim().to_owned());
+    let json_target = target.is_some();
+    let dynamodb = target.as_deref().is_some_and(|t| t.starts_with("DynamoDB_"));
+    if dynamodb_only && !dynamodb {
+        rate = 0.0;
+    }
     if head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-amz-target:") && l.ends_with(".Query")) {
         counts.queries.fetch_add(1, Ordering::Relaxed);
     }
@@ -223,9 +342,21 @@ async fn serve(
             return conn.write_all(&error_response("400 Bad Request", true, "ExpiredIteratorException")).await;
         }
     }
+    // A batch of several items always comes back with half of them unprocessed (DynamoDB
+    // answers a batch it can do none of with a throttle, so a batch of one is left whole).
+    let batch = dynamodb_only
+        && target.as_deref().is_some_and(|t| t.ends_with(".BatchWriteItem"))
+        && serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|b| {
+            b["RequestItems"]
+                .as_object()
+                .is_some_and(|t| t.values().map(|i| i.as_array().map_or(0, Vec::len)).sum::<usize>() > 1)
+        });
+    if batch {
+        counts.batch_writes.fetch_add(1, Ordering::Relaxed);
+    }
     let (fault, kind) = {
         let mut r = rng.lock().unwrap();
-        (r.random_bool(rate), r.random_range(0..5u8))
+        if batch { (true, 5) } else { (r.random_bool(rate), r.random_range(0..5u8)) }
     };
     let mut slow = false;
     if fault {
@@ -258,13 +389,26 @@ async fn serve(
     if slow {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    let (request, left) = match (fault && kind == 5).then(|| split_batch(&body)).flatten() {
+        Some((half, left)) => {
+            counts.unprocessed.fetch_add(1, Ordering::Relaxed);
+            (closing(&with_length(&head, half.len()), &half), Some(left))
+        }
+        None => (closing(&head, &body), None),
+    };
     let mut up = TcpStream::connect(upstream).await?;
-    up.write_all(&closing(&head, &body)).await?;
+    up.write_all(&request).await?;
     let mut answer = Vec::new();
     up.read_to_end(&mut answer).await?;
     if fault && kind == 4 {
         counts.dropped_after.fetch_add(1, Ordering::Relaxed);
         return Ok(());
+    }
+    if let Some(left) = left {
+        answer = with_unprocessed(&answer, left);
+    }
+    if hide_capacity && dynamodb {
+        answer = without_consumed_capacity(&answer);
     }
     conn.write_all(&answer).await?;
     conn.shutdown().await

@@ -391,3 +391,51 @@ async fn sql_over_snapshots_on_s3_prunes_by_date_and_is_read_only() {
     let err = session.query("DROP TABLE trips").await.unwrap_err().to_string();
     assert!(err.contains("read-only"), "{err}");
 }
+
+/// The units on a `DynamoDB capacity:` line of the CLI's output: (first, second,
+/// computed), in the order the line gives them.
+fn capacity_line(text: &str, after: &str) -> (f64, f64, bool) {
+    let rest = &text[text.find(after).unwrap_or_else(|| panic!("no {after:?} in:\n{text}"))..];
+    let line = rest
+        .lines()
+        .find(|l| l.starts_with("DynamoDB capacity: "))
+        .unwrap_or_else(|| panic!("no capacity line after {after:?} in:\n{text}"));
+    let numbers: Vec<f64> = line.split([' ', ',', ';']).filter_map(|w| w.parse().ok()).collect();
+    (numbers[0], numbers[1], line.contains("(computed from item sizes"))
+}
+
+#[test]
+fn ingest_and_kpi_report_dynamodb_capacity_and_compute_it_when_none_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    input(&tmp.path().join("data"), 300);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = rt.block_on(FaultProxy::without_capacity(&moto::require()));
+    for (dir, dynamodb, computed) in [("reported", moto::endpoint(), false), ("computed", proxy.url.clone(), true)] {
+        let table = unique("capacity");
+        assert!(rt.block_on(DynamoStore::new(&moto::aws(), &table).create_if_missing()).unwrap());
+        let env = [moto::cli_env(&moto::endpoint()), vec![("AWS_ENDPOINT_URL_DYNAMODB", dynamodb)]].concat();
+        std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+        std::fs::rename(tmp.path().join("data"), tmp.path().join(dir).join("data")).unwrap();
+        let run = tripflow(&tmp.path().join(dir), &env, &["run", &format!("--store=dynamodb://{table}")]);
+        let text = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(run.status.success(), "{text}{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::rename(tmp.path().join(dir).join("data"), tmp.path().join("data")).unwrap();
+        assert!(text.contains("read 600 = applied 600"), "{text}");
+        // Ingest. Computed: at least a unit per write of a trip's item and one for its
+        // date index's (300 trips). Reported: moto's own figures (0.5 a write).
+        let (write, read, labelled) = capacity_line(&text, "read 600");
+        assert_eq!(labelled, computed, "{text}");
+        let least = if computed { 600.0 } else { 1.0 };
+        assert!((least..=3000.0).contains(&write), "{write} write units for 600 groups:\n{text}");
+        assert!(read >= 0.0, "{text}");
+        // The KPI job reads the marks and the days' trips (it clears no mark this young:
+        // no write).
+        let (read, write, labelled) = capacity_line(&text, "report: ");
+        assert_eq!(labelled, computed, "{text}");
+        assert!(read > 0.0 && write == 0.0, "{read} read and {write} write units for the KPI job:\n{text}");
+    }
+    assert!(
+        proxy.counts.requests.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the computed run went through the proxy"
+    );
+}
