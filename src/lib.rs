@@ -19,7 +19,8 @@
 //!   (`ingest::deadletter`) and only then moves the checkpoints.
 //! - [`store`]: the [`store::TripStore`] trait and its conditional merge; `store::lsm`
 //!   is the embedded trip table, `store::dynamodb` the table on DynamoDB;
-//!   `store::ledger` counts the fields events carry that no field names.
+//!   `store::ledger` counts the fields events carry that no field names, and
+//!   `store::capacity` the DynamoDB capacity units the requests consume.
 //! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion;
 //!   `kpi::report` draws `kpi_output/report.html`, `kpi::schedule` runs the job on a
 //!   cron, `kpi::sql` asks ad-hoc SQL of its outputs.
@@ -31,7 +32,7 @@
 //! `model::event::FIELDS` and those a fields file declares beside them
 //! (`model::declared`), the undeclared fields an event carries (`model::extra`), Arrow
 //! schemas, the rules that type a field's text, exact decimals and datetimes), [`backend`] (AWS
-//! clients, and the places each backend flag takes), [`observe`] (progress, metrics,
+//! clients and their retry budget, and the places each backend flag takes), [`observe`] (progress, metrics,
 //! memory), [`config`] (the backends' URLs, each embedded one with its home, and their
 //! openers) and [`error`].
 #![warn(missing_docs)]

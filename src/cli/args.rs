@@ -560,19 +560,27 @@ pub(crate) fn parse_position(s: &str) -> Result<StartPosition> {
     }
 }
 
+/// `DynamoDB capacity: 12 write units, 3.5 read units`, in the order given (thousandths
+/// of a unit in), and whether they were computed.
+fn capacity(first: (&str, u64), second: (&str, u64), computed: bool) -> String {
+    format!(
+        "DynamoDB capacity: {} {} units, {} {} units{}",
+        units(first.1),
+        first.0,
+        units(second.1),
+        second.0,
+        if computed { " (computed from item sizes: the service reported none)" } else { "" }
+    )
+}
+
 pub(crate) fn print_counts(c: &IngestCounts, dead_letters: &str) {
     println!(
         "read {} = applied {} + duplicate_or_stale {} + dead_lettered {}  ({} batches, {} store writes)",
         c.read, c.applied, c.duplicate_or_stale, c.dead_lettered, c.batches, c.store_writes
     );
     if c.write_milliunits + c.read_milliunits > 0 {
-        println!(
-            "DynamoDB capacity: {} write units, {} read units{}, for {} bytes read from the stream",
-            units(c.write_milliunits),
-            units(c.read_milliunits),
-            if c.capacity_computed { " (computed from item sizes: the service reported none)" } else { "" },
-            c.stream_bytes
-        );
+        let capacity = capacity(("write", c.write_milliunits), ("read", c.read_milliunits), c.capacity_computed);
+        println!("{capacity}, for {} bytes read from the stream", c.stream_bytes);
     }
     if c.dead_lettered > 0 {
         println!("dead letters, with their reasons: {dead_letters}");
@@ -612,13 +620,8 @@ pub(crate) fn print_kpis(report: &KpiReport, out: &OutputLocation) -> Result<()>
     println!("report: {}", report.report);
     let c = report.consumed;
     if c.read_milliunits + c.write_milliunits > 0 {
-        println!(
-            "DynamoDB capacity: {} read units, {} write units{}; {} bytes written",
-            units(c.read_milliunits),
-            units(c.write_milliunits),
-            if c.computed { " (computed from item sizes: the service reported none)" } else { "" },
-            report.bytes_written
-        );
+        let capacity = capacity(("read", c.read_milliunits), ("write", c.write_milliunits), c.computed);
+        println!("{capacity}; {} bytes written", report.bytes_written);
     }
     Ok(())
 }

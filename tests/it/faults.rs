@@ -50,6 +50,18 @@ fn retry_mode() -> Vec<(&'static str, String)> {
     std::env::var("AWS_RETRY_MODE").into_iter().map(|m| ("AWS_RETRY_MODE", m)).collect()
 }
 
+/// A function's environment: the table, `output` (its variable, and the bucket under
+/// which `tripflow/` goes), DynamoDB through `proxy`, and the test's retry mode.
+fn function_env(table: &str, output: (&'static str, &str), proxy: &FaultProxy) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
+        (output.0, format!("s3://{}/tripflow", output.1)),
+        ("AWS_ENDPOINT_URL_DYNAMODB", proxy.url.clone()),
+    ];
+    vars.extend(retry_mode());
+    vars
+}
+
 /// Delivers one shard's records as Lambda's Kinesis event source mapping does with
 /// ReportBatchItemFailures and BisectBatchOnFunctionError: batches in order; after a
 /// batch item failure, the batch again from that record; after a function error, each
@@ -184,16 +196,7 @@ async fn the_ingest_function_under_dynamodb_faults_fails_few_invocations_and_los
     // Two function instances, one shard each, as Lambda runs one per shard: DynamoDB
     // through the proxy, S3 (the dead letters) straight to the emulator.
     let api = RuntimeApi::start().await;
-    let vars = [
-        vec![
-            ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
-            ("TRIPFLOW_DEAD_LETTER", format!("s3://{bucket}/tripflow")),
-            ("AWS_ENDPOINT_URL_DYNAMODB", proxy.url.clone()),
-        ],
-        retry_mode(),
-    ]
-    .concat();
-    let vars: Vec<(&str, String)> = vars.into_iter().collect();
+    let vars = function_env(&table, ("TRIPFLOW_DEAD_LETTER", &bucket), &proxy);
     let functions = [Function::start(&api, "ingest", &vars), Function::start(&api, "ingest", &vars)];
     let began = std::time::Instant::now();
     let shards = ["shardId-000000000000", "shardId-000000000001"].map(|shard| {
@@ -245,16 +248,7 @@ async fn the_ingest_function_under_dynamodb_faults_fails_few_invocations_and_los
         .filter_map(|k| k.strip_prefix("kpi_output/date=")?.strip_suffix("/kpi.json").map(str::to_owned))
         .collect();
     let api = RuntimeApi::start().await;
-    let kpi_vars = [
-        vec![
-            ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
-            ("TRIPFLOW_OUT", format!("s3://{bucket}/tripflow")),
-            ("AWS_ENDPOINT_URL_DYNAMODB", proxy.url.clone()),
-        ],
-        retry_mode(),
-    ]
-    .concat();
-    let kpi = Function::start(&api, "kpi", &kpi_vars);
+    let kpi = Function::start(&api, "kpi", &function_env(&table, ("TRIPFLOW_OUT", &bucket), &proxy));
     let outcome = api.invoke_now(&json!({ "dates": dates })).await;
     assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}\n{}", kpi.log());
     let written = crate::on_aws::s3_tree(&aws, &bucket, "tripflow/kpi_output").await;

@@ -266,42 +266,24 @@ fn with_length(head: &str, length: usize) -> String {
     out
 }
 
-/// DynamoDB's answer to the forwarded half of a batch, with the other half added to its
-/// UnprocessedItems (a new answer: its checksum header would no longer match).
-fn with_unprocessed(answer: &[u8], left: serde_json::Value) -> Vec<u8> {
+/// A JSON answer as `edit` changes its body (`edit` is given the status line and says
+/// whether it changed anything): a new answer with its own length, as the old checksum
+/// header would no longer match. The answer as it was when its body is not a JSON
+/// object, comes in chunks, or was not changed.
+fn rewritten(
+    answer: &[u8],
+    edit: impl FnOnce(&str, &mut serde_json::Map<String, serde_json::Value>) -> bool,
+) -> Vec<u8> {
     let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
     let head = String::from_utf8_lossy(&answer[..head_end]);
-    let Ok(mut out) = serde_json::from_slice::<serde_json::Value>(&answer[head_end..]) else { return answer.to_vec() };
-    if !head.starts_with("HTTP/1.1 200") || head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice(&answer[head_end..]) else {
+        return answer.to_vec();
+    };
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") || !edit(&status, &mut body) {
         return answer.to_vec();
     }
-    let unprocessed = out.as_object_mut().unwrap().entry("UnprocessedItems").or_insert_with(|| serde_json::json!({}));
-    for (table, items) in left.as_object().unwrap() {
-        let list = unprocessed.as_object_mut().unwrap().entry(table.clone()).or_insert_with(|| serde_json::json!([]));
-        list.as_array_mut().unwrap().extend(items.as_array().unwrap().iter().cloned());
-    }
-    let body = serde_json::to_vec(&out).unwrap();
-    let mut bytes = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    bytes.extend_from_slice(&body);
-    bytes
-}
-
-/// A DynamoDB answer without its ConsumedCapacity (a new answer, like
-/// [`with_unprocessed`]'s).
-fn without_consumed_capacity(answer: &[u8]) -> Vec<u8> {
-    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
-    let head = String::from_utf8_lossy(&answer[..head_end]);
-    let Ok(mut out) = serde_json::from_slice::<serde_json::Value>(&answer[head_end..]) else { return answer.to_vec() };
-    let Some(fields) = out.as_object_mut() else { return answer.to_vec() };
-    if fields.remove("ConsumedCapacity").is_none() || head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return answer.to_vec();
-    }
-    let status = head.lines().next().unwrap_or("HTTP/1.1 200 OK");
-    let body = serde_json::to_vec(&out).unwrap();
+    let body = serde_json::to_vec(&body).unwrap();
     let mut bytes = format!(
         "{status}\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -309,6 +291,28 @@ fn without_consumed_capacity(answer: &[u8]) -> Vec<u8> {
     .into_bytes();
     bytes.extend_from_slice(&body);
     bytes
+}
+
+/// DynamoDB's answer to the forwarded half of a batch, with the other half added to its
+/// UnprocessedItems.
+fn with_unprocessed(answer: &[u8], left: serde_json::Value) -> Vec<u8> {
+    rewritten(answer, |status, body| {
+        if !status.starts_with("HTTP/1.1 200") {
+            return false;
+        }
+        let unprocessed = body.entry("UnprocessedItems").or_insert_with(|| serde_json::json!({}));
+        for (table, items) in left.as_object().unwrap() {
+            let list =
+                unprocessed.as_object_mut().unwrap().entry(table.clone()).or_insert_with(|| serde_json::json!([]));
+            list.as_array_mut().unwrap().extend(items.as_array().unwrap().iter().cloned());
+        }
+        true
+    })
+}
+
+/// A DynamoDB answer without its ConsumedCapacity.
+fn without_consumed_capacity(answer: &[u8]) -> Vec<u8> {
+    rewritten(answer, |_, body| body.remove("ConsumedCapacity").is_some())
 }
 
 async fn serve(
