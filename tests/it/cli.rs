@@ -409,9 +409,14 @@ fn ingest_serves_live_metrics_that_equal_its_run_report() {
         ("tripflow_ingest_records_dead_lettered_total", "dead_lettered"),
         ("tripflow_ingest_store_writes_total", "store_writes"),
         ("tripflow_ingest_batches_total", "batches"),
+        ("tripflow_ingest_stream_bytes_total", "stream_bytes"),
+        // The embedded table consumes no DynamoDB capacity, and says so.
+        ("tripflow_dynamodb_write_capacity_units{computed=\"false\"}", "write_capacity_units"),
+        ("tripflow_dynamodb_read_capacity_units{computed=\"false\"}", "read_capacity_units"),
     ] {
         assert_eq!(sample(&last, metric), report[field].as_f64(), "{metric} against the report's {field}:\n{last}");
     }
+    assert!(report["stream_bytes"].as_u64().unwrap() > 100 * expected as u64, "{report}");
     // One observation per batch and phase; every shard caught up; the build.
     let batches = report["batches"].as_f64().unwrap();
     for phase in ["decode_validate", "merge"] {
