@@ -9,8 +9,12 @@ source mapping, the schedule's target, every alarm's dimensions and actions, and
 ARN in the roles' policies must name a resource of this stack. A template that names
 anything else (a fixed table name, another stack's stream) fails here.
 
-Usage: stack_on_moto.py ENDPOINT TRANSLATED.json STACK_NAME
+Usage: stack_on_moto.py ENDPOINT TRANSLATED.json STACK_NAME [DEPLOYED.json]
 (the function code the template names is a placeholder uploaded here; moto never runs it)
+
+DEPLOYED.json, if named, receives what the functions run with as deployed: each one's
+environment, the policies of its role as IAM holds them, and the stack's stream and
+bucket (tests/it/lambda_iam.rs runs both functions with exactly that).
 """
 
 import ast
@@ -185,6 +189,26 @@ class Stack:
             else:
                 sys.exit(f"{logical} ({kind}) was not created, and this script cannot create it")
 
+    def deployed(self):
+        """What each function runs with, as the services hold it."""
+        lam, iam = self.client("lambda"), self.client("iam")
+        out = {"stack": self.name, "functions": {}}
+        for logical, r in self.t["Resources"].items():
+            kind = r["Type"]
+            if kind == "AWS::Lambda::Function":
+                f = lam.get_function_configuration(FunctionName=self.physical[logical])
+                role = f["Role"].rsplit("/", 1)[-1]
+                policies = []
+                for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+                    policies.append([name, policy_document(iam.get_role_policy(RoleName=role, PolicyName=name))])
+                env = {k: str(v) for k, v in f.get("Environment", {}).get("Variables", {}).items()}
+                out["functions"][logical] = {"name": f["FunctionName"], "env": env, "policies": policies}
+            elif kind == "AWS::Kinesis::Stream":
+                out["stream"], out["stream_arn"] = self.physical[logical], self.arns[logical]
+            elif kind == "AWS::S3::Bucket":
+                out["bucket"] = self.physical[logical]
+        return out
+
     # -- checks ---------------------------------------------------------------------------
 
     def check(self):
@@ -270,19 +294,24 @@ class Stack:
                 continue
             role = self.physical[logical]
             for policy in iam.list_role_policies(RoleName=role)["PolicyNames"]:
-                doc = iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
-                if isinstance(doc, str):
-                    # moto's CloudFormation stores an inline policy as Python's repr of it.
-                    try:
-                        doc = json.loads(doc)
-                    except json.JSONDecodeError:
-                        doc = ast.literal_eval(doc)
+                doc = policy_document(iam.get_role_policy(RoleName=role, PolicyName=policy))
                 for s in doc["Statement"]:
                     resources = s.get("Resource", [])
                     for arn in [resources] if isinstance(resources, str) else resources:
                         if not any(fnmatch.fnmatchcase(own, arn) or arn.startswith(own) for own in arns):
                             problems.append(f"role {logical} ({s.get('Sid', '')}): {arn} names no resource of the stack")
         return problems
+
+
+def policy_document(answer):
+    doc = answer["PolicyDocument"]
+    if isinstance(doc, str):
+        # moto's CloudFormation stores an inline policy as Python's repr of it.
+        try:
+            doc = json.loads(doc)
+        except json.JSONDecodeError:
+            doc = ast.literal_eval(doc)
+    return doc
 
 
 def coerce_numbers(p):
@@ -299,6 +328,7 @@ def coerce_numbers(p):
 
 def main():
     endpoint, translated, name = sys.argv[1:4]
+    out = sys.argv[4] if len(sys.argv) > 4 else None
     stack = Stack(endpoint, json.load(open(translated)), name)
     stack.create()
     stack.create_what_moto_skips()
@@ -306,6 +336,9 @@ def main():
     if problems:
         sys.exit(f"stack {name} is not wired to itself:\n  " + "\n  ".join(problems))
     print(f"stack {name}: {len(stack.physical)} resources, each reference names one of them")
+    if out:
+        with open(out, "w") as f:
+            json.dump(stack.deployed(), f, indent=1)
 
 
 if __name__ == "__main__":

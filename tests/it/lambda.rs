@@ -198,6 +198,13 @@ pub async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
     let stream = home.stream(Some(2)).unwrap();
     let report = crate::common::produce_dir(&stream, &data_dir()).await;
     assert!(report.not_sent.is_empty());
+    let records = records_of(&stream).await;
+    assert_eq!(records.len() as u64, report.sent);
+    records
+}
+
+/// Every record of `stream`, per shard: (shard, partition key, bytes) in stream order.
+pub async fn records_of(stream: &dyn StreamSource) -> Vec<(String, String, Vec<u8>)> {
     let mut records = Vec::new();
     for shard in stream.shards().await.unwrap() {
         let mut it = stream.iterator(&shard.id, &StartPosition::TrimHorizon).await.unwrap();
@@ -210,13 +217,17 @@ pub async fn produced_records(tmp: &Path) -> Vec<(String, String, Vec<u8>)> {
             }
         }
     }
-    assert_eq!(records.len() as u64, report.sent);
     records
 }
 
 /// A Kinesis event of `records`, numbered from `first` within their shard: base64 data,
 /// 56-digit sequence numbers and `eventID`s as Kinesis writes them.
 pub fn kinesis_event(records: &[(String, String, Vec<u8>)], first: u64) -> (Value, Vec<String>) {
+    kinesis_event_from(records, first, "arn:aws:kinesis:us-east-1:123456789012:stream/bolt_streams")
+}
+
+/// [`kinesis_event`] from the stream `stream_arn`.
+pub fn kinesis_event_from(records: &[(String, String, Vec<u8>)], first: u64, stream_arn: &str) -> (Value, Vec<String>) {
     let mut sequence_numbers = Vec::new();
     let records: Vec<Value> = records
         .iter()
@@ -239,7 +250,7 @@ pub fn kinesis_event(records: &[(String, String, Vec<u8>)], first: u64) -> (Valu
                 "eventName": "aws:kinesis:record",
                 "invokeIdentityArn": "arn:aws:iam::123456789012:role/tripflow-ingest",
                 "awsRegion": "us-east-1",
-                "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/bolt_streams"
+                "eventSourceARN": stream_arn
             })
         })
         .collect();
@@ -257,7 +268,7 @@ pub fn failures(outcome: &Outcome) -> Vec<String> {
 }
 
 /// `tripflow run` on `data/` with the embedded backends and the built-in queries.
-async fn cli_run(tmp: &Path) -> BTreeMap<String, Vec<u8>> {
+pub async fn cli_run(tmp: &Path) -> BTreeMap<String, Vec<u8>> {
     let out = tmp.join("cli-out");
     let home = Home::new(tmp.join("cli-home")).unwrap();
     let settings = RunSettings {

@@ -23,9 +23,14 @@ use tripflow::store::TripStore;
 use tripflow::store::dynamodb::DynamoStore;
 
 use crate::emulators::iam_moto_endpoint;
-use crate::lambda::{Function, Outcome, RuntimeApi, failures, kinesis_event, produced_records};
+use crate::lambda::{
+    Function, Outcome, RuntimeApi, cli_run, failures, kinesis_event, kinesis_event_from, produced_records, records_of,
+};
 use crate::moto::unique;
 use crate::on_aws::s3_tree;
+
+/// Enforcing IAM is a switch of the whole server: one test at a time turns it.
+static IAM_SWITCH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The translated template, as `.ci/run` writes it.
 pub fn translated_template() -> Value {
@@ -136,6 +141,23 @@ fn actions(statement: &Value) -> Vec<String> {
     }
 }
 
+/// `policies` as moto can check them: S3 statements as they are, the others' resources
+/// `*` (moto checks their actions only).
+fn checkable(policies: &[(String, Value)]) -> Vec<(String, Value)> {
+    policies
+        .iter()
+        .map(|(name, document)| {
+            let mut document = document.clone();
+            for statement in document["Statement"].as_array_mut().unwrap() {
+                if !actions(statement).iter().all(|a| a.starts_with("s3:")) {
+                    statement["Resource"] = json!("*");
+                }
+            }
+            (name.clone(), document)
+        })
+        .collect()
+}
+
 /// The inline policies of role `role` in the translated template, as moto can check
 /// them: S3 statements resolved for `bucket`, the others' resources `*`.
 fn role_policies(template: &Value, role: &str, bucket: &str) -> Vec<(String, Value)> {
@@ -234,6 +256,7 @@ fn error_text(outcome: &Outcome) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_function_works_under_exactly_its_role_and_fails_without_one_of_its_actions() {
+    let _switch = IAM_SWITCH.lock().await;
     let endpoint = iam_moto_endpoint();
     let template = translated_template();
     // A moto that enforced IAM in an earlier run starts open again.
@@ -336,5 +359,122 @@ async fn each_function_works_under_exactly_its_role_and_fails_without_one_of_its
     let error = error_text(&api.invoke_now(&event).await);
     assert!(error.contains("AccessDenied") || error.contains("not authorized"), "{error}\n{}", function.log());
     drop(function);
+    enforce_iam(&endpoint, false).await;
+}
+
+/// Named policy documents.
+type Policies = Vec<(String, Value)>;
+
+/// `env` as a function's variables.
+fn vars(env: &[(String, String)]) -> Vec<(&str, String)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect()
+}
+
+/// The stack `.ci/run` created from the translated template on this moto, as deployed
+/// (`deploy/stack_on_moto.py`): each function's environment and its role's policies as
+/// the services hold them, and the stack's stream and bucket.
+fn deployed_stack() -> Value {
+    let Some(path) = std::env::var_os("TRIPFLOW_TEST_STACK").map(PathBuf::from) else {
+        panic!(
+            "TRIPFLOW_TEST_STACK is not set: create the stack on the IAM moto with `python deploy/stack_on_moto.py \
+             $TRIPFLOW_TEST_IAM_ENDPOINT /tmp/template.json tripflow-ci /tmp/deployed.json` (moto's virtualenv has \
+             boto3; bash .ci/run does this) and point TRIPFLOW_TEST_STACK at the last file"
+        )
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_s_functions_run_as_deployed_under_its_roles() {
+    let _switch = IAM_SWITCH.lock().await;
+    let endpoint = iam_moto_endpoint();
+    let stack = deployed_stack();
+    enforce_iam(&endpoint, false).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = cli_run(tmp.path()).await;
+
+    // One IAM user per function, with its role's policies as IAM holds them.
+    let id = unique("deployed");
+    let function = |logical: &str| -> (Vec<(String, String)>, Policies) {
+        let f = &stack["functions"][logical];
+        let env =
+            f["env"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
+        let policies = f["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].clone()))
+            .collect();
+        (env, policies)
+    };
+    let (ingest_env, ingest_policies) = function("IngestFunction");
+    let (kpi_env, kpi_policies) = function("KpiFunction");
+    let ingest_keys = user(&endpoint, &format!("ingest-{id}"), &checkable(&ingest_policies)).await;
+    let kpi_keys = user(&endpoint, &format!("kpi-{id}"), &checkable(&kpi_policies)).await;
+    let everything = [(
+        "all".to_owned(),
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+    )];
+    let admin_keys = user(&endpoint, &format!("admin-{id}"), &everything).await;
+
+    // data/ in through the stack's stream, as a producer would put it.
+    let open = Aws::for_endpoint(&endpoint);
+    let stream = tripflow::stream::kinesis::KinesisStream::new(&open, stack["stream"].as_str().unwrap());
+    let report = crate::common::produce_dir(&stream, &crate::common::data_dir()).await;
+    assert!(report.not_sent.is_empty(), "{:?}", report.not_sent);
+    let records = records_of(&stream).await;
+    assert_eq!(records.len() as u64, report.sent);
+    enforce_iam(&endpoint, true).await;
+    let admin = Aws::for_endpoint_as(&endpoint, &admin_keys.0, &admin_keys.1);
+
+    // Exactly the stack's environment; the endpoint and the role's keys are what Lambda adds.
+
+    let api = RuntimeApi::start().await;
+    let ingest = Function::start(&api, "ingest", &as_user(&endpoint, &ingest_keys, &vars(&ingest_env)));
+    let stream_arn = stack["stream_arn"].as_str().unwrap();
+    let shards: std::collections::BTreeSet<&String> = records.iter().map(|(s, _, _)| s).collect();
+    for shard in shards {
+        let of_shard: Vec<_> = records.iter().filter(|(s, _, _)| s == shard).cloned().collect();
+        for (n, chunk) in of_shard.chunks(500).enumerate() {
+            let (event, _) = kinesis_event_from(chunk, 1 + 500 * n as u64, stream_arn);
+            let outcome = api.invoke_now(&event).await;
+            assert!(failures(&outcome).is_empty(), "{outcome:?}\n{}", ingest.log());
+        }
+    }
+    let log = ingest.log();
+    assert!(
+        log.contains(&format!("\"stack\":\"{}\"", stack["stack"].as_str().unwrap())),
+        "EMF by the stack's name:\n{log}"
+    );
+    drop(ingest);
+
+    // The KPI function writes the CLI's files into the stack's bucket.
+    let dates: Vec<String> = expected
+        .keys()
+        .filter_map(|k| k.strip_prefix("kpi_output/date=")?.strip_suffix("/kpi.json").map(str::to_owned))
+        .collect();
+    let out = kpi_env.iter().find(|(k, _)| k == "TRIPFLOW_OUT").map(|(_, v)| v.clone()).unwrap();
+    let (bucket, prefix) = out.trim_start_matches("s3://").split_once('/').unwrap();
+    assert_eq!(bucket, stack["bucket"].as_str().unwrap(), "the stack's bucket");
+    // The bucket's policy refuses plain HTTP, which is all the emulator speaks: the
+    // function is refused, whatever its role grants; without the policy, it works.
+    let api = RuntimeApi::start().await;
+    let kpi = Function::start(&api, "kpi", &as_user(&endpoint, &kpi_keys, &vars(&kpi_env)));
+    let refused = error_text(&api.invoke_now(&json!({ "dates": dates })).await);
+    assert!(refused.contains("privileges") || refused.contains("AccessDenied"), "{refused}\n{}", kpi.log());
+    enforce_iam(&endpoint, false).await;
+    open.s3_client().delete_bucket_policy().bucket(bucket).send().await.unwrap();
+    enforce_iam(&endpoint, true).await;
+    let outcome = api.invoke_now(&json!({ "dates": dates })).await;
+    assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}\n{}", kpi.log());
+    drop(kpi);
+    let written = s3_tree(&admin, bucket, &format!("{prefix}/kpi_output")).await;
+    let kpis: Vec<(&String, &Vec<u8>)> = expected.iter().filter(|(k, _)| k.starts_with("kpi_output/date=")).collect();
+    assert!(kpis.len() >= 3, "{:?}", expected.keys());
+    for (path, bytes) in kpis {
+        let got = written.get(path.strip_prefix("kpi_output/").unwrap());
+        assert!(got == Some(bytes), "{path} differs from the CLI's, or is missing: {:?}", written.keys());
+    }
     enforce_iam(&endpoint, false).await;
 }
