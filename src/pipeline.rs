@@ -57,6 +57,12 @@ pub struct RunReport {
     pub kpi_dates: Vec<String>,
     /// Files written by the KPI job.
     pub kpi_files: Vec<String>,
+    /// DynamoDB read capacity units the KPI job consumed (0 on the embedded table).
+    pub kpi_read_capacity_units: f64,
+    /// DynamoDB write capacity units the KPI job consumed (clearing the marks).
+    pub kpi_write_capacity_units: f64,
+    /// Bytes of the files the KPI job wrote.
+    pub kpi_bytes_written: u64,
     /// Dead-letter file.
     pub dead_letter_file: String,
     /// Wall-clock seconds of the run.
@@ -176,6 +182,9 @@ pub async fn run(settings: &RunSettings, aws: &AwsEnv) -> Result<(RunReport, Kpi
         not_sent,
         kpi_dates: kpi.dates.iter().map(|d| d.to_string()).collect(),
         kpi_files: kpi.files.clone(),
+        kpi_read_capacity_units: crate::observe::units(kpi.consumed.read_milliunits),
+        kpi_write_capacity_units: crate::observe::units(kpi.consumed.write_milliunits),
+        kpi_bytes_written: kpi.bytes_written,
         dead_letter_file,
         elapsed_s: began.elapsed().as_secs_f64(),
         stages,

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use tripflow::stream::embedded::EmbeddedStream;
 use tripflow::stream::{Checkpoint, CheckpointStore, StartPosition, StreamSource};
 
-use crate::common::{copy_dir, data_dir, queries_dir};
+use crate::common::{copy_dir, data_dir, queries_dir, read_tree};
 
 fn tripflow(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tripflow")).current_dir(dir).args(args).output().unwrap()
@@ -44,6 +44,14 @@ fn run_with_no_flags_works_from_the_repository_layout() {
     for key in ["read", "applied", "duplicate_or_stale", "dead_lettered", "elapsed_s"] {
         assert!(report.get(key).is_some(), "report lacks {key}: {report}");
     }
+    // What the run cost: no DynamoDB capacity on the embedded table; the bytes it read
+    // from the stream and wrote as KPI files.
+    for key in ["write_capacity_units", "read_capacity_units", "kpi_read_capacity_units", "kpi_write_capacity_units"] {
+        assert_eq!(report[key].as_f64(), Some(0.0), "{key}: {report}");
+    }
+    assert!(report["stream_bytes"].as_u64().unwrap() > 1_000_000, "{report}");
+    let written: u64 = read_tree(&tmp.path().join("tripflow-out")).values().map(|b| b.len() as u64).sum();
+    assert_eq!(report["kpi_bytes_written"].as_u64(), Some(written), "{report}");
     assert!(tmp.path().join("tripflow-out/kpi_output").is_dir());
     assert!(tmp.path().join("tripflow-data/stream/shard-000000000000").is_dir());
 
