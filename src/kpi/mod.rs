@@ -431,12 +431,7 @@ pub async fn run(
     let cleared = store.clear_changed(&marks).await?;
     let dates = per_date.keys().filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).collect::<Vec<_>>();
     info!(dates = dates.len(), files = files.len(), exported_rows, changed = changed.len(), cleared, "KPI job done.");
-    let after = store.consumed();
-    let consumed = crate::store::Consumed {
-        write_milliunits: after.write_milliunits - consumed_before.write_milliunits,
-        read_milliunits: after.read_milliunits - consumed_before.read_milliunits,
-        computed: after.computed,
-    };
+    let consumed = store.consumed().since(consumed_before);
     let bytes_written = out.bytes_written() - written_before;
     Ok(KpiReport {
         queried,

@@ -38,7 +38,7 @@ pub struct IngestCounts {
 }
 
 fn as_units<S: Serializer>(milli: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(*milli as f64 / 1000.0)
+    s.serialize_f64(units(*milli))
 }
 
 /// Thousandths of a capacity unit as units, for a report.
@@ -70,10 +70,11 @@ impl IngestCounts {
     /// These counts with the capacity a store consumed between `before` and `after`.
     #[must_use]
     pub fn with_consumed(self, before: Consumed, after: Consumed) -> Self {
+        let batch = after.since(before);
         IngestCounts {
-            write_milliunits: self.write_milliunits + (after.write_milliunits - before.write_milliunits),
-            read_milliunits: self.read_milliunits + (after.read_milliunits - before.read_milliunits),
-            capacity_computed: self.capacity_computed || after.computed,
+            write_milliunits: self.write_milliunits + batch.write_milliunits,
+            read_milliunits: self.read_milliunits + batch.read_milliunits,
+            capacity_computed: self.capacity_computed || batch.computed,
             ..self
         }
     }

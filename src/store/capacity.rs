@@ -40,6 +40,17 @@ impl Meter {
         self.read.fetch_add(milli(self.units(reported, computed)), Ordering::Relaxed);
     }
 
+    /// Charges a read of `items` (a page, or a GetItem's item): what DynamoDB reported,
+    /// or else their size's units.
+    pub fn read_items<'a>(
+        &self,
+        reported: Option<&ConsumedCapacity>,
+        items: impl IntoIterator<Item = &'a HashMap<String, AttributeValue>>,
+        consistent: bool,
+    ) {
+        self.read(reported, || read_units(items.into_iter().map(item_size).sum(), consistent));
+    }
+
     /// Charges write units DynamoDB never reports (a failed condition's).
     pub fn unreported_write(&self, units: f64) {
         self.write.fetch_add(milli(units), Ordering::Relaxed);
@@ -72,7 +83,7 @@ impl Meter {
 
 /// The size of an attribute value, by DynamoDB's rules: a string's UTF-8 bytes, a
 /// number's significant digits two to a byte plus one, one byte for a boolean or null.
-fn value_size(v: &AttributeValue) -> usize {
+pub fn value_size(v: &AttributeValue) -> usize {
     match v {
         AttributeValue::S(s) => s.len(),
         AttributeValue::N(n) => {

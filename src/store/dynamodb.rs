@@ -275,7 +275,7 @@ const WRITE_TOKEN_ATTRIBUTE: &str = "write_token";
 fn written_size(trip_id: &str, e: &Expression) -> usize {
     let values = e.values.iter().filter_map(|(placeholder, v)| {
         let name = e.names.get(&format!("#{}", placeholder.trim_start_matches(':')))?;
-        Some(name.len() + capacity::item_size(&HashMap::from([(String::new(), v.clone())])))
+        Some(name.len() + capacity::value_size(v))
     });
     "trip_id".len() + trip_id.len() + values.sum::<usize>()
 }
@@ -681,9 +681,7 @@ impl DynamoStore {
                 .send()
                 .await
                 .map_err(|e| self.marks_error(e))?;
-            self.capacity.read(out.consumed_capacity(), || {
-                capacity::read_units(out.item().map_or(0, capacity::item_size), true)
-            });
+            self.capacity.read_items(out.consumed_capacity(), out.item(), true);
             let item = out.item.unwrap_or_default();
             let version = text(&item, "version").and_then(|v| v.parse::<u64>().ok());
             let mut entry = match text(&item, "ledger") {
@@ -768,17 +766,18 @@ impl DynamoStore {
         for chunk in requests.chunks(MARKS_PER_REQUEST) {
             let mut left = chunk.to_vec();
             for attempt in 0.. {
+                let sent = left.len();
                 let out = self
                     .client
                     .batch_write_item()
-                    .request_items(&self.marks_table, left.clone())
+                    .request_items(&self.marks_table, std::mem::take(&mut left))
                     .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
                     .await
                     .map_err(|e| self.marks_error(e))?;
                 let unprocessed = out.unprocessed_items().and_then(|u| u.get(&self.marks_table)).map_or(0, Vec::len);
                 // One unit per mark written (a mark is far under 1 KB).
-                self.capacity.write(out.consumed_capacity().first(), || (left.len() - unprocessed) as f64);
+                self.capacity.write(out.consumed_capacity().first(), || (sent - unprocessed) as f64);
                 left = out.unprocessed_items.and_then(|mut u| u.remove(&self.marks_table)).unwrap_or_default();
                 if left.is_empty() {
                     break;
@@ -903,8 +902,7 @@ impl DynamoStore {
                     Error::store(format!("GetItem {trip_id} from {}: {}", self.table, describe(&e)))
                 }
             })?;
-        self.capacity
-            .read(out.consumed_capacity(), || capacity::read_units(out.item().map_or(0, capacity::item_size), true));
+        self.capacity.read_items(out.consumed_capacity(), out.item(), true);
         Ok(out.item)
     }
 
@@ -924,9 +922,7 @@ impl DynamoStore {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::store(format!("Scan of {}: {}", self.table, describe(&e))))?;
-            self.capacity.read(page.consumed_capacity(), || {
-                capacity::read_units(page.items().iter().map(capacity::item_size).sum(), true)
-            });
+            self.capacity.read_items(page.consumed_capacity(), page.items(), true);
             page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
@@ -967,9 +963,7 @@ impl DynamoStore {
             let page =
                 page.map_err(|e| Error::store(format!("Query of {} on {name}: {}", self.table, describe(&e))))?;
             // An index is read eventually consistent.
-            self.capacity.read(page.consumed_capacity(), || {
-                capacity::read_units(page.items().iter().map(capacity::item_size).sum(), false)
-            });
+            self.capacity.read_items(page.consumed_capacity(), page.items(), false);
             page.items().iter().try_for_each(|item| builder.push_item_into(&trip_item(item)?, &mut batches))?;
         }
         if !builder.is_empty() {
@@ -1073,9 +1067,7 @@ impl TripStore for DynamoStore {
         let mut marks = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.marks_error(e))?;
-            self.capacity.read(page.consumed_capacity(), || {
-                capacity::read_units(page.items().iter().map(capacity::item_size).sum(), true)
-            });
+            self.capacity.read_items(page.consumed_capacity(), page.items(), true);
             for item in page.items() {
                 if text(item, "trip_date").is_some_and(|k| k.starts_with("fields")) {
                     continue; // the ledger's items, never a date
@@ -1196,9 +1188,7 @@ impl TripStore for DynamoStore {
             let page = page.map_err(|e| self.marks_error(e))?;
             // Filtered after the read: what it read is what the filter kept and left,
             // which the page does not say; the kept items are a lower bound.
-            self.capacity.read(page.consumed_capacity(), || {
-                capacity::read_units(page.items().iter().map(capacity::item_size).sum(), true)
-            });
+            self.capacity.read_items(page.consumed_capacity(), page.items(), true);
             for item in page.items() {
                 let text = text(item, "ledger")
                     .ok_or_else(|| Error::store(format!("{}: a ledger item has no ledger", self.marks_table)))?;

@@ -324,6 +324,18 @@ pub struct Consumed {
     pub computed: bool,
 }
 
+impl Consumed {
+    /// What was consumed since `before` was read.
+    #[must_use]
+    pub fn since(self, before: Consumed) -> Consumed {
+        Consumed {
+            write_milliunits: self.write_milliunits - before.write_milliunits,
+            read_milliunits: self.read_milliunits - before.read_milliunits,
+            computed: self.computed,
+        }
+    }
+}
+
 /// A value for the marks of one merge call that no earlier call in this process gave,
 /// and that a later process does not give again: microseconds since the epoch when
 /// first asked, then one more each call.

@@ -269,11 +269,6 @@ async fn each_function_works_under_exactly_its_role_and_fails_without_one_of_its
 
     let ingest_policies = role_policies(&template, "IngestRole", &bucket);
     let kpi_policies = role_policies(&template, "KpiRole", &bucket);
-    let everything = [(
-        "all".to_owned(),
-        json!({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
-    )];
     let id = unique("u");
     let ingest_keys = user(&endpoint, &format!("ingest-{id}"), &ingest_policies).await;
     let kpi_keys = user(&endpoint, &format!("kpi-{id}"), &kpi_policies).await;
@@ -283,7 +278,7 @@ async fn each_function_works_under_exactly_its_role_and_fails_without_one_of_its
     let (kpi_short, kpi_had) = without(&kpi_policies, "s3:GetObject");
     let ingest_short = user(&endpoint, &format!("ingest-short-{id}"), &ingest_short).await;
     let kpi_short = user(&endpoint, &format!("kpi-short-{id}"), &kpi_short).await;
-    let admin_keys = user(&endpoint, &format!("admin-{id}"), &everything).await;
+    let admin_keys = admin_user(&endpoint, &id).await;
     enforce_iam(&endpoint, true).await;
     let admin = Aws::for_endpoint_as(&endpoint, &admin_keys.0, &admin_keys.1);
 
@@ -365,6 +360,16 @@ async fn each_function_works_under_exactly_its_role_and_fails_without_one_of_its
 /// Named policy documents.
 type Policies = Vec<(String, Value)>;
 
+/// An IAM user allowed everything, and its keys: the test's own hands once IAM is
+/// enforced.
+async fn admin_user(endpoint: &str, id: &str) -> (String, String) {
+    let everything = [(
+        "all".to_owned(),
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+    )];
+    user(endpoint, &format!("admin-{id}"), &everything).await
+}
+
 /// `env` as a function's variables.
 fn vars(env: &[(String, String)]) -> Vec<(&str, String)> {
     env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect()
@@ -412,11 +417,7 @@ async fn the_stack_s_functions_run_as_deployed_under_its_roles() {
     let (kpi_env, kpi_policies) = function("KpiFunction");
     let ingest_keys = user(&endpoint, &format!("ingest-{id}"), &checkable(&ingest_policies)).await;
     let kpi_keys = user(&endpoint, &format!("kpi-{id}"), &checkable(&kpi_policies)).await;
-    let everything = [(
-        "all".to_owned(),
-        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
-    )];
-    let admin_keys = user(&endpoint, &format!("admin-{id}"), &everything).await;
+    let admin_keys = admin_user(&endpoint, &id).await;
 
     // data/ in through the stack's stream, as a producer would put it.
     let open = Aws::for_endpoint(&endpoint);
