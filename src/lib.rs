@@ -46,6 +46,7 @@ pub mod fuzzing;
 pub mod ingest;
 pub mod kpi;
 pub mod lambda;
+pub mod live;
 pub mod model;
 pub mod observe;
 pub mod pipeline;

@@ -88,6 +88,31 @@ pub struct IngestOptions {
     /// ([`StreamSource::records_behind`]) for the metrics: a query per shard, so only
     /// when someone scrapes them.
     pub count_records_behind: bool,
+    /// Keep the KPIs live as the batches are merged (`--live-kpis`).
+    pub live: Option<LiveOptions>,
+}
+
+/// How ingest keeps the KPIs live (docs/design.md §7).
+#[derive(Clone)]
+pub struct LiveOptions {
+    /// The queries and their state.
+    pub kpis: Arc<crate::live::LiveKpis>,
+    /// Where the live files go.
+    pub out: crate::kpi::OutputLocation,
+    /// The least time between two publications (`--live-every`).
+    pub every: Duration,
+    /// The least time between two runs of the recomputed queries (`--live-recompute-every`).
+    pub recompute_every: Duration,
+}
+
+impl std::fmt::Debug for LiveOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveOptions")
+            .field("out", &self.out.display())
+            .field("every", &self.every)
+            .field("recompute_every", &self.recompute_every)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The cause of the error that [`IngestOptions::crash_after_batches`] raises; never
@@ -113,6 +138,7 @@ impl Default for IngestOptions {
             crash_after_batches: None,
             progress: Arc::new(Quiet),
             count_records_behind: false,
+            live: None,
         }
     }
 }
@@ -378,9 +404,29 @@ impl Ingest<'_> {
         mut rx: tokio::sync::mpsc::Receiver<Handover>,
     ) -> Result<IngestCounts> {
         let mut totals = IngestCounts::default();
-        while let Some(Handover { batch, shards, ended, millis_behind }) = rx.recv().await {
+        let mut live = match &opts.live {
+            Some(l) => Some(Publisher::start(l, self.store).await?),
+            None => None,
+        };
+        let stream = self.source.identity();
+        loop {
+            let handover = match &mut live {
+                Some(p) if p.pending() => tokio::select! {
+                    h = rx.recv() => h,
+                    () = tokio::time::sleep_until(p.due()) => {
+                        p.publish(self.store).await?;
+                        continue;
+                    }
+                },
+                _ => rx.recv().await,
+            };
+            let Some(Handover { batch, shards, ended, millis_behind }) = handover else { break };
             if let Some(batch) = batch {
-                let (counts, last, _) = merge_prepared(self.store, self.dead_letters, batch).await?;
+                let fold = live.as_ref().map(|p| {
+                    p.options.kpis.advance(&stream, &shards, &batch.last);
+                    p.options.kpis.clone() as Arc<dyn crate::store::LiveFold>
+                });
+                let (counts, last, _) = merge_prepared(self.store, self.dead_letters, batch, fold).await?;
                 if opts.crash_after_batches.is_some_and(|n| totals.batches + 1 >= n) {
                     return Err(crate::error::Stage::Stream.error("checkpoint", InjectedCrash));
                 }
@@ -400,8 +446,74 @@ impl Ingest<'_> {
                 self.checkpoints.set(&opts.consumer, shard, &Checkpoint::ShardEnd).await?;
                 info!(shard = %shard, "Recorded the end of a closed shard.");
             }
+            if let Some(p) = &mut live
+                && p.pending()
+                && Instant::now() >= p.due().into_std()
+            {
+                p.publish(self.store).await?;
+            }
+        }
+        // Stopping (or caught up): what changed since the last publication goes out now.
+        if let Some(p) = &mut live {
+            p.recompute_at = tokio::time::Instant::now();
+            if p.pending() {
+                p.publish(self.store).await?;
+            }
         }
         Ok(totals)
+    }
+}
+
+/// Publishes the live KPIs of an ingest run: at most every `--live-every`, and the
+/// recomputed queries at most every `--live-recompute-every`.
+struct Publisher {
+    options: LiveOptions,
+    /// When the next publication may be.
+    next: tokio::time::Instant,
+    /// When the recomputed queries may run again.
+    recompute_at: tokio::time::Instant,
+}
+
+impl Publisher {
+    /// Resumes (or rebuilds) the live state from `store`.
+    async fn start(options: &LiveOptions, store: &dyn TripStore) -> Result<Self> {
+        crate::live::log_keeping(&options.kpis);
+        match options.kpis.resume(store).await? {
+            crate::live::Resumed::Resumed => info!("Live KPIs: resumed the state stored with the table."),
+            crate::live::Resumed::Rebuilt(why) => info!(%why, "Live KPIs: rebuilt the state from the table."),
+        }
+        let now = tokio::time::Instant::now();
+        Ok(Publisher { options: options.clone(), next: now, recompute_at: now })
+    }
+
+    /// True when something waits to be published.
+    fn pending(&self) -> bool {
+        let kpis = &self.options.kpis;
+        kpis.has_changes() || (kpis.has_recomputation() && self.recompute_at <= tokio::time::Instant::now())
+    }
+
+    /// When the next publication may be.
+    fn due(&self) -> tokio::time::Instant {
+        if self.options.kpis.has_changes() { self.next } else { self.next.max(self.recompute_at) }
+    }
+
+    async fn publish(&mut self, store: &dyn TripStore) -> Result<()> {
+        let now = tokio::time::Instant::now();
+        let recompute = now >= self.recompute_at;
+        let published = self.options.kpis.publish(store, &self.options.out, recompute).await?;
+        if recompute {
+            self.recompute_at = now + self.options.recompute_every;
+        }
+        self.next = now + self.options.every;
+        if !published.extremes_recomputed.is_empty() {
+            info!(
+                dates = published.extremes_recomputed.len(),
+                "Live KPIs: recomputed the dates whose minimum or maximum was retracted."
+            );
+        }
+        debug!(written = published.written.len(), removed = published.removed.len(), "Live KPIs published.");
+        telemetry::live_published(&published);
+        Ok(())
     }
 }
 
@@ -455,7 +567,7 @@ pub async fn merge_batch(
     batch: Vec<Pending>,
     fields: &FieldRules,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
-    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch, fields)?).await
+    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch, fields)?, None).await
 }
 
 /// The CPU half of [`merge_batch`]: decode into Arrow, validate, coalesce, and take the
@@ -569,12 +681,16 @@ pub async fn merge_prepared(
     store: &dyn TripStore,
     dead_letters: &dyn DeadLetterSink,
     batch: PreparedBatch,
+    live: Option<Arc<dyn crate::store::LiveFold>>,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
     let PreparedBatch { read, bytes, updates, groups, superseded, letters, sightings, last, decode_validate } = batch;
     let began = Instant::now();
     let writes_before = store.write_requests();
     let consumed_before = store.consumed();
-    let outcomes = store.merge(updates).await?;
+    let outcomes = match live {
+        Some(live) => store.merge_live(updates, live).await?,
+        None => store.merge(updates).await?,
+    };
     let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
     dead_letters.write(&letters).await?;
     if !sightings.is_empty() {

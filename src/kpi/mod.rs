@@ -101,6 +101,9 @@ pub struct KpiReport {
     pub consumed: crate::store::Consumed,
     /// Bytes of the files written (S3 PUTs, on S3).
     pub bytes_written: u64,
+    /// The comparison of the live KPIs with this run's, when the table keeps them
+    /// (`kpi_output/live/certificate.json`).
+    pub certificate: Option<crate::live::Certificate>,
 }
 
 impl KpiReport {
@@ -111,7 +114,7 @@ impl KpiReport {
 }
 
 /// Names the file, and the line where DataFusion can tell it, of a failed query.
-fn query_error(q: &KpiQuery, e: datafusion::error::DataFusionError) -> Error {
+pub(crate) fn query_error(q: &KpiQuery, e: datafusion::error::DataFusionError) -> Error {
     let line = e.diagnostic().and_then(|d| d.span).map(|span| span.start.line).or_else(|| {
         // Parser errors carry the position in their text: "at Line: 3, Column: 5".
         let text = e.to_string();
@@ -135,7 +138,10 @@ pub enum ExportColumns {
 }
 
 /// Plans every query on `ctx`, naming the file of the first that does not plan.
-async fn plan_all<'q>(ctx: &SessionContext, queries: &'q [KpiQuery]) -> Result<Vec<(&'q KpiQuery, DataFrame)>> {
+pub(crate) async fn plan_all<'q>(
+    ctx: &SessionContext,
+    queries: &'q [KpiQuery],
+) -> Result<Vec<(&'q KpiQuery, DataFrame)>> {
     let read_only = crate::kpi::tables::read_only();
     let mut planned = Vec::with_capacity(queries.len());
     for q in queries {
@@ -148,7 +154,7 @@ async fn plan_all<'q>(ctx: &SessionContext, queries: &'q [KpiQuery]) -> Result<V
 /// A context whose `trips` table holds `batches`, dealt round-robin into one partition
 /// per core, so the queries use every core; the results do not depend on it (exact
 /// decimal sums, explicit ORDER BY).
-fn context_over(schema: SchemaRef, batches: &[RecordBatch]) -> Result<SessionContext> {
+pub(crate) fn context_over(schema: SchemaRef, batches: &[RecordBatch]) -> Result<SessionContext> {
     let ctx = SessionContext::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut partitions = vec![Vec::new(); cores.min(batches.len()).max(1)];
@@ -427,6 +433,17 @@ pub async fn run(
     for (file, why) in &written.skipped {
         warn!(file = %file, %why, "The KPI report skips a file it cannot read.");
     }
+    let certificate = certify(store, queries, fields, &results, queried.as_deref(), &per_date, out).await?;
+    if let Some(c) = &certificate {
+        files.push(format!("{}/{CERTIFICATE}", out.display().trim_end_matches('/')));
+        if !c.mismatches.is_empty() {
+            warn!(
+                dates = c.compared.len() - c.equal.len(),
+                mismatches = c.mismatches.len(),
+                "The live KPIs differed from this run's; see {CERTIFICATE}. The live state now starts from this run's."
+            );
+        }
+    }
     // Only now that every file is written: a failure before leaves the marks for the next run.
     let cleared = store.clear_changed(&marks).await?;
     let dates = per_date.keys().filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).collect::<Vec<_>>();
@@ -445,7 +462,56 @@ pub async fn run(
         exported_rows,
         consumed,
         bytes_written,
+        certificate,
     })
+}
+
+/// Where the nightly run's comparison with the live KPIs goes, under `--out`.
+pub const CERTIFICATE: &str = "kpi_output/live/certificate.json";
+
+/// When `store` keeps live KPIs: compares them, for each date of this run (`queried`,
+/// or every date either side has), with the run's `results`, writes the certificate,
+/// and makes the run's figures the live state's base.
+async fn certify(
+    store: &dyn TripStore,
+    queries: &[KpiQuery],
+    fields: &Fields,
+    results: &[QueryResult],
+    queried: Option<&[NaiveDate]>,
+    per_date: &BTreeMap<String, String>,
+    out: &OutputLocation,
+) -> Result<Option<crate::live::Certificate>> {
+    if store.live_records().await?.is_empty() {
+        return Ok(None);
+    }
+    let live = crate::live::LiveKpis::compile(queries, fields, table_columns(store, fields).await?).await?;
+    let certificate = match live.resume(store).await? {
+        crate::live::Resumed::Rebuilt(why) => {
+            warn!(%why, "The live KPIs' state was rebuilt from the table; there was nothing to compare.");
+            crate::live::Certificate { rebuilt: Some(why), position: live.position(), ..Default::default() }
+        }
+        crate::live::Resumed::Resumed => {
+            let dates: Vec<NaiveDate> = match queried {
+                Some(d) => d.to_vec(),
+                None => {
+                    let mut all = live.dates();
+                    all.extend(per_date.keys().filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()));
+                    all.into_iter().collect()
+                }
+            };
+            live.certify(store, results, &dates).await?
+        }
+    };
+    let mut json = serde_json::to_string_pretty(&certificate).map_err(|e| Error::output(e.to_string()))?;
+    json.push('\n');
+    out.put(CERTIFICATE, json.into_bytes()).await?;
+    info!(
+        compared = certificate.compared.len(),
+        equal = certificate.equal.len(),
+        mismatches = certificate.mismatches.len(),
+        "Live KPIs certified against this run."
+    );
+    Ok(Some(certificate))
 }
 
 /// Which files the job writes besides `kpi.json`.
@@ -484,14 +550,14 @@ async fn write_snapshots(export: &[RecordBatch], out: &OutputLocation) -> Result
     Ok(files)
 }
 
-type Rendered = (BTreeMap<String, String>, Vec<(String, String)>);
+pub(crate) type Rendered = (BTreeMap<String, String>, Vec<(String, String)>);
 
 /// A date's `kpi.json` in the making: the default query's flat fields, then each
 /// further query's rows, by stem.
 type DateFields = (Vec<String>, Vec<(String, Vec<String>)>);
 
 /// Builds the files' text: per date, and per date-less query.
-fn render(results: &[QueryResult]) -> Result<Rendered> {
+pub(crate) fn render(results: &[QueryResult]) -> Result<Rendered> {
     let mut dates: BTreeMap<String, DateFields> = BTreeMap::new();
     let mut summaries = Vec::new();
     for r in results {

@@ -92,6 +92,21 @@ pub fn shard_lag(shard: &str, millis: Option<u64>, records: Option<u64>) {
     }
 }
 
+/// Live files written (`--live-kpis`).
+pub const LIVE_FILES: &str = "tripflow_live_files_written_total";
+/// Dates recomputed from the table because a minimum or maximum was retracted.
+pub const LIVE_EXTREMES: &str = "tripflow_live_extremes_recomputed_total";
+/// When the live files were last published, in seconds since the epoch.
+pub const LIVE_PUBLISHED: &str = "tripflow_live_last_published_timestamp_seconds";
+
+/// Records a publication of the live KPIs.
+pub fn live_published(p: &crate::live::Published) {
+    counter!(LIVE_FILES).increment(p.written.len() as u64);
+    counter!(LIVE_EXTREMES).increment(p.extremes_recomputed.len() as u64);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    gauge!(LIVE_PUBLISHED).set(now.as_secs_f64());
+}
+
 /// Records that checkpoints were just written.
 pub fn checkpointed() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

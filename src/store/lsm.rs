@@ -39,8 +39,9 @@ use fjall::{AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOpt
 use super::export::{DROPOFF, PICKUP, cells_of};
 use super::ledger::{self, SeenField, ShardLedger, Sighting};
 use super::{
-    Cell, ChangedDate, CompactString, EndGroup, ExportBuilder, MergeOutcome, Projection, STORED_COLUMNS, StartGroup,
-    ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date, next_mark, touched_dates,
+    Cell, ChangedDate, CompactString, EndGroup, ExportBuilder, LiveFold, LiveRecord, MergeOutcome, Projection,
+    STORED_COLUMNS, StartGroup, ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date,
+    next_mark, touched_dates,
 };
 use crate::error::{Context, Stage};
 use crate::model::event::{END_LEN, EventKind, FIELDS, FieldType, START_LEN};
@@ -130,6 +131,12 @@ struct Tables {
     by_date: Keyspace,
     changed: Keyspace,
     fields: Keyspace,
+    /// The live KPIs' state ([`crate::live`]): written with the merges that change it.
+    live: Keyspace,
+    /// True once the table holds live state: a merge without the live fold then marks
+    /// it stale, so the next live run rebuilds it instead of resuming a state that
+    /// missed changes.
+    live_kept: std::sync::atomic::AtomicBool,
     /// Held while a merge commits and while marks are compared and cleared, so a mark
     /// set between a clear's read and its removal is never removed.
     marks: Mutex<()>,
@@ -208,7 +215,10 @@ impl Tables {
         let by_date = keyspace("by_date", KeyspaceCreateOptions::default().filter_policy(FilterPolicy::disabled()))?;
         let changed = keyspace("changed", KeyspaceCreateOptions::default())?;
         let fields = keyspace("fields", KeyspaceCreateOptions::default())?;
-        Ok(Tables { db, trips, by_date, changed, fields, marks: Mutex::new(()), path })
+        let live = keyspace("live", KeyspaceCreateOptions::default())?;
+        let live_kept =
+            (!live.is_empty().map_err(|e| Stage::Store.error(format!("cannot read {}", path.display()), e))?).into();
+        Ok(Tables { db, trips, by_date, changed, fields, live, live_kept, marks: Mutex::new(()), path })
     }
 
     /// Builds every item, or those of `dates`, into batches of `columns`, handing each
@@ -488,11 +498,19 @@ fn date_key(dropoff_datetime: &str, trip_id: &str) -> Vec<u8> {
     key
 }
 
-#[async_trait]
-impl TripStore for LsmStore {
-    async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>> {
+/// The key of the live state's mark of a merge made without the live fold.
+const LIVE_STALE: &str = "stale";
+
+impl LsmStore {
+    /// The merge, with the live fold or without.
+    async fn merge_with(&self, updates: Vec<TripUpdate>, live: Option<Arc<dyn LiveFold>>) -> Result<Vec<MergeOutcome>> {
         let writes = self.writes.clone();
         self.call(move |t| {
+            // The rows the merge changes, as they were and as they are, for the live fold.
+            let mut changes = live.as_ref().map(|l| {
+                let builder = || ExportBuilder::new(l.projection().clone());
+                ((builder(), Vec::new()), (builder(), Vec::new()))
+            });
             // Trips in key order: the point reads walk each file's blocks forward.
             let mut order: Vec<usize> = (0..updates.len()).collect();
             order.sort_unstable_by(|&a, &b| updates[a].trip_id.cmp(&updates[b].trip_id));
@@ -521,6 +539,7 @@ impl TripStore for LsmStore {
                 }
                 let old_date = stored_date(stored_end);
                 touched_dates(outcome, old_date.as_deref(), u, &mut touched);
+                let before = (cells, extras);
                 let incoming = cells_of(&u.trip_id, u.start.as_ref(), u.end.as_ref());
                 let incoming_extras = [u.start.as_ref().map(|g| g.extras()), u.end.as_ref().map(|g| g.extras())]
                     .map(|e| e.and_then(Extras::as_json));
@@ -530,6 +549,14 @@ impl TripStore for LsmStore {
                     if applied {
                         cells[group.clone()].copy_from_slice(&incoming[group]);
                         extras[g] = incoming_extras[g];
+                    }
+                }
+                if let Some(((before_rows, before_full), (after_rows, after_full))) = &mut changes {
+                    if has(&before.0, EventKind::End) {
+                        before_rows.push_with_extras(&before.0, before.1, before_full)?;
+                    }
+                    if has(&cells, EventKind::End) {
+                        after_rows.push_with_extras(&cells, extras, after_full)?;
                     }
                 }
                 encode(&cells, extras, &mut value);
@@ -551,6 +578,21 @@ impl TripStore for LsmStore {
             for date in &touched {
                 batch.insert(&t.changed, date.as_str(), mark);
             }
+            match (&live, changes) {
+                (Some(live), Some(((before_rows, before_full), (after_rows, after_full)))) => {
+                    let before = before_rows.finish_into(before_full)?;
+                    let after = after_rows.finish_into(after_full)?;
+                    for r in live.fold(&before, &after)? {
+                        match r.value {
+                            Some(v) => batch.insert(&t.live, r.key, v),
+                            None => batch.remove(&t.live, r.key),
+                        }
+                    }
+                    t.live_kept.store(true, Ordering::Relaxed);
+                }
+                _ if t.live_kept.load(Ordering::Relaxed) && written > 0 => batch.insert(&t.live, LIVE_STALE, []),
+                _ => {}
+            }
             {
                 let _marks = t.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 batch.commit().map_err(|e| t.failed("cannot commit a merge", e))?;
@@ -559,6 +601,46 @@ impl TripStore for LsmStore {
             t.seal_when_full(&t.by_date)?;
             writes.fetch_add(written, Ordering::Relaxed);
             Ok(outcomes)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TripStore for LsmStore {
+    async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>> {
+        self.merge_with(updates, None).await
+    }
+
+    async fn merge_live(&self, updates: Vec<TripUpdate>, live: Arc<dyn LiveFold>) -> Result<Vec<MergeOutcome>> {
+        self.merge_with(updates, Some(live)).await
+    }
+
+    async fn live_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.call(|t| {
+            let mut records = Vec::new();
+            for guard in t.live.iter() {
+                let (key, value) = guard.into_inner().map_err(|e| t.failed("cannot read the live KPIs' state", e))?;
+                records.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn put_live(&self, records: Vec<LiveRecord>) -> Result<()> {
+        self.call(move |t| {
+            let mut batch = t.db.batch().durability(Some(PersistMode::SyncAll));
+            for r in records {
+                match r.value {
+                    Some(v) => batch.insert(&t.live, r.key, v),
+                    None => batch.remove(&t.live, r.key),
+                }
+            }
+            let _marks = t.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            batch.commit().map_err(|e| t.failed("cannot write the live KPIs' state", e))?;
+            t.live_kept.store(true, Ordering::Relaxed);
+            Ok(())
         })
         .await
     }

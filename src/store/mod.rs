@@ -212,6 +212,40 @@ pub(crate) fn reader_stopped() -> crate::Error {
     crate::Error::store("export: the reader of the export stopped")
 }
 
+/// A record of the live KPIs' state ([`crate::live`]), kept beside the trip table:
+/// `value` `None` removes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRecord {
+    /// Its key.
+    pub key: String,
+    /// Its bytes, or `None` to remove it.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The live KPIs' part in a merge ([`TripStore::merge_live`]): told the rows the merge
+/// changes, as they were and as they are, it returns the records of the live state to
+/// store with the merge, in the same atomic write.
+pub trait LiveFold: Send + Sync {
+    /// The columns it reads of each row.
+    fn projection(&self) -> &Projection;
+
+    /// Folds the rows a merge changed: `before`, the stored rows it replaced (those that
+    /// had a `trip_date`), and `after`, the rows it wrote (likewise). Returns the records
+    /// to store.
+    ///
+    /// # Errors
+    /// When an expression of a live query fails on the rows.
+    fn fold(&self, before: &[RecordBatch], after: &[RecordBatch]) -> Result<Vec<LiveRecord>>;
+}
+
+/// The error of a live-state call on a table that keeps none.
+fn no_live_state() -> crate::Error {
+    crate::Error::config(
+        "this trip table keeps no live KPIs: they are kept by the embedded LSM table; the SQLite table of an older \
+         home does not keep them (move its trips to a new home with `tripflow ingest` from the stream's start)",
+    )
+}
+
 /// A trip table backend.
 #[async_trait]
 pub trait TripStore: Send + Sync {
@@ -222,6 +256,37 @@ pub trait TripStore: Send + Sync {
     /// When the backend fails; no update of the call is then known to be stored, and a
     /// replay of the same updates is harmless.
     async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>>;
+
+    /// [`TripStore::merge`], folding the rows it changes into the live KPIs' state,
+    /// which is stored with the trips.
+    ///
+    /// # Errors
+    /// As [`TripStore::merge`]; also when the fold fails, or the table keeps no live state.
+    async fn merge_live(
+        &self,
+        updates: Vec<TripUpdate>,
+        live: std::sync::Arc<dyn LiveFold>,
+    ) -> Result<Vec<MergeOutcome>> {
+        let _ = (updates, live);
+        Err(no_live_state())
+    }
+
+    /// Every record of the live KPIs' state, by key; none where it keeps none.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn live_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+
+    /// Writes (or removes) records of the live KPIs' state, atomically.
+    ///
+    /// # Errors
+    /// When the backend fails, or it keeps no live state.
+    async fn put_live(&self, records: Vec<LiveRecord>) -> Result<()> {
+        let _ = records;
+        Err(no_live_state())
+    }
 
     /// The stored item of `trip_id`.
     ///

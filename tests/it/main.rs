@@ -20,6 +20,7 @@ mod golden;
 mod lambda;
 mod lambda_iam;
 mod late_events;
+mod live;
 mod merge_props;
 mod moto;
 mod on_aws;

@@ -1,0 +1,213 @@
+//! Live KPIs (docs/design.md §7): the live files equal, byte for byte, a batch
+//! recomputation at the same stream position, whatever the order, duplication, late
+//! ends, retracted extremes and crashes; and the nightly run certifies them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tripflow::config::Home;
+use tripflow::ingest::{IngestOptions, LiveOptions};
+use tripflow::kpi::{self, OutputLocation};
+use tripflow::live::{Keeping, LiveKpis};
+use tripflow::model::declared::Fields;
+
+use crate::common::{data_dir, ingest, kpi_files, produce_dir, put_raw, queries_dir, read_tree};
+
+/// Live options over `home`'s table with the shipped queries, publishing after every
+/// batch into `out`.
+pub async fn live_options(home: &Home, out: &Path) -> LiveOptions {
+    let store = home.store().unwrap();
+    let queries = kpi::queries::load(&queries_dir()).unwrap();
+    let kept = kpi::table_columns(&*store, &Fields::default()).await.unwrap();
+    let kpis = LiveKpis::compile(&queries, &Fields::default(), kept).await.unwrap();
+    LiveOptions {
+        kpis: Arc::new(kpis),
+        out: OutputLocation::parse(out.to_str().unwrap(), None).unwrap(),
+        every: Duration::ZERO,
+        recompute_every: Duration::ZERO,
+    }
+}
+
+/// Asserts that every live file under `live_out`, without its position, is the
+/// nightly file of its date under `nightly`, and that each nightly date has one.
+/// Returns the dates compared.
+pub fn assert_live_equals_nightly(live_out: &Path, nightly: &std::collections::BTreeMap<String, Vec<u8>>) -> usize {
+    let folder = live_out.join("kpi_output/live");
+    let live = if folder.exists() { read_tree(&folder) } else { Default::default() };
+    let mut compared = 0;
+    for (path, bytes) in nightly {
+        let Some(date) = path.strip_prefix("kpi_output/date=").and_then(|p| p.strip_suffix("/kpi.json")) else {
+            continue;
+        };
+        let live_file = live.get(&format!("date={date}/kpi.json"));
+        let live_file = live_file.unwrap_or_else(|| panic!("no live file for {date}; live: {:?}", live.keys()));
+        let text = String::from_utf8(live_file.clone()).unwrap();
+        assert!(text.contains("\"live_position\": {\"stream\":"), "{text}");
+        assert_eq!(tripflow::live::nightly_text(&text), String::from_utf8_lossy(bytes), "{date}");
+        compared += 1;
+    }
+    let live_dates = live.keys().filter(|k| k.starts_with("date=")).count();
+    assert_eq!(live_dates, compared, "a live file for a date the nightly run has none of: {:?}", live.keys());
+    compared
+}
+
+#[tokio::test]
+async fn the_shipped_queries_are_maintained_and_others_recomputed() {
+    let queries = kpi::queries::load(&queries_dir()).unwrap();
+    let live = LiveKpis::compile(&queries, &Fields::default(), Arc::from([])).await.unwrap();
+    let keeping: Vec<_> = live.explain().map(|(q, k)| (q.stem.clone(), k.clone())).collect();
+    assert_eq!(keeping.len(), 3);
+    assert!(keeping.iter().all(|(_, k)| *k == Keeping::Maintained), "{keeping:?}");
+
+    let cases = [
+        ("SELECT trip_date, COUNT(*) AS n FROM trips GROUP BY trip_date", "no ORDER BY"),
+        ("SELECT trip_date, COUNT(*) AS n FROM trips GROUP BY trip_date ORDER BY trip_date LIMIT 3", "LIMIT"),
+        (
+            "SELECT vendor_id, COUNT(*) AS n FROM trips GROUP BY vendor_id ORDER BY vendor_id",
+            "not grouped by trip_date",
+        ),
+        (
+            "SELECT trip_date, SUM(CAST(trip_distance AS DOUBLE)) AS d FROM trips GROUP BY trip_date ORDER BY trip_date",
+            "Float64",
+        ),
+        (
+            "SELECT trip_date, COUNT(DISTINCT vendor_id) AS v FROM trips GROUP BY trip_date ORDER BY trip_date",
+            "DISTINCT",
+        ),
+        (
+            "SELECT trip_date, COUNT(*) AS n FROM trips GROUP BY trip_date HAVING COUNT(*) > 1 ORDER BY trip_date",
+            "Filter",
+        ),
+        ("SELECT trip_date, MEDIAN(fare_amount) AS m FROM trips GROUP BY trip_date ORDER BY trip_date", "median"),
+        ("SELECT trip_date, COUNT(*) AS n FROM trips WHERE random() < 2 GROUP BY trip_date ORDER BY 1", "volatile"),
+    ];
+    for (sql, why) in cases {
+        let q = kpi::KpiQuery::parse(Path::new("q.sql"), sql.into());
+        let live = LiveKpis::compile(&[q], &Fields::default(), Arc::from([])).await.unwrap();
+        let (_, keeping) = live.explain().next().unwrap();
+        match keeping {
+            Keeping::Recomputed { why: said } => assert!(said.contains(why), "{sql}: {said}"),
+            Keeping::Maintained => panic!("{sql} is maintained"),
+        }
+    }
+    // Aliases, filters on any column, CASE, COALESCE inside: still maintained.
+    let sql = "SELECT t.trip_date, CASE WHEN t.vendor_id = 1 THEN 'a' ELSE 'b' END AS v, \
+               MAX(t.tip_amount) AS top, MIN(t.pickup_datetime) AS first, AVG(COALESCE(t.passenger_count, 0)) AS p \
+               FROM trips AS t WHERE t.fare_amount > 10 GROUP BY t.trip_date, 2 ORDER BY 1, 2";
+    let q = kpi::KpiQuery::parse(Path::new("q.sql"), sql.into());
+    let live = LiveKpis::compile(&[q], &Fields::default(), Arc::from([])).await.unwrap();
+    assert_eq!(live.explain().next().unwrap().1, &Keeping::Maintained);
+}
+
+#[tokio::test]
+async fn live_files_of_the_sample_equal_the_nightly_run_which_certifies_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path().join("home")).unwrap();
+    produce_dir(&home.stream(Some(2)).unwrap(), &data_dir()).await;
+    let live_out = tmp.path().join("live");
+    let live = live_options(&home, &live_out).await;
+    let opts = IngestOptions { batch_rows: 700, live: Some(live), ..Default::default() };
+    let counts = ingest(&home, &opts).await.unwrap();
+    assert!(counts.batches > 10, "{counts:?}");
+    let nightly_out = tmp.path().join("nightly");
+    let nightly = kpi_files(&home, &nightly_out).await;
+    let compared = assert_live_equals_nightly(&live_out, &nightly);
+    assert!(compared >= 2, "{compared}");
+
+    let certificate: serde_json::Value = serde_json::from_slice(&nightly["kpi_output/live/certificate.json"]).unwrap();
+    assert_eq!(certificate["compared"].as_array().unwrap().len(), compared, "{certificate}");
+    assert_eq!(certificate["equal"], certificate["compared"], "{certificate}");
+    assert_eq!(certificate["mismatches"], serde_json::json!([]));
+    assert_eq!(certificate["queries"], serde_json::json!(["daily_kpis", "fares_by_payment_type", "trips_by_hour"]));
+}
+
+// ---- Random interleavings ----
+
+/// A trip's events: zero to two starts (pickup hour by version), zero to three ends
+/// whose version moves the trip between two days and sets its fare, tip and payment.
+fn trip_events(trip: usize) -> impl Strategy<Value = Vec<String>> {
+    (proptest::collection::vec(0u32..4, 0..=2), proptest::collection::vec(0u32..6, 0..=3)).prop_map(
+        move |(starts, ends)| {
+            let id = format!("trip-{trip}");
+            let mut events: Vec<String> = starts
+                .iter()
+                .map(|m| {
+                    format!(
+                        r#"{{"event_type":"trip_start","trip_id":"{id}","pickup_location_id":93,"dropoff_location_id":94,"vendor_id":1,"pickup_datetime":"2024-05-25 1{m}:10:00"}}"#
+                    )
+                })
+                .collect();
+            // The values depend on the version only, so equal versions are true duplicates.
+            // An even version ends on the 25th, an odd one on the 26th (a late end moves
+            // the trip); fares repeat across trips, so extremes tie and are retracted.
+            events.extend(ends.iter().map(|m| {
+                let day = 25 + m % 2;
+                let fare = ["7.50", "12.00", "7.50", "31.25", "12.00", "99.99"][*m as usize];
+                let tip = if m % 3 == 0 { "null".to_owned() } else { format!("{m}.5") };
+                format!(
+                    r#"{{"event_type":"trip_end","trip_id":"{id}","dropoff_datetime":"2024-05-{day} {}:00:00","fare_amount":{fare},"tip_amount":{tip},"payment_type":{}}}"#,
+                    18 + m,
+                    m % 3 + 1
+                )
+            }));
+            events
+        },
+    )
+}
+
+/// Events of up to eight trips, shuffled, with duplicates; a batch size; and the batch
+/// after which the first run crashes (0: none).
+fn scenario() -> impl Strategy<Value = (Vec<String>, usize, u64)> {
+    (1usize..9)
+        .prop_flat_map(|n| (0..n).map(trip_events).collect::<Vec<_>>())
+        .prop_map(|trips| trips.concat())
+        .prop_filter("some events", |e| !e.is_empty())
+        .prop_flat_map(|events| {
+            let len = events.len();
+            (Just(events).prop_shuffle(), proptest::collection::vec(0..len, 0..len / 2 + 1), 1usize..6, 0u64..4)
+        })
+        .prop_map(|(events, dups, batch, crash)| {
+            let mut with_dups = events.clone();
+            for i in dups {
+                with_dups.insert(i.min(with_dups.len()), events[i].clone());
+            }
+            (with_dups, batch, crash)
+        })
+}
+
+/// Puts `events` on a new home's stream and ingests them with live KPIs, in batches of
+/// `batch_rows`, crashing once after `crash` batches (0: never) and resuming; then
+/// checks the live files against a nightly run over the same table.
+async fn live_equals_batch(events: &[String], batch_rows: usize, crash: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path().join("home")).unwrap();
+    let records: Vec<Vec<u8>> = events.iter().map(|e| e.clone().into_bytes()).collect();
+    put_raw(&home.stream(Some(2)).unwrap(), &records).await;
+    let live_out = tmp.path().join("live");
+    if crash > 0 {
+        let live = live_options(&home, &live_out).await;
+        let opts =
+            IngestOptions { batch_rows, live: Some(live), crash_after_batches: Some(crash), ..Default::default() };
+        // Fewer batches than the crash point: the run ends without one.
+        let _ = ingest(&home, &opts).await;
+    }
+    // A new process: the live state is resumed from the table.
+    let live = live_options(&home, &live_out).await;
+    let counts = ingest(&home, &IngestOptions { batch_rows, live: Some(live), ..Default::default() }).await.unwrap();
+    assert_eq!(counts.dead_lettered, 0, "{counts:?}");
+    let nightly = kpi_files(&home, &tmp.path().join("nightly")).await;
+    assert_live_equals_nightly(&live_out, &nightly);
+    let certificate: serde_json::Value = serde_json::from_slice(&nightly["kpi_output/live/certificate.json"]).unwrap();
+    assert_eq!(certificate["mismatches"], serde_json::json!([]), "{certificate}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    #[test]
+    fn live_files_equal_a_batch_recomputation_under_any_interleaving((events, batch_rows, crash) in scenario()) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(live_equals_batch(&events, batch_rows, crash));
+    }
+}
