@@ -398,6 +398,32 @@ pub struct IngestArgs {
     /// Serve live metrics as Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, env = "TRIPFLOW_METRICS_ADDR", value_name = "ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub(crate) live: LiveArgs,
+}
+
+/// `--live-kpis` and its settings (`tripflow ingest`).
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// Keep the KPIs live as batches are merged: write kpi_output/live/date=YYYY-MM-DD/kpi.json
+    /// under --out for each date whose figures changed, with the stream position they are
+    /// exact as of.
+    #[arg(long, env = "TRIPFLOW_LIVE_KPIS")]
+    pub(crate) live_kpis: bool,
+    /// The least time between two publications of the live files (5s, 1m, …).
+    #[arg(long, env = "TRIPFLOW_LIVE_EVERY", default_value = "60s", value_name = "DURATION")]
+    pub(crate) live_every: String,
+    /// The least time between two runs, over their changed dates, of the queries that are
+    /// not maintained from each merge (see `tripflow kpi --explain-live`).
+    #[arg(long, env = "TRIPFLOW_LIVE_RECOMPUTE_EVERY", default_value = "15m", value_name = "DURATION")]
+    pub(crate) live_recompute_every: String,
+    /// Output location of the live files (with --live-kpis): a directory, file:// or
+    /// s3://bucket/prefix URL.
+    #[arg(long, env = "TRIPFLOW_OUT", default_value = "./tripflow-out")]
+    pub(crate) out: String,
+    /// Folder of KPI queries kept live, one per .sql file; without it, the shipped queries/.
+    #[arg(long, env = "TRIPFLOW_QUERIES")]
+    pub(crate) queries: Option<PathBuf>,
 }
 
 /// `tripflow kpi`.
@@ -425,6 +451,10 @@ pub struct KpiArgs {
     pub(crate) all: bool,
     #[command(flatten)]
     pub(crate) window: LookbackArgs,
+    /// Say how each query is kept live (`ingest --live-kpis`): maintained from each
+    /// merge, or recomputed for its changed dates and why; then stop.
+    #[arg(long)]
+    pub(crate) explain_live: bool,
 }
 
 impl KpiArgs {
@@ -618,6 +648,21 @@ pub(crate) fn print_kpis(report: &KpiReport, out: &OutputLocation) -> Result<()>
         out.display().trim_end_matches('/')
     );
     println!("report: {}", report.report);
+    if let Some(c) = &report.certificate {
+        let at = format!("{}/{}", out.display().trim_end_matches('/'), crate::kpi::CERTIFICATE);
+        match &c.rebuilt {
+            Some(why) => println!("live KPIs: not compared ({why}); their state was rebuilt from the table: {at}"),
+            None if c.mismatches.is_empty() => {
+                println!("live KPIs: equal to this run on {} of {} date(s): {at}", c.equal.len(), c.compared.len());
+            }
+            None => println!(
+                "live KPIs: DIFFERENT from this run on {} of {} date(s) ({} mismatches; now rebased on this run): {at}",
+                c.compared.len() - c.equal.len(),
+                c.compared.len(),
+                c.mismatches.len()
+            ),
+        }
+    }
     let c = report.consumed;
     if c.read_milliunits + c.write_milliunits > 0 {
         let capacity = capacity(("read", c.read_milliunits), ("write", c.write_milliunits), c.computed);

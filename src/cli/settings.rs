@@ -145,6 +145,28 @@ pub struct Ingest {
     pub dead_letter: DeadLetterUrl,
     /// `--initial-position`.
     pub initial_position: StartPosition,
+    /// `--live-kpis`, with its settings.
+    pub live: Option<Live>,
+}
+
+/// `--live-kpis`'s settings.
+#[derive(Debug)]
+pub struct Live {
+    /// `--out`.
+    pub out: ObjectPlace,
+    /// `--live-every`.
+    pub every: std::time::Duration,
+    /// `--live-recompute-every`.
+    pub recompute_every: std::time::Duration,
+}
+
+/// A duration flag's value (`5s`, `1m`, `15min`).
+fn duration(flag: &str, text: &str) -> Result<std::time::Duration> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        Error::config(format!(
+            "{flag} {text:?} is not a duration ({e}); give a number and a unit, such as 5s, 1m or 15m"
+        ))
+    })
 }
 
 impl TryFrom<IngestArgs> for Ingest {
@@ -152,11 +174,16 @@ impl TryFrom<IngestArgs> for Ingest {
 
     fn try_from(args: IngestArgs) -> Result<Self> {
         let home = Home::new(&args.home.home)?;
+        let l = &args.live;
+        let every = duration("--live-every", &l.live_every)?;
+        let recompute_every = duration("--live-recompute-every", &l.live_recompute_every)?;
+        let live = if l.live_kpis { Some(Live { out: out(&l.out)?, every, recompute_every }) } else { None };
         Ok(Ingest {
             stream: args.stream.url(&home)?,
             store: args.store.url(&home)?,
             dead_letter: args.dead_letter.url(&home)?,
             initial_position: parse_position(&args.initial_position)?,
+            live,
             args,
         })
     }

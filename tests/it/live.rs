@@ -211,3 +211,138 @@ proptest! {
         rt.block_on(live_equals_batch(&events, batch_rows, crash));
     }
 }
+
+// ---- End to end ----
+
+/// The events of wave `k` (0, 1, 2) of the end-to-end test: trips start and end over
+/// two days; then late ends move some to the other day and change their fares (the
+/// cheapest among them), with duplicates; then starts complete the trips that only had
+/// an end, and new trips come.
+fn wave(k: usize) -> Vec<(String, String)> {
+    let start = |t: usize| {
+        let id = format!("t{t}");
+        let e = format!(
+            r#"{{"event_type":"trip_start","trip_id":"{id}","pickup_location_id":1,"dropoff_location_id":2,"vendor_id":1,"pickup_datetime":"2024-05-25 0{}:05:00"}}"#,
+            t % 10
+        );
+        (id, e)
+    };
+    let end = |t: usize, version: usize| {
+        let id = format!("t{t}");
+        let day = 25 + (t + version) % 2;
+        let fare = format!("{}.{:02}", 5 + (t * 7 + version * 13) % 40, (t * 11) % 100);
+        let e = format!(
+            r#"{{"event_type":"trip_end","trip_id":"{id}","dropoff_datetime":"2024-05-{day} 1{version}:30:00","fare_amount":{fare},"tip_amount":{}.25,"payment_type":{}}}"#,
+            t % 4,
+            t % 3 + 1
+        );
+        (id, e)
+    };
+    match k {
+        0 => (0..60).flat_map(|t| [start(t), end(t, 0)]).collect(),
+        1 => (0..60).step_by(3).flat_map(|t| [end(t, 1), end(t, 1)]).chain((60..80).map(|t| end(t, 0))).collect(),
+        _ => (60..80).map(start).chain((80..90).flat_map(|t| [start(t), end(t, 2)])).collect(),
+    }
+}
+
+/// Puts `events` (partition key, data) on `stream`.
+async fn put_keyed(stream: &tripflow::stream::embedded::EmbeddedStream, events: &[(String, String)]) {
+    use tripflow::stream::{PutRecord, StreamSink};
+    let puts: Vec<PutRecord> = events
+        .iter()
+        .map(|(k, e)| PutRecord { partition_key: k.as_str().into(), data: e.clone().into_bytes() })
+        .collect();
+    assert!(stream.put_records(&puts).await.unwrap().is_empty());
+}
+
+/// The nightly files of the waves up to `k`, computed in a home of their own.
+async fn batch_of_waves(k: usize) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path().join("home")).unwrap();
+    let stream = home.stream(Some(2)).unwrap();
+    for w in 0..=k {
+        put_keyed(&stream, &wave(w)).await;
+    }
+    ingest(&home, &IngestOptions::default()).await.unwrap();
+    kpi_files(&home, &tmp.path().join("out")).await
+}
+
+/// True when every live file under `live_out` equals `nightly`'s file of its date,
+/// without its position, and each nightly date has one.
+fn live_matches(live_out: &Path, nightly: &std::collections::BTreeMap<String, Vec<u8>>) -> bool {
+    std::panic::catch_unwind(|| assert_live_equals_nightly(live_out, nightly)).is_ok()
+}
+
+#[test]
+fn ingest_follow_live_kpis_publishes_each_wave_within_its_interval() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let home_dir = tmp.path().join("tripflow-data");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stream = tripflow::stream::embedded::EmbeddedStream::open(&home_dir, Some(2)).unwrap();
+    let every = Duration::from_secs(2);
+    let follower = Command::new(env!("CARGO_BIN_EXE_tripflow"))
+        .current_dir(tmp.path())
+        .args(["ingest", "--follow", "--live-kpis", "--live-every", "2s", "--batch-linger-ms", "20", "--out", "out"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let live_out = tmp.path().join("out");
+    for k in 0..3 {
+        let expected = runtime.block_on(batch_of_waves(k));
+        runtime.block_on(put_keyed(&stream, &wave(k)));
+        let put = std::time::Instant::now();
+        let deadline = put + every + Duration::from_secs(5);
+        // Quiet the panics of the comparisons that are expected to fail while waiting.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let mut matched = false;
+        while std::time::Instant::now() < deadline {
+            if live_matches(&live_out, &expected) {
+                matched = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::panic::set_hook(hook);
+        assert!(matched, "wave {k}: the live files did not equal the batch within {every:?} + 5 s");
+        eprintln!("wave {k}: live files equal the batch {:?} after the last put", put.elapsed());
+    }
+    let killed = Command::new("kill").args(["-TERM", &follower.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = follower.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("live KPIs:"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Each file is exact as of the position the follower checkpointed last.
+    let live = read_tree(&live_out.join("kpi_output/live"));
+    let checkpoints = runtime.block_on(async {
+        use tripflow::stream::{Checkpoint, CheckpointStore, StreamSource};
+        let mut shards = serde_json::Map::new();
+        for shard in stream.shards().await.unwrap() {
+            if let Some(Checkpoint::At(seq)) = stream.get(tripflow::ingest::DEFAULT_CONSUMER, &shard.id).await.unwrap()
+            {
+                shards.insert(shard.id.to_string(), seq.0.to_string().into());
+            }
+        }
+        serde_json::Value::Object(shards)
+    });
+    let newest = live
+        .values()
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .map(|v| v["live_position"]["shards"].clone())
+        .find(|s| *s == checkpoints);
+    assert!(newest.is_some(), "no live file at the checkpoints {checkpoints}");
+
+    // The nightly run over the follower's table certifies the live figures.
+    let kpi = Command::new(env!("CARGO_BIN_EXE_tripflow"))
+        .current_dir(tmp.path())
+        .args(["kpi", "--all", "--out", "out"])
+        .output()
+        .unwrap();
+    assert!(kpi.status.success(), "{}", String::from_utf8_lossy(&kpi.stderr));
+    let stdout = String::from_utf8_lossy(&kpi.stdout);
+    assert!(stdout.contains("live KPIs: equal to this run on 2 of 2 date(s)"), "{stdout}");
+}

@@ -23,6 +23,17 @@ pub(in crate::cli) async fn ingest(s: &Settings, aws: &AwsEnv, watch: &Watch) ->
     opts.initial_position = s.initial_position.clone();
     opts.stop = stop_on_signal();
     opts.progress = watch.progress();
+    if let Some(live) = &s.live {
+        let queries = crate::kpi::queries::load_or_builtin(a.live.queries.as_deref())?;
+        let columns = crate::kpi::table_columns(store.as_ref(), &opts.fields.declared).await?;
+        let kpis = crate::live::LiveKpis::compile(&queries, &opts.fields.declared, columns).await?;
+        opts.live = Some(crate::ingest::LiveOptions {
+            kpis: std::sync::Arc::new(kpis),
+            out: config::open_output(&live.out, aws).await?,
+            every: live.every,
+            recompute_every: live.recompute_every,
+        });
+    }
     if let Some(addr) = a.metrics_addr {
         crate::observe::telemetry::serve(addr)?;
         opts.count_records_behind = true;
@@ -38,6 +49,12 @@ pub(in crate::cli) async fn ingest(s: &Settings, aws: &AwsEnv, watch: &Watch) ->
     .await?;
     watch.done();
     print_counts(&counts, &dead_letter_file);
+    if let Some(live) = &opts.live {
+        println!(
+            "live KPIs: {}/kpi_output/live/date=YYYY-MM-DD/kpi.json, each with the stream position it is exact as of",
+            live.out.display().trim_end_matches('/')
+        );
+    }
     if let Some(path) = &a.batch.report {
         #[derive(serde::Serialize)]
         struct Report {

@@ -12,6 +12,16 @@ use crate::kpi::{self, Formats};
 pub(in crate::cli) async fn kpi(s: &Kpi, aws: &AwsEnv, watch: &Watch) -> Result<()> {
     let a = &s.args;
     let queries = kpi::queries::load_or_builtin(a.kpi.queries.as_deref())?;
+    if a.explain_live {
+        let fields = config::read_fields(a.declared.fields.as_deref(), aws).await?;
+        let store = config::open_store(&s.store, aws, &tuning(None, Some(&a.store))).await?;
+        let columns = kpi::table_columns(store.as_ref(), &fields).await?;
+        let live = crate::live::LiveKpis::compile(&queries, &fields, columns).await?;
+        for (q, keeping) in live.explain() {
+            println!("{}: {keeping}", q.stem);
+        }
+        return Ok(());
+    }
     let out = config::open_output(&s.out, aws).await?;
     let store = config::open_store(&s.store, aws, &tuning(None, Some(&a.store))).await?;
     let formats = Formats { parquet: a.kpi.parquet };
