@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 pub use self::plan::Keeping;
 use self::plan::Maintained;
-use self::state::{Folder, QueryState};
+use self::state::{Evaluated, Folder, QueryState};
 use crate::kpi::{self, KpiQuery, OutputLocation, QueryResult};
 use crate::model::declared::Fields;
 use crate::observe::progress::Quiet;
@@ -261,7 +261,7 @@ impl LiveKpis {
                 let mut fresh = QueryState::default();
                 let folder = Folder::new(m)?;
                 for b in &batches {
-                    folder.fold(&mut fresh, b, 1, &mut touched)?;
+                    folder.fold(&mut fresh, b, 1, &mut touched, &mut Evaluated::new())?;
                 }
                 records.retain(|r| !r.key.starts_with(&format!("state/{}/", q.stem)));
                 for (d, groups) in &fresh.dates {
@@ -298,7 +298,7 @@ impl LiveKpis {
                 let folder = Folder::new(m)?;
                 let mut touched = BTreeSet::new();
                 for b in &batches {
-                    folder.fold(&mut fresh, b, 1, &mut touched)?;
+                    folder.fold(&mut fresh, b, 1, &mut touched, &mut Evaluated::new())?;
                 }
                 for &d in &wanted {
                     let groups = fresh.dates.remove(&d);
@@ -665,16 +665,18 @@ impl LiveFold for LiveKpis {
         let mut inner = self.lock();
         let mut records = Vec::new();
         let mut all = BTreeSet::new();
-        for (i, q, m) in self.stems() {
-            let folder = Folder::new(m)?;
-            let mut touched = BTreeSet::new();
-            for b in before {
-                folder.fold(&mut inner.states[i], b, -1, &mut touched)?;
+        let mut touched_by = vec![BTreeSet::new(); self.queries.len()];
+        let folders = self.stems().map(|(i, q, m)| Ok((i, q, Folder::new(m)?))).collect::<Result<Vec<_>>>()?;
+        // Each batch once through every query, sharing what they evaluate.
+        for (batch, sign) in before.iter().map(|b| (b, -1)).chain(after.iter().map(|b| (b, 1))) {
+            let mut evaluated = Evaluated::new();
+            for (i, _, folder) in &folders {
+                folder.fold(&mut inner.states[*i], batch, sign, &mut touched_by[*i], &mut evaluated)?;
             }
-            for b in after {
-                folder.fold(&mut inner.states[i], b, 1, &mut touched)?;
-            }
-            for &d in &touched {
+        }
+        for (i, q, _) in &folders {
+            let (i, touched) = (*i, &touched_by[*i]);
+            for &d in touched {
                 let value = inner.states[i].dates.get(&d).map(state::encode);
                 records.push(LiveRecord { key: state_key(&q.stem, d), value });
             }

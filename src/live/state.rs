@@ -13,14 +13,14 @@
 //!   cheapest fare is rare, and this keeps the state a few bytes per group where
 //!   ordered counts of every value would keep thousands (docs/performance.md#live-kpis).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array, new_null_array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, Decimal256Type, i256};
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::common::ScalarValue;
+use datafusion::common::{HashMap, ScalarValue};
 
 use super::plan::{Kind, Maintained};
 use crate::error::{Context, Stage};
@@ -48,6 +48,11 @@ pub(crate) struct Group {
 
 /// One date's groups, by their key (the grouping values as a row).
 pub(crate) type DateGroups = HashMap<Box<[u8]>, Group>;
+
+/// The arrays an expression evaluated to over one batch, by the expression's text:
+/// the queries share their filters and arguments (`trip_completed`, the fare as a
+/// DECIMAL(76, 18)), which are then evaluated once a batch.
+pub(crate) type Evaluated = std::collections::HashMap<String, ArrayRef>;
 
 /// The live state of one maintained query.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -100,21 +105,29 @@ impl<'a> Folder<'a> {
     }
 
     /// Folds `batch`'s rows into `state`, added (`sign` 1) or retracted (-1); adds to
-    /// `touched` the dates whose groups it changed.
+    /// `touched` the dates whose groups it changed. `evaluated` holds what other
+    /// queries evaluated over the same batch.
     pub fn fold(
         &self,
         state: &mut QueryState,
         batch: &RecordBatch,
         sign: i64,
         touched: &mut BTreeSet<i32>,
+        evaluated: &mut Evaluated,
     ) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
         }
         let q = self.query;
-        let eval = |e: &Arc<dyn datafusion::physical_expr::PhysicalExpr>| -> Result<ArrayRef> {
-            e.evaluate(batch).and_then(|v| v.into_array(n)).map_err(engine)
+        let mut eval = |e: &Arc<dyn datafusion::physical_expr::PhysicalExpr>| -> Result<ArrayRef> {
+            let key = e.to_string();
+            if let Some(array) = evaluated.get(&key) {
+                return Ok(array.clone());
+            }
+            let array = e.evaluate(batch).and_then(|v| v.into_array(n)).map_err(engine)?;
+            evaluated.insert(key, array.clone());
+            Ok(array)
         };
         let keep: Option<BooleanArray> = match &q.filter {
             Some(f) => {
@@ -122,7 +135,7 @@ impl<'a> Folder<'a> {
             }
             None => None,
         };
-        let group_values = q.groups.iter().map(eval).collect::<Result<Vec<_>>>()?;
+        let group_values = q.groups.iter().map(&mut eval).collect::<Result<Vec<_>>>()?;
         let dates = group_values[q.date].as_primitive_opt::<Date32Type>().cloned();
         let dates = dates.ok_or_else(|| Error::store("trip_date is not a date"))?;
         let keys = self.groups.convert_columns(&group_values).map_err(engine)?;
