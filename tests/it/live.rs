@@ -346,3 +346,84 @@ fn ingest_follow_live_kpis_publishes_each_wave_within_its_interval() {
     let stdout = String::from_utf8_lossy(&kpi.stdout);
     assert!(stdout.contains("live KPIs: equal to this run on 2 of 2 date(s)"), "{stdout}");
 }
+
+#[test]
+fn explain_live_says_how_each_query_is_kept_and_a_bad_interval_is_one_line() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let queries = tmp.path().join("queries");
+    crate::common::copy_dir(&queries_dir(), &queries);
+    std::fs::write(
+        queries.join("top_fares.sql"),
+        "SELECT trip_date, fare_amount FROM trips WHERE trip_completed ORDER BY fare_amount DESC LIMIT 5\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tripflow")).current_dir(tmp.path()).args(args).output().unwrap()
+    };
+    let out = run(&["kpi", "--explain-live", "--queries", queries.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("daily_kpis: maintained from each merge's rows, before and after"), "{stdout}");
+    assert!(stdout.contains("trips_by_hour: maintained"), "{stdout}");
+    assert!(stdout.contains("top_fares: recomputed for its changed dates: it has a LIMIT"), "{stdout}");
+    // Nothing was run: no output folder, no table.
+    assert!(!tmp.path().join("tripflow-out").exists());
+
+    let out = run(&["ingest", "--live-kpis", "--live-every", "5 parsecs"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("--live-every \"5 parsecs\" is not a duration") && errors[0].contains("5s, 1m"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_query_that_is_not_maintained_is_recomputed_into_the_live_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path().join("home")).unwrap();
+    produce_dir(&home.stream(Some(2)).unwrap(), &data_dir()).await;
+    let folder = tmp.path().join("queries");
+    crate::common::copy_dir(&queries_dir(), &folder);
+    // A HAVING keeps it from being maintained; it is recomputed for the changed dates.
+    std::fs::write(
+        folder.join("busy_vendors.sql"),
+        "SELECT trip_date, vendor_id, COUNT(*) AS trips FROM trips WHERE trip_completed \
+         GROUP BY trip_date, vendor_id HAVING COUNT(*) > 10 ORDER BY trip_date, vendor_id\n",
+    )
+    .unwrap();
+    let queries = kpi::queries::load(&folder).unwrap();
+    let kpis = LiveKpis::compile(&queries, &Fields::default(), Arc::from([])).await.unwrap();
+    let kept: Vec<bool> = kpis.explain().map(|(_, k)| *k == Keeping::Maintained).collect();
+    assert_eq!(kept, [false, true, true, true], "busy_vendors sorts first");
+    let live_out = tmp.path().join("live");
+    let live = LiveOptions {
+        kpis: Arc::new(kpis),
+        out: OutputLocation::parse(live_out.to_str().unwrap(), None).unwrap(),
+        every: Duration::ZERO,
+        recompute_every: Duration::ZERO,
+    };
+    ingest(&home, &IngestOptions { batch_rows: 2000, live: Some(live), ..Default::default() }).await.unwrap();
+    let nightly_out = tmp.path().join("nightly");
+    let location = OutputLocation::parse(nightly_out.to_str().unwrap(), None).unwrap();
+    let store = home.store().unwrap();
+    kpi::run(
+        &*store,
+        &queries,
+        &Fields::default(),
+        &kpi::DateSelection::All,
+        &location,
+        kpi::Formats::default(),
+        &tripflow::observe::progress::Quiet,
+    )
+    .await
+    .unwrap();
+    let nightly = read_tree(&nightly_out);
+    assert_live_equals_nightly(&live_out, &nightly);
+    let any = read_tree(&live_out.join("kpi_output/live"));
+    let text = String::from_utf8_lossy(any.values().next().unwrap()).into_owned();
+    assert!(text.contains("\"busy_vendors\": [") && text.contains("\"live_recomputed_position\""), "{text}");
+}
