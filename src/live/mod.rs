@@ -261,7 +261,7 @@ impl LiveKpis {
                 let mut fresh = QueryState::default();
                 let folder = Folder::new(m)?;
                 for b in &batches {
-                    folder.fold(&mut fresh, b, 1, &mut touched, &mut Evaluated::new())?;
+                    folder.fold(&mut fresh, b, &mut touched, &mut Evaluated::new())?;
                 }
                 records.retain(|r| !r.key.starts_with(&format!("state/{}/", q.stem)));
                 for (d, groups) in &fresh.dates {
@@ -298,7 +298,7 @@ impl LiveKpis {
                 let folder = Folder::new(m)?;
                 let mut touched = BTreeSet::new();
                 for b in &batches {
-                    folder.fold(&mut fresh, b, 1, &mut touched, &mut Evaluated::new())?;
+                    folder.fold(&mut fresh, b, &mut touched, &mut Evaluated::new())?;
                 }
                 for &d in &wanted {
                     let groups = fresh.dates.remove(&d);
@@ -667,12 +667,21 @@ impl LiveFold for LiveKpis {
         let mut all = BTreeSet::new();
         let mut touched_by = vec![BTreeSet::new(); self.queries.len()];
         let folders = self.stems().map(|(i, q, m)| Ok((i, q, Folder::new(m)?))).collect::<Result<Vec<_>>>()?;
-        // Each batch once through every query, sharing what they evaluate.
-        for (batch, sign) in before.iter().map(|b| (b, -1)).chain(after.iter().map(|b| (b, 1))) {
-            let mut evaluated = Evaluated::new();
-            for (i, _, folder) in &folders {
-                folder.fold(&mut inner.states[*i], batch, sign, &mut touched_by[*i], &mut evaluated)?;
+        // The change, per query: the rows retracted and those added, each batch once
+        // through every query, sharing what they evaluate; then taken in by the state.
+        let mut changes =
+            [vec![QueryState::default(); self.queries.len()], vec![QueryState::default(); self.queries.len()]];
+        for (batches, change) in [before, after].into_iter().zip(&mut changes) {
+            for batch in batches {
+                let mut evaluated = Evaluated::new();
+                for (i, _, folder) in &folders {
+                    folder.fold(&mut change[*i], batch, &mut touched_by[*i], &mut evaluated)?;
+                }
             }
+        }
+        let [retracted, added] = changes;
+        for (i, _, folder) in &folders {
+            inner.states[*i].absorb(&added[*i], &retracted[*i], &folder.kinds());
         }
         for (i, q, _) in &folders {
             let (i, touched) = (*i, &touched_by[*i]);

@@ -104,14 +104,19 @@ impl<'a> Folder<'a> {
         Ok(Folder { query, groups, extremes })
     }
 
-    /// Folds `batch`'s rows into `state`, added (`sign` 1) or retracted (-1); adds to
-    /// `touched` the dates whose groups it changed. `evaluated` holds what other
-    /// queries evaluated over the same batch.
+    /// The kind of each aggregate, in order.
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.query.aggregates.iter().map(|a| a.kind).collect()
+    }
+
+    /// Adds `batch`'s rows to `state` (a change is two such states, the rows added and
+    /// those retracted, which [`QueryState::absorb`] takes in); adds to `touched` the
+    /// dates it added to. `evaluated` holds what other queries evaluated over the same
+    /// batch.
     pub fn fold(
         &self,
         state: &mut QueryState,
         batch: &RecordBatch,
-        sign: i64,
         touched: &mut BTreeSet<i32>,
         evaluated: &mut Evaluated,
     ) -> Result<()> {
@@ -171,21 +176,12 @@ impl<'a> Folder<'a> {
                 Some(g) => g,
                 None => groups.entry(key.as_ref().into()).or_insert_with(|| Group {
                     rows: 0,
-                    running: q.aggregates.iter().map(|a| empty(a.kind)).collect(),
+                    running: q.aggregates.iter().map(|a| empty_running(a.kind)).collect(),
                 }),
             };
-            group.rows += sign;
+            group.rows += 1;
             for ((running, input), a) in group.running.iter_mut().zip(&inputs).zip(&q.aggregates) {
-                apply(running, input, row, sign, a.kind == Kind::Max);
-            }
-        }
-        // Groups left without rows are gone, as in the batch.
-        for date in touched.iter() {
-            if let Some(groups) = state.dates.get_mut(date) {
-                groups.retain(|_, g| g.rows != 0);
-                if groups.is_empty() {
-                    state.dates.remove(date);
-                }
+                apply(running, input, row, a.kind == Kind::Max);
             }
         }
         Ok(())
@@ -249,8 +245,116 @@ impl<'a> Folder<'a> {
     }
 }
 
+impl QueryState {
+    /// Takes in a change given as two states, each folded from rows with sign 1: the
+    /// rows it `added` and those it `retracted`. The retracted rows are among those this
+    /// state holds. So a DynamoDB shard's stored state takes a batch's change, and the
+    /// shards of a date add up (with nothing retracted).
+    pub(crate) fn absorb(&mut self, added: &QueryState, retracted: &QueryState, kinds: &[Kind]) {
+        let dates: BTreeSet<i32> = added.dates.keys().chain(retracted.dates.keys()).copied().collect();
+        for d in dates {
+            let groups = self.dates.entry(d).or_default();
+            let empty = DateGroups::default();
+            let (a, r) = (added.dates.get(&d).unwrap_or(&empty), retracted.dates.get(&d).unwrap_or(&empty));
+            for (key, change, sign) in r.iter().map(|(k, g)| (k, g, -1)).chain(a.iter().map(|(k, g)| (k, g, 1))) {
+                let group = groups
+                    .entry(key.clone())
+                    .or_insert_with(|| Group { rows: 0, running: kinds.iter().map(|&k| empty_running(k)).collect() });
+                group.rows += sign * change.rows;
+                for ((stored, change), &kind) in group.running.iter_mut().zip(&change.running).zip(kinds) {
+                    absorb(stored, change, sign, kind == Kind::Max);
+                }
+            }
+            groups.retain(|_, g| g.rows != 0);
+            if groups.is_empty() {
+                self.dates.remove(&d);
+            }
+        }
+    }
+}
+
+/// Adds (`sign` 1) or retracts (-1) the values `change` holds to or from `stored`.
+fn absorb(stored: &mut Running, change: &Running, sign: i64, max: bool) {
+    match (stored, change) {
+        (Running::Count(n), Running::Count(c)) => *n += sign * c,
+        (Running::Sum { n, sum }, Running::Sum { n: cn, sum: csum }) => {
+            *n += sign * cn;
+            *sum = if sign > 0 { sum.wrapping_add(*csum) } else { sum.wrapping_sub(*csum) };
+        }
+        (
+            Running::Extreme { n, value, ties, unknown },
+            Running::Extreme { n: cn, value: cv, ties: ct, unknown: c_unknown },
+        ) => {
+            if *cn == 0 {
+                return;
+            }
+            *n += sign * cn;
+            let before = |a: &[u8], b: &[u8]| if max { a > b } else { a < b };
+            match (sign > 0, cv.as_deref()) {
+                (_, None) => *unknown = true,
+                // Retracting: the retracted values' extreme `r` is at or past the stored one.
+                (false, Some(r)) => {
+                    if !*unknown {
+                        match value.as_deref() {
+                            Some(m) if r == m => {
+                                *ties -= ct;
+                                if *ties <= 0 {
+                                    *unknown = true;
+                                }
+                            }
+                            Some(m) if before(r, m) => *unknown = true,
+                            Some(_) => {}
+                            None => *unknown = true,
+                        }
+                    }
+                }
+                // Adding values whose extreme is `a` (or, unknown, lies past `a`).
+                (true, Some(a)) => match value.as_deref() {
+                    None => {
+                        *value = Some(a.into());
+                        *ties = *ct;
+                        *unknown = *c_unknown;
+                    }
+                    // Every stored value lies past the bound m: added values at or before
+                    // it hold the extreme (if they are unknown too, the nearer bound
+                    // bounds both).
+                    Some(m) if *unknown => {
+                        if !before(m, a) {
+                            *value = Some(a.into());
+                            *ties = *ct;
+                            *unknown = *c_unknown;
+                        }
+                    }
+                    Some(m) => {
+                        if *c_unknown {
+                            // The added values lie past a: m stays the extreme if at or
+                            // before a; otherwise nothing is known but the bound a.
+                            if before(a, m) {
+                                *value = Some(a.into());
+                                *ties = 0;
+                                *unknown = true;
+                            }
+                        } else if before(a, m) {
+                            *value = Some(a.into());
+                            *ties = *ct;
+                        } else if a == m {
+                            *ties += ct;
+                        }
+                    }
+                },
+            }
+            if *n <= 0 {
+                *value = None;
+                *ties = 0;
+                *unknown = *n < 0;
+            }
+        }
+        _ => unreachable!("the running values of one aggregate match"),
+    }
+}
+
 /// A running value with nothing folded in.
-fn empty(kind: Kind) -> Running {
+fn empty_running(kind: Kind) -> Running {
     match kind {
         Kind::Count => Running::Count(0),
         Kind::Sum | Kind::Avg => Running::Sum { n: 0, sum: i256::ZERO },
@@ -258,73 +362,33 @@ fn empty(kind: Kind) -> Running {
     }
 }
 
-/// Folds row `row` of `input` into `running`.
-fn apply(running: &mut Running, input: &Input, row: usize, sign: i64, max: bool) {
+/// Adds row `row` of `input` to `running`.
+fn apply(running: &mut Running, input: &Input, row: usize, max: bool) {
     match (running, input) {
         (Running::Count(n), Input::Count(values)) => {
             if values.is_valid(row) {
-                *n += sign;
+                *n += 1;
             }
         }
         (Running::Sum { n, sum }, Input::Sum(values)) => {
             if values.is_valid(row) {
-                let v = values.as_primitive::<Decimal256Type>().value(row);
-                *n += sign;
-                *sum = if sign > 0 { sum.wrapping_add(v) } else { sum.wrapping_sub(v) };
+                *n += 1;
+                *sum = sum.wrapping_add(values.as_primitive::<Decimal256Type>().value(row));
             }
         }
-        (Running::Extreme { n, value, ties, unknown }, Input::Extreme(rows, values)) => {
+        (Running::Extreme { n, value, ties, .. }, Input::Extreme(rows, values)) => {
             if !values.is_valid(row) {
                 return;
             }
             let v = rows.row(row);
             let v = v.as_ref();
-            *n += sign;
-            // `before(a, b)`: a is nearer the extreme than b.
-            let before = |a: &[u8], b: &[u8]| if max { a > b } else { a < b };
-            if *n <= 0 {
-                // No value left (or, below zero, a fold out of step: recompute).
-                *value = None;
-                *ties = 0;
-                *unknown = *n < 0;
-                return;
-            }
-            match (sign > 0, value.as_deref()) {
-                (true, None) => {
+            *n += 1;
+            match value.as_deref() {
+                Some(m) if v == m => *ties += 1,
+                Some(m) if (max && v < m) || (!max && v > m) => {}
+                _ => {
                     *value = Some(v.into());
                     *ties = 1;
-                    *unknown = false;
-                }
-                (true, Some(m)) => {
-                    if *unknown {
-                        // Every value left lies past the bound m: one at or before it is
-                        // the extreme again.
-                        if !before(m, v) {
-                            *value = Some(v.into());
-                            *ties = 1;
-                            *unknown = false;
-                        }
-                    } else if before(v, m) {
-                        *value = Some(v.into());
-                        *ties = 1;
-                    } else if v == m {
-                        *ties += 1;
-                    }
-                }
-                (false, None) => *unknown = true,
-                (false, Some(m)) => {
-                    if *unknown {
-                        return;
-                    }
-                    if v == m {
-                        *ties -= 1;
-                        if *ties == 0 {
-                            *unknown = true;
-                        }
-                    } else if before(v, m) {
-                        // Retracting a value past the extreme: the state is out of step.
-                        *unknown = true;
-                    }
                 }
             }
         }
@@ -504,26 +568,86 @@ mod tests {
         assert_eq!(decode(&[2]), None);
     }
 
+    /// The change a list of values makes, folded as a batch is: count, extreme, ties.
+    fn change(values: &[u8], max: bool) -> Running {
+        let best = if max { values.iter().max() } else { values.iter().min() };
+        Running::Extreme {
+            n: values.len() as i64,
+            value: best.map(|b| vec![*b].into()),
+            ties: best.map_or(0, |b| values.iter().filter(|v| *v == b).count() as i64),
+            unknown: false,
+        }
+    }
+
+    proptest::proptest! {
+        /// Batches of adds and retractions over shards, each taken in by its shard's
+        /// stored value, then the shards added up: a known extreme is the true one
+        /// with its true ties; an unknown one is a bound no value passes.
+        #[test]
+        fn shards_and_batches_never_give_a_wrong_extreme(
+            ops in proptest::collection::vec((0usize..3, 0u8..6, proptest::bool::ANY, 1usize..4), 1..60),
+            max in proptest::bool::ANY,
+        ) {
+            let mut truth: Vec<Vec<u8>> = vec![Vec::new(); 3];
+            let mut stored: Vec<Running> = (0..3).map(|_| empty_running(Kind::Min)).collect();
+            let (mut added, mut retracted): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (vec![Vec::new(); 3], vec![Vec::new(); 3]);
+            for (i, (shard, v, add, batch_end)) in ops.iter().enumerate() {
+                if *add {
+                    added[*shard].push(*v);
+                    truth[*shard].push(*v);
+                } else if let Some(at) = truth[*shard].iter().position(|x| x == v) {
+                    // Only what the shard holds is retracted (and not what this batch added).
+                    if retracted[*shard].iter().filter(|x| *x == v).count() < truth[*shard].iter().filter(|x| *x == v).count()
+                        && !added[*shard].contains(v)
+                    {
+                        truth[*shard].remove(at);
+                        retracted[*shard].push(*v);
+                    }
+                }
+                if i % batch_end == 0 || i + 1 == ops.len() {
+                    for s in 0..3 {
+                        absorb(&mut stored[s], &change(&retracted[s], max), -1, max);
+                        absorb(&mut stored[s], &change(&added[s], max), 1, max);
+                        added[s].clear();
+                        retracted[s].clear();
+                    }
+                    let mut total = empty_running(Kind::Min);
+                    for s in &stored {
+                        absorb(&mut total, s, 1, max);
+                    }
+                    let all: Vec<u8> = truth.concat();
+                    let Running::Extreme { n, value, ties, unknown } = total else { unreachable!() };
+                    proptest::prop_assert_eq!(n, all.len() as i64);
+                    let best = if max { all.iter().max() } else { all.iter().min() };
+                    match (unknown, value.as_deref(), best) {
+                        (false, v, b) => {
+                            proptest::prop_assert_eq!(v, b.map(std::slice::from_ref));
+                            let count = b.map_or(0, |b| all.iter().filter(|x| *x == b).count() as i64);
+                            proptest::prop_assert_eq!(ties, count);
+                        }
+                        (true, Some(bound), Some(b)) => {
+                            let past = if max { *b <= bound[0] } else { *b >= bound[0] };
+                            proptest::prop_assert!(past, "bound {bound:?}, extreme {b}");
+                        }
+                        (true, _, _) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// An extreme after adding (1) or retracting (-1) each value in turn, one at a time.
     fn extreme(values: &[(i64, u8)], max: bool) -> Running {
-        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
-        let mut running = empty(if max { Kind::Max } else { Kind::Min });
+        let mut running = empty_running(if max { Kind::Max } else { Kind::Min });
         for &(sign, v) in values {
-            let array: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![i64::from(v)]));
-            let rows = converter.convert_columns(std::slice::from_ref(&array)).unwrap();
-            apply(&mut running, &Input::Extreme(rows, array), 0, sign, max);
+            absorb(&mut running, &change(&[v], max), sign, max);
         }
         running
     }
 
-    fn value_of(running: &Running) -> (Option<i64>, i64, bool) {
+    fn value_of(running: &Running) -> (Option<u8>, i64, bool) {
         let Running::Extreme { value, ties, unknown, .. } = running else { panic!("not an extreme") };
-        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
-        let v = value.as_ref().map(|v| {
-            let parser = converter.parser();
-            let a = converter.convert_rows([parser.parse(v)]).unwrap().remove(0);
-            a.as_primitive::<arrow::datatypes::Int64Type>().value(0)
-        });
-        (v, *ties, *unknown)
+        (value.as_ref().map(|v| v[0]), *ties, *unknown)
     }
 
     #[test]
