@@ -199,6 +199,9 @@ impl LiveKpis {
     /// # Errors
     /// When the store fails, or a stored state is damaged.
     pub async fn resume(&self, store: &dyn TripStore) -> Result<Resumed> {
+        if !store.keeps_live_state() {
+            return Err(crate::store::no_live_state());
+        }
         let records: BTreeMap<String, Vec<u8>> = store.live_records().await?.into_iter().collect();
         let why = if records.is_empty() {
             Some("the table has no live state yet".to_owned())

@@ -616,6 +616,10 @@ impl TripStore for LsmStore {
         self.merge_with(updates, Some(live)).await
     }
 
+    fn keeps_live_state(&self) -> bool {
+        true
+    }
+
     async fn live_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.call(|t| {
             let mut records = Vec::new();

@@ -239,10 +239,11 @@ pub trait LiveFold: Send + Sync {
 }
 
 /// The error of a live-state call on a table that keeps none.
-fn no_live_state() -> crate::Error {
+pub(crate) fn no_live_state() -> crate::Error {
     crate::Error::config(
-        "this trip table keeps no live KPIs: they are kept by the embedded LSM table; the SQLite table of an older \
-         home does not keep them (move its trips to a new home with `tripflow ingest` from the stream's start)",
+        "--live-kpis: this trip table keeps no live KPIs; for now only the embedded LSM table keeps them, not \
+         DynamoDB nor the SQLite table of an older home: give --live-kpis a home of its own (--home, ingested from \
+         the stream's start), or run without it",
     )
 }
 
@@ -269,6 +270,11 @@ pub trait TripStore: Send + Sync {
     ) -> Result<Vec<MergeOutcome>> {
         let _ = (updates, live);
         Err(no_live_state())
+    }
+
+    /// True when this table keeps the live KPIs' state ([`TripStore::merge_live`]).
+    fn keeps_live_state(&self) -> bool {
+        false
     }
 
     /// Every record of the live KPIs' state, by key; none where it keeps none.

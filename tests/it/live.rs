@@ -379,6 +379,17 @@ fn explain_live_says_how_each_query_is_kept_and_a_bad_interval_is_one_line() {
         errors[0].contains("--live-every \"5 parsecs\" is not a duration") && errors[0].contains("5s, 1m"),
         "{stderr}"
     );
+
+    // A table that keeps no live state says so before any work.
+    let old = tmp.path().join("old-home");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("trips.sqlite"), b"").unwrap();
+    let out = run(&["ingest", "--live-kpis", "--home", old.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("keeps no live KPIs"), "{stderr}");
 }
 
 #[tokio::test]
