@@ -23,7 +23,8 @@
 //!   `store::capacity` the DynamoDB capacity units the requests consume.
 //! - [`kpi`]: exports the table to Arrow and runs `queries/*.sql` with DataFusion;
 //!   `kpi::report` draws `kpi_output/report.html`, `kpi::schedule` runs the job on a
-//!   cron, `kpi::sql` asks ad-hoc SQL of its outputs.
+//!   cron, `kpi::sql` asks ad-hoc SQL of its outputs, and `kpi::live` keeps the KPIs
+//!   live as ingest merges and certifies them against the nightly run.
 //! - [`lambda`]: the ingest and KPI stages as AWS Lambda functions (`tripflow-lambda`);
 //!   [`pipeline`] chains the stages for `tripflow run`; [`cli`] is the command line, whose
 //!   flags become each command's checked settings once (`cli::settings`).
@@ -46,7 +47,6 @@ pub mod fuzzing;
 pub mod ingest;
 pub mod kpi;
 pub mod lambda;
-pub mod live;
 pub mod model;
 pub mod observe;
 pub mod pipeline;

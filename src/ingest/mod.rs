@@ -96,7 +96,7 @@ pub struct IngestOptions {
 #[derive(Clone)]
 pub struct LiveOptions {
     /// The queries and their state.
-    pub kpis: Arc<crate::live::LiveKpis>,
+    pub kpis: Arc<crate::kpi::live::LiveKpis>,
     /// Where the live files go.
     pub out: crate::kpi::OutputLocation,
     /// The least time between two publications (`--live-every`).
@@ -477,10 +477,10 @@ struct Publisher {
 impl Publisher {
     /// Resumes (or rebuilds) the live state from `store`.
     async fn start(options: &LiveOptions, store: &dyn TripStore) -> Result<Self> {
-        crate::live::log_keeping(&options.kpis);
+        crate::kpi::live::log_keeping(&options.kpis);
         match options.kpis.resume(store).await? {
-            crate::live::Resumed::Resumed => info!("Live KPIs: resumed the state stored with the table."),
-            crate::live::Resumed::Rebuilt(why) => info!(%why, "Live KPIs: rebuilt the state from the table."),
+            crate::kpi::live::Resumed::Resumed => info!("Live KPIs: resumed the state stored with the table."),
+            crate::kpi::live::Resumed::Rebuilt(why) => info!(%why, "Live KPIs: rebuilt the state from the table."),
         }
         let now = tokio::time::Instant::now();
         Ok(Publisher { options: options.clone(), next: now, recompute_at: now })
@@ -512,7 +512,7 @@ impl Publisher {
             );
         }
         debug!(written = published.written.len(), removed = published.removed.len(), "Live KPIs published.");
-        telemetry::live_published(&published);
+        telemetry::live_published(published.written.len(), published.extremes_recomputed.len());
         Ok(())
     }
 }

@@ -99,10 +99,10 @@ pub const LIVE_EXTREMES: &str = "tripflow_live_extremes_recomputed_total";
 /// When the live files were last published, in seconds since the epoch.
 pub const LIVE_PUBLISHED: &str = "tripflow_live_last_published_timestamp_seconds";
 
-/// Records a publication of the live KPIs.
-pub fn live_published(p: &crate::live::Published) {
-    counter!(LIVE_FILES).increment(p.written.len() as u64);
-    counter!(LIVE_EXTREMES).increment(p.extremes_recomputed.len() as u64);
+/// Records a publication of the live KPIs: files written, and dates recomputed first.
+pub fn live_published(files: usize, extremes_recomputed: usize) {
+    counter!(LIVE_FILES).increment(files as u64);
+    counter!(LIVE_EXTREMES).increment(extremes_recomputed as u64);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     gauge!(LIVE_PUBLISHED).set(now.as_secs_f64());
 }

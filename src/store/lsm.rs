@@ -131,7 +131,7 @@ struct Tables {
     by_date: Keyspace,
     changed: Keyspace,
     fields: Keyspace,
-    /// The live KPIs' state ([`crate::live`]): written with the merges that change it.
+    /// The live KPIs' state ([`crate::kpi::live`]): written with the merges that change it.
     live: Keyspace,
     /// True once the table holds live state: a merge without the live fold then marks
     /// it stale, so the next live run rebuilds it instead of resuming a state that

@@ -212,7 +212,7 @@ pub(crate) fn reader_stopped() -> crate::Error {
     crate::Error::store("export: the reader of the export stopped")
 }
 
-/// A record of the live KPIs' state ([`crate::live`]), kept beside the trip table:
+/// A record of the live KPIs' state ([`crate::kpi::live`]), kept beside the trip table:
 /// `value` `None` removes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveRecord {

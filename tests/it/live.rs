@@ -9,8 +9,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tripflow::config::Home;
 use tripflow::ingest::{IngestOptions, LiveOptions};
+use tripflow::kpi::live::{Keeping, LiveKpis};
 use tripflow::kpi::{self, OutputLocation};
-use tripflow::live::{Keeping, LiveKpis};
 use tripflow::model::declared::Fields;
 
 use crate::common::{data_dir, ingest, kpi_files, produce_dir, put_raw, queries_dir, read_tree};
@@ -45,7 +45,7 @@ pub fn assert_live_equals_nightly(live_out: &Path, nightly: &std::collections::B
         let live_file = live_file.unwrap_or_else(|| panic!("no live file for {date}; live: {:?}", live.keys()));
         let text = String::from_utf8(live_file.clone()).unwrap();
         assert!(text.contains("\"live_position\": {\"stream\":"), "{text}");
-        assert_eq!(tripflow::live::nightly_text(&text), String::from_utf8_lossy(bytes), "{date}");
+        assert_eq!(tripflow::kpi::live::nightly_text(&text), String::from_utf8_lossy(bytes), "{date}");
         compared += 1;
     }
     let live_dates = live.keys().filter(|k| k.starts_with("date=")).count();

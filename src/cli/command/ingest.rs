@@ -26,7 +26,7 @@ pub(in crate::cli) async fn ingest(s: &Settings, aws: &AwsEnv, watch: &Watch) ->
     if let Some(live) = &s.live {
         let queries = crate::kpi::queries::load_or_builtin(a.live.queries.as_deref())?;
         let columns = crate::kpi::table_columns(store.as_ref(), &opts.fields.declared).await?;
-        let kpis = crate::live::LiveKpis::compile(&queries, &opts.fields.declared, columns).await?;
+        let kpis = crate::kpi::live::LiveKpis::compile(&queries, &opts.fields.declared, columns).await?;
         opts.live = Some(crate::ingest::LiveOptions {
             kpis: std::sync::Arc::new(kpis),
             out: config::open_output(&live.out, aws).await?,

@@ -16,7 +16,7 @@ pub(in crate::cli) async fn kpi(s: &Kpi, aws: &AwsEnv, watch: &Watch) -> Result<
         let fields = config::read_fields(a.declared.fields.as_deref(), aws).await?;
         let store = config::open_store(&s.store, aws, &tuning(None, Some(&a.store))).await?;
         let columns = kpi::table_columns(store.as_ref(), &fields).await?;
-        let live = crate::live::LiveKpis::compile(&queries, &fields, columns).await?;
+        let live = crate::kpi::live::LiveKpis::compile(&queries, &fields, columns).await?;
         for (q, keeping) in live.explain() {
             println!("{}: {keeping}", q.stem);
         }

@@ -33,7 +33,10 @@ use tracing::{info, warn};
 pub use self::plan::Keeping;
 use self::plan::Maintained;
 use self::state::{Evaluated, Folder, QueryState};
-use crate::kpi::{self, KpiQuery, OutputLocation, QueryResult};
+use super::engine::{self, DateSelection, ExportColumns, QueryResult};
+use super::output::{self, OutputLocation};
+use super::queries::KpiQuery;
+use super::tables;
 use crate::model::declared::Fields;
 use crate::observe::progress::Quiet;
 use crate::store::export::ExtraColumn;
@@ -134,7 +137,7 @@ impl LiveKpis {
     /// When a query does not plan (named by its file).
     pub async fn compile(queries: &[KpiQuery], fields: &Fields, kept: Arc<[ExtraColumn]>) -> Result<Self> {
         let whole = Projection::all_with(kept.clone());
-        let probe = kpi::context_over(whole.schema(), &[])?;
+        let probe = engine::context_over(whole.schema(), &[])?;
         let mut keeping = Vec::new();
         let mut columns = BTreeSet::new();
         columns.insert(whole.schema().index_of("trip_date").expect("trips has trip_date"));
@@ -149,7 +152,7 @@ impl LiveKpis {
             }
         }
         let projection = Projection::of_with(columns, kept);
-        let ctx = kpi::context_over(projection.schema(), &[])?;
+        let ctx = engine::context_over(projection.schema(), &[])?;
         let mut maintained = Vec::new();
         for (q, k) in queries.iter().zip(&keeping) {
             maintained.push(match k {
@@ -390,7 +393,7 @@ impl LiveKpis {
             }
             let wanted: Vec<i32> = dates.iter().copied().collect();
             let results = self.results(&wanted).await?;
-            let (per_date, _) = kpi::render(&results)?;
+            let (per_date, _) = engine::render(&results)?;
             let (position, recomputed_at) = {
                 let inner = self.lock();
                 (inner.position.clone(), inner.recomputed_at.clone())
@@ -442,15 +445,15 @@ impl LiveKpis {
     /// Runs the recomputed queries over `dates` and keeps their rows.
     async fn recompute(&self, store: &dyn TripStore, which: &[usize], dates: &BTreeSet<i32>) -> Result<()> {
         let queries: Vec<KpiQuery> = which.iter().map(|&i| self.queries[i].clone()).collect();
-        let selection = kpi::DateSelection::Dates(dates.iter().copied().map(day).collect());
+        let selection = DateSelection::Dates(dates.iter().copied().map(day).collect());
         let position = self.position();
         let (results, _) =
-            kpi::run_queries(store, &queries, &self.fields, &selection, kpi::ExportColumns::Queried, &Quiet).await?;
+            engine::run_queries(store, &queries, &self.fields, &selection, ExportColumns::Queried, &Quiet).await?;
         let mut inner = self.lock();
         for (&i, r) in which.iter().zip(&results) {
             for &d in dates {
                 let rows = if r.schema.index_of("trip_date").is_ok() {
-                    kpi::output::rows_of_date(&r.batches, "trip_date", &day(d).to_string())?
+                    output::rows_of_date(&r.batches, "trip_date", &day(d).to_string())?
                 } else {
                     Vec::new()
                 };
@@ -499,7 +502,7 @@ impl LiveKpis {
         let plan = replace_aggregate(&m.plan, figures, m).map_err(|e| engine("the live figures' plan", e))?;
         let df = DataFrame::new(self.ctx.state(), plan);
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(|e| kpi::query_error(q, e))?;
+        let batches = df.collect().await.map_err(|e| engine::query_error(q, e))?;
         Ok(QueryResult { query: q.clone(), schema, batches })
     }
 
@@ -533,8 +536,8 @@ impl LiveKpis {
         for (i, q, m) in self.stems() {
             let live = self.maintained_result(q, m, i, &wanted).await?;
             let Some(batch) = results.iter().find(|r| r.query.stem == q.stem) else { continue };
-            let (live, _) = kpi::render(std::slice::from_ref(&live))?;
-            let (batch, _) = kpi::render(std::slice::from_ref(batch))?;
+            let (live, _) = engine::render(std::slice::from_ref(&live))?;
+            let (batch, _) = engine::render(std::slice::from_ref(batch))?;
             for date in &certificate.compared {
                 let (l, b) = (live.get(date), batch.get(date));
                 if l != b {
@@ -613,12 +616,12 @@ pub fn nightly_text(live: &str) -> String {
 /// `q`'s plan, analysed (type coercion applied) but not optimised: the shape it was
 /// written in.
 async fn analysed(ctx: &SessionContext, q: &KpiQuery) -> Result<LogicalPlan> {
-    let df = ctx.sql_with_options(&q.sql, kpi::tables::read_only()).await.map_err(|e| kpi::query_error(q, e))?;
+    let df = ctx.sql_with_options(&q.sql, tables::read_only()).await.map_err(|e| engine::query_error(q, e))?;
     let state = ctx.state();
     state
         .analyzer()
         .execute_and_check(df.into_unoptimized_plan(), state.config_options(), |_, _| {})
-        .map_err(|e| kpi::query_error(q, e))
+        .map_err(|e| engine::query_error(q, e))
 }
 
 /// The columns of the rows a plan's aggregation reads (its filter, grouping and

@@ -22,7 +22,8 @@ use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 
-use crate::kpi::KpiQuery;
+use crate::kpi::engine::query_error;
+use crate::kpi::queries::KpiQuery;
 use crate::{Error, Result};
 
 /// How a query's live figures are kept.
@@ -247,7 +248,7 @@ pub(crate) fn compile(state: &SessionState, query: &KpiQuery, plan: LogicalPlan)
         Ok(s) => s,
         Err(_) => return Ok(None),
     };
-    let failed = |e: datafusion::error::DataFusionError| crate::kpi::query_error(query, e);
+    let failed = |e: datafusion::error::DataFusionError| query_error(query, e);
     let aggregate = shape.aggregate;
     let input = aggregate.input.schema().clone();
     let physical_input: Arc<Schema> = Arc::new(input.as_arrow().clone());
