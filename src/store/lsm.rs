@@ -540,7 +540,16 @@ impl LsmStore {
                 let old_date = stored_date(stored_end);
                 touched_dates(outcome, old_date.as_deref(), u, &mut touched);
                 let before = (cells, extras);
-                let incoming = cells_of(&u.trip_id, u.start.as_ref(), u.end.as_ref());
+                // Datetimes in the stored form become microseconds once, here, for the
+                // item's encoding and the live fold's rows alike.
+                let mut incoming = cells_of(&u.trip_id, u.start.as_ref(), u.end.as_ref());
+                for (cell, _) in incoming.iter_mut().zip(IS_DATETIME).filter(|(_, is)| *is) {
+                    if let Cell::Text(t) = *cell
+                        && let Some(micros) = stored_micros(t)
+                    {
+                        *cell = Cell::Time(micros);
+                    }
+                }
                 let incoming_extras = [u.start.as_ref().map(|g| g.extras()), u.end.as_ref().map(|g| g.extras())]
                     .map(|e| e.and_then(Extras::as_json));
                 for (g, (applied, group)) in
