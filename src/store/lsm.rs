@@ -539,17 +539,8 @@ impl LsmStore {
                 }
                 let old_date = stored_date(stored_end);
                 touched_dates(outcome, old_date.as_deref(), u, &mut touched);
-                let before = (cells, extras);
-                // Datetimes in the stored form become microseconds once, here, for the
-                // item's encoding and the live fold's rows alike.
-                let mut incoming = cells_of(&u.trip_id, u.start.as_ref(), u.end.as_ref());
-                for (cell, _) in incoming.iter_mut().zip(IS_DATETIME).filter(|(_, is)| *is) {
-                    if let Cell::Text(t) = *cell
-                        && let Some(micros) = stored_micros(t)
-                    {
-                        *cell = Cell::Time(micros);
-                    }
-                }
+                let before = changes.is_some().then_some((cells, extras));
+                let incoming = cells_of(&u.trip_id, u.start.as_ref(), u.end.as_ref());
                 let incoming_extras = [u.start.as_ref().map(|g| g.extras()), u.end.as_ref().map(|g| g.extras())]
                     .map(|e| e.and_then(Extras::as_json));
                 for (g, (applied, group)) in
@@ -560,7 +551,18 @@ impl LsmStore {
                         extras[g] = incoming_extras[g];
                     }
                 }
-                if let Some(((before_rows, before_full), (after_rows, after_full))) = &mut changes {
+                if let (Some(((before_rows, before_full), (after_rows, after_full))), Some(before)) =
+                    (&mut changes, &before)
+                {
+                    // The written datetimes become microseconds once, for the live fold's
+                    // rows and the item's encoding alike.
+                    for (cell, _) in cells.iter_mut().zip(IS_DATETIME).filter(|(_, is)| *is) {
+                        if let Cell::Text(t) = *cell
+                            && let Some(micros) = stored_micros(t)
+                        {
+                            *cell = Cell::Time(micros);
+                        }
+                    }
                     if has(&before.0, EventKind::End) {
                         before_rows.push_with_extras(&before.0, before.1, before_full)?;
                     }
