@@ -121,6 +121,20 @@ async fn live_files_of_the_sample_equal_the_nightly_run_which_certifies_them() {
     assert_eq!(certificate["equal"], certificate["compared"], "{certificate}");
     assert_eq!(certificate["mismatches"], serde_json::json!([]));
     assert_eq!(certificate["queries"], serde_json::json!(["daily_kpis", "fares_by_payment_type", "trips_by_hour"]));
+
+    // A restart resumes the stored state, without a recount; after a merge made without
+    // the live fold, it is rebuilt from the table instead, and says why.
+    let store = home.store().unwrap();
+    let resumed = live_options(&home, &live_out).await.kpis.resume(&*store).await.unwrap();
+    assert_eq!(resumed, tripflow::kpi::live::Resumed::Resumed);
+    put_raw(&home.stream(None).unwrap(), &[crate::common::start_event("late-1", "2024-05-25 10:00:00").into_bytes()])
+        .await;
+    ingest(&home, &IngestOptions::default()).await.unwrap();
+    let rebuilt = live_options(&home, &live_out).await.kpis.resume(&*store).await.unwrap();
+    assert!(
+        matches!(&rebuilt, tripflow::kpi::live::Resumed::Rebuilt(why) if why.contains("without --live-kpis")),
+        "{rebuilt:?}"
+    );
 }
 
 // ---- Random interleavings ----
