@@ -7,11 +7,12 @@
 //!   the order the rows came in, so the same bytes as the batch's.
 //! - MIN and MAX keep the extreme, as a row of `arrow-row` (whose bytes order as the
 //!   values do), and how many rows hold it. Retracting the last of them leaves the
-//!   extreme *unknown*, with the old one as a bound: a later value past the bound is the
-//!   extreme again; otherwise the date is recomputed from the table before it is
-//!   published ([`QueryState::unknown_dates`]). A change that retracts a day's only
+//!   extreme *unknown*, with the old one as a bound: a later value at or before the
+//!   bound is the extreme again; otherwise the date is recomputed from the table before
+//!   it is published ([`Folder::unknown_dates`]). A change that retracts a day's only
 //!   cheapest fare is rare, and this keeps the state a few bytes per group where
-//!   ordered counts of every value would keep thousands (docs/performance.md#live-kpis).
+//!   ordered counts of every value would keep hundreds of thousands a day
+//!   (docs/performance.md, Live KPIs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -443,7 +444,10 @@ fn state_arrays(
     })
 }
 
-/// Encodes one date's groups (the stored form: docs/architecture.md#live-state).
+/// Encodes one date's groups: a layout byte (1), the number of groups, then per group
+/// (in key order) its key, its row count and each running value, a tag and its fields
+/// (integers as zigzag varints, a sum as 32 little-endian bytes, an extreme's row as a
+/// length and its bytes).
 pub(crate) fn encode(groups: &DateGroups) -> Vec<u8> {
     fn bytes(out: &mut Vec<u8>, b: &[u8]) {
         put_varint(out, b.len() as u64);
