@@ -39,9 +39,9 @@ use fjall::{AbstractTree, CompressionType, Database, Keyspace, KeyspaceCreateOpt
 use super::export::{DROPOFF, PICKUP, cells_of};
 use super::ledger::{self, SeenField, ShardLedger, Sighting};
 use super::{
-    Cell, ChangedDate, CompactString, EndGroup, ExportBuilder, LiveFold, LiveRecord, MergeOutcome, Projection,
-    STORED_COLUMNS, StartGroup, ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer, marked_date,
-    next_mark, touched_dates,
+    Cell, ChangedDate, CompactString, EndGroup, ExportBuilder, LIVE_STALE, LiveFold, LiveRecord, MergeOutcome,
+    Projection, STORED_COLUMNS, StartGroup, ToCompactString, TripItem, TripStore, TripUpdate, date_of, is_newer,
+    marked_date, next_mark, touched_dates,
 };
 use crate::error::{Context, Stage};
 use crate::model::event::{END_LEN, EventKind, FIELDS, FieldType, START_LEN};
@@ -272,6 +272,16 @@ impl Tables {
         Ok(builder)
     }
 
+    /// Adds the live state's `records` to `batch` (a record without a value removes its key).
+    fn stage_live(&self, batch: &mut fjall::OwnedWriteBatch, records: Vec<LiveRecord>) {
+        for r in records {
+            match r.value {
+                Some(v) => batch.insert(&self.live, r.key, v),
+                None => batch.remove(&self.live, r.key),
+            }
+        }
+    }
+
     fn failed(&self, what: &str, e: fjall::Error) -> Error {
         Stage::Store.error(format!("{what} in {}", self.path.display()), e)
     }
@@ -498,9 +508,6 @@ fn date_key(dropoff_datetime: &str, trip_id: &str) -> Vec<u8> {
     key
 }
 
-/// The key of the live state's mark of a merge made without the live fold.
-const LIVE_STALE: &str = "stale";
-
 impl LsmStore {
     /// The merge, with the live fold or without.
     async fn merge_with(&self, updates: Vec<TripUpdate>, live: Option<Arc<dyn LiveFold>>) -> Result<Vec<MergeOutcome>> {
@@ -593,12 +600,7 @@ impl LsmStore {
                 (Some(live), Some(((before_rows, before_full), (after_rows, after_full)))) => {
                     let before = before_rows.finish_into(before_full)?;
                     let after = after_rows.finish_into(after_full)?;
-                    for r in live.fold(&before, &after)? {
-                        match r.value {
-                            Some(v) => batch.insert(&t.live, r.key, v),
-                            None => batch.remove(&t.live, r.key),
-                        }
-                    }
+                    t.stage_live(&mut batch, live.fold(&before, &after)?);
                     t.live_kept.store(true, Ordering::Relaxed);
                 }
                 _ if t.live_kept.load(Ordering::Relaxed) && written > 0 => batch.insert(&t.live, LIVE_STALE, []),
@@ -646,12 +648,7 @@ impl TripStore for LsmStore {
     async fn put_live(&self, records: Vec<LiveRecord>) -> Result<()> {
         self.call(move |t| {
             let mut batch = t.db.batch().durability(Some(PersistMode::SyncAll));
-            for r in records {
-                match r.value {
-                    Some(v) => batch.insert(&t.live, r.key, v),
-                    None => batch.remove(&t.live, r.key),
-                }
-            }
+            t.stage_live(&mut batch, records);
             let _marks = t.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             batch.commit().map_err(|e| t.failed("cannot write the live KPIs' state", e))?;
             t.live_kept.store(true, Ordering::Relaxed);

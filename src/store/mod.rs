@@ -222,6 +222,10 @@ pub struct LiveRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// The live state's record that a store writes when it merges without the live fold:
+/// the state missed changes, and the next live run rebuilds it.
+pub const LIVE_STALE: &str = "stale";
+
 /// The live KPIs' part in a merge ([`TripStore::merge_live`]): told the rows the merge
 /// changes, as they were and as they are, it returns the records of the live state to
 /// store with the merge, in the same atomic write.

@@ -40,7 +40,7 @@ use super::tables;
 use crate::model::declared::Fields;
 use crate::observe::progress::Quiet;
 use crate::store::export::ExtraColumn;
-use crate::store::{LiveFold, LiveRecord, Projection, TripStore};
+use crate::store::{LIVE_STALE, LiveFold, LiveRecord, Projection, TripStore};
 use crate::stream::{SequenceNumber, ShardId};
 use crate::{Error, Result};
 
@@ -55,7 +55,6 @@ pub struct Position {
 
 /// The live state's keys in the store.
 const POSITION: &str = "position";
-const STALE: &str = "stale";
 
 fn state_key(stem: &str, date: i32) -> String {
     format!("state/{stem}/{}", day(date))
@@ -208,7 +207,7 @@ impl LiveKpis {
         let records: BTreeMap<String, Vec<u8>> = store.live_records().await?.into_iter().collect();
         let why = if records.is_empty() {
             Some("the table has no live state yet".to_owned())
-        } else if records.contains_key(STALE) {
+        } else if records.contains_key(LIVE_STALE) {
             Some("trips were merged without --live-kpis since it was written".to_owned())
         } else {
             self.stems()
@@ -251,34 +250,53 @@ impl LiveKpis {
         self.queries.iter().zip(&self.maintained).enumerate().filter_map(|(i, (q, m))| Some((i, q, m.as_ref()?)))
     }
 
+    /// The maintained queries' states of the rows of `batches`, by query (a recomputed
+    /// query's stays empty): each batch goes once through every query, which share what
+    /// they evaluate. Adds to `touched` the dates they hold rows of.
+    fn states_of(&self, batches: &[RecordBatch], touched: &mut BTreeSet<i32>) -> Result<Vec<QueryState>> {
+        let folders = self.stems().map(|(i, _, m)| Ok((i, Folder::new(m)?))).collect::<Result<Vec<_>>>()?;
+        let mut states = vec![QueryState::default(); self.queries.len()];
+        for batch in batches {
+            let mut evaluated = Evaluated::new();
+            for (i, folder) in &folders {
+                folder.fold(&mut states[*i], batch, touched, &mut evaluated)?;
+            }
+        }
+        Ok(states)
+    }
+
+    /// The dates with an extreme left unknown by a retraction, in any maintained query.
+    fn unknown_dates(&self) -> BTreeSet<i32> {
+        let inner = self.lock();
+        self.stems().flat_map(|(i, _, _)| Folder::unknown_dates(&inner.states[i])).collect()
+    }
+
     /// Rebuilds every maintained query's state from the whole table, replacing what
     /// `stored` held.
     async fn rebuild_all(&self, store: &dyn TripStore, stored: &BTreeMap<String, Vec<u8>>) -> Result<()> {
         let batches = store.export(None, &self.projection).await?;
-        let mut records: Vec<LiveRecord> = stored
+        let mut touched = BTreeSet::new();
+        let fresh = self.states_of(&batches, &mut touched)?;
+        let mut records = Vec::new();
+        for (i, q, m) in self.stems() {
+            for (d, groups) in &fresh[i].dates {
+                records.push(LiveRecord { key: state_key(&q.stem, *d), value: Some(state::encode(groups)) });
+            }
+            records.push(LiveRecord { key: query_key(&q.stem), value: Some(m.fingerprint.clone().into_bytes()) });
+        }
+        // What was stored and is not written again goes: other dates, queries no longer
+        // run, the stale mark.
+        let written: BTreeSet<&str> = records.iter().map(|r| r.key.as_str()).collect();
+        let gone: Vec<LiveRecord> = stored
             .keys()
-            .filter(|k| k.starts_with("state/") || k.starts_with("query/") || *k == STALE)
+            .filter(|k| k.starts_with("state/") || k.starts_with("query/") || *k == LIVE_STALE)
+            .filter(|k| !written.contains(k.as_str()))
             .map(|k| LiveRecord { key: k.clone(), value: None })
             .collect();
+        records.extend(gone);
         {
             let mut inner = self.lock();
-            let mut touched = BTreeSet::new();
-            for (i, q, m) in self.stems() {
-                let mut fresh = QueryState::default();
-                let folder = Folder::new(m)?;
-                for b in &batches {
-                    folder.fold(&mut fresh, b, &mut touched, &mut Evaluated::new())?;
-                }
-                records.retain(|r| !r.key.starts_with(&format!("state/{}/", q.stem)));
-                for (d, groups) in &fresh.dates {
-                    records.push(LiveRecord { key: state_key(&q.stem, *d), value: Some(state::encode(groups)) });
-                }
-                records.push(LiveRecord { key: query_key(&q.stem), value: Some(m.fingerprint.clone().into_bytes()) });
-                inner.states[i] = fresh;
-            }
-            // Stored states of queries no longer run go too.
-            let kept: BTreeSet<String> = records.iter().filter(|r| r.value.is_some()).map(|r| r.key.clone()).collect();
-            records.retain(|r| r.value.is_some() || !kept.contains(&r.key));
+            inner.states = fresh;
             inner.changed.extend(&touched);
             inner.touched.extend(&touched);
         }
@@ -295,25 +313,19 @@ impl LiveKpis {
             return Ok(());
         }
         let batches = store.export(Some(dates.to_vec()), &self.projection).await?;
+        let mut fresh = self.states_of(&batches, &mut BTreeSet::new())?;
+        let wanted: BTreeSet<i32> = dates.iter().copied().map(days).collect();
         let mut records = Vec::new();
         {
             let mut inner = self.lock();
-            let wanted: BTreeSet<i32> = dates.iter().copied().map(days).collect();
-            for (i, q, m) in self.stems() {
-                let mut fresh = QueryState::default();
-                let folder = Folder::new(m)?;
-                let mut touched = BTreeSet::new();
-                for b in &batches {
-                    folder.fold(&mut fresh, b, &mut touched, &mut Evaluated::new())?;
-                }
+            for (i, q, _) in self.stems() {
                 for &d in &wanted {
-                    let groups = fresh.dates.remove(&d);
-                    let value = groups.as_ref().map(state::encode);
+                    let groups = fresh[i].dates.remove(&d);
+                    records.push(LiveRecord { key: state_key(&q.stem, d), value: groups.as_ref().map(state::encode) });
                     match groups {
                         Some(g) => inner.states[i].dates.insert(d, g),
                         None => inner.states[i].dates.remove(&d),
                     };
-                    records.push(LiveRecord { key: state_key(&q.stem, d), value });
                 }
             }
             // Their files are written again by the next publication, even by another process.
@@ -354,10 +366,7 @@ impl LiveKpis {
     pub async fn publish(&self, store: &dyn TripStore, out: &OutputLocation, recompute: bool) -> Result<Published> {
         let mut published = Published::default();
         // A retracted extreme is recomputed from the table before anything is written.
-        let unknown: BTreeSet<i32> = {
-            let inner = self.lock();
-            self.stems().flat_map(|(i, _, _)| Folder::unknown_dates(&inner.states[i])).collect()
-        };
+        let unknown = self.unknown_dates();
         if !unknown.is_empty() {
             let dates: Vec<NaiveDate> = unknown.iter().copied().map(day).collect();
             self.rebuild(store, &dates).await?;
@@ -519,12 +528,8 @@ impl LiveKpis {
     ) -> Result<Certificate> {
         let wanted: Vec<i32> = dates.iter().copied().map(days).collect();
         // An extreme left unknown is recomputed, as a publication would.
-        let unknown: Vec<NaiveDate> = {
-            let inner = self.lock();
-            let all: BTreeSet<i32> =
-                self.stems().flat_map(|(i, _, _)| Folder::unknown_dates(&inner.states[i])).collect();
-            all.into_iter().filter(|d| wanted.contains(d)).map(day).collect()
-        };
+        let unknown: Vec<NaiveDate> =
+            self.unknown_dates().into_iter().filter(|d| wanted.contains(d)).map(day).collect();
         self.rebuild(store, &unknown).await?;
         let mut certificate = Certificate {
             position: self.position(),
@@ -668,34 +673,19 @@ impl LiveFold for LiveKpis {
     }
 
     fn fold(&self, before: &[RecordBatch], after: &[RecordBatch]) -> Result<Vec<LiveRecord>> {
+        // The change, per query: the rows retracted and those added; then taken in by
+        // the state.
+        let mut all = BTreeSet::new();
+        let retracted = self.states_of(before, &mut all)?;
+        let added = self.states_of(after, &mut all)?;
         let mut inner = self.lock();
         let mut records = Vec::new();
-        let mut all = BTreeSet::new();
-        let mut touched_by = vec![BTreeSet::new(); self.queries.len()];
-        let folders = self.stems().map(|(i, q, m)| Ok((i, q, Folder::new(m)?))).collect::<Result<Vec<_>>>()?;
-        // The change, per query: the rows retracted and those added, each batch once
-        // through every query, sharing what they evaluate; then taken in by the state.
-        let mut changes =
-            [vec![QueryState::default(); self.queries.len()], vec![QueryState::default(); self.queries.len()]];
-        for (batches, change) in [before, after].into_iter().zip(&mut changes) {
-            for batch in batches {
-                let mut evaluated = Evaluated::new();
-                for (i, _, folder) in &folders {
-                    folder.fold(&mut change[*i], batch, &mut touched_by[*i], &mut evaluated)?;
-                }
-            }
-        }
-        let [retracted, added] = changes;
-        for (i, _, folder) in &folders {
-            inner.states[*i].absorb(&added[*i], &retracted[*i], &folder.kinds());
-        }
-        for (i, q, _) in &folders {
-            let (i, touched) = (*i, &touched_by[*i]);
-            for &d in touched {
+        for (i, q, m) in self.stems() {
+            inner.states[i].absorb(&added[i], &retracted[i], &m.kinds());
+            for &d in &all {
                 let value = inner.states[i].dates.get(&d).map(state::encode);
                 records.push(LiveRecord { key: state_key(&q.stem, d), value });
             }
-            all.extend(touched);
         }
         // Any row's date, for the recomputed queries.
         let mut touched = BTreeSet::new();

@@ -89,6 +89,13 @@ pub(crate) struct Maintained {
     pub fingerprint: String,
 }
 
+impl Maintained {
+    /// The kind of each aggregate, in order.
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.aggregates.iter().map(|a| a.kind).collect()
+    }
+}
+
 /// The pieces of a plan of the maintained shape.
 struct Shape<'a> {
     aggregate: &'a datafusion::logical_expr::Aggregate,

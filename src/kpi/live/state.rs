@@ -105,11 +105,6 @@ impl<'a> Folder<'a> {
         Ok(Folder { query, groups, extremes })
     }
 
-    /// The kind of each aggregate, in order.
-    pub fn kinds(&self) -> Vec<Kind> {
-        self.query.aggregates.iter().map(|a| a.kind).collect()
-    }
-
     /// Adds `batch`'s rows to `state` (a change is two such states, the rows added and
     /// those retracted, which [`QueryState::absorb`] takes in); adds to `touched` the
     /// dates it added to. `evaluated` holds what other queries evaluated over the same
