@@ -119,7 +119,7 @@ fn merge(c: &mut Criterion) {
                     (dir, store)
                 },
                 |(_dir, store)| {
-                    let updates = coalesce(&validated).updates;
+                    let updates = coalesce(&validated, false).updates;
                     black_box(rt.block_on(store.merge(updates)).unwrap())
                 },
                 BatchSize::PerIteration,
@@ -136,7 +136,7 @@ fn merge(c: &mut Criterion) {
                 || {
                     let fresh = records(next..next + 2048);
                     next += 2048;
-                    coalesce(&validate(&decode(fresh.iter().map(Vec::as_slice))).unwrap()).updates
+                    coalesce(&validate(&decode(fresh.iter().map(Vec::as_slice))).unwrap(), false).updates
                 },
                 |updates| black_box(rt.block_on(store.merge(updates)).unwrap()),
                 BatchSize::PerIteration,
@@ -161,7 +161,7 @@ fn table_of(rt: &tokio::runtime::Runtime, open: Open, n: usize) -> (tempfile::Te
     for start in (0..n).step_by(16_384) {
         let chunk = records(start..n.min(start + 16_384));
         let validated = validate(&decode(chunk.iter().map(Vec::as_slice))).unwrap();
-        rt.block_on(store.merge(coalesce(&validated).updates)).unwrap();
+        rt.block_on(store.merge(coalesce(&validated, false).updates)).unwrap();
     }
     (dir, store)
 }

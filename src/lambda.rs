@@ -93,6 +93,8 @@ pub struct Settings {
     /// `TRIPFLOW_FIELDS`: the fields file, a path or `s3://BUCKET/KEY`; read when a
     /// function opens ([`crate::config::read_fields`]).
     pub fields: Option<String>,
+    /// `TRIPFLOW_LIVE_KPIS`: the ingest function keeps the live KPIs' state.
+    pub live: bool,
     /// `TRIPFLOW_STACK` (the template sets the stack's name), else the function's own
     /// name (`AWS_LAMBDA_FUNCTION_NAME`): the `stack` dimension of the EMF metrics, so
     /// that two stacks in one account have series, and alarms, of their own.
@@ -171,6 +173,7 @@ impl Settings {
             .unwrap_or_else(|| telemetry::DEFAULT_STACK.to_owned());
         Ok(Settings {
             stack,
+            live: args.live.live_kpis,
             store,
             dead_letter,
             out,
@@ -200,6 +203,8 @@ pub struct IngestFunction {
     pub deadline_margin: Duration,
     /// The `stack` dimension of its EMF lines ([`Settings::stack`]).
     pub stack: String,
+    /// The live KPIs kept with each merge (`TRIPFLOW_LIVE_KPIS`).
+    pub live: Option<Arc<dyn crate::store::LiveFold>>,
 }
 
 /// What one ingest invocation did: the counts of its one log line.
@@ -227,8 +232,16 @@ impl IngestFunction {
         let store = config::open_store(&settings.store, aws, &settings.tuning).await?;
         let (dead_letters, _) = config::open_dead_letters(&DeadLetterUrl::Object(dead_letter.clone()), aws).await?;
         let declared = config::read_fields(settings.fields.as_deref(), aws).await?;
+        let live = if settings.live {
+            let queries = kpi::queries::load_or_builtin(settings.queries.as_deref())?;
+            let columns = kpi::table_columns(store.as_ref(), &declared).await?;
+            let kpis = kpi::live::LiveKpis::compile(&queries, &declared, columns).await?;
+            Some(Arc::new(kpis) as Arc<dyn crate::store::LiveFold>)
+        } else {
+            None
+        };
         let fields = FieldRules { declared, unknown: settings.unknown_fields };
-        Ok(IngestFunction { fields, stack: settings.stack.clone(), ..Self::new(store, dead_letters) })
+        Ok(IngestFunction { fields, stack: settings.stack.clone(), live, ..Self::new(store, dead_letters) })
     }
 
     /// A function over a store and a dead-letter output already opened.
@@ -240,6 +253,7 @@ impl IngestFunction {
             chunk_records: DEFAULT_CHUNK_RECORDS,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             stack: telemetry::DEFAULT_STACK.to_owned(),
+            live: None,
         }
     }
 
@@ -314,9 +328,16 @@ impl IngestFunction {
                 break;
             }
             let chunk: Vec<Pending> = rest.by_ref().take(self.chunk_records.max(1)).collect();
-            let (chunk_counts, _, chunk_times) =
-                merge_batch(self.store.as_ref(), self.dead_letters.as_ref(), &stream, &shards, chunk, &self.fields)
-                    .await?;
+            let (chunk_counts, _, chunk_times) = merge_batch(
+                self.store.as_ref(),
+                self.dead_letters.as_ref(),
+                &stream,
+                &shards,
+                chunk,
+                &self.fields,
+                self.live.clone(),
+            )
+            .await?;
             counts.add(&chunk_counts);
             times.add(&chunk_times);
             longest = longest.max(now().duration_since(began).unwrap_or_default());
@@ -343,6 +364,12 @@ impl IngestFunction {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum KpiRequest {
+    /// The live files of the dates whose live state changed (`{"live": true}`, on a
+    /// rate schedule).
+    Live {
+        /// True.
+        live: bool,
+    },
     /// A backfill: exactly these dates.
     Dates {
         /// `YYYY-MM-DD` dates.
@@ -376,6 +403,22 @@ pub struct KpiSummary {
     pub files: Vec<String>,
     /// Trips exported to the query engine.
     pub exported_rows: usize,
+    /// The live files written (`{"live": true}`), and the dates held until settled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveSummary>,
+}
+
+/// What a live publication did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LiveSummary {
+    /// Dates whose live file was written.
+    pub written: Vec<NaiveDate>,
+    /// Dates whose live file was removed (no completed trip left).
+    pub removed: Vec<NaiveDate>,
+    /// Dates rebuilt from the table first.
+    pub rebuilt: Vec<NaiveDate>,
+    /// Dates held until they are settled.
+    pub held: Vec<NaiveDate>,
 }
 
 /// The KPI function: its store, queries and output, opened once.
@@ -387,6 +430,10 @@ pub struct KpiFunction {
     formats: Formats,
     fields: Fields,
     stack: String,
+    /// `TRIPFLOW_LIVE_KPIS`.
+    keeps_live: bool,
+    /// The live KPIs, compiled at the first `{"live": true}`.
+    live: tokio::sync::OnceCell<Box<kpi::live::LiveKpis>>,
 }
 
 impl KpiFunction {
@@ -411,6 +458,45 @@ impl KpiFunction {
             formats: Formats { parquet: settings.parquet },
             fields,
             stack: settings.stack.clone(),
+            keeps_live: settings.live,
+            live: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Writes the live files of the dates whose live state changed since they were last
+    /// written (building the state from the table on the first run).
+    async fn publish_live(&self) -> Result<KpiSummary> {
+        if !self.keeps_live {
+            return Err(Error::config(
+                "{\"live\": true} asks for the live KPIs, but TRIPFLOW_LIVE_KPIS is not true: set it on both \
+                 functions (the template's LiveKpis parameter)",
+            ));
+        }
+        let live = self
+            .live
+            .get_or_try_init(|| async {
+                let columns = kpi::table_columns(self.store.as_ref(), &self.fields).await?;
+                kpi::live::LiveKpis::compile(&self.queries, &self.fields, columns).await.map(Box::new)
+            })
+            .await?;
+        if let kpi::live::Resumed::Rebuilt(why) = live.resume(self.store.as_ref()).await? {
+            info!(%why, "Live KPIs: built the state from the table.");
+        }
+        let published = live.publish(self.store.as_ref(), &self.out, true).await?;
+        info!(
+            written = published.written.len(),
+            removed = published.removed.len(),
+            held = published.held.len(),
+            "Live KPIs published."
+        );
+        Ok(KpiSummary {
+            live: Some(LiveSummary {
+                written: published.written,
+                removed: published.removed,
+                rebuilt: published.extremes_recomputed,
+                held: published.held,
+            }),
+            ..KpiSummary::default()
         })
     }
 
@@ -433,6 +519,7 @@ impl KpiFunction {
             }
             KpiRequest::Dates { dates } => dates.iter().map(|d| config::parse_date(d)).collect(),
             KpiRequest::Scheduled { scheduled_time: time } | KpiRequest::Rule { time } => scheduled(time),
+            KpiRequest::Live { .. } => Ok(Vec::new()),
         }
     }
 
@@ -443,10 +530,16 @@ impl KpiFunction {
     pub async fn handle(&self, request: serde_json::Value) -> Result<KpiSummary> {
         let request: KpiRequest = serde_json::from_value(request.clone()).map_err(|_| {
             Error::config(format!(
-                "the KPI function takes {{\"scheduled_time\": \"2024-05-26T23:59:00Z\"}} or {{\"dates\": [\"2024-05-25\"]}}, \
-                 not {request}"
+                "the KPI function takes {{\"scheduled_time\": \"2024-05-26T23:59:00Z\"}}, {{\"dates\": [\"2024-05-25\"]}} \
+                 or {{\"live\": true}}, not {request}"
             ))
         })?;
+        if let KpiRequest::Live { live } = request {
+            if !live {
+                return Err(Error::config("{\"live\": false} asks for nothing; send {\"live\": true}"));
+            }
+            return self.publish_live().await;
+        }
         // `{"dates": []}` is a smoke test after a deploy: the function starts and answers.
         if matches!(&request, KpiRequest::Dates { dates } if dates.is_empty()) {
             info!("No dates asked for; nothing to do.");
@@ -456,7 +549,7 @@ impl KpiFunction {
         let requested = self.dates(&request)?;
         // A backfill is exactly its dates; a scheduled run adds the changed ones.
         let selection = match request {
-            KpiRequest::Dates { .. } => DateSelection::Dates(requested.clone()),
+            KpiRequest::Dates { .. } | KpiRequest::Live { .. } => DateSelection::Dates(requested.clone()),
             KpiRequest::Scheduled { .. } | KpiRequest::Rule { .. } => DateSelection::Nightly(requested.clone()),
         };
         let report = kpi::run(
@@ -485,6 +578,7 @@ impl KpiFunction {
                 took: began.elapsed(),
                 consumed: report.consumed,
                 bytes_written: report.bytes_written,
+                live: report.certificate.as_ref().map(|c| (c.compared.len(), c.mismatches.len())),
             },
             SystemTime::now(),
         );
@@ -496,6 +590,7 @@ impl KpiFunction {
             dates: report.dates,
             files: report.files,
             exported_rows: report.exported_rows,
+            live: None,
         })
     }
 }

@@ -324,6 +324,19 @@ pub struct LambdaArgs {
     /// The declared fields (both functions).
     #[command(flatten)]
     pub fields: DeclaredArgs,
+    /// Whether the live KPIs are kept (the ingest function) and published (the KPI
+    /// function's `{"live": true}`).
+    #[command(flatten)]
+    pub live: LambdaLiveArgs,
+}
+
+/// `TRIPFLOW_LIVE_KPIS` of the functions.
+#[derive(Debug, Args)]
+pub struct LambdaLiveArgs {
+    /// Keep the KPIs live: the ingest function takes each batch's change into the live
+    /// state in DynamoDB.
+    #[arg(long, env = "TRIPFLOW_LIVE_KPIS")]
+    pub live_kpis: bool,
 }
 
 /// `--lookback`, one definition for `kpi`, `schedule` and the KPI function.

@@ -31,7 +31,7 @@ pub use crate::observe::IngestCounts;
 use crate::observe::progress::{Progress, Quiet};
 use crate::observe::telemetry::{self, BatchTimes};
 use crate::store::ledger::Sighting;
-use crate::store::{TripStore, TripUpdate};
+use crate::store::{LiveBatch, Step, TripStore, TripUpdate};
 use crate::stream::{
     Checkpoint, CheckpointStore, SequenceNumber, Shard, ShardId, ShardIterator, StartPosition, StreamSource,
 };
@@ -359,7 +359,8 @@ impl Ingest<'_> {
             let stopping = opts.stop.load(Ordering::Relaxed);
             let due = batcher.room() == 0 || (may_linger && batcher.ready(Instant::now()));
             if due || (!batcher.is_empty() && (all_caught_up && !following || stopping)) {
-                let batch = prepare_batch(&stream, &readers.ids, batcher.take(), &opts.fields)?;
+                let steps = opts.live.is_some() && self.store.live_shared();
+                let batch = prepare_batch(&stream, &readers.ids, batcher.take(), &opts.fields, steps)?;
                 let millis_behind = readers.millis_behind.iter().flatten().max().copied();
                 slot.take().expect("reserved above").send(Handover {
                     batch: Some(batch),
@@ -423,7 +424,7 @@ impl Ingest<'_> {
             let Some(Handover { batch, shards, ended, millis_behind }) = handover else { break };
             if let Some(batch) = batch {
                 let fold = live.as_ref().map(|p| {
-                    p.options.kpis.advance(&stream, &shards, &batch.last);
+                    p.options.kpis.advance(&stream, &shards, batch.last());
                     p.options.kpis.clone() as Arc<dyn crate::store::LiveFold>
                 });
                 let (counts, last, _) = merge_prepared(self.store, self.dead_letters, batch, fold).await?;
@@ -540,8 +541,16 @@ pub struct PreparedBatch {
     letters: Vec<DeadLetter>,
     /// The records that carried undeclared fields, for the ledger.
     sightings: Vec<Sighting>,
-    last: Vec<Option<SequenceNumber>>,
+    /// Its shards, each one's last position, and the updates' steps when asked for.
+    live: LiveBatch,
     decode_validate: Duration,
+}
+
+impl PreparedBatch {
+    /// Per shard, the sequence number of the batch's last record.
+    pub fn last(&self) -> &[Option<SequenceNumber>] {
+        &self.live.last
+    }
 }
 
 /// One micro-batch through every stage but the checkpoint: decode into Arrow, validate
@@ -566,12 +575,15 @@ pub async fn merge_batch(
     shards: &[ShardId],
     batch: Vec<Pending>,
     fields: &FieldRules,
+    live: Option<Arc<dyn crate::store::LiveFold>>,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
-    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch, fields)?, None).await
+    let steps = live.is_some() && store.live_shared();
+    merge_prepared(store, dead_letters, prepare_batch(stream, shards, batch, fields, steps)?, live).await
 }
 
 /// The CPU half of [`merge_batch`]: decode into Arrow, validate, coalesce, and take the
-/// dead letters and each shard's last position.
+/// dead letters and each shard's last position; with `steps`, each update's
+/// [`crate::store::Step`]s too (the live state on DynamoDB).
 ///
 /// # Errors
 /// Only on an Arrow kernel failure, never because of the records' contents.
@@ -580,6 +592,7 @@ pub fn prepare_batch(
     shards: &[ShardId],
     batch: Vec<Pending>,
     fields: &FieldRules,
+    steps: bool,
 ) -> Result<PreparedBatch> {
     let read = batch.len() as u64;
     let bytes = batch.iter().map(|p| p.record.data.len() as u64).sum();
@@ -595,7 +608,22 @@ pub fn prepare_batch(
     let sightings = sightings(stream, shards, &batch, &decoded, &undeclared, &fields.declared);
     drop(undeclared);
     drop(decoded);
-    let coalesced = coalesce::coalesce(&validated);
+    let coalesced = coalesce::coalesce(&validated, steps);
+    let steps: Vec<Vec<Step>> = coalesced
+        .steps
+        .into_iter()
+        .map(|raised| {
+            raised
+                .into_iter()
+                .map(|(row, start, end)| Step {
+                    shard: batch[row].shard,
+                    sequence: batch[row].record.sequence_number.clone(),
+                    start,
+                    end,
+                })
+                .collect()
+        })
+        .collect();
     let groups: u64 = coalesced.updates.iter().map(|u| u64::from(u.start.is_some()) + u64::from(u.end.is_some())).sum();
     // What the records are still needed for, the dead letters and each shard's last
     // position, is taken now: the records and their Arrow columns are freed before the
@@ -628,7 +656,7 @@ pub fn prepare_batch(
         superseded: coalesced.superseded as u64,
         letters,
         sightings,
-        last,
+        live: LiveBatch { stream: stream.to_owned(), shards: shards.to_vec(), last, steps },
         decode_validate: began.elapsed(),
     })
 }
@@ -683,14 +711,16 @@ pub async fn merge_prepared(
     batch: PreparedBatch,
     live: Option<Arc<dyn crate::store::LiveFold>>,
 ) -> Result<(IngestCounts, Vec<Option<SequenceNumber>>, BatchTimes)> {
-    let PreparedBatch { read, bytes, updates, groups, superseded, letters, sightings, last, decode_validate } = batch;
+    let PreparedBatch { read, bytes, updates, groups, superseded, letters, sightings, live: at, decode_validate } =
+        batch;
     let began = Instant::now();
     let writes_before = store.write_requests();
     let consumed_before = store.consumed();
     let outcomes = match live {
-        Some(live) => store.merge_live(updates, live).await?,
+        Some(live) => store.merge_live(updates, live, &at).await?,
         None => store.merge(updates).await?,
     };
+    let last = at.last;
     let applied: u64 = outcomes.iter().map(|o| u64::from(o.start_applied) + u64::from(o.end_applied)).sum();
     dead_letters.write(&letters).await?;
     if !sightings.is_empty() {

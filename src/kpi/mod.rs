@@ -200,7 +200,12 @@ async fn certify(
     per_date: &BTreeMap<String, String>,
     out: &OutputLocation,
 ) -> Result<Option<crate::kpi::live::Certificate>> {
-    if store.live_records().await?.is_empty() {
+    let keeps = if store.live_shared() {
+        !store.live_dates().await?.is_empty()
+    } else {
+        !store.live_records().await?.is_empty()
+    };
+    if !keeps {
         return Ok(None);
     }
     let live = crate::kpi::live::LiveKpis::compile(queries, fields, table_columns(store, fields).await?).await?;

@@ -232,6 +232,8 @@ pub struct KpiFigures {
     pub consumed: crate::store::Consumed,
     /// Bytes of the files written.
     pub bytes_written: u64,
+    /// With live KPIs: the dates the certificate compared, and its mismatches.
+    pub live: Option<(usize, usize)>,
 }
 
 /// The EMF line of a KPI run that wrote its files and the report: `KpiRunSucceeded` (1;
@@ -248,6 +250,12 @@ pub fn kpi_emf_line(stack: &str, run: &KpiFigures, at: SystemTime) -> String {
         ("write_capacity_units", Unit::Count, json!(units(run.consumed.write_milliunits))),
         ("bytes_written", Unit::Bytes, json!(run.bytes_written)),
     ];
+    // The certificate's figures, when the table keeps live KPIs (the template's alarm
+    // fires on any mismatch).
+    let live = run.live.map(|(compared, mismatches)| {
+        [("LiveDatesCompared", Unit::Count, json!(compared)), ("LiveMismatches", Unit::Count, json!(mismatches))]
+    });
+    let figures: Vec<_> = figures.into_iter().chain(live.into_iter().flatten()).collect();
     emf(stack, "kpi", &figures, &[("capacity_computed", json!(run.consumed.computed))], at)
 }
 

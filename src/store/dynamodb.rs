@@ -44,6 +44,8 @@
 //! by it. A table made before the shards has `trip_date-index` on `trip_date`, and is
 //! read as one shard.
 
+mod live;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -197,6 +199,12 @@ pub struct DynamoStore {
     /// Set once a failed condition came back with the stored item: the table implements
     /// `ReturnValuesOnConditionCheckFailure`, so a failure without one means absent.
     returns_old_items: AtomicBool,
+    /// Writes of the live KPIs' items ([`live`]).
+    live_writes: Arc<AtomicU64>,
+    /// Merges with the live fold so far, and the one that fails between its live items
+    /// and its trips ([`DynamoStore::with_failure_before_trips`]).
+    live_merges: AtomicU64,
+    fail_before_trips: Option<u64>,
 }
 
 /// What a write assumes of the group it does not write.
@@ -499,6 +507,9 @@ impl DynamoStore {
             date_shards: DEFAULT_DATE_SHARDS,
             index: tokio::sync::OnceCell::new(),
             returns_old_items: AtomicBool::new(false),
+            live_writes: Arc::new(AtomicU64::new(0)),
+            live_merges: AtomicU64::new(0),
+            fail_before_trips: None,
         }
     }
 
@@ -545,6 +556,15 @@ impl DynamoStore {
     /// Sets how old a mark must be before a KPI run may clear it ([`DEFAULT_MARK_GRACE`]).
     pub fn with_mark_grace(mut self, grace: Duration) -> Self {
         self.mark_grace = grace;
+        self
+    }
+
+    /// This store, with the `merges`th merge with the live fold failing after its live
+    /// items are written and before any trip is: a crash between the two, for the tests
+    /// of its replay.
+    #[must_use]
+    pub fn with_failure_before_trips(mut self, merges: u64) -> Self {
+        self.fail_before_trips = Some(merges);
         self
     }
 
@@ -1036,21 +1056,61 @@ async fn wait_until(
 /// The dates a merge call has marked.
 type Marked = std::sync::Mutex<std::collections::BTreeSet<CompactString>>;
 
-#[async_trait]
-impl TripStore for DynamoStore {
-    async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>> {
+impl DynamoStore {
+    /// Writes the trips of a merge whose dates `marked` are marked already.
+    async fn merge_trips(
+        &self,
+        updates: Vec<TripUpdate>,
+        marked: std::collections::BTreeSet<CompactString>,
+    ) -> Result<Vec<MergeOutcome>> {
         let index = self.date_index().await?;
-        // The days of the ends, marked before any trip is written.
-        let ends: std::collections::BTreeSet<CompactString> =
-            updates.iter().filter_map(|u| u.end.as_ref()).map(|e| date_of(e.version()).into()).collect();
-        self.mark(ends.iter().map(CompactString::as_str)).await?;
-        let marked = Marked::new(ends);
+        let marked = Marked::new(marked);
         // Indices, not references, keep the futures free of higher-ranked lifetimes.
         futures::stream::iter(0..updates.len())
             .map(|i| self.merge_one(&updates[i], index, &marked))
             .buffered(self.write_concurrency)
             .try_collect()
             .await
+    }
+}
+
+#[async_trait]
+impl TripStore for DynamoStore {
+    async fn merge(&self, updates: Vec<TripUpdate>) -> Result<Vec<MergeOutcome>> {
+        // The days of the ends, marked before any trip is written.
+        let ends: std::collections::BTreeSet<CompactString> =
+            updates.iter().filter_map(|u| u.end.as_ref()).map(|e| date_of(e.version()).into()).collect();
+        self.mark(ends.iter().map(CompactString::as_str)).await?;
+        self.merge_trips(updates, ends).await
+    }
+
+    async fn merge_live(
+        &self,
+        updates: Vec<TripUpdate>,
+        live: Arc<dyn super::LiveFold>,
+        batch: &super::LiveBatch,
+    ) -> Result<Vec<MergeOutcome>> {
+        self.merge_with_live(updates, live.as_ref(), batch).await
+    }
+
+    fn live_shared(&self) -> bool {
+        true
+    }
+
+    async fn live_write_shards(&self) -> Result<u32> {
+        self.write_shards().await
+    }
+
+    async fn live_dates(&self) -> Result<Vec<super::LiveDate>> {
+        self.read_live_dates().await
+    }
+
+    async fn put_live_date(&self, read: &super::LiveDate, states: Vec<Vec<u8>>, fingerprint: &str) -> Result<bool> {
+        self.replace_live_date(read, states, fingerprint).await
+    }
+
+    async fn live_published(&self, read: &super::LiveDate) -> Result<()> {
+        self.mark_published(read).await
     }
 
     async fn changed_dates(&self) -> Result<Vec<ChangedDate>> {
@@ -1069,8 +1129,10 @@ impl TripStore for DynamoStore {
             let page = page.map_err(|e| self.marks_error(e))?;
             self.capacity.read_items(page.consumed_capacity(), page.items(), true);
             for item in page.items() {
-                if text(item, "trip_date").is_some_and(|k| k.starts_with("fields")) {
-                    continue; // the ledger's items, never a date
+                if text(item, "trip_date")
+                    .is_some_and(|k| k.starts_with("fields") || k.starts_with(live::LIVE_KEY_PREFIX))
+                {
+                    continue; // the ledger's and the live state's items, never a date
                 }
                 let (Some(date), Some(at)) = (text(item, "trip_date"), text(item, "marked_at")) else {
                     return Err(Error::store(format!("{}: an item has no trip_date or marked_at", self.marks_table)));

@@ -625,7 +625,12 @@ impl TripStore for LsmStore {
         self.merge_with(updates, None).await
     }
 
-    async fn merge_live(&self, updates: Vec<TripUpdate>, live: Arc<dyn LiveFold>) -> Result<Vec<MergeOutcome>> {
+    async fn merge_live(
+        &self,
+        updates: Vec<TripUpdate>,
+        live: Arc<dyn LiveFold>,
+        _batch: &super::LiveBatch,
+    ) -> Result<Vec<MergeOutcome>> {
         self.merge_with(updates, Some(live)).await
     }
 

@@ -15,6 +15,8 @@ pub mod sqlite;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
+use std::collections::BTreeMap;
+
 use chrono::NaiveDate;
 pub use compact_str::{CompactString, ToCompactString};
 
@@ -22,6 +24,7 @@ pub use self::export::{Cell, EXPORT_BATCH_ROWS, ExportBuilder, Projection, STORE
 use crate::Result;
 use crate::model::event::{END_LEN, EventKind, START_LEN};
 pub use crate::model::extra::Extras;
+use crate::stream::{SequenceNumber, ShardId};
 
 /// A trip's field group, as stored: its kind's values in [`EventKind::fields`] order,
 /// integers in decimal, datetimes in the fixed-width UTC form of
@@ -240,14 +243,101 @@ pub trait LiveFold: Send + Sync {
     /// # Errors
     /// When an expression of a live query fails on the rows.
     fn fold(&self, before: &[RecordBatch], after: &[RecordBatch]) -> Result<Vec<LiveRecord>>;
+
+    /// A digest of the maintained queries and the state's layout: a shard item written
+    /// under another is stale.
+    fn fingerprint(&self) -> &str;
+
+    /// The change of rows from `before` to `after` (as [`LiveFold::fold`] takes them),
+    /// per date, for a store that writes it into shard items itself.
+    ///
+    /// # Errors
+    /// When an expression of a live query fails on the rows.
+    fn changes(&self, before: &[RecordBatch], after: &[RecordBatch]) -> Result<Vec<(NaiveDate, LiveChange)>>;
+
+    /// A shard item's state, `stored` (none: empty), with `change` taken in.
+    ///
+    /// # Errors
+    /// When `stored` is damaged.
+    fn apply(&self, stored: Option<&[u8]>, change: &LiveChange) -> Result<Vec<u8>>;
+}
+
+/// One date's change of the live state, from [`LiveFold::changes`]: what the store hands
+/// back to [`LiveFold::apply`] for each shard item of that date it writes.
+pub type LiveChange = Box<dyn std::any::Any + Send + Sync>;
+
+/// One event of a trip in a batch, for a store that writes the live state apart from the
+/// trips ([`TripStore::live_shared`]): where it was read, and its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Index into [`LiveBatch::shards`].
+    pub shard: usize,
+    /// Its sequence number in that shard.
+    pub sequence: SequenceNumber,
+    /// Its start group, for a start event.
+    pub start: Option<StartGroup>,
+    /// Its end group, for an end event.
+    pub end: Option<EndGroup>,
+}
+
+/// Where a merge's updates were read, for the live state: per shard of the batch, its
+/// last record; and, for a store that writes the live state apart from the trips, per
+/// update the events that raised a group's version, in the order they were read
+/// (`steps`, empty otherwise).
+#[derive(Debug, Clone, Default)]
+pub struct LiveBatch {
+    /// The stream's identity ([`crate::stream::StreamSource::identity`]).
+    pub stream: String,
+    /// The shards, as the batch indexes them.
+    pub shards: Vec<ShardId>,
+    /// Per shard, the sequence number of the batch's last record (`None`: none read).
+    pub last: Vec<Option<SequenceNumber>>,
+    /// Per update (same order), its steps.
+    pub steps: Vec<Vec<Step>>,
+}
+
+/// One shard item of a date's live state, written apart from the trips (DynamoDB).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveShard {
+    /// Its write shard, K of [`dynamodb::date_shard`].
+    pub k: u32,
+    /// Raised by every write of it.
+    pub version: u64,
+    /// The version last published.
+    pub published: u64,
+    /// The state's bytes ([`LiveFold::apply`]).
+    pub state: Vec<u8>,
+    /// The [`LiveFold::fingerprint`] it was written under.
+    pub fingerprint: String,
+    /// Per stream shard (`stream/shard`), the last record whose change it holds: a
+    /// replay counts only what lies past it. A rebuild from the table clears it.
+    pub positions: BTreeMap<String, String>,
+    /// Per stream shard, the last record any write of it took, kept by a rebuild: the
+    /// position its figures are exact as of.
+    pub seen: BTreeMap<String, String>,
+    /// It may miss changes (written for other queries, or before the live state was
+    /// built): the date is rebuilt from the table once settled.
+    pub stale: bool,
+}
+
+/// A date's live state as shard items, with whether its trips are settled (no write in
+/// flight: see [`ChangedDate::settled`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveDate {
+    /// The date.
+    pub date: NaiveDate,
+    /// No merge has marked it within the grace.
+    pub settled: bool,
+    /// Its shard items.
+    pub shards: Vec<LiveShard>,
 }
 
 /// The error of a live-state call on a table that keeps none.
 pub(crate) fn no_live_state() -> crate::Error {
     crate::Error::config(
-        "--live-kpis: this trip table keeps no live KPIs; for now only the embedded LSM table keeps them, not \
-         DynamoDB nor the SQLite table of an older home: give --live-kpis a home of its own (--home, ingested from \
-         the stream's start), or run without it",
+        "--live-kpis: this trip table keeps no live KPIs; the embedded LSM table and DynamoDB keep them, the SQLite \
+         table of an older home does not: give --live-kpis a home of its own (--home, ingested from the stream's \
+         start), or run without it",
     )
 }
 
@@ -271,14 +361,60 @@ pub trait TripStore: Send + Sync {
         &self,
         updates: Vec<TripUpdate>,
         live: std::sync::Arc<dyn LiveFold>,
+        batch: &LiveBatch,
     ) -> Result<Vec<MergeOutcome>> {
-        let _ = (updates, live);
+        let _ = (updates, live, batch);
         Err(no_live_state())
     }
 
-    /// True when this table keeps the live KPIs' state ([`TripStore::merge_live`]).
+    /// True when this table keeps the live KPIs' state with the trips, in one atomic
+    /// write ([`TripStore::merge_live`], [`TripStore::live_records`]).
     fn keeps_live_state(&self) -> bool {
         false
+    }
+
+    /// True when this table keeps the live KPIs' state as shard items per date, written
+    /// before the trips and apart from them ([`TripStore::live_dates`]); its
+    /// [`TripStore::merge_live`] needs the batch's [`LiveBatch::steps`].
+    fn live_shared(&self) -> bool {
+        false
+    }
+
+    /// The write shards of the live state's items (the date index's).
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn live_write_shards(&self) -> Result<u32> {
+        Ok(1)
+    }
+
+    /// Every date's live shard items ([`TripStore::live_shared`]).
+    ///
+    /// # Errors
+    /// When the backend fails, or it keeps no shared live state.
+    async fn live_dates(&self) -> Result<Vec<LiveDate>> {
+        Err(no_live_state())
+    }
+
+    /// Replaces `date`'s shard items with `states` (one per write shard, a rebuild
+    /// from the table), on condition that none was written since `read` was read.
+    /// Returns false, writing nothing, when one was.
+    ///
+    /// # Errors
+    /// When the backend fails, or it keeps no shared live state.
+    async fn put_live_date(&self, read: &LiveDate, states: Vec<Vec<u8>>, fingerprint: &str) -> Result<bool> {
+        let _ = (read, states, fingerprint);
+        Err(no_live_state())
+    }
+
+    /// Records that `date`'s shard items were published at the versions of `read`
+    /// (an item written since stays unpublished).
+    ///
+    /// # Errors
+    /// When the backend fails, or it keeps no shared live state.
+    async fn live_published(&self, read: &LiveDate) -> Result<()> {
+        let _ = read;
+        Err(no_live_state())
     }
 
     /// Every record of the live KPIs' state, by key; none where it keeps none.

@@ -16,6 +16,7 @@
 //!   figures the live state's base.
 
 pub mod plan;
+mod shared;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,7 +41,7 @@ use super::tables;
 use crate::model::declared::Fields;
 use crate::observe::progress::Quiet;
 use crate::store::export::ExtraColumn;
-use crate::store::{LIVE_STALE, LiveFold, LiveRecord, Projection, TripStore};
+use crate::store::{LIVE_STALE, LiveChange, LiveFold, LiveRecord, Projection, TripStore};
 use crate::stream::{SequenceNumber, ShardId};
 use crate::{Error, Result};
 
@@ -88,6 +89,8 @@ pub struct LiveKpis {
     fields: Fields,
     ctx: SessionContext,
     inner: Mutex<Inner>,
+    /// A digest of the maintained queries' fingerprints: the shard items' (shared state).
+    shared_fingerprint: String,
 }
 
 #[derive(Default)]
@@ -102,6 +105,9 @@ struct Inner {
     /// The recomputed queries' rows, per (query, date), and where they were computed.
     recomputed: BTreeMap<(usize, i32), Vec<RecordBatch>>,
     recomputed_at: Position,
+    /// Shared state (DynamoDB): the items may hold changes not yet published (after a
+    /// start, or a merge), which the next publication reads.
+    shared_unread: bool,
 }
 
 /// How [`LiveKpis::resume`] found the stored state.
@@ -122,6 +128,8 @@ pub struct Published {
     pub removed: Vec<NaiveDate>,
     /// Dates recomputed from the table first, an extreme having been retracted.
     pub extremes_recomputed: Vec<NaiveDate>,
+    /// Dates not written: to be rebuilt from the table once settled (shared state).
+    pub held: Vec<NaiveDate>,
 }
 
 fn engine(what: &str, e: datafusion::error::DataFusionError) -> Error {
@@ -164,7 +172,13 @@ impl LiveKpis {
             });
         }
         let inner = Inner { states: vec![QueryState::default(); queries.len()], ..Inner::default() };
+        let shared_fingerprint = {
+            use md5::{Digest, Md5};
+            let all: String = maintained.iter().flatten().map(|m| format!("{}\n", m.fingerprint)).collect();
+            Md5::digest(all.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        };
         Ok(LiveKpis {
+            shared_fingerprint,
             queries: queries.to_vec(),
             keeping,
             maintained,
@@ -201,6 +215,16 @@ impl LiveKpis {
     /// # Errors
     /// When the store fails, or a stored state is damaged.
     pub async fn resume(&self, store: &dyn TripStore) -> Result<Resumed> {
+        if store.live_shared() {
+            // Shard items, read at each publication; built here when there are none.
+            // Those a stop or a crash left unpublished go out at the first publication.
+            self.lock().shared_unread = true;
+            return Ok(if self.build_shared(store).await? {
+                Resumed::Rebuilt("the table has no live state yet".to_owned())
+            } else {
+                Resumed::Resumed
+            });
+        }
         if !store.keeps_live_state() {
             return Err(crate::store::no_live_state());
         }
@@ -349,7 +373,8 @@ impl LiveKpis {
 
     /// True when a publication has something to write.
     pub fn has_changes(&self) -> bool {
-        !self.lock().changed.is_empty()
+        let inner = self.lock();
+        !inner.changed.is_empty() || inner.shared_unread
     }
 
     /// True when the recomputed queries have changed dates to run again.
@@ -364,6 +389,16 @@ impl LiveKpis {
     /// # Errors
     /// When a query, the store or the output fails; the dates stay changed.
     pub async fn publish(&self, store: &dyn TripStore, out: &OutputLocation, recompute: bool) -> Result<Published> {
+        if store.live_shared() {
+            self.publish_shared(store, out, recompute).await
+        } else {
+            self.publish_changed(store, out, recompute).await
+        }
+    }
+
+    /// [`LiveKpis::publish`] of the dates changed in this process (or pending in the
+    /// store); shared state sets them from the items it read.
+    async fn publish_changed(&self, store: &dyn TripStore, out: &OutputLocation, recompute: bool) -> Result<Published> {
         let mut published = Published::default();
         // A retracted extreme is recomputed from the table before anything is written.
         let unknown = self.unknown_dates();
@@ -435,7 +470,7 @@ impl LiveKpis {
                         .map(|&d| LiveRecord { key: pending_key(d), value: None })
                         .collect()
                 };
-                if done.is_empty() { Ok(()) } else { store.put_live(done).await }
+                if done.is_empty() || !store.keeps_live_state() { Ok(()) } else { store.put_live(done).await }
             }
             e => e,
         };
@@ -526,6 +561,13 @@ impl LiveKpis {
         results: &[QueryResult],
         dates: &[NaiveDate],
     ) -> Result<Certificate> {
+        let (dates, held) = if store.live_shared() {
+            let held = self.load_for_certificate(store, dates).await?;
+            (dates.iter().copied().filter(|d| !held.contains(d)).collect::<Vec<_>>(), held)
+        } else {
+            (dates.to_vec(), Vec::new())
+        };
+        let dates = dates.as_slice();
         let wanted: Vec<i32> = dates.iter().copied().map(days).collect();
         // An extreme left unknown is recomputed, as a publication would.
         let unknown: Vec<NaiveDate> =
@@ -533,6 +575,7 @@ impl LiveKpis {
         self.rebuild(store, &unknown).await?;
         let mut certificate = Certificate {
             position: self.position(),
+            held: held.iter().map(ToString::to_string).collect(),
             compared: dates.iter().map(ToString::to_string).collect(),
             queries: self.stems().map(|(_, q, _)| q.stem.clone()).collect(),
             ..Certificate::default()
@@ -557,7 +600,11 @@ impl LiveKpis {
             }
         }
         certificate.equal = certificate.compared.iter().filter(|d| !unequal.contains(*d)).cloned().collect();
-        self.rebuild(store, dates).await?;
+        if store.live_shared() {
+            self.rebase_shared(store, dates).await?;
+        } else {
+            self.rebuild(store, dates).await?;
+        }
         Ok(certificate)
     }
 }
@@ -581,6 +628,10 @@ pub struct Certificate {
     pub queries: Vec<String>,
     /// The dates compared.
     pub compared: Vec<String>,
+    /// The dates not compared: their shared live state is being written, and needs a
+    /// rebuild from the table once settled (DynamoDB).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
     /// The dates whose every maintained query was equal.
     pub equal: Vec<String>,
     /// Each (date, query) that differed, with both files' text of it.
@@ -670,6 +721,18 @@ fn replace_aggregate(
 impl LiveFold for LiveKpis {
     fn projection(&self) -> &Projection {
         &self.projection
+    }
+
+    fn fingerprint(&self) -> &str {
+        &self.shared_fingerprint
+    }
+
+    fn changes(&self, before: &[RecordBatch], after: &[RecordBatch]) -> Result<Vec<(NaiveDate, LiveChange)>> {
+        self.shared_changes(before, after)
+    }
+
+    fn apply(&self, stored: Option<&[u8]>, change: &LiveChange) -> Result<Vec<u8>> {
+        self.shared_apply(stored, change)
     }
 
     fn fold(&self, before: &[RecordBatch], after: &[RecordBatch]) -> Result<Vec<LiveRecord>> {
