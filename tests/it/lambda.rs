@@ -306,6 +306,8 @@ async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
         &[
             ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
             ("TRIPFLOW_DEAD_LETTER", format!("s3://{bucket}/tripflow")),
+            // As the template sets it: each batch's change goes into the live state.
+            ("TRIPFLOW_LIVE_KPIS", "true".into()),
         ],
     );
 
@@ -401,16 +403,42 @@ async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
             ("TRIPFLOW_STORE", format!("dynamodb://{table}")),
             ("TRIPFLOW_OUT", format!("s3://{bucket}/tripflow")),
             ("TRIPFLOW_LOOKBACK", "1".into()),
+            ("TRIPFLOW_LIVE_KPIS", "true".into()),
             // What Lambda sets under the template's LoggingConfig LogFormat JSON.
             ("AWS_LAMBDA_LOG_FORMAT", "JSON".into()),
         ],
     );
+    let expected_kpis: BTreeMap<&String, &Vec<u8>> =
+        expected.iter().filter(|(k, _)| k.starts_with("kpi_output/")).collect();
+
+    // The live schedule's payload: the live files of every date the batches changed,
+    // each the nightly file's bytes plus its stream position, though every fourth batch
+    // came twice.
+    let outcome = api.invoke_now(&json!({ "live": true })).await;
+    let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", kpi.log()) };
+    assert_eq!(summary["live"]["written"].as_array().unwrap().len(), dates.len(), "{summary}");
+    assert_eq!(summary["live"]["held"], json!([]), "{summary}");
+    let live = s3_tree(&aws, &bucket, "tripflow/kpi_output/live").await;
+    for date in &dates {
+        let text = String::from_utf8(live[&format!("date={date}/kpi.json")].clone()).unwrap();
+        assert!(text.contains("\"live_position\": {\"stream\":\"kinesis:bolt_streams\""), "{text}");
+        let nightly = expected_kpis[&format!("kpi_output/date={date}/kpi.json")];
+        assert_eq!(tripflow::kpi::live::nightly_text(&text), String::from_utf8_lossy(nightly), "{date}");
+    }
+    // Nothing changed since: the next publication writes nothing.
+    let outcome = api.invoke_now(&json!({ "live": true })).await;
+    let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", kpi.log()) };
+    assert_eq!(summary["live"]["written"], json!([]), "{summary}");
+
     let outcome = api.invoke_now(&json!({ "dates": dates })).await;
     let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", kpi.log()) };
     assert_eq!(summary["dates"].as_array().unwrap().len(), dates.len(), "{summary}");
-    let written = s3_tree(&aws, &bucket, "tripflow/kpi_output").await;
-    let expected_kpis: BTreeMap<&String, &Vec<u8>> =
-        expected.iter().filter(|(k, _)| k.starts_with("kpi_output/")).collect();
+    let mut written = s3_tree(&aws, &bucket, "tripflow/kpi_output").await;
+    // The run certified the live files: every date equal.
+    let certificate: Value = serde_json::from_slice(&written.remove("live/certificate.json").unwrap()).unwrap();
+    assert_eq!(certificate["compared"].as_array().unwrap().len(), dates.len(), "{certificate}");
+    assert_eq!((&certificate["equal"], &certificate["mismatches"]), (&certificate["compared"], &json!([])));
+    written.retain(|k, _| !k.starts_with("live/"));
     assert_eq!(written.len(), expected_kpis.len(), "{:?}", written.keys());
     for (path, bytes) in expected_kpis {
         let got = &written[path.strip_prefix("kpi_output/").unwrap()];
@@ -440,6 +468,13 @@ async fn kinesis_batches_through_the_lambda_binary_give_the_cli_s_kpi_files() {
     assert_eq!(runs.len(), 2, "{log}");
     assert!(runs.iter().all(|r| r["KpiRunSucceeded"] == 1 && r["function"] == "kpi"), "{log}");
     assert_eq!(runs[0]["dates"].as_u64(), Some(dates.len() as u64), "{log}");
+    // The certificate's figures, for the template's alarm on any mismatch.
+    assert_eq!(
+        (runs[0]["LiveDatesCompared"].as_u64(), runs[0]["LiveMismatches"].as_u64()),
+        (Some(dates.len() as u64), Some(0))
+    );
+    let metrics = runs[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap();
+    assert!(metrics.iter().any(|m| m["Name"] == "LiveMismatches"), "{log}");
     assert!(runs[0]["trips"].as_u64().unwrap() > 0 && runs[0]["seconds"].as_f64().unwrap() > 0.0, "{log}");
 
     let outcome = api.invoke_now(&json!({ "date": "2024-05-25" })).await;

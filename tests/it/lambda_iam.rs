@@ -469,6 +469,10 @@ async fn the_stack_s_functions_run_as_deployed_under_its_roles() {
     enforce_iam(&endpoint, true).await;
     let outcome = api.invoke_now(&json!({ "dates": dates })).await;
     assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}\n{}", kpi.log());
+    // The live schedule's payload, under the same role: the live files of every date.
+    let outcome = api.invoke_now(&json!({ "live": true })).await;
+    let Outcome::Response(summary) = &outcome else { panic!("{outcome:?}\n{}", kpi.log()) };
+    assert_eq!(summary["live"]["written"].as_array().unwrap().len(), dates.len(), "{summary}");
     drop(kpi);
     let written = s3_tree(&admin, bucket, &format!("{prefix}/kpi_output")).await;
     let kpis: Vec<(&String, &Vec<u8>)> = expected.iter().filter(|(k, _)| k.starts_with("kpi_output/date=")).collect();

@@ -312,3 +312,62 @@ fn the_bucket_refuses_plain_http_and_forgets_what_it_no_longer_needs() {
     // One KPI run at a time.
     assert_eq!(resource(&t, "KpiFunction")["Properties"]["ReservedConcurrentExecutions"], 1);
 }
+
+#[test]
+fn live_kpis_are_kept_by_ingest_published_on_a_rate_and_a_mismatch_raises_the_stack_s_alarm() {
+    let t = translated_template();
+    // Both functions are told, from one parameter; the template keeps them by default.
+    for f in ["IngestFunction", "KpiFunction"] {
+        let env = &resource(&t, f)["Properties"]["Environment"]["Variables"];
+        assert_eq!(env["TRIPFLOW_LIVE_KPIS"], json!({ "Ref": "LiveKpis" }), "{f}");
+    }
+    let settings = tripflow::lambda::Settings::from_vars(|name| match name {
+        "TRIPFLOW_STORE" => Some("dynamodb://trips".into()),
+        "TRIPFLOW_LIVE_KPIS" => Some("true".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert!(settings.live);
+
+    // The KPI function publishes them on the LiveEvery rate, only when they are kept.
+    let schedules = of_type(&t, "AWS::Scheduler::Schedule");
+    let (_, live) = schedules
+        .iter()
+        .find(|(_, s)| s["Properties"]["Target"]["Input"] == json!(r#"{"live": true}"#))
+        .expect("a schedule sends {\"live\": true}");
+    let p = &live["Properties"];
+    assert_eq!(p["ScheduleExpression"], json!({ "Ref": "LiveEvery" }));
+    assert_eq!(p["State"], json!({ "Fn::If": ["KeepsLiveKpis", "ENABLED", "DISABLED"] }));
+    assert_eq!(p["Target"]["Arn"], json!({ "Fn::GetAtt": ["KpiFunction", "Arn"] }));
+    let default = t["Parameters"]["LiveEvery"]["Default"].as_str().unwrap();
+    assert_eq!(default, "rate(1 minute)");
+
+    // The ingest role reads the batch's trips before the live state's change.
+    let ingest_role = serde_json::to_string(&resource(&t, "IngestRole")["Properties"]["Policies"]).unwrap();
+    assert!(ingest_role.contains("dynamodb:BatchGetItem"), "{ingest_role}");
+
+    // A nightly run of stack a with one mismatch raises a's alarm, not b's.
+    let run = tripflow::observe::telemetry::KpiFigures { dates: 3, live: Some((3, 1)), ..Default::default() };
+    let line: Value = serde_json::from_str(&tripflow::observe::telemetry::kpi_emf_line("a", &run, UNIX_EPOCH)).unwrap();
+    assert_eq!((line["LiveDatesCompared"].as_u64(), line["LiveMismatches"].as_u64()), (Some(3), Some(1)));
+    let published = series_of(&line);
+    let watched = |stack: &str| {
+        let p = as_in_stack(&resource(&t, "LiveMismatchAlarm")["Properties"], stack);
+        assert_eq!(
+            (p["Threshold"].as_f64(), p["ComparisonOperator"].as_str()),
+            (Some(0.0), Some("GreaterThanThreshold"))
+        );
+        let dims: BTreeMap<String, String> = p["Dimensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["Name"].as_str().unwrap().to_owned(), d["Value"].as_str().unwrap().to_owned()))
+            .collect();
+        (p["Namespace"].as_str().unwrap().to_owned(), p["MetricName"].as_str().unwrap().to_owned(), dims)
+    };
+    assert!(published.contains(&watched("a")), "{published:?}");
+    assert!(!published.contains(&watched("b")), "{published:?}");
+    // A run over a table without live KPIs says nothing of them.
+    let plain = tripflow::observe::telemetry::kpi_emf_line("a", &Default::default(), UNIX_EPOCH);
+    assert!(!plain.contains("LiveMismatches"), "{plain}");
+}
