@@ -545,3 +545,40 @@ async fn a_query_that_is_not_maintained_is_recomputed_into_the_live_files() {
     let text = String::from_utf8_lossy(any.values().next().unwrap()).into_owned();
     assert!(text.contains("\"busy_vendors\": [") && text.contains("\"live_recomputed_position\""), "{text}");
 }
+
+/// The live state's cost on DynamoDB (moto), from counted requests: `data/` in batches of
+/// 500 over 4 write shards. Per batch, at most the dates it touches times the shards.
+#[tokio::test]
+async fn live_state_on_dynamodb_moto_writes_at_most_dates_times_shards_per_batch() {
+    use tripflow::store::TripStore;
+    use tripflow::store::dynamodb::DynamoStore;
+    let aws = crate::moto::aws();
+    let table = crate::moto::unique("livecost");
+    let store = DynamoStore::new(&aws, &table).with_date_shards(4);
+    assert!(store.create_if_missing().await.unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::new(tmp.path().join("home")).unwrap();
+    produce_dir(&home.stream(Some(2)).unwrap(), &data_dir()).await;
+    let stream = home.stream(None).unwrap();
+    let dead = home.dead_letters().unwrap();
+    let live = live_options_on(&store, &tmp.path().join("live")).await;
+    let opts = IngestOptions { batch_rows: 500, live: Some(live), ..Default::default() };
+    let ingest = tripflow::ingest::Ingest { source: &stream, checkpoints: &stream, store: &store, dead_letters: &dead };
+    let counts = ingest.run(&opts).await.unwrap();
+    let live_writes = store.live_writes();
+    // The dates each batch's trips can count in: at most every date of the data.
+    let dates = store.live_dates().await.unwrap();
+    let bound = counts.batches * dates.len() as u64 * 4;
+    assert!(live_writes > 0 && live_writes <= bound, "{live_writes} live writes, bound {bound}: {counts:?}");
+    let biggest = dates.iter().flat_map(|d| &d.shards).map(|s| s.state.len()).max().unwrap();
+    eprintln!(
+        "live cost: {} records, {} batches, {} trip writes, {} live item writes ({:.2} a batch), {} dates, largest state {} bytes",
+        counts.read,
+        counts.batches,
+        counts.store_writes,
+        live_writes,
+        live_writes as f64 / counts.batches as f64,
+        dates.len(),
+        biggest
+    );
+}
