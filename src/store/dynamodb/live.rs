@@ -342,7 +342,14 @@ impl DynamoStore {
             chrono::Utc::now() - chrono::Duration::from_std(self.mark_grace).unwrap_or(chrono::Duration::MAX);
         let mut dates: BTreeMap<chrono::NaiveDate, LiveDate> = BTreeMap::new();
         let mut marks: HashMap<String, String> = HashMap::new();
-        let mut pages = self.client.scan().table_name(&self.marks_table).consistent_read(true).into_paginator().send();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.marks_table)
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.marks_error(e))?;
             self.capacity.read_items(page.consumed_capacity(), page.items(), true);
