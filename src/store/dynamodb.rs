@@ -691,18 +691,7 @@ impl DynamoStore {
     async fn record_position(&self, position: &str, seen: &[&Sighting], now: &str) -> Result<Vec<String>> {
         let key = format!("{LEDGER_KEY_PREFIX}{position}");
         for _ in 0..MAX_CONDITION_RETRIES {
-            let out = self
-                .client
-                .get_item()
-                .table_name(&self.marks_table)
-                .key("trip_date", AttributeValue::S(key.clone()))
-                .consistent_read(true)
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .map_err(|e| self.marks_error(e))?;
-            self.capacity.read_items(out.consumed_capacity(), out.item(), true);
-            let item = out.item.unwrap_or_default();
+            let item = self.marks_item(&key).await?.unwrap_or_default();
             let version = text(&item, "version").and_then(|v| v.parse::<u64>().ok());
             let mut entry = match text(&item, "ledger") {
                 Some(t) => ShardLedger::parse(&t, &self.marks_table)?,
@@ -719,13 +708,7 @@ impl DynamoStore {
                 .item("ledger", AttributeValue::S(text))
                 .item("version", AttributeValue::N((version.unwrap_or(0) + 1).to_string()))
                 .return_consumed_capacity(ReturnConsumedCapacity::Total);
-            let put = match version {
-                Some(v) => put
-                    .condition_expression("version = :read")
-                    .expression_attribute_values(":read", AttributeValue::N(v.to_string())),
-                None => put.condition_expression("attribute_not_exists(trip_date)"),
-            };
-            match put.send().await {
+            match as_read(put, version).send().await {
                 Ok(out) => {
                     self.capacity.write(out.consumed_capacity(), || capacity::write_units(size));
                     return Ok(new);
@@ -741,6 +724,50 @@ impl DynamoStore {
              consumers reading the same shard?",
             self.marks_table
         )))
+    }
+
+    /// Every item of the changed-dates table (the marks, the ledger, the live items): a
+    /// small table, read consistently.
+    async fn marks_table_items(&self) -> Result<Vec<HashMap<String, AttributeValue>>> {
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.marks_table)
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .into_paginator()
+            .send();
+        let mut items = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.marks_error(e))?;
+            self.capacity.read_items(page.consumed_capacity(), page.items(), true);
+            items.extend(page.items.unwrap_or_default());
+        }
+        Ok(items)
+    }
+
+    /// True when a mark made `at` is older than the grace: no write it covers is still
+    /// in flight.
+    fn settled(&self, at: &str) -> bool {
+        let before = chrono::Utc::now() - chrono::Duration::from_std(self.mark_grace).unwrap_or(chrono::Duration::MAX);
+        chrono::DateTime::parse_from_rfc3339(at).is_ok_and(|at| at < before)
+    }
+
+    /// The changed-dates table's item `key` (a ledger entry, a live item), read
+    /// consistently.
+    async fn marks_item(&self, key: &str) -> Result<Option<HashMap<String, AttributeValue>>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.marks_table)
+            .key("trip_date", AttributeValue::S(key.to_owned()))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(|e| self.marks_error(e))?;
+        self.capacity.read_items(out.consumed_capacity(), out.item(), true);
+        Ok(out.item)
     }
 
     /// Removes the mark of `m` if it still holds the value read: 1 if removed, else 0.
@@ -1053,6 +1080,20 @@ async fn wait_until(
     .await
 }
 
+/// `put` of a changed-dates item, on condition that the item is as read: at `version`,
+/// or absent (`None`). Its writers read, change and put again until no other came between.
+fn as_read(
+    put: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+    version: Option<u64>,
+) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
+    match version {
+        Some(v) => put
+            .condition_expression("version = :read")
+            .expression_attribute_values(":read", AttributeValue::N(v.to_string())),
+        None => put.condition_expression("attribute_not_exists(trip_date)"),
+    }
+}
+
 /// The dates a merge call has marked.
 type Marked = std::sync::Mutex<std::collections::BTreeSet<CompactString>>;
 
@@ -1114,33 +1155,17 @@ impl TripStore for DynamoStore {
     }
 
     async fn changed_dates(&self) -> Result<Vec<ChangedDate>> {
-        let settled_before =
-            chrono::Utc::now() - chrono::Duration::from_std(self.mark_grace).unwrap_or(chrono::Duration::MAX);
-        let mut pages = self
-            .client
-            .scan()
-            .table_name(&self.marks_table)
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .into_paginator()
-            .send();
         let mut marks = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.marks_error(e))?;
-            self.capacity.read_items(page.consumed_capacity(), page.items(), true);
-            for item in page.items() {
-                if text(item, "trip_date")
-                    .is_some_and(|k| k.starts_with("fields") || k.starts_with(live::LIVE_KEY_PREFIX))
-                {
-                    continue; // the ledger's and the live state's items, never a date
-                }
-                let (Some(date), Some(at)) = (text(item, "trip_date"), text(item, "marked_at")) else {
-                    return Err(Error::store(format!("{}: an item has no trip_date or marked_at", self.marks_table)));
-                };
-                let date = marked_date(&date, &self.marks_table)?;
-                let settled = chrono::DateTime::parse_from_rfc3339(&at).is_ok_and(|at| at < settled_before);
-                marks.push(ChangedDate { date, mark: at.to_string(), settled });
+        for item in &self.marks_table_items().await? {
+            if text(item, "trip_date").is_some_and(|k| k.starts_with("fields") || k.starts_with(live::LIVE_KEY_PREFIX))
+            {
+                continue; // the ledger's and the live state's items, never a date
             }
+            let (Some(date), Some(at)) = (text(item, "trip_date"), text(item, "marked_at")) else {
+                return Err(Error::store(format!("{}: an item has no trip_date or marked_at", self.marks_table)));
+            };
+            let date = marked_date(&date, &self.marks_table)?;
+            marks.push(ChangedDate { date, settled: self.settled(&at), mark: at.to_string() });
         }
         marks.sort_by_key(|m| m.date);
         Ok(marks)

@@ -18,16 +18,7 @@ use crate::common::{data_dir, ingest, kpi_files, produce_dir, put_raw, queries_d
 /// Live options over `home`'s table with the shipped queries, publishing after every
 /// batch into `out`.
 pub async fn live_options(home: &Home, out: &Path) -> LiveOptions {
-    let store = home.store().unwrap();
-    let queries = kpi::queries::load(&queries_dir()).unwrap();
-    let kept = kpi::table_columns(&*store, &Fields::default()).await.unwrap();
-    let kpis = LiveKpis::compile(&queries, &Fields::default(), kept).await.unwrap();
-    LiveOptions {
-        kpis: Arc::new(kpis),
-        out: OutputLocation::parse(out.to_str().unwrap(), None).unwrap(),
-        every: Duration::ZERO,
-        recompute_every: Duration::ZERO,
-    }
+    live_options_on(&*home.store().unwrap(), out).await
 }
 
 /// Asserts that every live file under `live_out`, without its position, is the
@@ -228,7 +219,7 @@ proptest! {
 
 // ---- On DynamoDB (moto) ----
 
-/// Live options over the DynamoDB `store` with the shipped queries, publishing after every
+/// Live options over `store`'s table with the shipped queries, publishing after every
 /// batch into `out`.
 async fn live_options_on(store: &dyn tripflow::store::TripStore, out: &Path) -> LiveOptions {
     let queries = kpi::queries::load(&queries_dir()).unwrap();
@@ -240,6 +231,25 @@ async fn live_options_on(store: &dyn tripflow::store::TripStore, out: &Path) -> 
         every: Duration::ZERO,
         recompute_every: Duration::ZERO,
     }
+}
+
+/// The nightly run (JSON) of every date of `store`, with the shipped queries, into `out`:
+/// each file's bytes by its path under `out`.
+async fn nightly_of(store: &dyn tripflow::store::TripStore, out: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    nightly_of_with(store, &kpi::queries::load(&queries_dir()).unwrap(), out).await
+}
+
+/// [`nightly_of`] with `queries`.
+async fn nightly_of_with(
+    store: &dyn tripflow::store::TripStore,
+    queries: &[kpi::KpiQuery],
+    out: &Path,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
+    let (fields, all) = (Fields::default(), kpi::DateSelection::All);
+    let quiet = tripflow::observe::progress::Quiet;
+    kpi::run(store, queries, &fields, &all, &location, kpi::Formats::default(), &quiet).await.unwrap();
+    read_tree(out)
 }
 
 /// [`live_equals_batch`] with the trip table and the live state on DynamoDB (two write
@@ -284,21 +294,7 @@ async fn live_on_dynamodb_equals_batch(events: &[String], batch_rows: usize, cra
     assert_eq!(counts.dead_lettered, 0, "{counts:?}");
 
     let store = open();
-    let out = tmp.path().join("nightly");
-    let queries = kpi::queries::load(&queries_dir()).unwrap();
-    let location = OutputLocation::parse(out.to_str().unwrap(), None).unwrap();
-    kpi::run(
-        &store,
-        &queries,
-        &Fields::default(),
-        &kpi::DateSelection::All,
-        &location,
-        kpi::Formats::default(),
-        &tripflow::observe::progress::Quiet,
-    )
-    .await
-    .unwrap();
-    let nightly = read_tree(&out);
+    let nightly = nightly_of(&store, &tmp.path().join("nightly")).await;
     assert_live_equals_nightly(&live_out, &nightly);
     if let Some(certificate) = nightly.get("kpi_output/live/certificate.json") {
         let certificate: serde_json::Value = serde_json::from_slice(certificate).unwrap();
@@ -526,20 +522,7 @@ async fn a_query_that_is_not_maintained_is_recomputed_into_the_live_files() {
     };
     ingest(&home, &IngestOptions { batch_rows: 2000, live: Some(live), ..Default::default() }).await.unwrap();
     let nightly_out = tmp.path().join("nightly");
-    let location = OutputLocation::parse(nightly_out.to_str().unwrap(), None).unwrap();
-    let store = home.store().unwrap();
-    kpi::run(
-        &*store,
-        &queries,
-        &Fields::default(),
-        &kpi::DateSelection::All,
-        &location,
-        kpi::Formats::default(),
-        &tripflow::observe::progress::Quiet,
-    )
-    .await
-    .unwrap();
-    let nightly = read_tree(&nightly_out);
+    let nightly = nightly_of_with(&*home.store().unwrap(), &queries, &nightly_out).await;
     assert_live_equals_nightly(&live_out, &nightly);
     let any = read_tree(&live_out.join("kpi_output/live"));
     let text = String::from_utf8_lossy(any.values().next().unwrap()).into_owned();

@@ -117,6 +117,19 @@ fn as_in_stack(value: &Value, stack: &str) -> Value {
     }
 }
 
+/// The one series the alarm `name` watches in `stack`: its namespace, metric and every
+/// dimension.
+fn watched_series(t: &Value, name: &str, stack: &str) -> (String, String, BTreeMap<String, String>) {
+    let p = as_in_stack(&resource(t, name)["Properties"], stack);
+    let dims: BTreeMap<String, String> = p["Dimensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["Name"].as_str().unwrap().to_owned(), d["Value"].as_str().unwrap().to_owned()))
+        .collect();
+    (p["Namespace"].as_str().unwrap().to_owned(), p["MetricName"].as_str().unwrap().to_owned(), dims)
+}
+
 /// The series a CloudWatch EMF line becomes: (namespace, metric, dimensions) per metric
 /// and dimension set, as CloudWatch Logs extracts them.
 fn series_of(emf: &Value) -> Vec<(String, String, BTreeMap<String, String>)> {
@@ -165,16 +178,7 @@ fn one_stack_s_successful_run_leaves_another_stack_s_missed_run_alarm_alarming()
     let published = series_of(&serde_json::from_str(&line).unwrap());
 
     // An alarm watches exactly one series: its namespace, metric and every dimension.
-    let watched = |stack: &str| {
-        let p = as_in_stack(&resource(&t, "KpiMissedAlarm")["Properties"], stack);
-        let dims: BTreeMap<String, String> = p["Dimensions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| (d["Name"].as_str().unwrap().to_owned(), d["Value"].as_str().unwrap().to_owned()))
-            .collect();
-        (p["Namespace"].as_str().unwrap().to_owned(), p["MetricName"].as_str().unwrap().to_owned(), dims)
-    };
+    let watched = |stack: &str| watched_series(&t, "KpiMissedAlarm", stack);
     assert!(published.contains(&watched("a")), "a's run keeps a's alarm quiet: {published:?}");
     assert!(!published.contains(&watched("b")), "a's run would silence b's alarm: {published:?}");
     // And with no data, b's alarm breaches.
@@ -351,20 +355,12 @@ fn live_kpis_are_kept_by_ingest_published_on_a_rate_and_a_mismatch_raises_the_st
     let line: Value = serde_json::from_str(&tripflow::observe::telemetry::kpi_emf_line("a", &run, UNIX_EPOCH)).unwrap();
     assert_eq!((line["LiveDatesCompared"].as_u64(), line["LiveMismatches"].as_u64()), (Some(3), Some(1)));
     let published = series_of(&line);
-    let watched = |stack: &str| {
-        let p = as_in_stack(&resource(&t, "LiveMismatchAlarm")["Properties"], stack);
-        assert_eq!(
-            (p["Threshold"].as_f64(), p["ComparisonOperator"].as_str()),
-            (Some(0.0), Some("GreaterThanThreshold"))
-        );
-        let dims: BTreeMap<String, String> = p["Dimensions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| (d["Name"].as_str().unwrap().to_owned(), d["Value"].as_str().unwrap().to_owned()))
-            .collect();
-        (p["Namespace"].as_str().unwrap().to_owned(), p["MetricName"].as_str().unwrap().to_owned(), dims)
-    };
+    let alarm = &resource(&t, "LiveMismatchAlarm")["Properties"];
+    assert_eq!(
+        (alarm["Threshold"].as_f64(), alarm["ComparisonOperator"].as_str()),
+        (Some(0.0), Some("GreaterThanThreshold"))
+    );
+    let watched = |stack: &str| watched_series(&t, "LiveMismatchAlarm", stack);
     assert!(published.contains(&watched("a")), "{published:?}");
     assert!(!published.contains(&watched("b")), "{published:?}");
     // A run over a table without live KPIs says nothing of them.

@@ -30,7 +30,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnConsumedCapacity};
 use futures::{StreamExt, TryStreamExt};
 
-use super::{DynamoStore, MAX_CONDITION_RETRIES, date_shard, text, trip_item};
+use super::{DynamoStore, MAX_CONDITION_RETRIES, as_read, date_shard, text, trip_item};
 use crate::store::{
     CompactString, EndGroup, ExportBuilder, LiveBatch, LiveChange, LiveDate, LiveFold, LiveShard, StartGroup, Step,
     TripItem, TripUpdate, capacity, date_of, is_newer,
@@ -243,19 +243,9 @@ impl DynamoStore {
     ) -> Result<()> {
         let key = item_key(date, k);
         for _ in 0..MAX_CONDITION_RETRIES {
-            let out = self
-                .client
-                .get_item()
-                .table_name(&self.marks_table)
-                .key("trip_date", AttributeValue::S(key.clone()))
-                .consistent_read(true)
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .map_err(|e| self.marks_error(e))?;
-            self.capacity.read_items(out.consumed_capacity(), out.item(), true);
-            let exists = out.item.is_some();
-            let read = out.item.as_ref().map(|i| live_shard(k, i)).unwrap_or_default();
+            let item = self.marks_item(&key).await?;
+            let exists = item.is_some();
+            let read = item.as_ref().map(|i| live_shard(k, i)).unwrap_or_default();
             // The rows of this date, as the item holds them and as they will be.
             let (mut was, mut will) =
                 (ExportBuilder::new(live.projection().clone()), ExportBuilder::new(live.projection().clone()));
@@ -311,12 +301,7 @@ impl DynamoStore {
                 .item("published", AttributeValue::N(read.published.to_string()))
                 .item("stale", AttributeValue::Bool(read.stale || other))
                 .return_consumed_capacity(ReturnConsumedCapacity::Total);
-            let put = if exists {
-                put.condition_expression("version = :read")
-                    .expression_attribute_values(":read", AttributeValue::N(read.version.to_string()))
-            } else {
-                put.condition_expression("attribute_not_exists(trip_date)")
-            };
+            let put = as_read(put, exists.then_some(read.version));
             self.live_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match put.send().await {
                 Ok(out) => {
@@ -338,41 +323,24 @@ impl DynamoStore {
 
     /// Every live item, by date, with whether the date is settled.
     pub(super) async fn read_live_dates(&self) -> Result<Vec<LiveDate>> {
-        let settled_before =
-            chrono::Utc::now() - chrono::Duration::from_std(self.mark_grace).unwrap_or(chrono::Duration::MAX);
         let mut dates: BTreeMap<chrono::NaiveDate, LiveDate> = BTreeMap::new();
         let mut marks: HashMap<String, String> = HashMap::new();
-        let mut pages = self
-            .client
-            .scan()
-            .table_name(&self.marks_table)
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.marks_error(e))?;
-            self.capacity.read_items(page.consumed_capacity(), page.items(), true);
-            for item in page.items() {
-                let Some(key) = text(item, "trip_date") else { continue };
-                if let Some(rest) = key.strip_prefix(LIVE_KEY_PREFIX) {
-                    let Some((date, k)) = rest.rsplit_once('#') else { continue };
-                    let (Ok(day), Ok(k)) = (chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d"), k.parse::<u32>())
-                    else {
-                        continue;
-                    };
-                    let entry = dates.entry(day).or_insert_with(|| LiveDate { date: day, ..LiveDate::default() });
-                    entry.shards.push(live_shard(k, item));
-                } else if let Some(mark) = text(item, "marked_at") {
-                    marks.insert(key.to_string(), mark.to_string());
-                }
+        for item in &self.marks_table_items().await? {
+            let Some(key) = text(item, "trip_date") else { continue };
+            if let Some(rest) = key.strip_prefix(LIVE_KEY_PREFIX) {
+                let Some((date, k)) = rest.rsplit_once('#') else { continue };
+                let (Ok(day), Ok(k)) = (chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d"), k.parse::<u32>()) else {
+                    continue;
+                };
+                let entry = dates.entry(day).or_insert_with(|| LiveDate { date: day, ..LiveDate::default() });
+                entry.shards.push(live_shard(k, item));
+            } else if let Some(mark) = text(item, "marked_at") {
+                marks.insert(key.to_string(), mark.to_string());
             }
         }
         for d in dates.values_mut() {
             d.shards.sort_by_key(|s| s.k);
-            d.settled = marks
-                .get(&d.date.format("%Y-%m-%d").to_string())
-                .is_none_or(|at| chrono::DateTime::parse_from_rfc3339(at).is_ok_and(|at| at < settled_before));
+            d.settled = marks.get(&d.date.format("%Y-%m-%d").to_string()).is_none_or(|at| self.settled(at));
         }
         Ok(dates.into_values().collect())
     }
@@ -412,12 +380,7 @@ impl DynamoStore {
                 .item("published", AttributeValue::N(was.map_or(0, |s| s.published).to_string()))
                 .item("stale", AttributeValue::Bool(false))
                 .return_consumed_capacity(ReturnConsumedCapacity::Total);
-            let put = match was {
-                Some(was) => put
-                    .condition_expression("version = :read")
-                    .expression_attribute_values(":read", AttributeValue::N(was.version.to_string())),
-                None => put.condition_expression("attribute_not_exists(trip_date)"),
-            };
+            let put = as_read(put, was.map(|w| w.version));
             self.live_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match put.send().await {
                 Ok(out) => self.capacity.write(out.consumed_capacity(), || capacity::write_units(size)),
