@@ -45,20 +45,17 @@ pub fn coalesce(v: &Validated, steps: bool) -> Coalesced {
             order.push(id);
             [None, None]
         });
-        match entry[slot] {
-            Some(kept) if version.value(kept) >= version.value(row) => superseded += 1,
-            Some(_) => {
+        let raises = match entry[slot] {
+            Some(kept) => {
                 superseded += 1;
-                entry[slot] = Some(row);
-                if steps {
-                    raised.entry(id).or_default().push(row);
-                }
+                version.value(kept) < version.value(row)
             }
-            None => {
-                entry[slot] = Some(row);
-                if steps {
-                    raised.entry(id).or_default().push(row);
-                }
+            None => true,
+        };
+        if raises {
+            entry[slot] = Some(row);
+            if steps {
+                raised.entry(id).or_default().push(row);
             }
         }
     }

@@ -201,7 +201,7 @@ async fn certify(
     out: &OutputLocation,
 ) -> Result<Option<crate::kpi::live::Certificate>> {
     let keeps = if store.live_shared() {
-        !store.live_dates().await?.is_empty()
+        store.live_dates().await?.iter().any(|d| !d.shards.is_empty())
     } else {
         !store.live_records().await?.is_empty()
     };

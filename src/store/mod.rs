@@ -388,7 +388,8 @@ pub trait TripStore: Send + Sync {
         Ok(1)
     }
 
-    /// Every date's live shard items ([`TripStore::live_shared`]).
+    /// Every date's live shard items ([`TripStore::live_shared`]), and every date marked
+    /// changed (without items when it has none), each with whether it is settled.
     ///
     /// # Errors
     /// When the backend fails, or it keeps no shared live state.

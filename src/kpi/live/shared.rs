@@ -304,18 +304,15 @@ impl LiveKpis {
     /// Makes the nightly run's figures the base of `dates`' items (the settled ones).
     pub(super) async fn rebase_shared(&self, store: &dyn TripStore, dates: &[NaiveDate]) -> Result<()> {
         let mut wanted: BTreeSet<NaiveDate> = dates.iter().copied().collect();
-        let unsettled: BTreeSet<NaiveDate> =
-            store.changed_dates().await?.into_iter().filter(|m| !m.settled).map(|m| m.date).collect();
-        let mut read = store.live_dates().await?;
-        // A date with rows and no item yet (its trips came before the live state).
-        read.extend(
-            wanted
-                .iter()
-                .filter(|d| !read.iter().any(|r| r.date == **d))
-                .map(|&date| LiveDate { date, settled: !unsettled.contains(&date), shards: Vec::new() })
-                .collect::<Vec<_>>(),
-        );
-        for date in read {
+        let read = store.live_dates().await?;
+        // A date with rows and neither items nor a mark (its trips came before the live
+        // state) is settled: no merge marked it.
+        let unread: Vec<LiveDate> = wanted
+            .iter()
+            .filter(|d| !read.iter().any(|r| r.date == **d))
+            .map(|&date| LiveDate { date, settled: true, shards: Vec::new() })
+            .collect();
+        for date in read.into_iter().chain(unread) {
             if wanted.remove(&date.date) && date.settled {
                 // A merge that wrote it meanwhile keeps what it wrote; the next night rebases it.
                 self.rebuild_date(store, &date).await?;
@@ -327,7 +324,7 @@ impl LiveKpis {
     /// Builds the items of every date of the table, where none is stored yet (the live
     /// state's first run over a table that has trips).
     pub(super) async fn build_shared(&self, store: &dyn TripStore) -> Result<bool> {
-        if !store.live_dates().await?.is_empty() {
+        if store.live_dates().await?.iter().any(|d| !d.shards.is_empty()) {
             return Ok(false);
         }
         let batches = store.export(None, &self.projection).await?;

@@ -321,7 +321,8 @@ impl DynamoStore {
         )))
     }
 
-    /// Every live item, by date, with whether the date is settled.
+    /// Every live item, by date, with whether the date is settled; and every marked
+    /// date, with no items when it has none.
     pub(super) async fn read_live_dates(&self) -> Result<Vec<LiveDate>> {
         let mut dates: BTreeMap<chrono::NaiveDate, LiveDate> = BTreeMap::new();
         let mut marks: HashMap<String, String> = HashMap::new();
@@ -336,6 +337,12 @@ impl DynamoStore {
                 entry.shards.push(live_shard(k, item));
             } else if let Some(mark) = text(item, "marked_at") {
                 marks.insert(key.to_string(), mark.to_string());
+            }
+        }
+        // A marked date without items yet: its settledness is what a rebase needs.
+        for key in marks.keys() {
+            if let Ok(day) = chrono::NaiveDate::parse_from_str(key, "%Y-%m-%d") {
+                dates.entry(day).or_insert_with(|| LiveDate { date: day, ..LiveDate::default() });
             }
         }
         for d in dates.values_mut() {
